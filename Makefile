@@ -1,0 +1,45 @@
+# Kiunga: build, run and test the FHIR gateway. `make` alone lists the targets.
+# What the build needs is installed by scripts/ensure-deps, and a Postgres database is found or
+# started by scripts/ensure-postgres (DATABASE_URL, else 127.0.0.1:5432, else a private cluster in
+# .data/pg on port 54329), so on a fresh Debian machine `make run` or `make test` is enough.
+SHELL := bash
+.DEFAULT_GOAL := help
+# rustup's cargo, even when the shell profile that puts it on PATH was not sourced
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+BASE ?= http://127.0.0.1:8080/fhir
+
+.PHONY: help build run test check conformance clean-db db-url
+
+help: ## list the targets
+	@echo "Targets (make TARGET):"
+	@awk -F':.*## ' '/^[a-z-]+:.*## /{printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## install missing build deps, then build target/release/kiunga
+	@scripts/ensure-deps
+	cargo build --release --bin kiunga
+
+run: build ## serve on http://127.0.0.1:8080/fhir against DATABASE_URL or a local Postgres (db kiunga)
+	@url=$$(scripts/ensure-postgres) && \
+	  echo "make run: DATABASE_URL=$$url" | sed -E 's#(://[^:@/]*):[^@/]*@#\1:***@#' >&2 && \
+	  DATABASE_URL="$$url" exec target/release/kiunga serve
+
+test: ## all tests (unit, integration, tests/, doc); TEST_ARGS is passed to cargo test
+	@scripts/ensure-deps
+	@url=$$(scripts/ensure-postgres --db postgres) && \
+	  KIUNGA_TEST_DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
+
+check: ## rustfmt and clippy, warnings are errors
+	@scripts/ensure-deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+conformance: ## run ../shared/conformance against a running gateway (BASE=URL, default 127.0.0.1:8080/fhir; ARGS=...)
+	@if [ -f ../shared/conformance/run ]; then bash ../shared/conformance/run --base "$(BASE)" $(ARGS); \
+	else echo "conformance: ../shared/conformance/run is missing (it comes with the shared/ folder beside the repo)." >&2; exit 1; fi
+
+clean-db: ## stop the private Postgres cluster, if running, and remove .data/
+	@scripts/ensure-postgres --clean
+
+db-url: ## print the database URL (DB=name for another database), e.g. psql "$(make -s db-url)"
+	@scripts/ensure-postgres $(if $(DB),--db $(DB))

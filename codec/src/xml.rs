@@ -1,0 +1,531 @@
+//! FHIR XML: a pre-scan that refuses DTDs and deep nesting before fhirbolt's parser runs, the
+//! conversion to FHIR JSON through fhirbolt, a diagnosis walk that says where fhirbolt's errors
+//! are, and compact output.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::bolt::{self, XmlFailure};
+use crate::json::MAX_DEPTH;
+use crate::schema::{self, Kind, Prim};
+use crate::{errors, primitives, walk, CodecError};
+
+pub(crate) fn parse(bytes: &[u8]) -> Result<Value, CodecError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| CodecError::syntax(format!("invalid XML: not UTF-8 ({e})")))?;
+    let body = prescan(text)?;
+    let value = match bolt::xml_to_json(body.as_bytes()) {
+        Ok(value) => value,
+        Err(XmlFailure::Syntax(m)) => return Err(CodecError::syntax(format!("invalid XML: {m}"))),
+        Err(XmlFailure::Structure(m)) => {
+            diagnose(body)?;
+            return Err(errors::from_fhirbolt(&m, None));
+        }
+        Err(XmlFailure::Decimal) => {
+            diagnose(body)?;
+            return Err(CodecError::primitive(
+                "invalid decimal: a decimal value is not a number such as 12 or -0.5".to_owned(),
+                None,
+            ));
+        }
+    };
+    walk::check_resource(&value)?;
+    Ok(value)
+}
+
+/// Removes the indentation fhirbolt's XML writer always adds. fhirbolt trims every text node it
+/// writes (including inside the narrative's XHTML), so whitespace between `>` and `<` in its
+/// output is always indentation, and attribute values have `<` and `>` escaped.
+pub(crate) fn compact(xml: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(xml.len());
+    let mut i = 0;
+    while i < xml.len() {
+        let b = xml[i];
+        out.push(b);
+        i += 1;
+        if b == b'>' {
+            let run = xml[i..].iter().take_while(|c| c.is_ascii_whitespace()).count();
+            if run > 0 && xml.get(i + run).is_none_or(|&c| c == b'<') {
+                i += run;
+            }
+        }
+    }
+    out
+}
+
+/// One tag of an XML document.
+enum Tag<'a> {
+    Open { name: &'a str, attrs: &'a str, empty: bool },
+    Close { name: &'a str },
+}
+
+/// Calls `on_tag` for every element tag, skipping comments and processing instructions, and
+/// refusing any `<!DOCTYPE` / `<!ENTITY` / other markup declaration: FHIR XML has no DTD, and
+/// a DTD is how entity-expansion (billion laughs) and external-entity (XXE) attacks start.
+fn scan<'a>(
+    text: &'a str,
+    mut on_tag: impl FnMut(Tag<'a>) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = b[i..].iter().position(|&c| c == b'<') {
+        let start = i + offset;
+        let rest = &text[start..];
+        let skip_to = |end: &str, from: usize, what: &str| {
+            text[from..]
+                .find(end)
+                .map(|at| from + at + end.len())
+                .ok_or_else(|| CodecError::syntax(format!("invalid XML: unterminated {what}")))
+        };
+        if rest.starts_with("<!--") {
+            i = skip_to("-->", start + 4, "comment")?;
+            continue;
+        }
+        if rest.starts_with("<![CDATA[") {
+            i = skip_to("]]>", start + 9, "CDATA section")?;
+            continue;
+        }
+        if rest.starts_with("<!") {
+            return Err(CodecError::syntax(
+                "XML with a document type declaration (<!DOCTYPE ...>) or entity declarations is \
+                 not accepted: FHIR XML uses no DTD"
+                    .to_owned(),
+            ));
+        }
+        if rest.starts_with("<?") {
+            i = skip_to("?>", start + 2, "processing instruction")?;
+            continue;
+        }
+
+        // The tag ends at the first `>` outside a quoted attribute value.
+        let mut quote = None;
+        let mut end = None;
+        for (j, &c) in b.iter().enumerate().skip(start + 1) {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None if c == b'>' => {
+                    end = Some(j);
+                    break;
+                }
+                None => {}
+            }
+        }
+        let end = end.ok_or_else(|| CodecError::syntax("invalid XML: unterminated tag".to_owned()))?;
+        let inner = &text[start + 1..end];
+        i = end + 1;
+        if let Some(name) = inner.strip_prefix('/') {
+            on_tag(Tag::Close { name: name.trim_end() })?;
+        } else {
+            let (inner, empty) = match inner.strip_suffix('/') {
+                Some(inner) => (inner, true),
+                None => (inner, false),
+            };
+            let name_len = inner.find(|c: char| c.is_ascii_whitespace()).unwrap_or(inner.len());
+            let (name, attrs) = inner.split_at(name_len);
+            if name.is_empty() {
+                return Err(CodecError::syntax("invalid XML: a tag without a name".to_owned()));
+            }
+            on_tag(Tag::Open { name, attrs, empty })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks what fhirbolt's parser would not (DTDs, nesting depth, matching end tags, one root,
+/// nothing truncated) and returns the document without its XML declaration, which we check
+/// ourselves: fhirbolt rejects the common `encoding="utf-8"` (lower case) and
+/// `standalone="yes"`.
+fn prescan(text: &str) -> Result<&str, CodecError> {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut roots = 0;
+    scan(text, |tag| {
+        match tag {
+            Tag::Open { name, empty, .. } => {
+                if stack.is_empty() {
+                    roots += 1;
+                    if roots > 1 {
+                        return Err(CodecError::syntax(
+                            "invalid XML: more than one root element".to_owned(),
+                        ));
+                    }
+                }
+                if !empty {
+                    stack.push(name);
+                    if stack.len() > MAX_DEPTH {
+                        return Err(CodecError::structure(
+                            format!("XML is nested deeper than {MAX_DEPTH} levels, which no FHIR resource needs"),
+                            None,
+                        ));
+                    }
+                }
+            }
+            Tag::Close { name } => match stack.pop() {
+                Some(open) if open == name => {}
+                Some(open) => {
+                    return Err(CodecError::syntax(format!(
+                        "invalid XML: end tag </{name}> does not match <{open}>"
+                    )))
+                }
+                None => {
+                    return Err(CodecError::syntax(format!("invalid XML: unexpected end tag </{name}>")))
+                }
+            },
+        }
+        Ok(())
+    })?;
+    if let Some(open) = stack.last() {
+        return Err(CodecError::syntax(format!(
+            "invalid XML: the document ends before <{open}> is closed"
+        )));
+    }
+    if roots == 0 {
+        return Err(CodecError::syntax("invalid XML: no root element".to_owned()));
+    }
+
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    if let Some(decl) = trimmed.strip_prefix("<?xml").filter(|d| d.starts_with(char::is_whitespace)) {
+        let end = decl.find("?>").unwrap_or(decl.len());
+        if let Some(encoding) = attribute(&decl[..end], "encoding") {
+            if !encoding.eq_ignore_ascii_case("utf-8") {
+                return Err(CodecError::syntax(format!(
+                    "invalid XML: encoding `{encoding}` is not supported; use UTF-8"
+                )));
+            }
+        }
+        return Ok(&decl[(end + 2).min(decl.len())..]);
+    }
+    Ok(trimmed)
+}
+
+/// The (raw, still escaped) value of attribute `name` in the attribute text of a tag.
+fn attribute<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = attrs;
+    loop {
+        rest = rest.trim_start();
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        let after = rest[eq + 1..].trim_start();
+        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let close = after[1..].find(quote)?;
+        let value = &after[1..1 + close];
+        let local = key.rsplit(':').next().unwrap_or(key);
+        if local == name && !key.starts_with("xmlns") {
+            return Some(value);
+        }
+        rest = &after[close + 2..];
+    }
+}
+
+/// Resolves the predefined entities and character references of an attribute value.
+fn unescape(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('&') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let Some(semi) = after.find(';') else {
+            out.push_str(&rest[amp..]);
+            return Cow::Owned(out);
+        };
+        let entity = &after[..semi];
+        let ch = match entity {
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .map(|hex| u32::from_str_radix(hex, 16))
+                .or_else(|| entity.strip_prefix('#').map(str::parse))
+                .and_then(Result::ok)
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => out.push(c),
+            None => out.push_str(&rest[amp..amp + 2 + semi]),
+        }
+        rest = &after[semi + 1..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// What the elements inside the current one are.
+#[derive(Clone, Copy)]
+enum Frame {
+    /// Elements of a resource, datatype or backbone element (`ELEMENT_MAP` key).
+    Type(&'static str),
+    /// `<contained>`, `<resource>`, `<outcome>`: holds one resource element.
+    Resource,
+    /// A primitive element: may only contain `<extension>`.
+    Primitive,
+    /// XHTML of a narrative: not FHIR elements.
+    Xhtml,
+}
+
+struct Level<'a> {
+    frame: Frame,
+    /// Length of the path before this element was added to it.
+    path_len: usize,
+    /// How many of each repeating child were seen, for `[index]`.
+    seen: Vec<(&'a str, usize)>,
+}
+
+/// Walks the XML with the schema to say where fhirbolt's complaint is: an unknown element or
+/// resource type, a value attribute on a complex element, or a primitive value in the wrong
+/// format. Only runs when fhirbolt has refused the document.
+fn diagnose(text: &str) -> Result<(), CodecError> {
+    let mut stack: Vec<Level> = Vec::new();
+    let mut path = String::new();
+    let mut scratch = String::new();
+    scan(text, |tag| {
+        let (name, attrs, empty) = match tag {
+            Tag::Close { .. } => {
+                if let Some(level) = stack.pop() {
+                    path.truncate(level.path_len);
+                }
+                return Ok(());
+            }
+            Tag::Open { name, attrs, empty } => (name, attrs, empty),
+        };
+        let local = name.rsplit(':').next().unwrap_or(name);
+        let path_len = path.len();
+        let frame = match stack.last_mut() {
+            None => {
+                let key = resource_element(local, &path)?;
+                path.push_str(key);
+                Frame::Type(key)
+            }
+            Some(level) => match level.frame {
+                Frame::Xhtml => Frame::Xhtml,
+                Frame::Resource => Frame::Type(resource_element(local, &path)?),
+                Frame::Primitive if local == "extension" => {
+                    let i = next_index(&mut level.seen, local);
+                    let _ = write!(path, ".extension[{i}]");
+                    Frame::Type("Extension")
+                }
+                Frame::Primitive => return Err(walk::unknown_element(&path, local, "a primitive element")),
+                Frame::Type("Narrative") if local == "div" => {
+                    path.push_str(".div");
+                    Frame::Xhtml
+                }
+                Frame::Type(key) => {
+                    let Some(child) = schema::child(key, local, &mut scratch) else {
+                        return Err(walk::unknown_element(&path, local, key));
+                    };
+                    walk::push_element(&mut path, local, &child);
+                    if child.array {
+                        let i = next_index(&mut level.seen, local);
+                        let _ = write!(path, "[{i}]");
+                    }
+                    match child.kind {
+                        Kind::Resource => Frame::Resource,
+                        Kind::Complex(key) => Frame::Type(key),
+                        Kind::Primitive(p) => {
+                            if let Some(raw) = attribute(attrs, "value") {
+                                check_value(p, &unescape(raw), &path)?;
+                            }
+                            Frame::Primitive
+                        }
+                    }
+                }
+            },
+        };
+        if let Frame::Type(key) = frame {
+            if !schema::is_resource(key) && attribute(attrs, "value").is_some() {
+                return Err(CodecError::structure(
+                    format!("{path} is a {key}, which has no value attribute"),
+                    Some(path.clone()),
+                ));
+            }
+            if key == "Extension" {
+                if let Some(url) = attribute(attrs, "url") {
+                    let mut url_path = path.clone();
+                    url_path.push_str(".url");
+                    check_value(Prim::Uri, &unescape(url), &url_path)?;
+                }
+            }
+        }
+        if empty {
+            path.truncate(path_len);
+        } else {
+            stack.push(Level { frame, path_len, seen: Vec::new() });
+        }
+        Ok(())
+    })
+}
+
+/// The `ELEMENT_MAP` key of the resource whose element is `<local>`; a resource's path is the
+/// path of the element holding it (or its type, at the root).
+fn resource_element(local: &str, path: &str) -> Result<&'static str, CodecError> {
+    match schema::resource_type(local) {
+        Some(key) => Ok(key),
+        None if path.is_empty() => Err(CodecError::structure(
+            format!("<{local}> is not an R4 resource type"),
+            None,
+        )),
+        None => Err(CodecError::structure(
+            format!("{path} must hold a resource, but <{local}> is not an R4 resource type"),
+            Some(path.to_owned()),
+        )),
+    }
+}
+
+fn next_index<'a>(seen: &mut Vec<(&'a str, usize)>, name: &'a str) -> usize {
+    match seen.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, count)) => {
+            *count += 1;
+            *count - 1
+        }
+        None => {
+            seen.push((name, 1));
+            0
+        }
+    }
+}
+
+/// Checks the lexical form of an XML `value` attribute.
+fn check_value(p: Prim, s: &str, path: &str) -> Result<(), CodecError> {
+    let result = match p {
+        Prim::Boolean if s == "true" || s == "false" => Ok(()),
+        Prim::Boolean => Err("must be true or false".to_owned()),
+        Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt => check_integer(p, s),
+        _ => primitives::check_str(p, s),
+    };
+    result.map_err(|reason| walk::invalid_value(p, s, path, &reason))
+}
+
+fn check_integer(p: Prim, s: &str) -> Result<(), String> {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+        return Err("must be a whole number without leading zeros".to_owned());
+    }
+    let n: i64 = s.trim_start_matches('+').parse().map_err(|_| "is out of range".to_owned())?;
+    let value = serde_json::Value::from(n);
+    primitives::check(p, &value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn refuses_dtds_and_entities() {
+        let docs = [
+            r#"<?xml version="1.0"?><!DOCTYPE Patient [<!ENTITY a "aaaa">]><Patient xmlns="http://hl7.org/fhir"><id value="&a;"/></Patient>"#,
+            r#"<!DOCTYPE Patient SYSTEM "file:///etc/passwd"><Patient xmlns="http://hl7.org/fhir"/>"#,
+            r#"<Patient xmlns="http://hl7.org/fhir"><!ENTITY x "y"></Patient>"#,
+        ];
+        for doc in docs {
+            let e = parse(doc.as_bytes()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Syntax, "{doc}");
+            assert!(e.message.contains("DOCTYPE"), "{}", e.message);
+        }
+        // The same text inside a comment is harmless.
+        let ok = r#"<Patient xmlns="http://hl7.org/fhir"><!-- <!DOCTYPE x> --><active value="true"/></Patient>"#;
+        assert!(parse(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn depth_limit() {
+        let deep = format!(
+            r#"<Patient xmlns="http://hl7.org/fhir">{}{}</Patient>"#,
+            "<extension url=\"http://e\">".repeat(MAX_DEPTH),
+            "</extension>".repeat(MAX_DEPTH)
+        );
+        let e = parse(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Structure);
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
+    }
+
+    #[test]
+    fn well_formedness() {
+        let cases = [
+            r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/>"#,
+            r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="x"/></Patient>"#,
+            r#"<Patient xmlns="http://hl7.org/fhir"/><Patient xmlns="http://hl7.org/fhir"/>"#,
+            r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"</Patient>"#,
+            "",
+            "not xml",
+        ];
+        for doc in cases {
+            assert_eq!(parse(doc.as_bytes()).unwrap_err().kind, ErrorKind::Syntax, "{doc}");
+        }
+    }
+
+    #[test]
+    fn accepts_declarations_fhirbolt_would_refuse() {
+        for decl in [
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
+            "\u{feff}<?xml version=\"1.0\"?>\n",
+        ] {
+            let doc = format!(r#"{decl}<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#);
+            assert!(parse(doc.as_bytes()).is_ok(), "{decl}");
+        }
+        let latin = r#"<?xml version="1.0" encoding="ISO-8859-1"?><Patient xmlns="http://hl7.org/fhir"/>"#;
+        assert_eq!(parse(latin.as_bytes()).unwrap_err().kind, ErrorKind::Syntax);
+    }
+
+    #[test]
+    fn diagnoses_fhirbolt_refusals() {
+        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><name><nickname value="x"/></name></Patient>"#)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Structure);
+        assert_eq!(e.expression.as_deref(), Some("Patient.name[0].nickname"));
+
+        let e = parse(br#"<Foo xmlns="http://hl7.org/fhir"/>"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Structure);
+        assert!(e.message.contains("Foo"), "{}", e.message);
+
+        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Primitive);
+        assert_eq!(e.expression.as_deref(), Some("Patient.active"));
+
+        let e = parse(
+            br#"<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code/><valueQuantity><value value="1.x"/></valueQuantity></Observation>"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Primitive);
+        assert_eq!(e.expression.as_deref(), Some("Observation.value.ofType(Quantity).value"));
+
+        let e = parse(
+            br#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Patient><foo/></Patient></resource></entry></Bundle>"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.expression.as_deref(), Some("Bundle.entry[0].resource.foo"));
+
+        let e = parse(br#"<Patient><active value="true"/></Patient>"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Structure, "{}", e.message);
+    }
+
+    #[test]
+    fn xml_primitives_are_checked_after_conversion() {
+        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><birthDate value="1990-02-30"/></Patient>"#)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Primitive);
+        assert_eq!(e.expression.as_deref(), Some("Patient.birthDate"));
+        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><telecom><rank value="0"/></telecom></Patient>"#)
+            .unwrap_err();
+        assert_eq!(e.expression.as_deref(), Some("Patient.telecom[0].rank"));
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(attribute(r#" value="a&amp;b" url='u'"#, "url"), Some("u"));
+        assert_eq!(attribute(r#" xmlns="http://hl7.org/fhir" value="v""#, "value"), Some("v"));
+        assert_eq!(attribute(r#" id="x""#, "value"), None);
+        assert_eq!(unescape("a&amp;b&lt;&#65;&#x42;&bogus;"), "a&b<AB&bogus;");
+        assert_eq!(compact(b"<?xml version=\"1.0\"?>\n<a>\n  <b value=\"x y\"/>\n  <c>t u</c>\n</a>"),
+            b"<?xml version=\"1.0\"?><a><b value=\"x y\"/><c>t u</c></a>".to_vec());
+    }
+}

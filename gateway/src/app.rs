@@ -1,0 +1,154 @@
+//! Start-up (database, migrations, metadata, mappings) and the state shared by every request.
+
+use std::net::TcpListener;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use diesel::Connection;
+
+use crate::config::Config;
+use crate::context::RequestContext;
+use crate::error::Error;
+use crate::mapping::{MappingSet, Problems};
+use crate::store::{self, metadata_import, PgPool, Scoped};
+use crate::tracker::metadata::Metadata;
+use crate::tracker::Env;
+
+pub struct AppState {
+    pub config: Config,
+    pub pool: PgPool,
+    pub metadata: Arc<Metadata>,
+    mappings: RwLock<Arc<MappingSet>>,
+    /// The org unit that owns Patients sent without managingOrganization, when configured.
+    pub default_org_unit: Option<i64>,
+    /// Public base URL of the FHIR endpoint.
+    pub base: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use the database at {url}: {message}. Set DATABASE_URL to a Postgres database you can create tables in, or start the gateway with `make run`, which finds or starts one.")]
+    Database { url: String, message: String },
+    #[error("{0}")]
+    Metadata(#[from] metadata_import::MetadataError),
+    #[error("the mapping files have problems:\n{0}")]
+    Mappings(Problems),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl AppState {
+    /// Connects, migrates, imports the metadata files and checks the mappings.
+    pub fn start(config: Config) -> Result<AppState, StartError> {
+        let db_err = |message: String| StartError::Database { url: redact_url(&config.database_url), message };
+        let mut conn = diesel::PgConnection::establish(&config.database_url).map_err(|e| db_err(e.to_string()))?;
+        let applied = store::run_migrations(&mut conn).map_err(|e| db_err(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+        let summary = metadata_import::import_dir(&mut conn, &config.metadata_dir)?;
+        tracing::info!(files = summary.files, org_units = summary.org_units, programs = summary.programs, "metadata loaded");
+        let metadata = Metadata::load(&mut conn).map_err(|e| db_err(e.to_string()))?;
+        let mappings = MappingSet::load(&config.mappings_dir, &metadata).map_err(StartError::Mappings)?;
+        tracing::info!(version = %mappings.version, "mappings loaded");
+        let default_org_unit = match &config.default_org_unit {
+            None => None,
+            Some(key) => Some(
+                metadata
+                    .org_unit(key)
+                    .map(|o| o.id)
+                    .ok_or_else(|| StartError::Config(format!("default_org_unit `{key}` is not an org unit (give a UID or code)")))?,
+            ),
+        };
+        let pool = store::pool(&config.database_url, config.pool_size, Duration::from_millis(config.pool_timeout_ms)).map_err(|e| db_err(e.to_string()))?;
+        let base = config.fhir_base();
+        Ok(AppState { config, pool, metadata: Arc::new(metadata), mappings: RwLock::new(Arc::new(mappings)), default_org_unit, base })
+    }
+
+    /// The mapping set in force. A request takes it once and uses it throughout.
+    pub fn mappings(&self) -> Arc<MappingSet> {
+        match self.mappings.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+}
+
+/// Runs `f` in one database transaction off the async executor, with the caller's context and
+/// the mapping set the request started with (a reload in between never mixes two sets).
+pub async fn tx<T, F>(state: &web::Data<AppState>, ctx: RequestContext, mappings: Arc<MappingSet>, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Scoped, &Env) -> Result<T, Error> + Send + 'static,
+{
+    let state = state.clone();
+    web::block(move || {
+        let mut conn = state.pool.get()?;
+        let env = Env { md: &state.metadata, mappings: &mappings };
+        conn.transaction(|c| {
+            let mut s = Scoped::new(c, &ctx);
+            f(&mut s, &env)
+        })
+    })
+    .await?
+}
+
+/// The HTTP server around a started [`AppState`].
+pub struct Gateway {
+    pub state: web::Data<AppState>,
+}
+
+impl Gateway {
+    pub fn new(state: AppState) -> Self {
+        Gateway { state: web::Data::new(state) }
+    }
+
+    pub fn listen(self) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(&self.state.config.listen)?;
+        self.serve(listener)
+    }
+
+    pub fn serve(self, listener: TcpListener) -> std::io::Result<Server> {
+        let state = self.state.clone();
+        let workers = match state.config.http_workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        Ok(HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(crate::telemetry::log_requests))
+                .configure(crate::http::routes)
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

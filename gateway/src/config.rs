@@ -1,0 +1,193 @@
+//! Typed configuration: defaults that work, then an optional `kiunga.toml`, then `KIUNGA_*` variables.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds to.
+    pub listen: String,
+    /// Public base URL of the FHIR endpoint, used in `Location`, `fullUrl` and paging links.
+    pub base_url: Option<String>,
+    pub database_url: String,
+    /// Upper bound on database connections; requests wait at most `pool_timeout_ms` for one (then 503).
+    pub pool_size: u32,
+    pub pool_timeout_ms: u64,
+    pub mappings_dir: PathBuf,
+    pub metadata_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// Reject (422) input holding elements that no mapping stores, instead of accepting with warnings.
+    pub strict_mapping: bool,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Org unit (UID or code) that owns a Patient sent without `managingOrganization`.
+    pub default_org_unit: Option<String>,
+    /// HTTP worker threads (0: one per core).
+    pub http_workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            base_url: None,
+            database_url: "postgres://postgres@127.0.0.1:5432/kiunga".into(),
+            pool_size: 10,
+            pool_timeout_ms: 5_000,
+            mappings_dir: "mappings".into(),
+            metadata_dir: "fixtures/metadata".into(),
+            log_format: LogFormat::Text,
+            strict_mapping: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            default_org_unit: None,
+            http_workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads `KIUNGA_CONFIG` (or `./kiunga.toml` when present), then applies environment overrides.
+    pub fn load() -> Result<Config, ConfigError> {
+        let explicit = std::env::var("KIUNGA_CONFIG").ok();
+        let path = explicit.clone().unwrap_or_else(|| "kiunga.toml".into());
+        let mut config = if explicit.is_some() || Path::new(&path).exists() {
+            Self::from_file(Path::new(&path))?
+        } else {
+            Config::default()
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
+            ConfigError::File {
+                path: format!("{}:{line}", path.display()),
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name, message: e.to_string() })
+        }
+        if let Some(v) = get("KIUNGA_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("KIUNGA_BASE_URL") {
+            self.base_url = Some(v);
+        }
+        if let Some(v) = get("KIUNGA_DATABASE_URL").or_else(|| get("DATABASE_URL")) {
+            self.database_url = v;
+        }
+        if let Some(v) = get("KIUNGA_POOL_SIZE") {
+            self.pool_size = parse("KIUNGA_POOL_SIZE", v)?;
+        }
+        if let Some(v) = get("KIUNGA_POOL_TIMEOUT_MS") {
+            self.pool_timeout_ms = parse("KIUNGA_POOL_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("KIUNGA_MAPPINGS_DIR") {
+            self.mappings_dir = v.into();
+        }
+        if let Some(v) = get("KIUNGA_METADATA_DIR") {
+            self.metadata_dir = v.into();
+        }
+        if let Some(v) = get("KIUNGA_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Env {
+                        name: "KIUNGA_LOG_FORMAT",
+                        message: format!("`{other}` is neither `text` nor `json`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("KIUNGA_STRICT_MAPPING") {
+            self.strict_mapping = parse("KIUNGA_STRICT_MAPPING", v)?;
+        }
+        if let Some(v) = get("KIUNGA_MAX_BODY_BYTES") {
+            self.max_body_bytes = parse("KIUNGA_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("KIUNGA_DEFAULT_ORG_UNIT") {
+            self.default_org_unit = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("KIUNGA_HTTP_WORKERS") {
+            self.http_workers = parse("KIUNGA_HTTP_WORKERS", v)?;
+        }
+        Ok(())
+    }
+
+    /// The public base of the FHIR endpoint, without a trailing slash.
+    pub fn fhir_base(&self) -> String {
+        match &self.base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => format!("http://{}/fhir", self.listen),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults() {
+        let mut c = Config::default();
+        c.apply_env(|n| match n {
+            "DATABASE_URL" => Some("postgres://x/y".into()),
+            "KIUNGA_POOL_SIZE" => Some("3".into()),
+            "KIUNGA_STRICT_MAPPING" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://x/y");
+        assert_eq!(c.pool_size, 3);
+        assert!(c.strict_mapping);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let mut c = Config::default();
+        let err = c.apply_env(|n| (n == "KIUNGA_POOL_SIZE").then(|| "many".into())).unwrap_err();
+        assert!(err.to_string().starts_with("environment variable KIUNGA_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("kiunga-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("kiunga.toml");
+        std::fs::write(&p, "listen = \"0.0.0.0:80\"\npool_sise = 4\n").unwrap();
+        let err = Config::from_file(&p).unwrap_err().to_string();
+        assert!(err.contains("kiunga.toml:2:"), "{err}");
+        assert!(err.contains("pool_sise"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Who is asking and what they may see. Every data access takes a [`RequestContext`]; the store's
+//! scoped queries ([`crate::store::Scoped`]) are the one place its org-unit scope turns into SQL.
+
+use std::fmt;
+
+/// The caller. Authentication arrives with the security issue; until then every request is the
+/// anonymous demo user, whose scope is the whole org-unit tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Anonymous,
+    Client(String),
+    User(String),
+    /// The gateway itself (start-up loads, command-line tools).
+    System,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::Client(id) => write!(f, "client:{id}"),
+            Actor::User(id) => write!(f, "user:{id}"),
+            Actor::System => f.write_str("system"),
+        }
+    }
+}
+
+/// A set of org-unit subtrees, as materialised paths (`/root/district`). `All` is the whole tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgScope {
+    All,
+    Subtrees(Vec<String>),
+}
+
+impl OrgScope {
+    pub fn contains(&self, path: &str) -> bool {
+        match self {
+            OrgScope::All => true,
+            OrgScope::Subtrees(roots) => roots.iter().any(|r| within(path, r)),
+        }
+    }
+
+    /// The subtree roots and their `LIKE` patterns (`/root/district/%`) for SQL, or None when the
+    /// scope is unrestricted. A path is in scope when it equals a root or matches a pattern.
+    pub fn sql_filter(&self) -> Option<(Vec<String>, Vec<String>)> {
+        match self {
+            OrgScope::All => None,
+            OrgScope::Subtrees(roots) => {
+                Some((roots.clone(), roots.iter().map(|r| format!("{}/%", escape_like(r))).collect()))
+            }
+        }
+    }
+}
+
+fn within(path: &str, root: &str) -> bool {
+    path == root || (path.starts_with(root) && path.as_bytes().get(root.len()) == Some(&b'/'))
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub actor: Actor,
+    /// Org units whose records the caller may create and change (DHIS2 "capture" scope).
+    pub capture: OrgScope,
+    /// Org units whose records the caller may find and read (DHIS2 "search" scope).
+    pub search: OrgScope,
+}
+
+impl RequestContext {
+    pub fn anonymous(request_id: impl Into<String>) -> Self {
+        RequestContext { request_id: request_id.into(), actor: Actor::Anonymous, capture: OrgScope::All, search: OrgScope::All }
+    }
+
+    pub fn system() -> Self {
+        RequestContext { request_id: "system".into(), actor: Actor::System, capture: OrgScope::All, search: OrgScope::All }
+    }
+
+    pub fn with_scope(mut self, capture: OrgScope, search: OrgScope) -> Self {
+        self.capture = capture;
+        self.search = search;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtree_scope_is_a_path_prefix_on_segment_boundaries() {
+        let s = OrgScope::Subtrees(vec!["/A/B".into()]);
+        assert!(s.contains("/A/B"));
+        assert!(s.contains("/A/B/C"));
+        assert!(!s.contains("/A/BC"));
+        assert!(!s.contains("/A"));
+        assert!(OrgScope::All.contains("/anything"));
+    }
+}

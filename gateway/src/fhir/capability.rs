@@ -1,0 +1,91 @@
+//! The CapabilityStatement, generated from the table of what the HTTP layer actually routes.
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    Read,
+    Vread,
+    Update,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    Create,
+    SearchType,
+}
+
+impl Interaction {
+    pub fn code(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Delete => "delete",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::Create => "create",
+            Interaction::SearchType => "search-type",
+        }
+    }
+}
+
+pub struct SearchParam {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub doc: &'static str,
+}
+
+pub struct ResourceCapability {
+    pub resource_type: &'static str,
+    pub interactions: &'static [Interaction],
+    pub search_params: &'static [SearchParam],
+    pub documentation: &'static str,
+}
+
+impl ResourceCapability {
+    pub fn supports(&self, i: Interaction) -> bool {
+        self.interactions.contains(&i)
+    }
+}
+
+pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: &str) -> Value {
+    let resources: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "type": r.resource_type,
+                "documentation": r.documentation,
+                "interaction": r.interactions.iter().map(|i| json!({ "code": i.code() })).collect::<Vec<_>>(),
+            });
+            if r.supports(Interaction::Update) || r.supports(Interaction::Create) {
+                v["versioning"] = json!("versioned");
+                v["readHistory"] = json!(r.supports(Interaction::Vread));
+                v["updateCreate"] = json!(false);
+            }
+            if !r.search_params.is_empty() {
+                v["searchParam"] =
+                    r.search_params.iter().map(|p| json!({ "name": p.name, "type": p.kind, "documentation": p.doc })).collect::<Vec<_>>().into();
+            }
+            v
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant(&Utc::now()),
+        "publisher": "Kiunga",
+        "kind": "instance",
+        "software": { "name": "Kiunga", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": format!("Kiunga FHIR gateway (mappings {mapping_version})"), "url": base },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Resources are stored as DHIS2-style tracker records and rendered back from them.",
+            "resource": resources,
+        }],
+    })
+}

@@ -1,0 +1,49 @@
+//! Postgres through diesel: the connection pool, embedded migrations, the DHIS2 metadata import and
+//! the scoped data access that every request goes through.
+
+pub mod metadata_import;
+pub mod patients;
+pub mod orgs;
+pub mod logs;
+pub mod schema;
+mod scoped;
+
+use std::time::Duration;
+
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+pub use scoped::Scoped;
+
+use crate::error::Error;
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// A bounded pool: a request waits at most `timeout` for a connection and then gets a 503.
+pub fn pool(database_url: &str, size: u32, timeout: Duration) -> Result<PgPool, Error> {
+    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1.min(size)))
+        .connection_timeout(timeout)
+        .test_on_check_out(false)
+        .build(manager)
+        .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))
+}
+
+pub fn run_migrations(conn: &mut PgConnection) -> Result<usize, Error> {
+    conn.run_pending_migrations(MIGRATIONS)
+        .map(|applied| applied.len())
+        .map_err(|e| Error::Internal(format!("migrations failed: {e}")))
+}
+
+/// True when every embedded migration has been applied (for `/readyz`).
+pub fn migrations_current(conn: &mut PgConnection) -> Result<bool, Error> {
+    conn.has_pending_migration(MIGRATIONS)
+        .map(|pending| !pending)
+        .map_err(|e| Error::Internal(format!("cannot read migration state: {e}")))
+}

@@ -1,0 +1,111 @@
+//! Tracked entities and their attribute values.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+
+use super::schema::{tracked_entity as te, tracked_entity_attribute_value as teav};
+use super::Scoped;
+use crate::error::Error;
+use crate::tracker::model::PersonRecord;
+
+/// One attribute value row to insert.
+pub struct ValueRow<'a> {
+    pub attribute_id: i64,
+    pub value: &'a str,
+    pub search_value: String,
+    pub is_unique: bool,
+}
+
+type EntityRow = (i64, String, i32, DateTime<Utc>, i64, bool, bool);
+
+fn entity_columns() -> (te::id, te::uid, te::version, te::last_updated, te::org_unit_id, te::inactive, te::deleted) {
+    (te::id, te::uid, te::version, te::last_updated, te::org_unit_id, te::inactive, te::deleted)
+}
+
+fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, Error> {
+    let (id, uid, version, last_updated, org_unit_id, inactive, deleted) = row;
+    let values: BTreeMap<i64, String> = teav::table
+        .filter(teav::tracked_entity_id.eq(id))
+        .select((teav::attribute_id, teav::value))
+        .load::<(i64, String)>(conn)?
+        .into_iter()
+        .collect();
+    Ok(PersonRecord { id, uid, version, last_updated, org_unit_id, inactive, deleted, values })
+}
+
+/// The person with `uid` if the caller may see it (deleted ones included, for 410).
+pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<PersonRecord>, Error> {
+    let mut q = te::table.filter(te::uid.eq(uid)).filter(te::tracked_entity_type_id.eq(entity_type_id)).select(entity_columns()).into_boxed();
+    if let Some(orgs) = s.searchable_org_units() {
+        q = q.filter(te::org_unit_id.eq_any(orgs));
+    }
+    match q.first::<EntityRow>(s.conn).optional()? {
+        Some(row) => with_values(s.conn, row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Like [`find`], but locks the row until the transaction ends (serialises concurrent updates),
+/// and returns the state as it is once the lock is held.
+pub fn find_for_update(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<PersonRecord>, Error> {
+    let Some(visible) = find(s, entity_type_id, uid)? else { return Ok(None) };
+    let row: EntityRow = te::table.find(visible.id).select(entity_columns()).for_update().first(s.conn)?;
+    with_values(s.conn, row).map(Some)
+}
+
+pub fn insert(conn: &mut PgConnection, uid: &str, entity_type_id: i64, org_unit_id: i64, inactive: bool, now: DateTime<Utc>) -> Result<i64, Error> {
+    Ok(diesel::insert_into(te::table)
+        .values((
+            te::uid.eq(uid),
+            te::tracked_entity_type_id.eq(entity_type_id),
+            te::org_unit_id.eq(org_unit_id),
+            te::inactive.eq(inactive),
+            te::version.eq(1),
+            te::created.eq(now),
+            te::last_updated.eq(now),
+        ))
+        .returning(te::id)
+        .get_result(conn)?)
+}
+
+pub fn update(conn: &mut PgConnection, id: i64, org_unit_id: i64, inactive: bool, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
+    diesel::update(te::table.find(id))
+        .set((te::org_unit_id.eq(org_unit_id), te::inactive.eq(inactive), te::deleted.eq(false), te::version.eq(version), te::last_updated.eq(now)))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn mark_deleted(conn: &mut PgConnection, id: i64, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
+    diesel::update(te::table.find(id)).set((te::deleted.eq(true), te::version.eq(version), te::last_updated.eq(now))).execute(conn)?;
+    // A deleted person's unique values (national ID...) become free for a new registration; the
+    // change log keeps the state of every earlier version.
+    diesel::delete(teav::table.filter(teav::tracked_entity_id.eq(id))).execute(conn)?;
+    Ok(())
+}
+
+/// Replaces the values of `attribute_ids` with `rows` in one statement each (delete, multi-row insert).
+pub fn replace_values(conn: &mut PgConnection, id: i64, attribute_ids: &[i64], rows: &[ValueRow], now: DateTime<Utc>) -> Result<(), Error> {
+    diesel::delete(teav::table.filter(teav::tracked_entity_id.eq(id)).filter(teav::attribute_id.eq_any(attribute_ids))).execute(conn)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                teav::tracked_entity_id.eq(id),
+                teav::attribute_id.eq(r.attribute_id),
+                teav::value.eq(r.value),
+                teav::search_value.eq(&r.search_value),
+                teav::is_unique.eq(r.is_unique),
+                teav::created.eq(now),
+                teav::last_updated.eq(now),
+            )
+        })
+        .collect();
+    diesel::insert_into(teav::table).values(&values).execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+// Diesel table definitions, kept by hand in step with migrations/ (checked by the schema test).
+
+diesel::table! {
+    org_unit (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        short_name -> Nullable<Text>,
+        parent_id -> Nullable<Int8>,
+        path -> Text,
+        level -> Int4,
+        opening_date -> Nullable<Date>,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tracked_entity_type (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+    }
+}
+
+diesel::table! {
+    option_set (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        value_type -> Text,
+    }
+}
+
+diesel::table! {
+    option_value (id) {
+        id -> Int8,
+        uid -> Varchar,
+        option_set_id -> Int8,
+        code -> Text,
+        name -> Text,
+        sort_order -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    tracked_entity_attribute (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        short_name -> Nullable<Text>,
+        value_type -> Text,
+        option_set_id -> Nullable<Int8>,
+        is_unique -> Bool,
+    }
+}
+
+diesel::table! {
+    tracked_entity_type_attribute (tracked_entity_type_id, attribute_id) {
+        tracked_entity_type_id -> Int8,
+        attribute_id -> Int8,
+    }
+}
+
+diesel::table! {
+    data_element (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        short_name -> Nullable<Text>,
+        value_type -> Text,
+        option_set_id -> Nullable<Int8>,
+        unit -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    program (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        short_name -> Nullable<Text>,
+        tracked_entity_type_id -> Int8,
+        access_level -> Text,
+        only_enroll_once -> Bool,
+    }
+}
+
+diesel::table! {
+    program_attribute (program_id, attribute_id) {
+        program_id -> Int8,
+        attribute_id -> Int8,
+        mandatory -> Bool,
+    }
+}
+
+diesel::table! {
+    program_org_unit (program_id, org_unit_id) {
+        program_id -> Int8,
+        org_unit_id -> Int8,
+    }
+}
+
+diesel::table! {
+    program_stage (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        program_id -> Int8,
+        repeatable -> Bool,
+        sort_order -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    program_stage_data_element (program_stage_id, data_element_id) {
+        program_stage_id -> Int8,
+        data_element_id -> Int8,
+        compulsory -> Bool,
+        sort_order -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    relationship_type (id) {
+        id -> Int8,
+        uid -> Varchar,
+        code -> Nullable<Text>,
+        name -> Text,
+        from_to_name -> Nullable<Text>,
+        to_from_name -> Nullable<Text>,
+        bidirectional -> Bool,
+        from_entity -> Text,
+        from_tracked_entity_type_id -> Nullable<Int8>,
+        from_program_id -> Nullable<Int8>,
+        to_entity -> Text,
+        to_tracked_entity_type_id -> Nullable<Int8>,
+        to_program_id -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    tracked_entity (id) {
+        id -> Int8,
+        uid -> Varchar,
+        tracked_entity_type_id -> Int8,
+        org_unit_id -> Int8,
+        inactive -> Bool,
+        deleted -> Bool,
+        version -> Int4,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    tracked_entity_attribute_value (tracked_entity_id, attribute_id) {
+        tracked_entity_id -> Int8,
+        attribute_id -> Int8,
+        value -> Text,
+        search_value -> Text,
+        is_unique -> Bool,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    enrollment (id) {
+        id -> Int8,
+        uid -> Varchar,
+        tracked_entity_id -> Int8,
+        program_id -> Int8,
+        org_unit_id -> Int8,
+        status -> Text,
+        enrolled_at -> Timestamptz,
+        occurred_at -> Nullable<Timestamptz>,
+        completed_at -> Nullable<Timestamptz>,
+        deleted -> Bool,
+        version -> Int4,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    event (id) {
+        id -> Int8,
+        uid -> Varchar,
+        enrollment_id -> Int8,
+        program_stage_id -> Int8,
+        org_unit_id -> Int8,
+        tracked_entity_id -> Int8,
+        status -> Text,
+        occurred_at -> Nullable<Timestamptz>,
+        scheduled_at -> Nullable<Timestamptz>,
+        completed_at -> Nullable<Timestamptz>,
+        deleted -> Bool,
+        version -> Int4,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    event_data_value (id) {
+        id -> Int8,
+        uid -> Varchar,
+        event_id -> Int8,
+        data_element_id -> Int8,
+        tracked_entity_id -> Int8,
+        value -> Text,
+        value_num -> Nullable<Float8>,
+        observed_at -> Nullable<Timestamptz>,
+        deleted -> Bool,
+        version -> Int4,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    relationship (id) {
+        id -> Int8,
+        uid -> Varchar,
+        relationship_type_id -> Int8,
+        from_tracked_entity_id -> Int8,
+        to_tracked_entity_id -> Int8,
+        deleted -> Bool,
+        version -> Int4,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    program_ownership (tracked_entity_id, program_id) {
+        tracked_entity_id -> Int8,
+        program_id -> Int8,
+        org_unit_id -> Int8,
+        last_updated -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    program_ownership_history (id) {
+        id -> Int8,
+        tracked_entity_id -> Int8,
+        program_id -> Int8,
+        from_org_unit_id -> Nullable<Int8>,
+        to_org_unit_id -> Int8,
+        changed_at -> Timestamptz,
+        changed_by -> Text,
+        reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    change_log (id) {
+        id -> Int8,
+        resource_type -> Text,
+        resource_uid -> Varchar,
+        version -> Int4,
+        operation -> Text,
+        changed_at -> Timestamptz,
+        actor -> Text,
+        request_id -> Nullable<Text>,
+        mapping_version -> Nullable<Text>,
+        state -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    inbound_log (id) {
+        id -> Int8,
+        received_at -> Timestamptz,
+        request_id -> Nullable<Text>,
+        actor -> Text,
+        interaction -> Text,
+        resource_type -> Text,
+        resource_uid -> Nullable<Varchar>,
+        content_type -> Text,
+        body -> Bytea,
+        mapping_version -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(tracked_entity_attribute_value -> tracked_entity (tracked_entity_id));
+diesel::joinable!(tracked_entity_attribute_value -> tracked_entity_attribute (attribute_id));
+diesel::joinable!(tracked_entity -> org_unit (org_unit_id));
+diesel::joinable!(option_value -> option_set (option_set_id));
+diesel::joinable!(event -> org_unit (org_unit_id));
+diesel::joinable!(event -> program_stage (program_stage_id));
+diesel::joinable!(event -> enrollment (enrollment_id));
+diesel::joinable!(enrollment -> program (program_id));
+diesel::joinable!(event_data_value -> event (event_id));
+diesel::joinable!(event_data_value -> data_element (data_element_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    org_unit,
+    tracked_entity_type,
+    option_set,
+    option_value,
+    tracked_entity_attribute,
+    tracked_entity_type_attribute,
+    data_element,
+    program,
+    program_attribute,
+    program_org_unit,
+    program_stage,
+    program_stage_data_element,
+    relationship_type,
+    tracked_entity,
+    tracked_entity_attribute_value,
+    enrollment,
+    event,
+    event_data_value,
+    relationship,
+    program_ownership,
+    program_ownership_history,
+    change_log,
+    inbound_log,
+);

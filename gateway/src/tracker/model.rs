@@ -1,0 +1,38 @@
+//! Tracker records as the domain sees them (independent of FHIR and of diesel rows).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One attribute value to write, with the FHIR element it came from (for error messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeValue {
+    pub attribute_id: i64,
+    pub value: String,
+    pub expression: String,
+}
+
+/// A tracked entity (person) at one version: what a Patient is rendered from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonRecord {
+    pub id: i64,
+    pub uid: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub org_unit_id: i64,
+    pub inactive: bool,
+    pub deleted: bool,
+    /// attribute id → stored value
+    pub values: BTreeMap<i64, String>,
+}
+
+/// The tracker-level snapshot kept in the change log for each version (UIDs, not database ids,
+/// so that it stays meaningful across databases).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersonSnapshot {
+    pub org_unit: String,
+    pub inactive: bool,
+    pub attributes: BTreeMap<String, String>,
+}

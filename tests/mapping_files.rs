@@ -1,0 +1,69 @@
+//! A broken mapping file stops start-up with `file:line: what is wrong`, every problem at once.
+
+mod support;
+
+use kiunga::app::{AppState, StartError};
+use support::{test_config, TestDb};
+
+fn start_with_patient_mapping(text: &str) -> Result<(), String> {
+    let db = TestDb::new();
+    let dir = std::env::temp_dir().join(format!("kiunga-map-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("patient.toml"), text).unwrap();
+    let mut config = test_config(&db);
+    config.mappings_dir = dir.clone();
+    let result = match AppState::start(config) {
+        Ok(_) => Ok(()),
+        Err(StartError::Mappings(p)) => Err(p.to_string()),
+        Err(e) => panic!("unexpected start-up error: {e}"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| e.replace(&format!("{}/", dir.display()), ""))
+}
+
+#[test]
+fn the_shipped_mappings_are_valid() {
+    let shipped = std::fs::read_to_string(support::repo().join("mappings/patient.toml")).unwrap();
+    start_with_patient_mapping(&shipped).unwrap();
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let text = r#"tracked_entity_type = "PERSON"
+
+[[identifier]]
+system = "http://example.org/national-id"
+attribute = "NATIONL_ID"
+
+[[identifier]]
+system = "http://example.org/national-id"
+attribute = "FAMILY_NAME"
+
+[name]
+family = "FAMILY_NAME"
+
+[gender]
+attribute = "SEX"
+codes = { female = "FEM", male = "MALE", other = "OTHER", unknown = "UNKNOWN" }
+
+[birth_date]
+attribute = "PHONE"
+"#;
+    let err = start_with_patient_mapping(text).unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines[0].starts_with("patient.toml:5: identifier: unknown tracked entity attribute `NATIONL_ID` (known: "), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:8: identifier system `http://example.org/national-id` is already mapped at line 4")), "{err}");
+    assert!(lines.iter().any(|l| *l == "patient.toml:12: name.family: attribute `FAMILY_NAME` is already mapped at line 9; one attribute holds one element"), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:16: gender.codes.female: `FEM` is not an option of option set SEX")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:19: birth_date: attribute `PHONE` has value type PhoneNumber")), "{err}");
+}
+
+#[test]
+fn syntax_and_unknown_keys_are_positioned() {
+    let err = start_with_patient_mapping("tracked_entity_type = \"PERSON\"\n[name]\nfamly = \"FAMILY_NAME\"\n").unwrap_err();
+    assert!(err.starts_with("patient.toml:3: unknown field `famly`"), "{err}");
+    let err = start_with_patient_mapping("tracked_entity_type = \"PERSON\n").unwrap_err();
+    assert!(err.starts_with("patient.toml:1: "), "{err}");
+    let err = start_with_patient_mapping("tracked_entity_type = \"ANIMAL\"\n").unwrap_err();
+    assert!(err.starts_with("patient.toml:1: unknown tracked entity type `ANIMAL` (known: PERSON)"), "{err}");
+}

@@ -1,0 +1,326 @@
+//! Test support: a real Postgres database per test, cloned from a migrated template, and the
+//! gateway served over real HTTP on 127.0.0.1.
+//!
+//! The admin URL comes from `KIUNGA_TEST_DATABASE_URL` (set by `make test`), else the local
+//! default. The template database is named after a hash of the migrations and metadata fixtures, so
+//! a change to either builds a fresh one; test databases are dropped when the test ends.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use diesel::prelude::*;
+use diesel::{sql_query, PgConnection};
+use kiunga::app::{AppState, Gateway};
+use kiunga::config::Config;
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn admin_url() -> String {
+    std::env::var("KIUNGA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The same server with another database name (query parameters kept).
+pub fn with_db(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match main[scheme_end..].find('/') {
+        Some(i) => &main[..scheme_end + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+fn hash_dir(h: &mut DefaultHasher, dir: &Path) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            hash_dir(h, &p);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            p.file_name().hash(h);
+            bytes.hash(h);
+        }
+    }
+}
+
+fn template_name() -> String {
+    let mut h = DefaultHasher::new();
+    hash_dir(&mut h, &repo().join("gateway/migrations"));
+    hash_dir(&mut h, &repo().join("fixtures/metadata"));
+    format!("kiunga_tpl_{:016x}", h.finish())
+}
+
+fn admin() -> PgConnection {
+    PgConnection::establish(&admin_url()).unwrap_or_else(|e| {
+        panic!("tests need Postgres: cannot connect to {} ({e}); run `make test`, or set KIUNGA_TEST_DATABASE_URL", admin_url())
+    })
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    e: bool,
+}
+
+/// Builds the migrated, metadata-loaded template once per content hash (across test processes:
+/// an advisory lock serialises the builders).
+fn ensure_template() -> String {
+    let name = template_name();
+    let mut conn = admin();
+    sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).expect("advisory lock");
+    let exists: Exists = sql_query(format!("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}') AS e")).get_result(&mut conn).expect("pg_database");
+    if !exists.e {
+        let building = format!("{name}_build");
+        sql_query(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).execute(&mut conn).expect("drop stale build");
+        sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).expect("create template");
+        {
+            let mut t = PgConnection::establish(&with_db(&admin_url(), &building)).expect("connect template");
+            kiunga::store::run_migrations(&mut t).expect("migrations");
+            kiunga::store::metadata_import::import_dir(&mut t, &repo().join("fixtures/metadata")).expect("metadata");
+        }
+        sql_query(format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut conn).expect("publish template");
+    }
+    sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).expect("advisory unlock");
+    name
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let template = ensure_template();
+        let name = format!("kiunga_test_{}", kiunga::tracker::new_uid().to_lowercase());
+        let mut conn = admin();
+        // CREATE DATABASE ... TEMPLATE fails while another session is connected to the template; retry briefly.
+        let mut tries = 0;
+        loop {
+            match sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}")).execute(&mut conn) {
+                Ok(_) => break,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot create test database: {e}"),
+            }
+        }
+        let url = with_db(&admin_url(), &name);
+        TestDb { name, url }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect test database")
+    }
+
+    /// A single number from SQL (counts, mostly).
+    pub fn scalar(&self, sql: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let n: N = sql_query(format!("SELECT ({sql})::bigint AS n")).get_result(&mut self.conn()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        n.n
+    }
+
+    pub fn text(&self, sql: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct T {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let rows: Vec<T> = sql_query(format!("SELECT q.t::text AS t FROM ({sql}) AS q(t)")).load(&mut self.conn()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.into_iter().map(|r| r.t).collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&admin_url()) {
+            let _ = sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn);
+        }
+    }
+}
+
+pub fn test_config(db: &TestDb) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: db.url.clone(),
+        pool_size: 4,
+        mappings_dir: repo().join("mappings"),
+        metadata_dir: repo().join("fixtures/metadata"),
+        http_workers: 1,
+        ..Config::default()
+    }
+}
+
+/// The gateway running on 127.0.0.1 against its own database.
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    handle: Option<actix_web::dev::ServerHandle>,
+    pub http: reqwest::blocking::Client,
+}
+
+impl TestApp {
+    pub fn start() -> TestApp {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::new();
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        config.base_url = Some(format!("http://127.0.0.1:{port}/fhir"));
+        let state = AppState::start(config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = Gateway::new(state).serve(listener).expect("serve");
+                let _ = tx.send(server.handle());
+                let _ = server.await;
+            })
+        });
+        let handle = rx.recv().expect("server handle");
+        TestApp {
+            base: format!("http://127.0.0.1:{port}/fhir"),
+            db,
+            handle: Some(handle),
+            http: reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else if path.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        Resp::from(self.http.get(self.url(path)).send().expect("GET"))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        Resp::from(self.http.post(self.url(path)).header("Content-Type", "application/fhir+json").body(body.to_string()).send().expect("POST"))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Resp {
+        Resp::from(self.http.put(self.url(path)).header("Content-Type", "application/fhir+json").body(body.to_string()).send().expect("PUT"))
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        Resp::from(self.http.delete(self.url(path)).send().expect("DELETE"))
+    }
+
+    /// Any request, with headers and a raw body.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        let mut r = self.http.request(method.parse().expect("method"), self.url(path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b.to_vec());
+        }
+        Resp::from(r.send().expect("request"))
+    }
+
+    /// The UID of an org unit by its code.
+    pub fn org(&self, code: &str) -> String {
+        self.db.text(&format!("SELECT uid FROM org_unit WHERE code = '{code}'")).pop().unwrap_or_else(|| panic!("no org unit {code}"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // Stopping is async; a short-lived runtime drives it so the database can be dropped after.
+            let _ = std::thread::spawn(move || actix_web::rt::System::new().block_on(h.stop(false))).join();
+        }
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl From<reqwest::blocking::Response> for Resp {
+    fn from(r: reqwest::blocking::Response) -> Self {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().unwrap_or_default();
+        Resp { status, headers, text }
+    }
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
+    /// Asserts the status and returns the JSON body.
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        if self.text.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Asserts an OperationOutcome with this status and returns its first diagnostics text.
+    pub fn outcome(&self, status: u16) -> String {
+        let v = self.expect(status);
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
+        assert_eq!(v["issue"][0]["severity"], "error", "{}", self.text);
+        v["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+pub const NID: &str = "http://example.org/national-id";
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", kiunga::tracker::new_uid())
+}
+
+/// A demo Patient owned by the facility with `org` UID.
+pub fn patient(org: &str, nid: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": NID, "value": nid }],
+        "name": [{ "use": "official", "family": "Mwangi", "given": ["Amina", "Wanjiru"] }],
+        "gender": "female",
+        "birthDate": "1990-04-12",
+        "telecom": [{ "system": "phone", "value": "+254 700 123456" }],
+        "address": [{ "city": "Kilima" }],
+        "managingOrganization": { "reference": format!("Organization/{org}") },
+    })
+}
