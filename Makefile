@@ -17,7 +17,7 @@ help: ## list the targets
 
 build: ## install missing build deps, then build target/release/kiunga
 	@scripts/ensure-deps
-	cargo build --release --bin kiunga
+	cargo build --release -p kiunga --bin kiunga
 
 run: build ## serve on http://127.0.0.1:8080/fhir against DATABASE_URL or a local Postgres (db kiunga)
 	@url=$$(scripts/ensure-postgres) && \

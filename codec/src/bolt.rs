@@ -15,7 +15,9 @@ use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
 fn strict() -> Option<DeserializationConfig> {
-    Some(DeserializationConfig { mode: DeserializationMode::Strict })
+    Some(DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    })
 }
 
 /// fhirbolt 0.4 has `unwrap()`s that input can reach (an empty JSON array panics in its
@@ -74,9 +76,8 @@ pub(crate) fn xml_to_json(bytes: &[u8]) -> Result<Value, XmlFailure> {
 /// Writes a FHIR JSON resource as FHIR XML (always indented: fhirbolt's writer cannot do
 /// otherwise). The error is fhirbolt's message.
 pub(crate) fn json_to_xml(value: &Value) -> Result<Vec<u8>, String> {
-    let resource: Resource =
-        no_panic(|| fhirbolt::json::from_json_value(value.clone(), strict()))?
-            .map_err(|e| e.to_string())?;
+    let resource: Resource = no_panic(|| fhirbolt::json::from_json_value(value.clone(), strict()))?
+        .map_err(|e| e.to_string())?;
     no_panic(|| fhirbolt::xml::to_vec(&resource, None))?.map_err(|e| e.to_string())
 }
 
@@ -104,50 +105,30 @@ mod tests {
             {"request": {"method": "DELETE", "url": "Patient/c"}}]}"#;
         assert_eq!(validate_json(bundle), Ok(()));
         let concrete = parse_concrete_bundle(bundle);
-        assert!(concrete.is_err(), "fhirbolt now parses a multi-entry Bundle as the concrete type");
+        assert!(
+            concrete.is_err(),
+            "fhirbolt now parses a multi-entry Bundle as the concrete type"
+        );
     }
-}
 
-#[cfg(test)]
-mod experiment {
-    use super::*;
-
+    /// Documents why only Strict is used: in Lax mode fhirbolt 0.4 never returns on an unknown
+    /// array element. Ignored because the spinning thread cannot be stopped (it burns a core
+    /// until the test process exits); run with `cargo test -p kiunga-codec -- --ignored`.
     #[test]
-    fn probe() {
-        for doc in [
-            r#"{"resourceType": "Patient", "active": "true"}"#,
-            r#"{"resourceType": "Patient", "name": {"family": "x"}}"#,
-            r#"{"resourceType": "Patient", "gender": null}"#,
-            r#"{"resourceType": "Patient", "telecom": [{"rank": 4294967297}]}"#,
-            r#"{"resourceType": "Patient", "telecom": [{"rank": 0}]}"#,
-            r#"{"resourceType": "Observation", "status": "final", "code": {}, "valueQuantity": {"value": "1.5"}}"#,
-            r#"{"resourceType": "Observation", "status": "final"}"#,
-            r#"{"resourceType": "Patient", "birthDate": 1990}"#,
-            r#"{"resourceType": "Patient", "deceasedBoolean": true, "deceasedDateTime": "2020"}"#,
-            r#"{"resourceType": "Patient", "name": [{"nickname": "x"}]}"#,
-            r#"{"resourceType": "Foo"}"#,
-            r#"{"id": "x"}"#,
-            r#"{"resourceType": "Patient", "name": []}"#,
-            r#"{"resourceType": "Patient", "extension": []}"#,
-            r#"{"resourceType": "Patient", "name": [{"_given": []}]}"#,
-            r#"{"resourceType": "Patient", "name": [{"given": [null]}]}"#,
-            r#"{"resourceType": "Patient", "name": [{"given": ["a", "b"], "_given": [{"id": "x"}, {"id": "y"}, {"id": "z"}]}]}"#,
-            r#"{"resourceType": "Patient", "name": [null]}"#,
-            r#"{"resourceType": "Patient", "name": [{"given": ["a", null]}]}"#,
-        ] {
-            println!("{doc}\n  -> {:?}", validate_json(doc.as_bytes()));
-        }
-        for doc in [
-            r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/>"#,
-            r#"<Patient xmlns="http://hl7.org/fhir"><foo/></Patient>"#,
-            r#"<Patient><active value="true"/></Patient>"#,
-            r#"<Patient xmlns="http://hl7.org/fhir"><telecom><rank value="007"/></telecom></Patient>"#,
-            r#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>Hello <b>World</b> again</p></div></text></Patient>"#,
-            r#"<?xml version="1.0" encoding="utf-8"?><Patient xmlns="http://hl7.org/fhir"/>"#,
-        ] {
-            println!("{doc}\n  -> {:?}", xml_to_json(doc.as_bytes()).map_err(|e| match e { XmlFailure::Syntax(m) => format!("syntax {m}"), XmlFailure::Structure(m) => format!("structure {m}"), XmlFailure::Decimal => "decimal".into() }));
-        }
-        let v: Value = serde_json::from_str(r#"{"resourceType": "Patient", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Hello <b>World</b> again</p></div>"}}"#).unwrap();
-        println!("{}", String::from_utf8(json_to_xml(&v).unwrap()).unwrap());
+    #[ignore = "leaves a thread spinning forever"]
+    fn lax_mode_spins_on_unknown_array_element() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let body = br#"{"resourceType": "Patient", "foo": [1, 2, 3]}"#;
+            let config = DeserializationConfig {
+                mode: DeserializationMode::Lax,
+            };
+            let _ = tx.send(fhirbolt::json::from_slice::<Resource>(body, Some(config)).is_ok());
+        });
+        let outcome = rx.recv_timeout(std::time::Duration::from_secs(3));
+        assert!(
+            outcome.is_err(),
+            "Lax mode returned ({outcome:?}): the fhirbolt bug may be fixed"
+        );
     }
 }

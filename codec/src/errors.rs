@@ -10,15 +10,27 @@ use crate::{walk, CodecError, ErrorKind};
 
 impl CodecError {
     pub(crate) fn syntax(message: String) -> Self {
-        CodecError { kind: ErrorKind::Syntax, message, expression: None }
+        CodecError {
+            kind: ErrorKind::Syntax,
+            message,
+            expression: None,
+        }
     }
 
     pub(crate) fn structure(message: String, expression: Option<String>) -> Self {
-        CodecError { kind: ErrorKind::Structure, message, expression }
+        CodecError {
+            kind: ErrorKind::Structure,
+            message,
+            expression,
+        }
     }
 
     pub(crate) fn primitive(message: String, expression: Option<String>) -> Self {
-        CodecError { kind: ErrorKind::Primitive, message, expression }
+        CodecError {
+            kind: ErrorKind::Primitive,
+            message,
+            expression,
+        }
     }
 }
 
@@ -76,7 +88,10 @@ fn objects_lacking(v: &Value, kind: Kind, path: &mut String, field: &str, found:
     let Value::Object(obj) = v else { return };
     let key = match kind {
         Kind::Resource => {
-            let Some(key) = obj.get("resourceType").and_then(Value::as_str).and_then(schema::resource_type)
+            let Some(key) = obj
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .and_then(schema::resource_type)
             else {
                 return;
             };
@@ -96,7 +111,9 @@ fn objects_lacking(v: &Value, kind: Kind, path: &mut String, field: &str, found:
         found.push(path.clone());
     }
     for (k, child_value) in obj {
-        let Some(child) = schema::child(key, k, &mut scratch) else { continue };
+        let Some(child) = schema::child(key, k, &mut scratch) else {
+            continue;
+        };
         if matches!(child.kind, Kind::Primitive(_)) {
             continue;
         }
@@ -129,16 +146,25 @@ mod tests {
             None,
         );
         assert_eq!(e.kind, ErrorKind::Structure);
-        assert_eq!(e.message, "not a valid FHIR R4 resource: unknown element `foo`");
+        assert_eq!(
+            e.message,
+            "not a valid FHIR R4 resource: unknown element `foo`"
+        );
         let e = from_fhirbolt("duplicate field `gender` at line 1 column 3", None);
-        assert_eq!(e.message, "not a valid FHIR R4 resource: element `gender` appears more than once");
+        assert_eq!(
+            e.message,
+            "not a valid FHIR R4 resource: element `gender` appears more than once"
+        );
     }
 
     #[test]
     fn locates_a_missing_required_element_when_unambiguous() {
         let obs = json!({"resourceType": "Observation", "code": {"text": "x"}});
         let e = from_fhirbolt("missing field `status` at line 1 column 60", Some(&obs));
-        assert_eq!(e.message, "Observation is missing the required element `status`");
+        assert_eq!(
+            e.message,
+            "Observation is missing the required element `status`"
+        );
         assert_eq!(e.expression.as_deref(), Some("Observation"));
 
         let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [

@@ -61,7 +61,11 @@ fn syntax_error(e: serde_json::Error) -> CodecError {
         Some(i) => &full[..i],
         None => full.as_str(),
     };
-    CodecError::syntax(format!("invalid JSON at line {} column {}: {reason}", e.line(), e.column()))
+    CodecError::syntax(format!(
+        "invalid JSON at line {} column {}: {reason}",
+        e.line(),
+        e.column()
+    ))
 }
 
 #[cfg(test)]
@@ -81,19 +85,35 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Structure);
         assert!(e.message.contains("deeper than 64"), "{}", e.message);
         // Brackets inside strings do not count.
-        let in_string = format!(r#"{{"resourceType": "Patient", "id": "{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        let in_string = format!(
+            r#"{{"resourceType": "Patient", "id": "{}\"{}"}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
         assert!(check_depth(in_string.as_bytes()).is_ok());
         // A very deep document is refused quickly, without recursion.
         let huge = "[".repeat(1_000_000);
-        assert_eq!(parse(huge.as_bytes()).unwrap_err().kind, ErrorKind::Structure);
+        assert_eq!(
+            parse(huge.as_bytes()).unwrap_err().kind,
+            ErrorKind::Structure
+        );
     }
 
     #[test]
     fn syntax_errors_name_the_position() {
         let e = parse(b"{\n  \"resourceType\": \"Patient\",\n  \"id\": }").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Syntax);
-        assert!(e.message.starts_with("invalid JSON at line 3 column 9: "), "{}", e.message);
+        assert!(
+            e.message.starts_with("invalid JSON at line 3 column 9: "),
+            "{}",
+            e.message
+        );
         assert_eq!(parse(b"").unwrap_err().kind, ErrorKind::Syntax);
-        assert_eq!(parse(b"{\"resourceType\": \"Patient\"} x").unwrap_err().kind, ErrorKind::Syntax);
+        assert_eq!(
+            parse(b"{\"resourceType\": \"Patient\"} x")
+                .unwrap_err()
+                .kind,
+            ErrorKind::Syntax
+        );
     }
 }

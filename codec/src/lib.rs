@@ -81,15 +81,13 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Value, CodecError> {
 pub fn serialize(resource: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, CodecError> {
     match format {
         Format::Json => {
-            let out = if pretty { serde_json::to_vec_pretty(resource) } else { serde_json::to_vec(resource) };
+            let out = if pretty {
+                serde_json::to_vec_pretty(resource)
+            } else {
+                serde_json::to_vec(resource)
+            };
             out.map_err(|e| CodecError::structure(format!("cannot write JSON: {e}"), None))
         }
-        Format::Xml => {
-            let xml = bolt::json_to_xml(resource).map_err(|m| {
-                let e = errors::from_fhirbolt(&m, Some(resource));
-                CodecError { message: format!("cannot write the resource as XML: {}", e.message), ..e }
-            })?;
-            Ok(if pretty { xml } else { xml::compact(&xml) })
-        }
+        Format::Xml => xml::serialize(resource, pretty),
     }
 }

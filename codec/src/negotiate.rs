@@ -42,7 +42,10 @@ pub fn format_from_param(p: &str) -> Option<Format> {
 pub fn negotiate(accept: Option<&str>, format_param: Option<&str>) -> Result<Format, String> {
     if let Some(p) = format_param.filter(|p| !p.trim().is_empty()) {
         return format_from_param(p).ok_or_else(|| {
-            format!("unsupported _format `{}`: use json, xml, {SUPPORTED}", p.trim())
+            format!(
+                "unsupported _format `{}`: use json, xml, {SUPPORTED}",
+                p.trim()
+            )
         });
     }
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
@@ -60,7 +63,9 @@ pub fn negotiate(accept: Option<&str>, format_param: Option<&str>) -> Result<For
         let q = parts
             .filter_map(|param| {
                 let (name, value) = param.split_once('=')?;
-                name.trim().eq_ignore_ascii_case("q").then(|| value.trim().parse::<f32>().ok())?
+                name.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| value.trim().parse::<f32>().ok())?
             })
             .next()
             .unwrap_or(1.0);
@@ -76,14 +81,19 @@ pub fn negotiate(accept: Option<&str>, format_param: Option<&str>) -> Result<For
         };
         let better = match best {
             None => true,
-            Some((bq, bspecific, _)) => candidate.0 > bq || (candidate.0 == bq && candidate.1 && !bspecific),
+            Some((bq, bspecific, _)) => {
+                candidate.0 > bq || (candidate.0 == bq && candidate.1 && !bspecific)
+            }
         };
         if better {
             best = Some(candidate);
         }
     }
     best.map(|(_, _, format)| format).ok_or_else(|| {
-        format!("none of the media types in Accept (`{}`) can be produced: use {SUPPORTED}", accept.trim())
+        format!(
+            "none of the media types in Accept (`{}`) can be produced: use {SUPPORTED}",
+            accept.trim()
+        )
     })
 }
 
@@ -159,19 +169,39 @@ mod tests {
             (Some("application/fhir+xml"), None, Some(Xml)),
             (Some("application/xml"), None, Some(Xml)),
             (Some("text/xml"), None, Some(Xml)),
-            (Some("application/fhir+xml;q=0.9, application/fhir+json"), None, Some(Json)),
-            (Some("application/fhir+json;q=0.5, application/fhir+xml;q=0.8"), None, Some(Xml)),
+            (
+                Some("application/fhir+xml;q=0.9, application/fhir+json"),
+                None,
+                Some(Json),
+            ),
+            (
+                Some("application/fhir+json;q=0.5, application/fhir+xml;q=0.8"),
+                None,
+                Some(Xml),
+            ),
             (Some("application/fhir+xml, */*;q=0.8"), None, Some(Xml)),
             (Some("*/*, application/fhir+xml"), None, Some(Xml)),
-            (Some("application/fhir+xml, application/fhir+json"), None, Some(Xml)),
+            (
+                Some("application/fhir+xml, application/fhir+json"),
+                None,
+                Some(Xml),
+            ),
             (Some("text/html, */*;q=0.1"), None, Some(Json)),
             (
                 Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
                 None,
                 Some(Xml),
             ),
-            (Some("application/fhir+xml;q=0, application/json"), None, Some(Json)),
-            (Some("application/fhir+json; fhirVersion=4.0; q=1"), None, Some(Json)),
+            (
+                Some("application/fhir+xml;q=0, application/json"),
+                None,
+                Some(Json),
+            ),
+            (
+                Some("application/fhir+json; fhirVersion=4.0; q=1"),
+                None,
+                Some(Json),
+            ),
             (Some("text/html"), None, None),
             (Some("image/png"), None, None),
             (Some("text/html, image/png"), None, None),
@@ -190,7 +220,9 @@ mod tests {
         for (accept, param, expected) in table {
             let got = negotiate(*accept, *param);
             match expected {
-                Some(format) => assert_eq!(got, Ok(*format), "Accept {accept:?}, _format {param:?}"),
+                Some(format) => {
+                    assert_eq!(got, Ok(*format), "Accept {accept:?}, _format {param:?}")
+                }
                 None => {
                     let message = got.expect_err(&format!("Accept {accept:?}, _format {param:?}"));
                     assert!(message.contains("application/fhir+json"), "{message}");
@@ -203,12 +235,18 @@ mod tests {
     fn request_content_types() {
         assert_eq!(content_format(None), Ok(Json));
         assert_eq!(content_format(Some("")), Ok(Json));
-        assert_eq!(content_format(Some("application/fhir+json; charset=utf-8")), Ok(Json));
+        assert_eq!(
+            content_format(Some("application/fhir+json; charset=utf-8")),
+            Ok(Json)
+        );
         assert_eq!(content_format(Some("application/json")), Ok(Json));
         assert_eq!(content_format(Some("application/fhir+xml")), Ok(Xml));
         assert_eq!(content_format(Some("text/xml;charset=UTF-8")), Ok(Xml));
         let e = content_format(Some("text/plain")).unwrap_err();
-        assert!(e.contains("text/plain") && e.contains("application/fhir+json"), "{e}");
+        assert!(
+            e.contains("text/plain") && e.contains("application/fhir+json"),
+            "{e}"
+        );
         assert!(content_format(Some("application/x-www-form-urlencoded")).is_err());
     }
 }

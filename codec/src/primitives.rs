@@ -29,7 +29,10 @@ pub(crate) fn check(prim: Prim, value: &Value) -> Result<(), String> {
         Prim::Unknown => Ok(()),
         _ => match value {
             Value::String(s) => check_str(prim, s),
-            _ => Err(format!("must be a JSON string ({} values are strings in FHIR JSON)", prim.name())),
+            _ => Err(format!(
+                "must be a JSON string ({} values are strings in FHIR JSON)",
+                prim.name()
+            )),
         },
     }
 }
@@ -42,7 +45,9 @@ fn check_integer(value: &Value, min: i64, what: &str) -> Result<(), String> {
             Some(i) if (min..=max).contains(&i) => Ok(()),
             Some(_) => Err(format!("must be {what} no greater than {max}")),
             None if n.as_u64().is_some() => Err(format!("must be {what} no greater than {max}")),
-            None => Err(format!("must be {what}: a whole number without fraction or exponent")),
+            None => Err(format!(
+                "must be {what}: a whole number without fraction or exponent"
+            )),
         },
         Value::String(_) => Err(format!("must be {what} as a JSON number, not a string")),
         _ => Err(format!("must be {what} as a JSON number")),
@@ -57,7 +62,10 @@ pub(crate) fn check_str(prim: Prim, s: &str) -> Result<(), String> {
         Prim::Instant => check_instant(s),
         Prim::Time => {
             let mut c = Cursor::new(s);
-            tri(time(&mut c).and_then(|_| c.end()), "hh:mm:ss or hh:mm:ss.sss")
+            tri(
+                time(&mut c).and_then(|_| c.end()),
+                "hh:mm:ss or hh:mm:ss.sss",
+            )
         }
         Prim::Code => check_code(s),
         Prim::Id => check_id(s),
@@ -91,7 +99,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(s: &'a str) -> Self {
-        Cursor { s: s.as_bytes(), i: 0 }
+        Cursor {
+            s: s.as_bytes(),
+            i: 0,
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -117,7 +128,9 @@ impl<'a> Cursor<'a> {
             return Err(Fail::Shape);
         }
         self.i += n;
-        Ok(chunk.iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0')))
+        Ok(chunk
+            .iter()
+            .fold(0, |acc, d| acc * 10 + u32::from(d - b'0')))
     }
 
     fn end(&self) -> Result<(), Fail> {
@@ -144,6 +157,8 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
+// `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+#[allow(clippy::manual_is_multiple_of)]
 fn is_leap(year: u32) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
 }
@@ -168,7 +183,9 @@ fn date(c: &mut Cursor) -> Result<u8, Fail> {
     }
     let month = c.digits(2)?;
     if !(1..=12).contains(&month) {
-        return Err(Fail::Reason(format!("month {month:02} is not between 01 and 12")));
+        return Err(Fail::Reason(format!(
+            "month {month:02} is not between 01 and 12"
+        )));
     }
     if !c.eat(b'-') {
         return Ok(2);
@@ -177,8 +194,14 @@ fn date(c: &mut Cursor) -> Result<u8, Fail> {
     let max = days_in_month(year, month);
     if day == 0 || day > max {
         let name = MONTHS[month as usize - 1];
-        let why = if month == 2 && day == 29 { format!(" ({year} is not a leap year)") } else { String::new() };
-        return Err(Fail::Reason(format!("day {day} does not exist in {name} {year}{why}")));
+        let why = if month == 2 && day == 29 {
+            format!(" ({year} is not a leap year)")
+        } else {
+            String::new()
+        };
+        return Err(Fail::Reason(format!(
+            "day {day} does not exist in {name} {year}{why}"
+        )));
     }
     Ok(3)
 }
@@ -195,13 +218,19 @@ fn time(c: &mut Cursor) -> Result<(), Fail> {
     }
     let second = c.digits(2)?;
     if hour > 23 {
-        return Err(Fail::Reason(format!("hour {hour:02} is not between 00 and 23")));
+        return Err(Fail::Reason(format!(
+            "hour {hour:02} is not between 00 and 23"
+        )));
     }
     if minute > 59 {
-        return Err(Fail::Reason(format!("minute {minute:02} is not between 00 and 59")));
+        return Err(Fail::Reason(format!(
+            "minute {minute:02} is not between 00 and 59"
+        )));
     }
     if second > 60 {
-        return Err(Fail::Reason(format!("second {second:02} is not between 00 and 59")));
+        return Err(Fail::Reason(format!(
+            "second {second:02} is not between 00 and 59"
+        )));
     }
     if c.eat(b'.') {
         let start = c.i;
@@ -209,7 +238,9 @@ fn time(c: &mut Cursor) -> Result<(), Fail> {
             c.i += 1;
         }
         if c.i == start {
-            return Err(Fail::Reason("a decimal point must be followed by digits".into()));
+            return Err(Fail::Reason(
+                "a decimal point must be followed by digits".into(),
+            ));
         }
     }
     Ok(())
@@ -228,11 +259,15 @@ fn zone(c: &mut Cursor) -> Result<(), Fail> {
     if !(c.eat(b'+') || c.eat(b'-')) {
         return Err(Fail::Reason("the time zone must be Z or ±hh:mm".into()));
     }
-    let hour = c.digits(2).map_err(|_| Fail::Reason("the time zone must be Z or ±hh:mm".into()))?;
+    let hour = c
+        .digits(2)
+        .map_err(|_| Fail::Reason("the time zone must be Z or ±hh:mm".into()))?;
     if !c.eat(b':') {
         return Err(Fail::Reason("the time zone must be Z or ±hh:mm".into()));
     }
-    let minute = c.digits(2).map_err(|_| Fail::Reason("the time zone must be Z or ±hh:mm".into()))?;
+    let minute = c
+        .digits(2)
+        .map_err(|_| Fail::Reason("the time zone must be Z or ±hh:mm".into()))?;
     if minute > 59 || hour > 14 || (hour == 14 && minute != 0) {
         return Err(Fail::Reason(format!(
             "time zone offset {hour:02}:{minute:02} is not between -14:00 and +14:00"
@@ -243,7 +278,10 @@ fn zone(c: &mut Cursor) -> Result<(), Fail> {
 
 fn check_date(s: &str) -> Result<(), String> {
     let mut c = Cursor::new(s);
-    tri(date(&mut c).and_then(|_| c.end()), "YYYY, YYYY-MM or YYYY-MM-DD")
+    tri(
+        date(&mut c).and_then(|_| c.end()),
+        "YYYY, YYYY-MM or YYYY-MM-DD",
+    )
 }
 
 fn check_date_time(s: &str) -> Result<(), String> {
@@ -257,7 +295,9 @@ fn check_date_time(s: &str) -> Result<(), String> {
             return Err(Fail::Shape);
         }
         if parts != 3 {
-            return Err(Fail::Reason("a time needs a full date (YYYY-MM-DD) before the T".into()));
+            return Err(Fail::Reason(
+                "a time needs a full date (YYYY-MM-DD) before the T".into(),
+            ));
         }
         time(&mut c)?;
         zone(&mut c)?;
@@ -276,7 +316,10 @@ fn check_instant(s: &str) -> Result<(), String> {
         zone(&mut c)?;
         c.end()
     });
-    tri(r, "YYYY-MM-DDThh:mm:ss(.sss)(Z or ±hh:mm), with time and time zone")
+    tri(
+        r,
+        "YYYY-MM-DDThh:mm:ss(.sss)(Z or ±hh:mm), with time and time zone",
+    )
 }
 
 fn check_code(s: &str) -> Result<(), String> {
@@ -301,13 +344,19 @@ fn check_id(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
-    if let Some(bad) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
         return Err(format!(
             "character {bad:?} is not allowed (only A-Z, a-z, 0-9, '-' and '.')"
         ));
     }
     if s.len() > 64 {
-        return Err(format!("is {} characters long; at most 64 are allowed", s.len()));
+        return Err(format!(
+            "is {} characters long; at most 64 are allowed",
+            s.len()
+        ));
     }
     Ok(())
 }
@@ -346,9 +395,10 @@ fn check_uuid(s: &str) -> Result<(), String> {
     let ok = s.strip_prefix("urn:uuid:").is_some_and(|rest| {
         let groups: Vec<&str> = rest.split('-').collect();
         groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-            && groups
-                .iter()
-                .all(|g| g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            && groups.iter().all(|g| {
+                g.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
     });
     if ok {
         Ok(())
@@ -398,7 +448,12 @@ mod tests {
     use serde_json::json;
 
     fn ok(p: Prim, s: &str) {
-        assert_eq!(check_str(p, s), Ok(()), "{} `{s}` should be valid", p.name());
+        assert_eq!(
+            check_str(p, s),
+            Ok(()),
+            "{} `{s}` should be valid",
+            p.name()
+        );
     }
 
     fn bad(p: Prim, s: &str) -> String {
@@ -407,19 +462,50 @@ mod tests {
 
     #[test]
     fn dates() {
-        for s in ["2000", "2000-02", "2000-02-29", "1990-02-28", "2024-12-31", "0001-01-01"] {
+        for s in [
+            "2000",
+            "2000-02",
+            "2000-02-29",
+            "1990-02-28",
+            "2024-12-31",
+            "0001-01-01",
+        ] {
             ok(Prim::Date, s);
         }
-        assert_eq!(bad(Prim::Date, "1990-02-30"), "day 30 does not exist in February 1990");
+        assert_eq!(
+            bad(Prim::Date, "1990-02-30"),
+            "day 30 does not exist in February 1990"
+        );
         assert_eq!(
             bad(Prim::Date, "1900-02-29"),
             "day 29 does not exist in February 1900 (1900 is not a leap year)"
         );
-        assert_eq!(bad(Prim::Date, "2023-04-31"), "day 31 does not exist in April 2023");
-        assert_eq!(bad(Prim::Date, "2023-13"), "month 13 is not between 01 and 12");
-        assert_eq!(bad(Prim::Date, "2023-00-10"), "month 00 is not between 01 and 12");
-        assert_eq!(bad(Prim::Date, "2023-01-00"), "day 0 does not exist in January 2023");
-        for s in ["", "99", "2023-1-1", "2023/01/01", "2023-01-01T10:00:00Z", " 2023", "20230101", "0000"] {
+        assert_eq!(
+            bad(Prim::Date, "2023-04-31"),
+            "day 31 does not exist in April 2023"
+        );
+        assert_eq!(
+            bad(Prim::Date, "2023-13"),
+            "month 13 is not between 01 and 12"
+        );
+        assert_eq!(
+            bad(Prim::Date, "2023-00-10"),
+            "month 00 is not between 01 and 12"
+        );
+        assert_eq!(
+            bad(Prim::Date, "2023-01-00"),
+            "day 0 does not exist in January 2023"
+        );
+        for s in [
+            "",
+            "99",
+            "2023-1-1",
+            "2023/01/01",
+            "2023-01-01T10:00:00Z",
+            " 2023",
+            "20230101",
+            "0000",
+        ] {
             bad(Prim::Date, s);
         }
     }
@@ -442,7 +528,10 @@ mod tests {
             bad(Prim::DateTime, "2017-01-01T10:00:00"),
             "a time zone (Z or ±hh:mm) is required when a time is given"
         );
-        assert_eq!(bad(Prim::DateTime, "2017-01-01T24:00:00Z"), "hour 24 is not between 00 and 23");
+        assert_eq!(
+            bad(Prim::DateTime, "2017-01-01T24:00:00Z"),
+            "hour 24 is not between 00 and 23"
+        );
         assert_eq!(
             bad(Prim::DateTime, "1990-02-30T10:00:00Z"),
             "day 30 does not exist in February 1990"
@@ -450,7 +539,12 @@ mod tests {
         assert!(bad(Prim::DateTime, "2017-01-01T10:00Z").contains("seconds are required"));
         assert!(bad(Prim::DateTime, "2017-01-01T10:00:00+15:00").contains("-14:00 and +14:00"));
         assert!(bad(Prim::DateTime, "2017-01T10:00:00Z").contains("full date"));
-        for s in ["2017-01-01 10:00:00Z", "2017-01-01T10:00:00.Z", "2017-01-01T", "2017-01-01T10:00:00z"] {
+        for s in [
+            "2017-01-01 10:00:00Z",
+            "2017-01-01T10:00:00.Z",
+            "2017-01-01T",
+            "2017-01-01T10:00:00z",
+        ] {
             bad(Prim::DateTime, s);
         }
     }
@@ -459,7 +553,12 @@ mod tests {
     fn instants() {
         ok(Prim::Instant, "2015-02-07T13:28:17.239+02:00");
         ok(Prim::Instant, "2015-02-07T13:28:17Z");
-        for s in ["2015-02-07", "2015", "2015-02-07T13:28:17", "2015-02-30T13:28:17Z"] {
+        for s in [
+            "2015-02-07",
+            "2015",
+            "2015-02-07T13:28:17",
+            "2015-02-30T13:28:17Z",
+        ] {
             bad(Prim::Instant, s);
         }
         assert!(bad(Prim::Instant, "2015-02-07T13:28:17").contains("time zone"));
@@ -481,9 +580,18 @@ mod tests {
             ok(Prim::Code, s);
         }
         assert_eq!(bad(Prim::Code, ""), "must not be empty");
-        assert_eq!(bad(Prim::Code, " male"), "must not start or end with whitespace");
-        assert_eq!(bad(Prim::Code, "male\n"), "must not start or end with whitespace");
-        assert_eq!(bad(Prim::Code, "a  b"), "must not contain two whitespace characters in a row");
+        assert_eq!(
+            bad(Prim::Code, " male"),
+            "must not start or end with whitespace"
+        );
+        assert_eq!(
+            bad(Prim::Code, "male\n"),
+            "must not start or end with whitespace"
+        );
+        assert_eq!(
+            bad(Prim::Code, "a  b"),
+            "must not contain two whitespace characters in a row"
+        );
     }
 
     #[test]
@@ -502,7 +610,10 @@ mod tests {
             ok(p, "http://example.org/fhir");
             ok(p, "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0");
             assert_eq!(bad(p, ""), "must not be empty");
-            assert_eq!(bad(p, "http://example.org/a b"), "must not contain whitespace");
+            assert_eq!(
+                bad(p, "http://example.org/a b"),
+                "must not contain whitespace"
+            );
         }
         ok(Prim::Oid, "urn:oid:1.2.840.10008");
         bad(Prim::Oid, "urn:oid:3.2");
@@ -520,7 +631,9 @@ mod tests {
             assert!(check_decimal_literal(s).is_err(), "{s}");
         }
         assert_eq!(check(Prim::Decimal, &json!(1.50)), Ok(()));
-        assert!(check(Prim::Decimal, &json!("1.5")).unwrap_err().contains("not a string"));
+        assert!(check(Prim::Decimal, &json!("1.5"))
+            .unwrap_err()
+            .contains("not a string"));
         assert!(check(Prim::Decimal, &json!(true)).is_err());
     }
 
@@ -539,13 +652,19 @@ mod tests {
 
         assert_eq!(check(Prim::UnsignedInt, &json!(0)), Ok(()));
         assert!(check(Prim::UnsignedInt, &json!(-1)).is_err());
-        assert!(check(Prim::UnsignedInt, &serde_json::from_str::<Value>("1.0").unwrap()).is_err());
+        assert!(check(
+            Prim::UnsignedInt,
+            &serde_json::from_str::<Value>("1.0").unwrap()
+        )
+        .is_err());
 
         assert_eq!(check(Prim::Integer, &json!(-2147483648i64)), Ok(()));
         assert!(check(Prim::Integer, &json!(-2147483649i64)).is_err());
         assert!(check(Prim::Integer, &json!(1.5)).is_err());
 
-        assert!(check(Prim::Date, &json!(1990)).unwrap_err().contains("JSON string"));
+        assert!(check(Prim::Date, &json!(1990))
+            .unwrap_err()
+            .contains("JSON string"));
         assert_eq!(check(Prim::Unknown, &json!(1)), Ok(()));
     }
 }

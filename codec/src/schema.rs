@@ -195,22 +195,44 @@ pub(crate) fn child<'n>(parent: &str, name: &'n str, scratch: &mut String) -> Op
     } else {
         None
     };
-    let simple = |kind| Some(Child { kind, array: false, choice: None });
+    let simple = |kind| {
+        Some(Child {
+            kind,
+            array: false,
+            choice: None,
+        })
+    };
 
     // Elements inherited from Element / Resource / DomainResource are not in the type hints.
     match name {
         "extension" | "modifierExtension" => {
-            return Some(Child { kind: Kind::Complex("Extension"), array: true, choice: None })
+            return Some(Child {
+                kind: Kind::Complex("Extension"),
+                array: true,
+                choice: None,
+            })
         }
         // Resource.id is an id; Element.id (of datatypes and backbone elements) a string.
-        "id" => return simple(Kind::Primitive(if in_resource { Prim::Id } else { Prim::String })),
+        "id" => {
+            return simple(Kind::Primitive(if in_resource {
+                Prim::Id
+            } else {
+                Prim::String
+            }))
+        }
         _ => {}
     }
     if in_resource {
         match name {
             "meta" => return simple(Kind::Complex("Meta")),
             "text" => return simple(Kind::Complex("Narrative")),
-            "contained" => return Some(Child { kind: Kind::Resource, array: true, choice: None }),
+            "contained" => {
+                return Some(Child {
+                    kind: Kind::Resource,
+                    array: true,
+                    choice: None,
+                })
+            }
             "implicitRules" => return simple(Kind::Primitive(Prim::Uri)),
             "language" => return simple(Kind::Primitive(Prim::Code)),
             _ => {}
@@ -229,11 +251,11 @@ pub(crate) fn child<'n>(parent: &str, name: &'n str, scratch: &mut String) -> Op
         if *ty == "Resource" {
             Kind::Resource
         } else {
-            Kind::Complex(*ty)
+            Kind::Complex(ty)
         }
     } else if let Some(target) = hints.content_reference_paths.get(path) {
         // e.g. `Parameters.parameter.part` has the elements of `Parameters.parameter`.
-        Kind::Complex(*target)
+        Kind::Complex(target)
     } else if let Some((key, _)) = ELEMENT_MAP.get_entry(path) {
         Kind::Complex(key)
     } else {
@@ -241,7 +263,11 @@ pub(crate) fn child<'n>(parent: &str, name: &'n str, scratch: &mut String) -> Op
     };
 
     let choice = choice.map(|(base, suffix)| (base, type_name_for_path(suffix, kind)));
-    Some(Child { kind, array, choice })
+    Some(Child {
+        kind,
+        array,
+        choice,
+    })
 }
 
 /// FHIRPath `ofType()` spells primitive types in lower camel case (`dateTime`) and complex
@@ -293,27 +319,60 @@ mod tests {
     #[test]
     fn resolves_common_elements() {
         assert_eq!(resolve("Patient", "id"), Some(Kind::Primitive(Prim::Id)));
-        assert_eq!(resolve("HumanName", "id"), Some(Kind::Primitive(Prim::String)));
+        assert_eq!(
+            resolve("HumanName", "id"),
+            Some(Kind::Primitive(Prim::String))
+        );
         assert_eq!(resolve("Patient", "meta"), Some(Kind::Complex("Meta")));
         assert_eq!(resolve("Patient", "text"), Some(Kind::Complex("Narrative")));
-        assert_eq!(resolve("HumanName", "text"), Some(Kind::Primitive(Prim::String)));
+        assert_eq!(
+            resolve("HumanName", "text"),
+            Some(Kind::Primitive(Prim::String))
+        );
         assert_eq!(resolve("Patient", "contained"), Some(Kind::Resource));
         assert_eq!(resolve("Patient", "name"), Some(Kind::Complex("HumanName")));
-        assert_eq!(resolve("Patient", "contact"), Some(Kind::Complex("Patient.contact")));
-        assert_eq!(resolve("Patient", "birthDate"), Some(Kind::Primitive(Prim::Date)));
+        assert_eq!(
+            resolve("Patient", "contact"),
+            Some(Kind::Complex("Patient.contact"))
+        );
+        assert_eq!(
+            resolve("Patient", "birthDate"),
+            Some(Kind::Primitive(Prim::Date))
+        );
         assert_eq!(resolve("Patient", "foo"), None);
-        assert_eq!(resolve("Bundle", "entry"), Some(Kind::Complex("Bundle.entry")));
+        assert_eq!(
+            resolve("Bundle", "entry"),
+            Some(Kind::Complex("Bundle.entry"))
+        );
         assert_eq!(resolve("Bundle.entry", "resource"), Some(Kind::Resource));
-        assert_eq!(resolve("Bundle.entry", "link"), Some(Kind::Complex("Bundle.link")));
+        assert_eq!(
+            resolve("Bundle.entry", "link"),
+            Some(Kind::Complex("Bundle.link"))
+        );
         assert_eq!(
             resolve("Parameters.parameter", "part"),
             Some(Kind::Complex("Parameters.parameter"))
         );
-        assert_eq!(resolve("Meta", "lastUpdated"), Some(Kind::Primitive(Prim::Instant)));
-        assert_eq!(resolve("Meta", "versionId"), Some(Kind::Primitive(Prim::Id)));
-        assert_eq!(resolve("Quantity", "value"), Some(Kind::Primitive(Prim::Decimal)));
-        assert_eq!(resolve("ContactPoint", "rank"), Some(Kind::Primitive(Prim::PositiveInt)));
-        assert_eq!(resolve("Address", "postalCode"), Some(Kind::Primitive(Prim::String)));
+        assert_eq!(
+            resolve("Meta", "lastUpdated"),
+            Some(Kind::Primitive(Prim::Instant))
+        );
+        assert_eq!(
+            resolve("Meta", "versionId"),
+            Some(Kind::Primitive(Prim::Id))
+        );
+        assert_eq!(
+            resolve("Quantity", "value"),
+            Some(Kind::Primitive(Prim::Decimal))
+        );
+        assert_eq!(
+            resolve("ContactPoint", "rank"),
+            Some(Kind::Primitive(Prim::PositiveInt))
+        );
+        assert_eq!(
+            resolve("Address", "postalCode"),
+            Some(Kind::Primitive(Prim::String))
+        );
     }
 
     #[test]
@@ -333,8 +392,14 @@ mod tests {
         let c = child("Parameters.parameter", "valueInstant", &mut s).unwrap();
         assert_eq!(c.kind, Kind::Primitive(Prim::Instant));
         // Not choices, although the names end with a type name.
-        assert!(child("Patient", "birthDate", &mut s).unwrap().choice.is_none());
-        assert!(child("Address", "postalCode", &mut s).unwrap().choice.is_none());
+        assert!(child("Patient", "birthDate", &mut s)
+            .unwrap()
+            .choice
+            .is_none());
+        assert!(child("Address", "postalCode", &mut s)
+            .unwrap()
+            .choice
+            .is_none());
     }
 
     #[test]

@@ -21,12 +21,34 @@ const TABLE: &[(&str, Entries)] = &[
     // --- Resources ---
     (
         "Patient",
-        &[("gender", Code), ("birthDate", Date), ("contact.gender", Code), ("link.type", Code)],
+        &[
+            ("gender", Code),
+            ("birthDate", Date),
+            ("contact.gender", Code),
+            ("link.type", Code),
+        ],
     ),
-    ("Encounter", &[("status", Code), ("statusHistory.status", Code), ("location.status", Code)]),
-    ("Observation", &[("status", Code), ("issued", Instant), ("referenceRange.text", String)]),
+    (
+        "Encounter",
+        &[
+            ("status", Code),
+            ("statusHistory.status", Code),
+            ("location.status", Code),
+        ],
+    ),
+    (
+        "Observation",
+        &[
+            ("status", Code),
+            ("issued", Instant),
+            ("referenceRange.text", String),
+        ],
+    ),
     ("RelatedPerson", &[("gender", Code), ("birthDate", Date)]),
-    ("EpisodeOfCare", &[("status", Code), ("statusHistory.status", Code)]),
+    (
+        "EpisodeOfCare",
+        &[("status", Code), ("statusHistory.status", Code)],
+    ),
     ("Organization", &[("name", String), ("alias", String)]),
     (
         "Location",
@@ -74,11 +96,21 @@ const TABLE: &[(&str, Entries)] = &[
             ("issue.expression", String),
         ],
     ),
-    ("Provenance", &[("recorded", Instant), ("policy", Uri), ("entity.role", Code)]),
+    (
+        "Provenance",
+        &[
+            ("recorded", Instant),
+            ("policy", Uri),
+            ("entity.role", Code),
+        ],
+    ),
     ("Practitioner", &[("gender", Code), ("birthDate", Date)]),
     ("Condition", &[("recordedDate", DateTime)]),
     // --- General-purpose datatypes ---
-    ("Identifier", &[("use", Code), ("system", Uri), ("value", String)]),
+    (
+        "Identifier",
+        &[("use", Code), ("system", Uri), ("value", String)],
+    ),
     (
         "HumanName",
         &[
@@ -90,7 +122,10 @@ const TABLE: &[(&str, Entries)] = &[
             ("suffix", String),
         ],
     ),
-    ("ContactPoint", &[("system", Code), ("value", String), ("use", Code)]),
+    (
+        "ContactPoint",
+        &[("system", Code), ("value", String), ("use", Code)],
+    ),
     (
         "Address",
         &[
@@ -106,7 +141,15 @@ const TABLE: &[(&str, Entries)] = &[
         ],
     ),
     ("Period", &[("start", DateTime), ("end", DateTime)]),
-    ("Coding", &[("system", Uri), ("version", String), ("code", Code), ("display", String)]),
+    (
+        "Coding",
+        &[
+            ("system", Uri),
+            ("version", String),
+            ("code", Code),
+            ("display", String),
+        ],
+    ),
     ("CodeableConcept", &[("text", String)]),
     ("Quantity", QUANTITY),
     ("Age", QUANTITY),
@@ -114,10 +157,18 @@ const TABLE: &[(&str, Entries)] = &[
     ("Count", QUANTITY),
     ("Distance", QUANTITY),
     ("Money", &[("currency", Code)]),
-    ("Reference", &[("reference", String), ("type", Uri), ("display", String)]),
+    (
+        "Reference",
+        &[("reference", String), ("type", Uri), ("display", String)],
+    ),
     (
         "Meta",
-        &[("versionId", Id), ("lastUpdated", Instant), ("source", Uri), ("profile", Canonical)],
+        &[
+            ("versionId", Id),
+            ("lastUpdated", Instant),
+            ("source", Uri),
+            ("profile", Canonical),
+        ],
     ),
     ("Narrative", &[("status", Code), ("div", Xhtml)]),
     // Extension.url is an attribute in XML and not in fhirbolt's primitive list.
@@ -149,9 +200,17 @@ const TABLE: &[(&str, Entries)] = &[
     ),
     (
         "Signature",
-        &[("when", Instant), ("targetFormat", Code), ("sigFormat", Code), ("data", Base64Binary)],
+        &[
+            ("when", Instant),
+            ("targetFormat", Code),
+            ("sigFormat", Code),
+            ("data", Base64Binary),
+        ],
     ),
-    ("Dosage", &[("text", String), ("patientInstruction", String)]),
+    (
+        "Dosage",
+        &[("text", String), ("patientInstruction", String)],
+    ),
     // --- Metadata datatypes ---
     ("ContactDetail", &[("name", String)]),
     (
@@ -206,8 +265,12 @@ const TABLE: &[(&str, Entries)] = &[
 ];
 
 /// Quantity and its profiles (Age, Duration, Count, Distance) share these.
-const QUANTITY: Entries =
-    &[("comparator", Code), ("unit", String), ("system", Uri), ("code", Code)];
+const QUANTITY: Entries = &[
+    ("comparator", Code),
+    ("unit", String),
+    ("system", Uri),
+    ("code", Code),
+];
 
 fn table() -> &'static HashMap<std::string::String, Prim> {
     static TABLE_MAP: OnceLock<HashMap<std::string::String, Prim>> = OnceLock::new();
@@ -215,7 +278,9 @@ fn table() -> &'static HashMap<std::string::String, Prim> {
         TABLE
             .iter()
             .flat_map(|(ty, entries)| {
-                entries.iter().map(move |(element, prim)| (format!("{ty}.{element}"), *prim))
+                entries
+                    .iter()
+                    .map(move |(element, prim)| (format!("{ty}.{element}"), *prim))
             })
             .collect()
     })
@@ -254,7 +319,10 @@ mod tests {
                 other => missing.push(format!("{path}: {other:?}")),
             }
         }
-        assert!(missing.is_empty(), "untyped primitive elements: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "untyped primitive elements: {missing:#?}"
+        );
 
         let known: Vec<&str> = schema::all_primitive_paths().collect();
         for path in table().keys() {

@@ -13,7 +13,11 @@ use crate::{primitives, CodecError, ErrorKind};
 
 /// Checks a FHIR JSON resource; the first problem found, in document order, is returned.
 pub(crate) fn check_resource(value: &Value) -> Result<(), CodecError> {
-    Walker { path: String::new(), scratch: String::new() }.resource(value)
+    Walker {
+        path: String::new(),
+        scratch: String::new(),
+    }
+    .resource(value)
 }
 
 struct Walker {
@@ -91,7 +95,11 @@ impl Walker {
 
             let mark = self.path.len();
             push_element(&mut self.path, name, &child);
-            let result = if is_part { self.primitive_part(v, &child) } else { self.element(v, &child) };
+            let result = if is_part {
+                self.primitive_part(v, &child)
+            } else {
+                self.element(v, &child)
+            };
             self.path.truncate(mark);
             result?;
         }
@@ -138,7 +146,8 @@ impl Walker {
     fn single(&mut self, v: &Value, kind: Kind) -> Result<(), CodecError> {
         match (kind, v) {
             (_, Value::Null) => Err(self.structure(
-                "is null: FHIR JSON does not allow null here; leave the element out instead".to_owned(),
+                "is null: FHIR JSON does not allow null here; leave the element out instead"
+                    .to_owned(),
             )),
             (Kind::Resource, _) => self.resource(v),
             (Kind::Complex(key), Value::Object(obj)) => self.object(obj, key),
@@ -147,19 +156,23 @@ impl Walker {
                 type_label(key),
                 describe(v)
             ))),
-            (Kind::Primitive(p), Value::Object(_) | Value::Array(_)) => Err(self.structure(format!(
-                "must be a single {} value, not {}",
-                p.name(),
-                describe(v)
-            ))),
-            (Kind::Primitive(p), _) => primitives::check(p, v).map_err(|reason| self.invalid(p, v, &reason)),
+            (Kind::Primitive(p), Value::Object(_) | Value::Array(_)) => Err(self.structure(
+                format!("must be a single {} value, not {}", p.name(), describe(v)),
+            )),
+            (Kind::Primitive(p), _) => {
+                primitives::check(p, v).map_err(|reason| self.invalid(p, v, &reason))
+            }
         }
     }
 
     /// The `_birthDate` part of a primitive: an object (or, for repeating primitives, an array
     /// of objects and nulls) with `id` and `extension`.
     fn primitive_part(&mut self, v: &Value, child: &Child) -> Result<(), CodecError> {
-        let part = Child { kind: Kind::Complex(PRIMITIVE_PART), array: child.array, choice: None };
+        let part = Child {
+            kind: Kind::Complex(PRIMITIVE_PART),
+            array: child.array,
+            choice: None,
+        };
         match v {
             Value::Array(items) if child.array && !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {
@@ -189,7 +202,11 @@ impl Walker {
         } else {
             format!("{} {what}", self.path)
         };
-        CodecError { kind: ErrorKind::Structure, message, expression: self.expression() }
+        CodecError {
+            kind: ErrorKind::Structure,
+            message,
+            expression: self.expression(),
+        }
     }
 
     fn unknown_element(&self, key: &str, ty: &str) -> CodecError {
@@ -214,7 +231,10 @@ impl Walker {
 pub(crate) fn unknown_element(parent_path: &str, key: &str, ty: &str) -> CodecError {
     let expression = format!("{parent_path}.{key}");
     let message = if parent_path.contains(['.', '[']) {
-        format!("unknown element `{key}` in {} (at {expression})", type_label(ty))
+        format!(
+            "unknown element `{key}` in {} (at {expression})",
+            type_label(ty)
+        )
     } else {
         format!("unknown element `{key}` in {}", type_label(ty))
     };
@@ -224,7 +244,11 @@ pub(crate) fn unknown_element(parent_path: &str, key: &str, ty: &str) -> CodecEr
 /// "invalid date `1990-02-30` at Patient.birthDate: day 30 does not exist in February 1990".
 pub(crate) fn invalid_value(p: Prim, shown: &str, path: &str, reason: &str) -> CodecError {
     CodecError::primitive(
-        format!("invalid {} `{}` at {path}: {reason}", p.name(), truncate(shown)),
+        format!(
+            "invalid {} `{}` at {path}: {reason}",
+            p.name(),
+            truncate(shown)
+        ),
         Some(path.to_owned()),
     )
 }
@@ -241,7 +265,10 @@ pub(crate) fn push_element(path: &mut String, name: &str, child: &Child) {
 }
 
 fn is_number(p: Prim) -> bool {
-    matches!(p, Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt)
+    matches!(
+        p,
+        Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt
+    )
 }
 
 /// How a type is named in messages: the primitive-part pseudo type is not a real one.
@@ -324,15 +351,28 @@ mod tests {
         let e = err(json!({"resourceType": "Patient", "name": [{"family": "x"},
             {"period": {"start": "2020-01-01T10:00:00"}}]}));
         assert_eq!(e.kind, ErrorKind::Primitive);
-        assert_eq!(e.expression.as_deref(), Some("Patient.name[1].period.start"));
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Patient.name[1].period.start")
+        );
 
-        let e = err(json!({"resourceType": "Observation", "status": "final", "code": {},
-            "effectiveDateTime": "2020-02-30"}));
-        assert_eq!(e.expression.as_deref(), Some("Observation.effective.ofType(dateTime)"));
+        let e = err(
+            json!({"resourceType": "Observation", "status": "final", "code": {},
+            "effectiveDateTime": "2020-02-30"}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Observation.effective.ofType(dateTime)")
+        );
 
-        let e = err(json!({"resourceType": "Patient", "_birthDate": {"extension": [
-            {"url": "http://e", "valueInstant": "2020-01-01"}]}}));
-        assert_eq!(e.expression.as_deref(), Some("Patient.birthDate.extension[0].value.ofType(instant)"));
+        let e = err(
+            json!({"resourceType": "Patient", "_birthDate": {"extension": [
+            {"url": "http://e", "valueInstant": "2020-01-01"}]}}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Patient.birthDate.extension[0].value.ofType(instant)")
+        );
 
         let e = err(json!({"resourceType": "Patient", "active": "true"}));
         assert_eq!(e.kind, ErrorKind::Primitive);
@@ -346,25 +386,45 @@ mod tests {
         assert_eq!(e.expression.as_deref(), Some("Patient.gender"));
         let e = err(json!({"resourceType": "Patient", "extension": [{"url": "a b"}]}));
         assert_eq!(e.expression.as_deref(), Some("Patient.extension[0].url"));
-        let e = err(json!({"resourceType": "Observation", "status": "final", "code": {},
-            "valueQuantity": {"value": "5"}}));
-        assert_eq!(e.expression.as_deref(), Some("Observation.value.ofType(Quantity).value"));
+        let e = err(
+            json!({"resourceType": "Observation", "status": "final", "code": {},
+            "valueQuantity": {"value": "5"}}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Observation.value.ofType(Quantity).value")
+        );
     }
 
     #[test]
     fn checks_nested_resources() {
-        let e = err(json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        let e = err(
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [
             {"resource": {"resourceType": "Patient"}},
-            {"resource": {"resourceType": "Patient", "birthDate": "2001-13"}}]}));
-        assert_eq!(e.expression.as_deref(), Some("Bundle.entry[1].resource.birthDate"));
+            {"resource": {"resourceType": "Patient", "birthDate": "2001-13"}}]}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Bundle.entry[1].resource.birthDate")
+        );
 
-        let e = err(json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"request": {"method": "POST", "url": "Patient", "ifModifiedSince": "2020"}}]}));
-        assert_eq!(e.expression.as_deref(), Some("Bundle.entry[0].request.ifModifiedSince"));
+        let e = err(
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "POST", "url": "Patient", "ifModifiedSince": "2020"}}]}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Bundle.entry[0].request.ifModifiedSince")
+        );
 
-        let e = err(json!({"resourceType": "Parameters", "parameter": [{"name": "a", "part": [
-            {"name": "b", "valueDate": "2020-02-30"}]}]}));
-        assert_eq!(e.expression.as_deref(), Some("Parameters.parameter[0].part[0].value.ofType(date)"));
+        let e = err(
+            json!({"resourceType": "Parameters", "parameter": [{"name": "a", "part": [
+            {"name": "b", "valueDate": "2020-02-30"}]}]}),
+        );
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Parameters.parameter[0].part[0].value.ofType(date)")
+        );
 
         let e = err(json!({"resourceType": "Patient", "contained": [{"resourceType": "Foo"}]}));
         assert_eq!(e.kind, ErrorKind::Structure);
@@ -379,7 +439,10 @@ mod tests {
         assert_eq!(e.expression.as_deref(), Some("Patient.foo"));
 
         let e = err(json!({"resourceType": "Patient", "name": [{"nickname": "x"}]}));
-        assert_eq!(e.message, "unknown element `nickname` in HumanName (at Patient.name[0].nickname)");
+        assert_eq!(
+            e.message,
+            "unknown element `nickname` in HumanName (at Patient.name[0].nickname)"
+        );
 
         let e = err(json!({"resourceType": "Patient", "_name": {}}));
         assert_eq!(e.expression.as_deref(), Some("Patient._name"));
@@ -388,23 +451,38 @@ mod tests {
         assert!(e.message.contains("must be a JSON array"), "{}", e.message);
 
         let e = err(json!({"resourceType": "Patient", "gender": ["male"]}));
-        assert!(e.message.contains("must not be a JSON array"), "{}", e.message);
+        assert!(
+            e.message.contains("must not be a JSON array"),
+            "{}",
+            e.message
+        );
 
         let e = err(json!({"resourceType": "Patient", "gender": null}));
         assert!(e.message.contains("null"), "{}", e.message);
 
         let e = err(json!({"resourceType": "Patient", "deceasedBoolean": true,
             "deceasedDateTime": "2020"}));
-        assert!(e.message.contains("only one type of `deceased[x]`"), "{}", e.message);
+        assert!(
+            e.message.contains("only one type of `deceased[x]`"),
+            "{}",
+            e.message
+        );
 
         let e = err(json!({"resourceType": "Patient", "name": ["Jane"]}));
         assert_eq!(e.expression.as_deref(), Some("Patient.name[0]"));
 
         let e = err(json!({"resourceType": "Nope"}));
-        assert_eq!(e.message, "the resource has unknown resourceType `Nope`: it is not an R4 resource type");
+        assert_eq!(
+            e.message,
+            "the resource has unknown resourceType `Nope`: it is not an R4 resource type"
+        );
         assert_eq!(e.expression, None);
         let e = err(json!({"id": "x"}));
-        assert!(e.message.contains("missing `resourceType`"), "{}", e.message);
+        assert!(
+            e.message.contains("missing `resourceType`"),
+            "{}",
+            e.message
+        );
         let e = err(json!([1]));
         assert_eq!(e.kind, ErrorKind::Structure);
     }

@@ -1,9 +1,11 @@
-//! FHIR XML: a pre-scan that refuses DTDs and deep nesting before fhirbolt's parser runs, the
-//! conversion to FHIR JSON through fhirbolt, a diagnosis walk that says where fhirbolt's errors
-//! are, and compact output.
+//! FHIR XML, around fhirbolt's reader and writer: a pre-scan that refuses DTDs, deep nesting and
+//! documents fhirbolt would wrongly accept (truncated ones) before its parser runs; a walk that
+//! checks values and names the element at fault; narratives kept as written (fhirbolt trims
+//! their whitespace); and compact output (fhirbolt always indents).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::ops::Range;
 
 use serde_json::Value;
 
@@ -16,29 +18,134 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Value, CodecError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| CodecError::syntax(format!("invalid XML: not UTF-8 ({e})")))?;
     let body = prescan(text)?;
-    let value = match bolt::xml_to_json(body.as_bytes()) {
+    // Our walk goes first: it names the element at fault (fhirbolt never does) and checks the
+    // XML spelling of values, which the conversion to JSON hides (`007` becomes 7).
+    let mut divs = Vec::new();
+    walk_xml(body, &mut divs)?;
+    let mut value = match bolt::xml_to_json(body.as_bytes()) {
         Ok(value) => value,
         Err(XmlFailure::Syntax(m)) => return Err(CodecError::syntax(format!("invalid XML: {m}"))),
-        Err(XmlFailure::Structure(m)) => {
-            diagnose(body)?;
-            return Err(errors::from_fhirbolt(&m, None));
-        }
+        Err(XmlFailure::Structure(m)) => return Err(errors::from_fhirbolt(&m, None)),
+        // The walk checks every decimal it can type, so this is one it cannot.
         Err(XmlFailure::Decimal) => {
-            diagnose(body)?;
             return Err(CodecError::primitive(
                 "invalid decimal: a decimal value is not a number such as 12 or -0.5".to_owned(),
                 None,
-            ));
+            ))
         }
     };
+    restore_narratives(&mut value, body, &divs);
     walk::check_resource(&value)?;
     Ok(value)
+}
+
+/// Writes FHIR JSON as XML through fhirbolt, with the narratives as they were in the JSON.
+pub(crate) fn serialize(resource: &Value, pretty: bool) -> Result<Vec<u8>, CodecError> {
+    let xml = bolt::json_to_xml(resource).map_err(|m| {
+        let e = errors::from_fhirbolt(&m, Some(resource));
+        CodecError {
+            message: format!("cannot write the resource as XML: {}", e.message),
+            ..e
+        }
+    })?;
+    // Compact before the narratives go back in: whitespace inside XHTML can matter.
+    let xml = if pretty { xml } else { compact(&xml) };
+    let Ok(text) = String::from_utf8(xml) else {
+        return Err(CodecError::structure(
+            "fhirbolt wrote XML that is not UTF-8".to_owned(),
+            None,
+        ));
+    };
+    let mut divs = Vec::new();
+    if walk_xml(&text, &mut divs).is_ok() && !divs.is_empty() {
+        return Ok(splice_narratives(&text, &divs, resource).into_bytes());
+    }
+    Ok(text.into_bytes())
+}
+
+/// fhirbolt trims the text nodes of narrative XHTML when it reads XML (`<p>Hello <b>you</b>
+/// there</p>` becomes `<p>Hello<b>you</b>there</p>`), so each `div` of the JSON it returns is
+/// replaced by the `div` exactly as the document wrote it.
+fn restore_narratives(value: &mut Value, text: &str, divs: &[(String, Range<usize>)]) {
+    for (path, span) in divs {
+        let raw = &text[span.clone()];
+        if !is_xhtml_div(raw) {
+            continue;
+        }
+        if let Some(slot @ Value::String(_)) = at_path_mut(value, path) {
+            *slot = Value::String(raw.to_owned());
+        }
+    }
+}
+
+/// fhirbolt trims the narrative's text nodes when it writes XML too; put back each `div` as the
+/// JSON has it, when it is well-formed XHTML (else fhirbolt's rendering stays).
+fn splice_narratives(xml: &str, divs: &[(String, Range<usize>)], resource: &Value) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut copied = 0;
+    for (path, span) in divs {
+        let Some(Value::String(div)) = at_path(resource, path) else {
+            continue;
+        };
+        if !is_xhtml_div(div) || prescan(div).is_err() {
+            continue;
+        }
+        out.push_str(&xml[copied..span.start]);
+        out.push_str(div);
+        copied = span.end;
+    }
+    out.push_str(&xml[copied..]);
+    out
+}
+
+/// A narrative `div` that declares the XHTML namespace itself, as FHIR requires, so that it can
+/// stand on its own in JSON or in any XML document.
+fn is_xhtml_div(s: &str) -> bool {
+    let start_tag = s.find('>').map_or(s, |end| &s[..end]);
+    s.starts_with("<div")
+        && s[4..].starts_with(|c: char| c.is_ascii_whitespace())
+        && attribute(&start_tag[4..], "xmlns") == Some("http://www.w3.org/1999/xhtml")
+}
+
+/// The element of a FHIR JSON resource at a FHIRPath made by our walks
+/// (`Bundle.entry[0].resource.text.div`): dotted names with optional `[index]`, the first being
+/// the resource type.
+fn at_path<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut here = root;
+    for segment in path.split('.').skip(1) {
+        let (name, index) = split_index(segment)?;
+        here = here.get(name)?;
+        if let Some(i) = index {
+            here = here.get(i)?;
+        }
+    }
+    Some(here)
+}
+
+fn at_path_mut<'v>(root: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    let mut here = root;
+    for segment in path.split('.').skip(1) {
+        let (name, index) = split_index(segment)?;
+        here = here.get_mut(name)?;
+        if let Some(i) = index {
+            here = here.get_mut(i)?;
+        }
+    }
+    Some(here)
+}
+
+fn split_index(segment: &str) -> Option<(&str, Option<usize>)> {
+    match segment.split_once('[') {
+        Some((name, rest)) => Some((name, Some(rest.strip_suffix(']')?.parse().ok()?))),
+        None if segment.contains('(') => None,
+        None => Some((segment, None)),
+    }
 }
 
 /// Removes the indentation fhirbolt's XML writer always adds. fhirbolt trims every text node it
 /// writes (including inside the narrative's XHTML), so whitespace between `>` and `<` in its
 /// output is always indentation, and attribute values have `<` and `>` escaped.
-pub(crate) fn compact(xml: &[u8]) -> Vec<u8> {
+fn compact(xml: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(xml.len());
     let mut i = 0;
     while i < xml.len() {
@@ -46,7 +153,10 @@ pub(crate) fn compact(xml: &[u8]) -> Vec<u8> {
         out.push(b);
         i += 1;
         if b == b'>' {
-            let run = xml[i..].iter().take_while(|c| c.is_ascii_whitespace()).count();
+            let run = xml[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count();
             if run > 0 && xml.get(i + run).is_none_or(|&c| c == b'<') {
                 i += run;
             }
@@ -55,10 +165,18 @@ pub(crate) fn compact(xml: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One tag of an XML document.
+/// One tag of an XML document; `span` is its byte range in the document.
 enum Tag<'a> {
-    Open { name: &'a str, attrs: &'a str, empty: bool },
-    Close { name: &'a str },
+    Open {
+        name: &'a str,
+        attrs: &'a str,
+        empty: bool,
+        span: Range<usize>,
+    },
+    Close {
+        name: &'a str,
+        span: Range<usize>,
+    },
 }
 
 /// Calls `on_tag` for every element tag, skipping comments and processing instructions, and
@@ -114,22 +232,35 @@ fn scan<'a>(
                 None => {}
             }
         }
-        let end = end.ok_or_else(|| CodecError::syntax("invalid XML: unterminated tag".to_owned()))?;
+        let end =
+            end.ok_or_else(|| CodecError::syntax("invalid XML: unterminated tag".to_owned()))?;
         let inner = &text[start + 1..end];
         i = end + 1;
         if let Some(name) = inner.strip_prefix('/') {
-            on_tag(Tag::Close { name: name.trim_end() })?;
+            on_tag(Tag::Close {
+                name: name.trim_end(),
+                span: start..end + 1,
+            })?;
         } else {
             let (inner, empty) = match inner.strip_suffix('/') {
                 Some(inner) => (inner, true),
                 None => (inner, false),
             };
-            let name_len = inner.find(|c: char| c.is_ascii_whitespace()).unwrap_or(inner.len());
+            let name_len = inner
+                .find(|c: char| c.is_ascii_whitespace())
+                .unwrap_or(inner.len());
             let (name, attrs) = inner.split_at(name_len);
             if name.is_empty() {
-                return Err(CodecError::syntax("invalid XML: a tag without a name".to_owned()));
+                return Err(CodecError::syntax(
+                    "invalid XML: a tag without a name".to_owned(),
+                ));
             }
-            on_tag(Tag::Open { name, attrs, empty })?;
+            on_tag(Tag::Open {
+                name,
+                attrs,
+                empty,
+                span: start..end + 1,
+            })?;
         }
     }
     Ok(())
@@ -163,7 +294,7 @@ fn prescan(text: &str) -> Result<&str, CodecError> {
                     }
                 }
             }
-            Tag::Close { name } => match stack.pop() {
+            Tag::Close { name, .. } => match stack.pop() {
                 Some(open) if open == name => {}
                 Some(open) => {
                     return Err(CodecError::syntax(format!(
@@ -171,7 +302,9 @@ fn prescan(text: &str) -> Result<&str, CodecError> {
                     )))
                 }
                 None => {
-                    return Err(CodecError::syntax(format!("invalid XML: unexpected end tag </{name}>")))
+                    return Err(CodecError::syntax(format!(
+                        "invalid XML: unexpected end tag </{name}>"
+                    )))
                 }
             },
         }
@@ -183,11 +316,16 @@ fn prescan(text: &str) -> Result<&str, CodecError> {
         )));
     }
     if roots == 0 {
-        return Err(CodecError::syntax("invalid XML: no root element".to_owned()));
+        return Err(CodecError::syntax(
+            "invalid XML: no root element".to_owned(),
+        ));
     }
 
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
-    if let Some(decl) = trimmed.strip_prefix("<?xml").filter(|d| d.starts_with(char::is_whitespace)) {
+    if let Some(decl) = trimmed
+        .strip_prefix("<?xml")
+        .filter(|d| d.starts_with(char::is_whitespace))
+    {
         let end = decl.find("?>").unwrap_or(decl.len());
         if let Some(encoding) = attribute(&decl[..end], "encoding") {
             if !encoding.eq_ignore_ascii_case("utf-8") {
@@ -213,7 +351,8 @@ fn attribute<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
         let close = after[1..].find(quote)?;
         let value = &after[1..1 + close];
         let local = key.rsplit(':').next().unwrap_or(key);
-        if local == name && !key.starts_with("xmlns") {
+        // `xmlns:value="..."` declares a prefix; it is not a `value` attribute.
+        if local == name && (name == "xmlns" || !key.starts_with("xmlns")) {
             return Some(value);
         }
         rest = &after[close + 2..];
@@ -277,27 +416,38 @@ struct Level<'a> {
     path_len: usize,
     /// How many of each repeating child were seen, for `[index]`.
     seen: Vec<(&'a str, usize)>,
+    /// For a narrative `<div>`: where its start tag begins.
+    div_start: Option<usize>,
 }
 
-/// Walks the XML with the schema to say where fhirbolt's complaint is: an unknown element or
-/// resource type, a value attribute on a complex element, or a primitive value in the wrong
-/// format. Only runs when fhirbolt has refused the document.
-fn diagnose(text: &str) -> Result<(), CodecError> {
+/// Walks FHIR XML with the schema, checking what fhirbolt does not (and saying where): unknown
+/// elements and resource types, value attributes on complex elements, and the XML spelling of
+/// primitive values. Collects every narrative `<div>` with its FHIRPath and byte range.
+fn walk_xml(text: &str, divs: &mut Vec<(String, Range<usize>)>) -> Result<(), CodecError> {
     let mut stack: Vec<Level> = Vec::new();
     let mut path = String::new();
     let mut scratch = String::new();
     scan(text, |tag| {
-        let (name, attrs, empty) = match tag {
-            Tag::Close { .. } => {
+        let (name, attrs, empty, span) = match tag {
+            Tag::Close { span, .. } => {
                 if let Some(level) = stack.pop() {
+                    if let Some(start) = level.div_start {
+                        divs.push((path.clone(), start..span.end));
+                    }
                     path.truncate(level.path_len);
                 }
                 return Ok(());
             }
-            Tag::Open { name, attrs, empty } => (name, attrs, empty),
+            Tag::Open {
+                name,
+                attrs,
+                empty,
+                span,
+            } => (name, attrs, empty, span),
         };
         let local = name.rsplit(':').next().unwrap_or(name);
         let path_len = path.len();
+        let mut div_start = None;
         let frame = match stack.last_mut() {
             None => {
                 let key = resource_element(local, &path)?;
@@ -312,9 +462,12 @@ fn diagnose(text: &str) -> Result<(), CodecError> {
                     let _ = write!(path, ".extension[{i}]");
                     Frame::Type("Extension")
                 }
-                Frame::Primitive => return Err(walk::unknown_element(&path, local, "a primitive element")),
+                Frame::Primitive => {
+                    return Err(walk::unknown_element(&path, local, "a primitive element"))
+                }
                 Frame::Type("Narrative") if local == "div" => {
                     path.push_str(".div");
+                    div_start = Some(span.start);
                     Frame::Xhtml
                 }
                 Frame::Type(key) => {
@@ -355,9 +508,17 @@ fn diagnose(text: &str) -> Result<(), CodecError> {
             }
         }
         if empty {
+            if let Some(start) = div_start {
+                divs.push((path.clone(), start..span.end));
+            }
             path.truncate(path_len);
         } else {
-            stack.push(Level { frame, path_len, seen: Vec::new() });
+            stack.push(Level {
+                frame,
+                path_len,
+                seen: Vec::new(),
+                div_start,
+            });
         }
         Ok(())
     })
@@ -397,7 +558,9 @@ fn check_value(p: Prim, s: &str, path: &str) -> Result<(), CodecError> {
     let result = match p {
         Prim::Boolean if s == "true" || s == "false" => Ok(()),
         Prim::Boolean => Err("must be true or false".to_owned()),
-        Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt => check_integer(p, s),
+        Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt => {
+            check_integer(p, s)
+        }
         _ => primitives::check_str(p, s),
     };
     result.map_err(|reason| walk::invalid_value(p, s, path, &reason))
@@ -405,10 +568,16 @@ fn check_value(p: Prim, s: &str, path: &str) -> Result<(), CodecError> {
 
 fn check_integer(p: Prim, s: &str) -> Result<(), String> {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return Err("must be a whole number without leading zeros".to_owned());
     }
-    let n: i64 = s.trim_start_matches('+').parse().map_err(|_| "is out of range".to_owned())?;
+    let n: i64 = s
+        .trim_start_matches('+')
+        .parse()
+        .map_err(|_| "is out of range".to_owned())?;
     let value = serde_json::Value::from(n);
     primitives::check(p, &value)
 }
@@ -458,7 +627,11 @@ mod tests {
             "not xml",
         ];
         for doc in cases {
-            assert_eq!(parse(doc.as_bytes()).unwrap_err().kind, ErrorKind::Syntax, "{doc}");
+            assert_eq!(
+                parse(doc.as_bytes()).unwrap_err().kind,
+                ErrorKind::Syntax,
+                "{doc}"
+            );
         }
     }
 
@@ -469,17 +642,22 @@ mod tests {
             r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
             "\u{feff}<?xml version=\"1.0\"?>\n",
         ] {
-            let doc = format!(r#"{decl}<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#);
+            let doc = format!(
+                r#"{decl}<Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#
+            );
             assert!(parse(doc.as_bytes()).is_ok(), "{decl}");
         }
-        let latin = r#"<?xml version="1.0" encoding="ISO-8859-1"?><Patient xmlns="http://hl7.org/fhir"/>"#;
+        let latin =
+            r#"<?xml version="1.0" encoding="ISO-8859-1"?><Patient xmlns="http://hl7.org/fhir"/>"#;
         assert_eq!(parse(latin.as_bytes()).unwrap_err().kind, ErrorKind::Syntax);
     }
 
     #[test]
     fn diagnoses_fhirbolt_refusals() {
-        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><name><nickname value="x"/></name></Patient>"#)
-            .unwrap_err();
+        let e = parse(
+            br#"<Patient xmlns="http://hl7.org/fhir"><name><nickname value="x"/></name></Patient>"#,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Structure);
         assert_eq!(e.expression.as_deref(), Some("Patient.name[0].nickname"));
 
@@ -487,7 +665,8 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Structure);
         assert!(e.message.contains("Foo"), "{}", e.message);
 
-        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>"#).unwrap_err();
+        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>"#)
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Primitive);
         assert_eq!(e.expression.as_deref(), Some("Patient.active"));
 
@@ -496,13 +675,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Primitive);
-        assert_eq!(e.expression.as_deref(), Some("Observation.value.ofType(Quantity).value"));
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Observation.value.ofType(Quantity).value")
+        );
 
         let e = parse(
             br#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Patient><foo/></Patient></resource></entry></Bundle>"#,
         )
         .unwrap_err();
-        assert_eq!(e.expression.as_deref(), Some("Bundle.entry[0].resource.foo"));
+        assert_eq!(
+            e.expression.as_deref(),
+            Some("Bundle.entry[0].resource.foo")
+        );
 
         let e = parse(br#"<Patient><active value="true"/></Patient>"#).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Structure, "{}", e.message);
@@ -510,8 +695,10 @@ mod tests {
 
     #[test]
     fn xml_primitives_are_checked_after_conversion() {
-        let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><birthDate value="1990-02-30"/></Patient>"#)
-            .unwrap_err();
+        let e = parse(
+            br#"<Patient xmlns="http://hl7.org/fhir"><birthDate value="1990-02-30"/></Patient>"#,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Primitive);
         assert_eq!(e.expression.as_deref(), Some("Patient.birthDate"));
         let e = parse(br#"<Patient xmlns="http://hl7.org/fhir"><telecom><rank value="0"/></telecom></Patient>"#)
@@ -522,10 +709,54 @@ mod tests {
     #[test]
     fn helpers() {
         assert_eq!(attribute(r#" value="a&amp;b" url='u'"#, "url"), Some("u"));
-        assert_eq!(attribute(r#" xmlns="http://hl7.org/fhir" value="v""#, "value"), Some("v"));
+        assert_eq!(
+            attribute(r#" xmlns="http://hl7.org/fhir" value="v""#, "value"),
+            Some("v")
+        );
         assert_eq!(attribute(r#" id="x""#, "value"), None);
         assert_eq!(unescape("a&amp;b&lt;&#65;&#x42;&bogus;"), "a&b<AB&bogus;");
-        assert_eq!(compact(b"<?xml version=\"1.0\"?>\n<a>\n  <b value=\"x y\"/>\n  <c>t u</c>\n</a>"),
-            b"<?xml version=\"1.0\"?><a><b value=\"x y\"/><c>t u</c></a>".to_vec());
+        assert_eq!(
+            compact(b"<?xml version=\"1.0\"?>\n<a>\n  <b value=\"x y\"/>\n  <c>t u</c>\n</a>"),
+            b"<?xml version=\"1.0\"?><a><b value=\"x y\"/><c>t u</c></a>".to_vec()
+        );
+    }
+
+    const DIV: &str = r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Hello <b>you</b> there, <i>A &amp; B</i></p></div>"#;
+
+    #[test]
+    fn narrative_whitespace_survives_xml_input() {
+        let xml = format!(
+            r#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource><Patient><text><status value="generated"/>{DIV}</text></Patient></resource></entry></Bundle>"#
+        );
+        let v = parse(xml.as_bytes()).unwrap();
+        assert_eq!(v["entry"][0]["resource"]["text"]["div"], DIV);
+    }
+
+    #[test]
+    fn narrative_whitespace_survives_xml_output() {
+        let v = serde_json::json!({"resourceType": "Patient", "text": {"status": "generated", "div": DIV},
+            "contained": [{"resourceType": "Organization", "text": {"status": "generated", "div": DIV}, "name": "x"}]});
+        for pretty in [false, true] {
+            let xml = String::from_utf8(serialize(&v, pretty).unwrap()).unwrap();
+            assert_eq!(xml.matches(DIV).count(), 2, "pretty={pretty}: {xml}");
+            assert_eq!(parse(xml.as_bytes()).unwrap(), v);
+        }
+        // A div that is not well-formed XHTML is left as fhirbolt renders it: never broken XML.
+        let broken = serde_json::json!({"resourceType": "Patient", "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>a</div>"}});
+        if let Ok(xml) = serialize(&broken, false) {
+            assert!(prescan(std::str::from_utf8(&xml).unwrap()).is_ok());
+        }
+    }
+
+    #[test]
+    fn fhirpaths_into_json() {
+        let v = serde_json::json!({"resourceType": "Bundle", "entry": [{}, {"resource": {"text": {"div": "d"}}}]});
+        assert_eq!(
+            at_path(&v, "Bundle.entry[1].resource.text.div"),
+            Some(&serde_json::json!("d"))
+        );
+        assert_eq!(at_path(&v, "Bundle.entry[2].resource"), None);
+        assert_eq!(at_path(&v, "Bundle.value.ofType(x)"), None);
     }
 }

@@ -114,7 +114,12 @@ fn json_is_returned_as_written() {
     let plain: Value = serde_json::from_str(PATIENT_JSON).unwrap();
     assert_eq!(parsed, plain);
     // Member order and number literals survive (preserve_order, arbitrary_precision).
-    let keys: Vec<&str> = parsed.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = parsed
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(&keys[..3], ["resourceType", "id", "meta"]);
     assert_eq!(parsed["extension"][0]["valueDecimal"].to_string(), "61.50");
 }
@@ -124,14 +129,24 @@ fn xml_patient_equals_its_json_twin_and_round_trips() {
     let from_json = parse(PATIENT_JSON.as_bytes(), Format::Json).unwrap();
     let from_xml = parse(PATIENT_XML.as_bytes(), Format::Xml).unwrap();
     assert_eq!(from_xml, from_json);
-    assert_eq!(from_xml["extension"][0]["valueDecimal"].to_string(), "61.50");
+    assert_eq!(
+        from_xml["extension"][0]["valueDecimal"].to_string(),
+        "61.50"
+    );
 
     for pretty in [false, true] {
         let xml = serialize(&from_json, Format::Xml, pretty).unwrap();
         let text = String::from_utf8(xml.clone()).unwrap();
-        assert!(text.contains(r#"<Patient xmlns="http://hl7.org/fhir">"#), "{text}");
+        assert!(
+            text.contains(r#"<Patient xmlns="http://hl7.org/fhir">"#),
+            "{text}"
+        );
         assert_eq!(text.contains("\n  <id"), pretty, "{text}");
-        assert_eq!(parse(&xml, Format::Xml).unwrap(), from_json, "pretty={pretty}: {text}");
+        assert_eq!(
+            parse(&xml, Format::Xml).unwrap(),
+            from_json,
+            "pretty={pretty}: {text}"
+        );
     }
 }
 
@@ -141,14 +156,21 @@ fn json_serialisation_is_direct() {
     let compact = serialize(&v, Format::Json, false).unwrap();
     let pretty = serialize(&v, Format::Json, true).unwrap();
     assert!(!compact.contains(&b'\n'));
-    assert!(String::from_utf8(pretty.clone()).unwrap().contains("\n  \"id\": \"pat-1\""));
+    assert!(String::from_utf8(pretty.clone())
+        .unwrap()
+        .contains("\n  \"id\": \"pat-1\""));
     assert_eq!(parse(&compact, Format::Json).unwrap(), v);
     assert_eq!(parse(&pretty, Format::Json).unwrap(), v);
 }
 
 #[test]
 fn xml_serialisation_refuses_an_invalid_resource() {
-    let e = serialize(&json!({"resourceType": "Patient", "foo": 1}), Format::Xml, false).unwrap_err();
+    let e = serialize(
+        &json!({"resourceType": "Patient", "foo": 1}),
+        Format::Xml,
+        false,
+    )
+    .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Structure);
     let e = serialize(&json!({"resourceType": "Nope"}), Format::Xml, false).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Structure);
@@ -190,12 +212,18 @@ fn nested_resources_are_checked_too() {
     bundle["entry"][1]["resource"]["effectiveDateTime"] = json!("2024-01-02T10:00:00");
     let e = parse_json(&bundle).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Primitive);
-    assert_eq!(e.expression.as_deref(), Some("Bundle.entry[1].resource.effective.ofType(dateTime)"));
+    assert_eq!(
+        e.expression.as_deref(),
+        Some("Bundle.entry[1].resource.effective.ofType(dateTime)")
+    );
 
     let params = json!({"resourceType": "Parameters", "parameter": [
         {"name": "patient", "resource": {"resourceType": "Patient", "birthDate": "1900-02-29"}}]});
     let e = parse_json(&params).unwrap_err();
-    assert_eq!(e.expression.as_deref(), Some("Parameters.parameter[0].resource.birthDate"));
+    assert_eq!(
+        e.expression.as_deref(),
+        Some("Parameters.parameter[0].resource.birthDate")
+    );
 }
 
 /// fhirbolt's Compatibility and Lax modes loop forever on an unknown array element. We only
@@ -208,7 +236,9 @@ fn unknown_array_element_is_rejected_quickly() {
     thread::spawn(move || {
         let _ = tx.send(parse(body, Format::Json));
     });
-    let result = rx.recv_timeout(Duration::from_secs(5)).expect("parse did not finish within 5 s");
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("parse did not finish within 5 s");
     let e = result.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Structure);
     assert_eq!(e.message, "unknown element `foo` in Patient");
@@ -218,10 +248,14 @@ fn unknown_array_element_is_rejected_quickly() {
     // Also in XML, and nested.
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let xml = br#"<Patient xmlns="http://hl7.org/fhir"><foo value="1"/><foo value="2"/></Patient>"#;
+        let xml =
+            br#"<Patient xmlns="http://hl7.org/fhir"><foo value="1"/><foo value="2"/></Patient>"#;
         let _ = tx.send(parse(xml, Format::Xml));
     });
-    let e = rx.recv_timeout(Duration::from_secs(5)).expect("XML parse hung").unwrap_err();
+    let e = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("XML parse hung")
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Structure);
 }
 
@@ -239,23 +273,37 @@ fn primitive_formats() {
         ("multipleBirthInteger", json!(-3)),
     ];
     for (field, value) in ok {
-        parse_json(&patient_with(field, value.clone())).unwrap_or_else(|e| panic!("{field}={value}: {e}"));
+        parse_json(&patient_with(field, value.clone()))
+            .unwrap_or_else(|e| panic!("{field}={value}: {e}"));
     }
 
     let bad = [
         ("birthDate", json!("1990-02-30"), "Patient.birthDate"),
         ("birthDate", json!("1900-02-29"), "Patient.birthDate"),
         ("birthDate", json!("1990-2-3"), "Patient.birthDate"),
-        ("deceasedDateTime", json!("2020-05-06T07:08:09"), "Patient.deceased.ofType(dateTime)"),
+        (
+            "deceasedDateTime",
+            json!("2020-05-06T07:08:09"),
+            "Patient.deceased.ofType(dateTime)",
+        ),
         ("gender", json!(" female"), "Patient.gender"),
         ("gender", json!(""), "Patient.gender"),
         ("id", json!("has space"), "Patient.id"),
         ("active", json!("yes"), "Patient.active"),
-        ("multipleBirthInteger", json!(1.5), "Patient.multipleBirth.ofType(integer)"),
+        (
+            "multipleBirthInteger",
+            json!(1.5),
+            "Patient.multipleBirth.ofType(integer)",
+        ),
     ];
     for (field, value, path) in bad {
         let e = parse_json(&patient_with(field, value.clone())).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Primitive, "{field}={value}: {}", e.message);
+        assert_eq!(
+            e.kind,
+            ErrorKind::Primitive,
+            "{field}={value}: {}",
+            e.message
+        );
         assert_eq!(e.expression.as_deref(), Some(path), "{field}={value}");
     }
 
@@ -266,30 +314,69 @@ fn primitive_formats() {
     );
 
     let more_bad = [
-        (json!({"resourceType": "Patient", "meta": {"lastUpdated": "2024-05-06"}}), "Patient.meta.lastUpdated"),
-        (json!({"resourceType": "Patient", "meta": {"versionId": "v 1"}}), "Patient.meta.versionId"),
-        (json!({"resourceType": "Patient", "telecom": [{"rank": 0}]}), "Patient.telecom[0].rank"),
-        (json!({"resourceType": "Patient", "name": [{"period": {"end": "2020-01-01T00:00:00"}}]}),
-         "Patient.name[0].period.end"),
-        (json!({"resourceType": "Patient", "extension": [{"url": "", "valueString": "x"}]}), "Patient.extension[0].url"),
-        (json!({"resourceType": "Observation", "status": "final", "code": {},
-                "valueQuantity": {"value": "72.5"}}), "Observation.value.ofType(Quantity).value"),
-        (json!({"resourceType": "Location", "hoursOfOperation": [{"openingTime": "8:00"}]}),
-         "Location.hoursOfOperation[0].openingTime"),
-        (json!({"resourceType": "Bundle", "type": "searchset", "total": -1}), "Bundle.total"),
-        (json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
-            {"response": {"status": "200", "lastModified": "2020"}}]}), "Bundle.entry[0].response.lastModified"),
-        (json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error ", "code": "invalid"}]}),
-         "OperationOutcome.issue[0].severity"),
-        (json!({"resourceType": "Provenance", "target": [{"reference": "Patient/1"}], "recorded": "2020-01-01",
-                "agent": [{"who": {"reference": "Practitioner/1"}}]}), "Provenance.recorded"),
-        (json!({"resourceType": "Encounter", "status": "in  progress", "class": {"code": "AMB"}}), "Encounter.status"),
-        (json!({"resourceType": "EpisodeOfCare", "status": "active", "period": {"start": "2020-02-30"}}),
-         "EpisodeOfCare.period.start"),
-        (json!({"resourceType": "RelatedPerson", "patient": {"reference": "Patient/1"}, "birthDate": "2021-02-29"}),
-         "RelatedPerson.birthDate"),
-        (json!({"resourceType": "Organization", "identifier": [{"system": "urn:oid:1 2"}]}),
-         "Organization.identifier[0].system"),
+        (
+            json!({"resourceType": "Patient", "meta": {"lastUpdated": "2024-05-06"}}),
+            "Patient.meta.lastUpdated",
+        ),
+        (
+            json!({"resourceType": "Patient", "meta": {"versionId": "v 1"}}),
+            "Patient.meta.versionId",
+        ),
+        (
+            json!({"resourceType": "Patient", "telecom": [{"rank": 0}]}),
+            "Patient.telecom[0].rank",
+        ),
+        (
+            json!({"resourceType": "Patient", "name": [{"period": {"end": "2020-01-01T00:00:00"}}]}),
+            "Patient.name[0].period.end",
+        ),
+        (
+            json!({"resourceType": "Patient", "extension": [{"url": "", "valueString": "x"}]}),
+            "Patient.extension[0].url",
+        ),
+        (
+            json!({"resourceType": "Observation", "status": "final", "code": {},
+                "valueQuantity": {"value": "72.5"}}),
+            "Observation.value.ofType(Quantity).value",
+        ),
+        (
+            json!({"resourceType": "Location", "hoursOfOperation": [{"openingTime": "8:00"}]}),
+            "Location.hoursOfOperation[0].openingTime",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "searchset", "total": -1}),
+            "Bundle.total",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "200", "lastModified": "2020"}}]}),
+            "Bundle.entry[0].response.lastModified",
+        ),
+        (
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error ", "code": "invalid"}]}),
+            "OperationOutcome.issue[0].severity",
+        ),
+        (
+            json!({"resourceType": "Provenance", "target": [{"reference": "Patient/1"}], "recorded": "2020-01-01",
+                "agent": [{"who": {"reference": "Practitioner/1"}}]}),
+            "Provenance.recorded",
+        ),
+        (
+            json!({"resourceType": "Encounter", "status": "in  progress", "class": {"code": "AMB"}}),
+            "Encounter.status",
+        ),
+        (
+            json!({"resourceType": "EpisodeOfCare", "status": "active", "period": {"start": "2020-02-30"}}),
+            "EpisodeOfCare.period.start",
+        ),
+        (
+            json!({"resourceType": "RelatedPerson", "patient": {"reference": "Patient/1"}, "birthDate": "2021-02-29"}),
+            "RelatedPerson.birthDate",
+        ),
+        (
+            json!({"resourceType": "Organization", "identifier": [{"system": "urn:oid:1 2"}]}),
+            "Organization.identifier[0].system",
+        ),
     ];
     for (resource, path) in more_bad {
         let e = parse_json(&resource).unwrap_err();
@@ -302,14 +389,27 @@ fn primitive_formats() {
 fn structure_errors() {
     let e = parse(b"{\"resourceType\": \"Patient\",", Format::Json).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Syntax);
-    assert!(e.message.starts_with("invalid JSON at line 1 column"), "{}", e.message);
+    assert!(
+        e.message.starts_with("invalid JSON at line 1 column"),
+        "{}",
+        e.message
+    );
 
     for (doc, needle) in [
         (json!({"id": "x"}), "resourceType"),
         (json!({"resourceType": "Patients"}), "Patients"),
-        (json!({"resourceType": "Patient", "name": "Jane"}), "JSON array"),
-        (json!({"resourceType": "Patient", "gender": {"value": "x"}}), "gender"),
-        (json!({"resourceType": "Observation", "status": "final"}), "code"),
+        (
+            json!({"resourceType": "Patient", "name": "Jane"}),
+            "JSON array",
+        ),
+        (
+            json!({"resourceType": "Patient", "gender": {"value": "x"}}),
+            "gender",
+        ),
+        (
+            json!({"resourceType": "Observation", "status": "final"}),
+            "code",
+        ),
         (json!([{"resourceType": "Patient"}]), "resource"),
     ] {
         let e = parse_json(&doc).unwrap_err();
@@ -318,7 +418,10 @@ fn structure_errors() {
     }
 
     let e = parse_json(&json!({"resourceType": "Observation", "status": "final"})).unwrap_err();
-    assert_eq!(e.message, "Observation is missing the required element `code`");
+    assert_eq!(
+        e.message,
+        "Observation is missing the required element `code`"
+    );
     assert_eq!(e.expression.as_deref(), Some("Observation"));
 }
 
@@ -340,5 +443,33 @@ fn depth_limit_and_dtds() {
     assert_eq!(e.kind, ErrorKind::Syntax);
 
     let laughs = br#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><Patient xmlns="http://hl7.org/fhir"><id value="&lol2;"/></Patient>"#;
-    assert_eq!(parse(laughs, Format::Xml).unwrap_err().kind, ErrorKind::Syntax);
+    assert_eq!(
+        parse(laughs, Format::Xml).unwrap_err().kind,
+        ErrorKind::Syntax
+    );
+}
+
+/// Rough timings, printed: `cargo test -p kiunga-codec --release --test codec -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report, not a check"]
+fn timing() {
+    let patient_json = PATIENT_JSON.as_bytes();
+    let patient_xml = PATIENT_XML.as_bytes();
+    let value = parse(patient_json, Format::Json).unwrap();
+    let bundle = serde_json::to_vec(&transaction_bundle()).unwrap();
+    let runs = 2000u32;
+    let time = |label: &str, f: &dyn Fn()| {
+        f();
+        let start = Instant::now();
+        for _ in 0..runs {
+            f();
+        }
+        println!("{label}: {:.1} µs", start.elapsed().as_secs_f64() * 1e6 / f64::from(runs));
+    };
+    time("parse Patient JSON", &|| drop(parse(patient_json, Format::Json).unwrap()));
+    time("  of which serde_json only", &|| drop(serde_json::from_slice::<Value>(patient_json).unwrap()));
+    time("parse 3-entry Bundle JSON", &|| drop(parse(&bundle, Format::Json).unwrap()));
+    time("parse Patient XML", &|| drop(parse(patient_xml, Format::Xml).unwrap()));
+    time("serialize Patient JSON", &|| drop(serialize(&value, Format::Json, false).unwrap()));
+    time("serialize Patient XML", &|| drop(serialize(&value, Format::Xml, false).unwrap()));
 }

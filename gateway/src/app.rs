@@ -100,7 +100,7 @@ where
     let state = state.clone();
     web::block(move || {
         let mut conn = state.pool.get()?;
-        let env = Env { md: &state.metadata, mappings: &mappings };
+        let env = Env { md: &state.metadata, mappings: &mappings, strict: state.config.strict_mapping, default_org_unit: state.default_org_unit };
         conn.transaction(|c| {
             let mut s = Scoped::new(c, &ctx);
             f(&mut s, &env)

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod mapping;
+pub mod rest;
 pub mod store;
 pub mod telemetry;
 pub mod translate;

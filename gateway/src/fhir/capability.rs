@@ -65,6 +65,16 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                 v["readHistory"] = json!(r.supports(Interaction::Vread));
                 v["updateCreate"] = json!(false);
             }
+            if r.supports(Interaction::Create) {
+                v["conditionalCreate"] = json!(true);
+                v["conditionalUpdate"] = json!(true);
+                v["conditionalDelete"] = json!("single");
+                v["searchInclude"] = json!(crate::rest::search::INCLUDES.iter().filter(|(t, _)| *t == r.resource_type).map(|(_, i)| *i).collect::<Vec<_>>());
+                v["searchRevInclude"] = json!(crate::rest::search::REVINCLUDES.iter().filter(|(t, _)| *t == r.resource_type).map(|(_, i)| *i).collect::<Vec<_>>());
+            }
+            if r.resource_type == "Patient" {
+                v["operation"] = json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
+            }
             if !r.search_params.is_empty() {
                 v["searchParam"] =
                     r.search_params.iter().map(|p| json!({ "name": p.name, "type": p.kind, "documentation": p.doc })).collect::<Vec<_>>().into();

@@ -2,7 +2,6 @@
 //! layer and the tracker services, and turn the result into a response; nothing else.
 
 mod org;
-mod patient;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -10,7 +9,11 @@ use futures_util::StreamExt;
 use kiunga_codec::Format;
 use serde_json::Value;
 
-use crate::app::AppState;
+use crate::app::{tx, AppState};
+use crate::fhir::bundle;
+use crate::fhir::outcome::{Issue, OperationOutcome};
+use crate::fhir::Return;
+use crate::rest::{self, Stored};
 use crate::context::RequestContext;
 use crate::error::Error;
 use crate::fhir::capability::{Interaction, Interaction::*, ResourceCapability, SearchParam};
@@ -25,12 +28,68 @@ const ORG_PARAMS: &[SearchParam] = &[
 
 /// What is routed, per resource type. The CapabilityStatement is generated from this table and
 /// the handlers refuse (405) any interaction it does not list, so the two cannot drift apart.
+const PATIENT_PARAMS: &[SearchParam] = &[
+    SearchParam { name: "_id", kind: "token", doc: "Tracked entity UID" },
+    SearchParam { name: "identifier", kind: "token", doc: "system|value of any identifier system declared in mappings/patient.toml" },
+    SearchParam { name: "name", kind: "string", doc: "Family or given name: prefix, case- and accent-insensitive; :exact, :contains" },
+    SearchParam { name: "family", kind: "string", doc: "Family name (string semantics)" },
+    SearchParam { name: "given", kind: "string", doc: "Given name (string semantics)" },
+    SearchParam { name: "birthdate", kind: "date", doc: "Birth date with prefixes eq ne lt gt le ge sa eb ap; partial dates" },
+    SearchParam { name: "gender", kind: "token", doc: "AdministrativeGender" },
+    SearchParam { name: "organization", kind: "reference", doc: "Owning org unit" },
+    SearchParam { name: "phone", kind: "token", doc: "Phone number (digits compared)" },
+    SearchParam { name: "telecom", kind: "token", doc: "Any mapped contact point (digits compared)" },
+    SearchParam { name: "active", kind: "token", doc: "true or false" },
+    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+];
+
+const ENCOUNTER_PARAMS: &[SearchParam] = &[
+    SearchParam { name: "_id", kind: "token", doc: "Event UID" },
+    SearchParam { name: "patient", kind: "reference", doc: "The person" },
+    SearchParam { name: "subject", kind: "reference", doc: "The person" },
+    SearchParam { name: "date", kind: "date", doc: "Occurred date, with prefixes" },
+    SearchParam { name: "status", kind: "token", doc: "Encounter.status (through mappings/encounter.toml)" },
+    SearchParam { name: "type", kind: "token", doc: "system|code of a mapped encounter type (its program stage)" },
+    SearchParam { name: "class", kind: "token", doc: "Encounter class" },
+    SearchParam { name: "service-provider", kind: "reference", doc: "Org unit of the event" },
+    SearchParam { name: "episode-of-care", kind: "reference", doc: "The enrollment" },
+    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+];
+
+const OBSERVATION_PARAMS: &[SearchParam] = &[
+    SearchParam { name: "_id", kind: "token", doc: "Data value UID" },
+    SearchParam { name: "patient", kind: "reference", doc: "The person" },
+    SearchParam { name: "subject", kind: "reference", doc: "The person" },
+    SearchParam { name: "encounter", kind: "reference", doc: "The event" },
+    SearchParam { name: "code", kind: "token", doc: "system|code mapped in mappings/observation.toml" },
+    SearchParam { name: "category", kind: "token", doc: "observation-category" },
+    SearchParam { name: "date", kind: "date", doc: "effective[x], with prefixes" },
+    SearchParam { name: "value-quantity", kind: "quantity", doc: "prefix+number[|system|unit], converted to the data element's unit" },
+    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+];
+
+const CRUD: &[Interaction] = &[Create, Read, Vread, Update, Delete, HistoryInstance, HistoryType, SearchType];
+
+/// What is routed, per resource type. The CapabilityStatement is generated from this table and
+/// the handlers refuse (405) any interaction it does not list, so the two cannot drift apart.
 pub static RESOURCES: &[ResourceCapability] = &[
     ResourceCapability {
         resource_type: "Patient",
-        interactions: &[Create, Read, Vread, Update, Delete, HistoryInstance],
-        search_params: &[],
-        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml.",
+        interactions: CRUD,
+        search_params: PATIENT_PARAMS,
+        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml. Operation $everything.",
+    },
+    ResourceCapability {
+        resource_type: "Encounter",
+        interactions: CRUD,
+        search_params: ENCOUNTER_PARAMS,
+        documentation: "An event in a program stage, mapped by mappings/encounter.toml; the enrollment is opened when missing.",
+    },
+    ResourceCapability {
+        resource_type: "Observation",
+        interactions: CRUD,
+        search_params: OBSERVATION_PARAMS,
+        documentation: "A data value of an event, mapped by mappings/observation.toml; quantities converted to the data element's unit.",
     },
     ResourceCapability {
         resource_type: "Organization",
@@ -65,7 +124,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz)).service(
         web::scope("/fhir")
             .service(web::resource("/metadata").route(web::get().to(metadata)).default_service(web::to(not_allowed)))
-            .service(web::resource("/{type}").route(web::get().to(search)).route(web::post().to(create)).default_service(web::to(not_allowed)))
+            .service(
+                web::resource("/{type}")
+                    .route(web::get().to(search))
+                    .route(web::post().to(create))
+                    .route(web::put().to(conditional_update))
+                    .route(web::delete().to(conditional_delete))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(web::resource("/{type}/_search").route(web::post().to(search_post)).route(web::get().to(search)).default_service(web::to(not_allowed)))
+            .service(web::resource("/{type}/_history").route(web::get().to(type_history)).default_service(web::to(not_allowed)))
             .service(
                 web::resource("/{type}/{id}")
                     .route(web::get().to(read))
@@ -73,6 +141,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::delete().to(delete))
                     .default_service(web::to(not_allowed)),
             )
+            .service(web::resource("/{type}/{id}/$everything").route(web::get().to(everything)).default_service(web::to(not_allowed)))
             .service(web::resource("/{type}/{id}/_history").route(web::get().to(history)).default_service(web::to(not_allowed)))
             .service(web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(vread)).default_service(web::to(not_allowed)))
             .default_service(web::to(not_found)),
@@ -135,16 +204,70 @@ async fn incoming(req: &HttpRequest, payload: web::Payload, state: &AppState, ex
     Ok(Incoming { resource, bytes, content_type: content_type.unwrap_or_else(|| format.mime().to_string()) })
 }
 
+/// The context and the mapping set a request runs with.
+fn tx_inputs(state: &AppState, n: &Negotiated) -> (RequestContext, std::sync::Arc<crate::mapping::MappingSet>) {
+    (context(n), state.mappings())
+}
+
+/// The answer to a create or update, as `Prefer: return=` asks.
+fn written(state: &AppState, n: &Negotiated, w: Stored) -> FhirResponse {
+    let body = match n.return_pref {
+        Return::Minimal => None,
+        Return::Representation => Some(w.resource),
+        Return::OperationOutcome => {
+            let verb = if w.created { "created" } else { "updated" };
+            let mut issues = vec![Issue::information(format!("{}/{} {verb} (version {})", w.resource_type, w.id, w.version))];
+            issues.extend(w.warnings);
+            Some(OperationOutcome::new(issues).into_json())
+        }
+    };
+    FhirResponse {
+        status: if w.created { 201 } else { 200 },
+        body,
+        version: Some(w.version),
+        last_modified: Some(w.last_updated),
+        location: Some(format!("{}/{}/{}/_history/{}", state.base, w.resource_type, w.id, w.version)),
+    }
+}
+
+fn current(w: Stored) -> FhirResponse {
+    FhirResponse { status: 200, version: Some(w.version), last_modified: Some(w.last_updated), body: Some(w.resource), location: None }
+}
+
 async fn create(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let t = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
         capability(&t, Create)?;
         let input = incoming(&r, payload, &state, &t).await?;
-        match t.as_str() {
-            "Patient" => patient::create(&state, &n, input).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} cannot be created"))),
-        }
+        let condition = r.headers().get("if-none-exist").and_then(|h| h.to_str().ok()).map(|q| q.trim_start_matches('?').to_string());
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let outcome = tx(&state, ctx, mappings, move |s, env| {
+            if let Some(q) = condition {
+                let found = rest::search::matching_ids(s, env, &t, &q, 2)?;
+                match found.len() {
+                    0 => {}
+                    1 => return Ok(Err(rest::read(s, env, &t, &found[0])?)),
+                    _ => return Err(Error::PreconditionFailed(format!("If-None-Exist `{q}` matches more than one {t}; make the condition specific"))),
+                }
+            }
+            let body = rest::Body { resource: &input.resource, raw: &input.bytes, content_type: &input.content_type };
+            rest::create(s, env, &t, body).map(Ok)
+        })
+        .await?;
+        Ok(match outcome {
+            Ok(w) => written(&state, &n, w),
+            // Conditional create that found its match: 200 with the existing record, nothing stored.
+            Err(existing) => {
+                let location = format!("{}/{}/{}/_history/{}", state.base, existing.resource_type, existing.id, existing.version);
+                let mut resp = current(existing);
+                resp.location = Some(location);
+                if n.return_pref == Return::Minimal {
+                    resp.body = None;
+                }
+                resp
+            }
+        })
     })
     .await
 }
@@ -154,9 +277,11 @@ async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::D
     respond(&req, |n| async move {
         capability(&t, Read)?;
         match t.as_str() {
-            "Patient" => patient::read(&state, &n, id).await,
             "Organization" | "Location" => org::read(&state, &t, id).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} cannot be read"))),
+            _ => {
+                let (ctx, mappings) = tx_inputs(&state, &n);
+                Ok(current(tx(&state, ctx, mappings, move |s, env| rest::read(s, env, &t, &id)).await?))
+            }
         }
     })
     .await
@@ -167,12 +292,18 @@ async fn vread(req: HttpRequest, path: web::Path<(String, String, String)>, stat
     respond(&req, |n| async move {
         capability(&t, Vread)?;
         let version: i32 = vid.parse().map_err(|_| Error::NotFound(format!("{t}/{id} has no version `{vid}`")))?;
-        match t.as_str() {
-            "Patient" => patient::vread(&state, &n, id, version).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} has no versions"))),
-        }
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(current(tx(&state, ctx, mappings, move |s, env| rest::vread(s, env, &t, &id, version)).await?))
     })
     .await
+}
+
+fn check_body_id(t: &str, resource: &Value, id: &str) -> Result<(), Error> {
+    match resource.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => Ok(()),
+        Some(body_id) => Err(Error::invalid_at(format!("the body's id `{body_id}` differs from the id in the URL `{id}`"), format!("{t}.id"))),
+        None => Err(Error::invalid_at(format!("an update must carry the resource id (`{id}`) in the body"), format!("{t}.id"))),
+    }
 }
 
 async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
@@ -182,27 +313,91 @@ async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: we
         capability(&t, Update)?;
         let if_match = crate::fhir::if_match(&r)?;
         let input = incoming(&r, payload, &state, &t).await?;
-        match input.resource.get("id").and_then(Value::as_str) {
-            Some(body_id) if body_id == id => {}
-            Some(body_id) => return Err(Error::invalid_at(format!("the body's id `{body_id}` differs from the id in the URL `{id}`"), format!("{t}.id"))),
-            None => return Err(Error::invalid_at(format!("an update must carry the resource id (`{id}`) in the body"), format!("{t}.id"))),
-        }
-        match t.as_str() {
-            "Patient" => patient::update(&state, &n, id, if_match, input).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} cannot be updated"))),
-        }
+        check_body_id(&t, &input.resource, &id)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let w = tx(&state, ctx, mappings, move |s, env| {
+            let body = rest::Body { resource: &input.resource, raw: &input.bytes, content_type: &input.content_type };
+            rest::update(s, env, &t, &id, if_match, body)
+        })
+        .await?;
+        Ok(written(&state, &n, w))
     })
     .await
+}
+
+/// `PUT [type]?[search]`: create when nothing matches, update the one match, 412 when several do.
+async fn conditional_update(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let t = path.into_inner();
+    let r = req.clone();
+    respond(&req, |n| async move {
+        capability(&t, Update)?;
+        let query = r.query_string().to_string();
+        let if_match = crate::fhir::if_match(&r)?;
+        let input = incoming(&r, payload, &state, &t).await?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let w = tx(&state, ctx, mappings, move |s, env| {
+            let found = rest::search::matching_ids(s, env, &t, &query, 2)?;
+            let body = rest::Body { resource: &input.resource, raw: &input.bytes, content_type: &input.content_type };
+            match found.as_slice() {
+                [] => rest::create(s, env, &t, body),
+                [id] => {
+                    if let Some(body_id) = input.resource.get("id").and_then(Value::as_str) {
+                        if body_id != id {
+                            return Err(Error::invalid_at(format!("the body's id `{body_id}` is not the id of the {t} the condition matches (`{id}`)"), format!("{t}.id")));
+                        }
+                    }
+                    rest::update(s, env, &t, id, if_match, body)
+                }
+                _ => Err(Error::PreconditionFailed(format!("the condition `{query}` matches more than one {t}; make it specific"))),
+            }
+        })
+        .await?;
+        Ok(written(&state, &n, w))
+    })
+    .await
+}
+
+fn deleted(t: &str, id: &str, version: Option<i32>) -> FhirResponse {
+    let message = match version {
+        Some(v) => format!("{t}/{id} deleted (version {v})"),
+        None => format!("{t}/{id} was already deleted"),
+    };
+    FhirResponse { status: 200, body: Some(OperationOutcome::new(vec![Issue::information(message)]).into_json()), version, ..Default::default() }
 }
 
 async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Delete)?;
-        match t.as_str() {
-            "Patient" => patient::delete(&state, &n, id).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} cannot be deleted"))),
-        }
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let (t2, id2) = (t.clone(), id.clone());
+        let version = tx(&state, ctx, mappings, move |s, env| rest::delete(s, env, &t2, &id2)).await?;
+        Ok(deleted(&t, &id, version))
+    })
+    .await
+}
+
+/// `DELETE [type]?[search]`: deletes the one match; nothing to do when none; 412 when several.
+async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let t = path.into_inner();
+    let query = req.query_string().to_string();
+    respond(&req, |n| async move {
+        capability(&t, Delete)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let t2 = t.clone();
+        let result = tx(&state, ctx, mappings, move |s, env| {
+            let found = rest::search::matching_ids(s, env, &t2, &query, 2)?;
+            match found.as_slice() {
+                [] => Ok(None),
+                [id] => Ok(Some((id.clone(), rest::delete(s, env, &t2, id)?))),
+                _ => Err(Error::PreconditionFailed(format!("the condition `{query}` matches more than one {t2}; make it specific"))),
+            }
+        })
+        .await?;
+        Ok(match result {
+            None => FhirResponse { status: 200, body: Some(OperationOutcome::new(vec![Issue::information(format!("no {t} matched; nothing was deleted"))]).into_json()), ..Default::default() },
+            Some((id, version)) => deleted(&t, &id, version),
+        })
     })
     .await
 }
@@ -211,10 +406,25 @@ async fn history(req: HttpRequest, path: web::Path<(String, String)>, state: web
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, HistoryInstance)?;
-        match t.as_str() {
-            "Patient" => patient::history(&state, &n, id).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} has no history"))),
-        }
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let (t2, id2) = (t.clone(), id.clone());
+        let entries = tx(&state, ctx, mappings, move |s, env| rest::history(s, env, &t2, &id2)).await?;
+        Ok(FhirResponse::ok(bundle::history(&state.base, entries, format!("{}/{t}/{id}/_history", state.base))))
+    })
+    .await
+}
+
+async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let t = path.into_inner();
+    let params = crate::fhir::search::parse_query(req.query_string());
+    respond(&req, |n| async move {
+        capability(&t, HistoryType)?;
+        let (count, offset) = crate::fhir::search::paging(&params)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let t2 = t.clone();
+        let entries = tx(&state, ctx, mappings, move |s, env| rest::type_history(s, env, &t2, count, offset)).await?;
+        let self_link = format!("{}/{t}/_history?{}", state.base, crate::fhir::search::query_with_offset(&params, offset));
+        Ok(FhirResponse::ok(bundle::history(&state.base, entries, self_link)))
     })
     .await
 }
@@ -222,12 +432,51 @@ async fn history(req: HttpRequest, path: web::Path<(String, String)>, state: web
 async fn search(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let t = path.into_inner();
     let params = crate::fhir::search::parse_query(req.query_string());
-    respond(&req, |_n| async move {
+    run_search(&req, t, params, state).await
+}
+
+/// `POST [type]/_search`: parameters in an `application/x-www-form-urlencoded` body (and the URL).
+async fn search_post(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let t = path.into_inner();
+    let mut params = crate::fhir::search::parse_query(req.query_string());
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("application/x-www-form-urlencoded").to_string();
+    let body = read_body(payload, state.config.max_body_bytes).await;
+    match body {
+        Ok(bytes) if content_type.starts_with("application/x-www-form-urlencoded") => params.extend(crate::fhir::search::parse_query(&String::from_utf8_lossy(&bytes))),
+        Ok(_) => {
+            return respond(&req, |_n| async move { Err(Error::UnsupportedMediaType(format!("POST _search takes application/x-www-form-urlencoded parameters, not {content_type}"))) }).await
+        }
+        Err(e) => return respond(&req, |_n| async move { Err(e) }).await,
+    }
+    run_search(&req, t, params, state).await
+}
+
+async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::search::Param>, state: web::Data<AppState>) -> HttpResponse {
+    respond(req, |n| async move {
         capability(&t, SearchType)?;
         match t.as_str() {
             "Organization" | "Location" => org::search(&state, &t, params).await,
-            _ => Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
+            _ => {
+                let (ctx, mappings) = tx_inputs(&state, &n);
+                let lenient = n.lenient;
+                let base = state.base.clone();
+                Ok(FhirResponse::ok(tx(&state, ctx, mappings, move |s, env| rest::search::search(s, env, &t, &params, lenient, &base)).await?))
+            }
         }
+    })
+    .await
+}
+
+/// `Patient/{id}/$everything`: the patient, their Encounters and Observations.
+async fn everything(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+    let (t, id) = path.into_inner();
+    respond(&req, |n| async move {
+        if t != "Patient" {
+            return Err(Error::NotFound(format!("$everything is defined on Patient, not {t}")));
+        }
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let base = state.base.clone();
+        Ok(FhirResponse::ok(tx(&state, ctx, mappings, move |s, env| rest::everything(s, env, &id, &base)).await?))
     })
     .await
 }

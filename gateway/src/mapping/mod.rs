@@ -2,6 +2,8 @@
 //! They are edited by people, so every problem is reported as `file:line: what is wrong`, all at
 //! once, and a set with any problem is refused as a whole.
 
+pub mod encounter;
+pub mod observation;
 pub mod patient;
 
 use std::fmt;
@@ -9,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use encounter::EncounterMapping;
+pub use observation::ObservationMapping;
 pub use patient::PatientMapping;
 
 use crate::tracker::metadata::Metadata;
@@ -76,9 +80,11 @@ impl Source {
 pub struct MappingSet {
     pub version: String,
     pub patient: PatientMapping,
+    pub encounter: EncounterMapping,
+    pub observation: ObservationMapping,
 }
 
-const KNOWN_FILES: &[&str] = &["patient.toml"];
+const KNOWN_FILES: &[&str] = &["patient.toml", "encounter.toml", "observation.toml"];
 
 impl MappingSet {
     /// Reads and checks every mapping file in `dir`. All problems are returned together.
@@ -94,6 +100,8 @@ impl MappingSet {
         let mut hasher = Sha256::new();
         let mut problems = Vec::new();
         let mut patient = None;
+        let mut encounter = None;
+        let mut observation = None;
         for path in &files {
             let name = path.display().to_string();
             let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -117,6 +125,14 @@ impl MappingSet {
                     Ok(m) => patient = Some(m),
                     Err(mut p) => problems.append(&mut p),
                 },
+                "encounter.toml" => match encounter::load(&src, md) {
+                    Ok(m) => encounter = Some(m),
+                    Err(mut p) => problems.append(&mut p),
+                },
+                "observation.toml" => match observation::load(&src, md) {
+                    Ok(m) => observation = Some(m),
+                    Err(mut p) => problems.append(&mut p),
+                },
                 _ => problems.push(Problem {
                     file: src.name.clone(),
                     line: 0,
@@ -124,17 +140,15 @@ impl MappingSet {
                 }),
             }
         }
-        if patient.is_none() && !problems.iter().any(|p| p.file.ends_with("patient.toml")) {
-            problems.push(Problem {
-                file: dir.join("patient.toml").display().to_string(),
-                line: 0,
-                message: "missing: the Patient mapping is required".into(),
-            });
+        for (file, present) in [("patient.toml", patient.is_some()), ("encounter.toml", encounter.is_some()), ("observation.toml", observation.is_some())] {
+            if !present && !problems.iter().any(|p| p.file.ends_with(file)) {
+                problems.push(Problem { file: dir.join(file).display().to_string(), line: 0, message: "missing: this mapping file is required".into() });
+            }
         }
-        match (patient, problems.is_empty()) {
-            (Some(patient), true) => {
+        match (patient, encounter, observation, problems.is_empty()) {
+            (Some(patient), Some(encounter), Some(observation), true) => {
                 let version = hex::encode(&hasher.finalize()[..6]);
-                Ok(MappingSet { version, patient })
+                Ok(MappingSet { version, patient, encounter, observation })
             }
             _ => Err(Problems(problems)),
         }

@@ -1,6 +1,7 @@
 //! Postgres through diesel: the connection pool, embedded migrations, the DHIS2 metadata import and
 //! the scoped data access that every request goes through.
 
+pub mod events;
 pub mod metadata_import;
 pub mod patients;
 pub mod orgs;

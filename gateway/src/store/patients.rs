@@ -109,3 +109,28 @@ pub fn replace_values(conn: &mut PgConnection, id: i64, attribute_ids: &[i64], r
     diesel::insert_into(teav::table).values(&values).execute(conn)?;
     Ok(())
 }
+
+/// People by id (scope applied; deleted ones left out), values included, in one query each.
+pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
+    let mut q = te::table.filter(te::id.eq_any(ids)).filter(te::deleted.eq(false)).select(entity_columns()).into_boxed();
+    if let Some(orgs) = s.searchable_org_units() {
+        q = q.filter(te::org_unit_id.eq_any(orgs));
+    }
+    let rows: Vec<EntityRow> = q.load(s.conn)?;
+    let found: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let values: Vec<(i64, i64, String)> =
+        teav::table.filter(teav::tracked_entity_id.eq_any(&found)).select((teav::tracked_entity_id, teav::attribute_id, teav::value)).load(s.conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, uid, version, last_updated, org_unit_id, inactive, deleted)| PersonRecord {
+            id,
+            uid,
+            version,
+            last_updated,
+            org_unit_id,
+            inactive,
+            deleted,
+            values: values.iter().filter(|v| v.0 == id).map(|v| (v.1, v.2.clone())).collect(),
+        })
+        .collect())
+}

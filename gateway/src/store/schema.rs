@@ -328,3 +328,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     change_log,
     inbound_log,
 );
+
+diesel::joinable!(event -> tracked_entity (tracked_entity_id));
+diesel::joinable!(event_data_value -> tracked_entity (tracked_entity_id));
+diesel::joinable!(enrollment -> tracked_entity (tracked_entity_id));

@@ -2,8 +2,10 @@
 //! input, apply the registry's rules (ownership, uniqueness, versions, scope) and call the store,
 //! always inside the caller's transaction.
 
+pub mod encounters;
 pub mod metadata;
 pub mod model;
+pub mod observations;
 pub mod patients;
 pub mod value_type;
 
@@ -16,6 +18,10 @@ use metadata::Metadata;
 pub struct Env<'a> {
     pub md: &'a Metadata,
     pub mappings: &'a MappingSet,
+    /// Refuse input that no mapping holds (instead of storing the rest and reporting it).
+    pub strict: bool,
+    /// Owner of Patients sent without managingOrganization, when configured.
+    pub default_org_unit: Option<i64>,
 }
 
 /// A new DHIS2-style UID: a letter then ten letters or digits.

@@ -36,3 +36,61 @@ pub struct PersonSnapshot {
     pub inactive: bool,
     pub attributes: BTreeMap<String, String>,
 }
+
+/// An event, rendered as a FHIR Encounter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub uid: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub stage_id: i64,
+    pub org_unit_id: i64,
+    pub status: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub tracked_entity_id: i64,
+    pub tracked_entity_uid: String,
+    pub enrollment_id: i64,
+    pub enrollment_uid: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSnapshot {
+    pub stage: String,
+    pub org_unit: String,
+    pub status: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub enrollment: String,
+    pub tracked_entity: String,
+}
+
+/// One data value of an event, rendered as a FHIR Observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataValueRecord {
+    pub id: i64,
+    pub uid: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub event_id: i64,
+    pub event_uid: String,
+    pub data_element_id: i64,
+    pub tracked_entity_id: i64,
+    pub tracked_entity_uid: String,
+    pub value: String,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataValueSnapshot {
+    pub event: String,
+    pub data_element: String,
+    pub value: String,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub tracked_entity: String,
+}

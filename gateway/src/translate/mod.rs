@@ -4,8 +4,11 @@
 //! Reading input goes through a [`Reader`], which records which elements were used, so that
 //! everything else can be reported back as "not stored" instead of being dropped silently.
 
+pub mod encounter;
+pub mod observation;
 pub mod org;
 pub mod patient;
+pub mod units;
 
 use serde_json::Value;
 

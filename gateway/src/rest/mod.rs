@@ -1,0 +1,239 @@
+//! FHIR interactions over the tracker, one function per interaction, dispatching on resource type.
+//! Each runs inside the caller's transaction (a request or a whole Bundle) and composes the layers:
+//! translate the input (pure), apply the tracker rules and store, render the result.
+
+pub mod search;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::fhir::bundle::HistoryEntry;
+use crate::fhir::outcome::Issue;
+use crate::store::logs::Inbound;
+use crate::store::Scoped;
+use crate::tracker::{encounters, observations, patients, Env};
+use crate::translate;
+
+/// The resource types stored in the tracker (as opposed to org units, which are read-only).
+pub const STORED_TYPES: &[&str] = &["Patient", "Encounter", "Observation"];
+
+/// An incoming resource with its original bytes (kept in the inbound log).
+pub struct Body<'a> {
+    pub resource: &'a Value,
+    pub raw: &'a [u8],
+    pub content_type: &'a str,
+}
+
+/// A record as it is after an interaction, rendered.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub resource_type: &'static str,
+    pub id: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub resource: Value,
+    pub created: bool,
+    /// Input elements that no mapping holds (reported, never silently dropped).
+    pub warnings: Vec<Issue>,
+}
+
+fn static_type(t: &str) -> Result<&'static str, Error> {
+    STORED_TYPES.iter().copied().find(|x| *x == t).ok_or_else(|| Error::MethodNotAllowed(format!("{t} is not stored by this server")))
+}
+
+/// In strict mode, input that no mapping holds is refused instead of reported.
+fn strict_check(env: &Env, unmapped: &[Issue]) -> Result<(), Error> {
+    if env.strict && !unmapped.is_empty() {
+        let issues = unmapped
+            .iter()
+            .map(|w| Issue::error("business-rule", format!("{} (strict mapping mode refuses input it cannot store)", w.diagnostics), w.expression.clone()))
+            .collect();
+        return Err(Error::Unprocessable(issues));
+    }
+    Ok(())
+}
+
+fn inbound<'a>(interaction: &'a str, resource_type: &'a str, body: &Body<'a>, env: &'a Env) -> Inbound<'a> {
+    Inbound { interaction, resource_type, uid: None, content_type: body.content_type, body: body.raw, mapping_version: &env.mappings.version }
+}
+
+pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {
+    write(s, env, resource_type, None, None, body)
+}
+
+pub fn update(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, if_match: Option<i32>, body: Body) -> Result<Stored, Error> {
+    write(s, env, resource_type, Some(id), if_match, body)
+}
+
+fn write(s: &mut Scoped, env: &Env, resource_type: &str, id: Option<&str>, if_match: Option<i32>, body: Body) -> Result<Stored, Error> {
+    let t = static_type(resource_type)?;
+    let interaction = if id.is_some() { "update" } else { "create" };
+    let (md, m) = (env.md, env.mappings);
+    match t {
+        "Patient" => {
+            let w = translate::patient::to_tracker(body.resource, &m.patient, md)?;
+            strict_check(env, &w.unmapped)?;
+            let written = match id {
+                None => patients::create(s, env, &w, env.default_org_unit, inbound(interaction, t, &body, env))?,
+                Some(id) => patients::update(s, env, id, if_match, &w, env.default_org_unit, inbound(interaction, t, &body, env))?,
+            };
+            let r = written.record;
+            Ok(Stored { resource_type: t, id: r.uid.clone(), version: r.version, last_updated: r.last_updated, resource: translate::patient::to_fhir(&r, &m.patient, md), created: written.created, warnings: w.unmapped })
+        }
+        "Encounter" => {
+            let w = translate::encounter::to_tracker(body.resource, m, md)?;
+            strict_check(env, &w.unmapped)?;
+            let e = match id {
+                None => encounters::create(s, env, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => encounters::update(s, env, id, if_match, &w, inbound(interaction, t, &body, env))?,
+            };
+            Ok(Stored { resource_type: t, id: e.uid.clone(), version: e.version, last_updated: e.last_updated, resource: translate::encounter::to_fhir(&e, m, md), created: id.is_none(), warnings: w.unmapped })
+        }
+        _ => {
+            let w = translate::observation::to_tracker(body.resource, m, md)?;
+            strict_check(env, &w.unmapped)?;
+            let d = match id {
+                None => observations::create(s, env, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => observations::update(s, env, id, if_match, &w, inbound(interaction, t, &body, env))?,
+            };
+            Ok(Stored { resource_type: t, id: d.uid.clone(), version: d.version, last_updated: d.last_updated, resource: translate::observation::to_fhir(&d, m, md), created: id.is_none(), warnings: w.unmapped })
+        }
+    }
+}
+
+/// Deletes; returns the new version, or None when the record was already deleted.
+pub fn delete(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<Option<i32>, Error> {
+    match static_type(resource_type)? {
+        "Patient" => patients::delete(s, env, id),
+        "Encounter" => encounters::delete(s, env, id),
+        _ => observations::delete(s, env, id),
+    }
+}
+
+pub fn read(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<Stored, Error> {
+    version_or_current(s, env, resource_type, id, None)
+}
+
+pub fn vread(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, version: i32) -> Result<Stored, Error> {
+    version_or_current(s, env, resource_type, id, Some(version))
+}
+
+fn version_or_current(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, version: Option<i32>) -> Result<Stored, Error> {
+    let t = static_type(resource_type)?;
+    let (md, m) = (env.md, env.mappings);
+    let (version, last_updated, resource) = match t {
+        "Patient" => {
+            let r = match version {
+                None => patients::read(s, env, id)?,
+                Some(v) => patients::vread(s, env, id, v)?,
+            };
+            (r.version, r.last_updated, translate::patient::to_fhir(&r, &m.patient, md))
+        }
+        "Encounter" => {
+            let e = match version {
+                None => encounters::read(s, id)?,
+                Some(v) => encounters::vread(s, env, id, v)?,
+            };
+            (e.version, e.last_updated, translate::encounter::to_fhir(&e, m, md))
+        }
+        _ => {
+            let d = match version {
+                None => observations::read(s, id)?,
+                Some(v) => observations::vread(s, env, id, v)?,
+            };
+            (d.version, d.last_updated, translate::observation::to_fhir(&d, m, md))
+        }
+    };
+    Ok(Stored { resource_type: t, id: id.to_string(), version, last_updated, resource, created: false, warnings: Vec::new() })
+}
+
+pub fn history(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+    let t = static_type(resource_type)?;
+    let (md, m) = (env.md, env.mappings);
+    let entry = |version, operation, at, resource| HistoryEntry { resource_type: t, id: id.to_string(), version, at, operation, resource };
+    Ok(match t {
+        "Patient" => patients::history(s, env, id)?
+            .into_iter()
+            .map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::patient::to_fhir(&r, &m.patient, md))))
+            .collect(),
+        "Encounter" => encounters::history(s, env, id)?.into_iter().map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::encounter::to_fhir(&r, m, md)))).collect(),
+        _ => observations::history(s, env, id)?.into_iter().map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::observation::to_fhir(&r, m, md)))).collect(),
+    })
+}
+
+/// `Patient/{id}/$everything`: the patient with every live Encounter and Observation.
+pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Value, Error> {
+    use crate::fhir::bundle::{searchset, SearchEntry};
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Text};
+
+    #[derive(QueryableByName)]
+    struct IdRow {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let patient = read(s, env, "Patient", id)?;
+    let events: Vec<i64> = diesel::sql_query("SELECT e.id FROM event e JOIN tracked_entity te ON te.id = e.tracked_entity_id WHERE te.uid = $1 AND NOT e.deleted ORDER BY e.occurred_at NULLS LAST, e.id")
+        .bind::<Text, _>(id)
+        .load::<IdRow>(s.conn)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let values: Vec<i64> = diesel::sql_query("SELECT d.id FROM event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id WHERE te.uid = $1 AND NOT d.deleted ORDER BY d.observed_at NULLS LAST, d.id")
+        .bind::<Text, _>(id)
+        .load::<IdRow>(s.conn)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let mut entries = vec![SearchEntry { resource: patient.resource, mode: "match" }];
+    for (t, ids) in [("Encounter", &events), ("Observation", &values)] {
+        entries.extend(search::render_by_ids(s, env, t, ids)?.into_iter().map(|(_, r)| SearchEntry { resource: r, mode: "match" }));
+    }
+    let total = entries.len() as i64;
+    Ok(searchset(base, entries, Some(total), vec![("self", format!("{base}/Patient/{id}/$everything"))]))
+}
+
+/// `[type]/_history`: every version of every record of the type the caller may see, newest first.
+pub fn type_history(s: &mut Scoped, env: &Env, resource_type: &str, count: i64, offset: i64) -> Result<Vec<HistoryEntry>, Error> {
+    use diesel::prelude::*;
+    use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        uid: String,
+        #[diesel(sql_type = Int4)]
+        version: i32,
+        #[diesel(sql_type = Text)]
+        operation: String,
+        #[diesel(sql_type = Timestamptz)]
+        changed_at: DateTime<Utc>,
+    }
+    let t = static_type(resource_type)?;
+    let join = match t {
+        "Patient" => "JOIN tracked_entity te ON te.uid = cl.resource_uid",
+        "Encounter" => "JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
+        _ => "JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
+    };
+    let (roots, patterns) = s.ctx.search.sql_filter().unwrap_or((Vec::new(), Vec::new()));
+    let scoped = s.ctx.search.sql_filter().is_some();
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT cl.resource_uid AS uid, cl.version, cl.operation, cl.changed_at FROM change_log cl {join} \
+         WHERE cl.resource_type = $1 AND (NOT $2 OR te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($3) OR ou.path LIKE ANY($4))) \
+         ORDER BY cl.id DESC LIMIT $5 OFFSET $6"
+    ))
+    .bind::<Text, _>(t)
+    .bind::<diesel::sql_types::Bool, _>(scoped)
+    .bind::<Array<Text>, _>(roots)
+    .bind::<Array<Text>, _>(patterns)
+    .bind::<BigInt, _>(count)
+    .bind::<BigInt, _>(offset)
+    .load(s.conn)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let resource = if r.operation == "delete" { None } else { Some(vread(s, env, t, &r.uid, r.version)?.resource) };
+        out.push(HistoryEntry { resource_type: t, id: r.uid, version: r.version, at: r.changed_at, operation: r.operation, resource });
+    }
+    Ok(out)
+}
