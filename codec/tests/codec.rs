@@ -448,28 +448,3 @@ fn depth_limit_and_dtds() {
         ErrorKind::Syntax
     );
 }
-
-/// Rough timings, printed: `cargo test -p kiunga-codec --release --test codec -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing report, not a check"]
-fn timing() {
-    let patient_json = PATIENT_JSON.as_bytes();
-    let patient_xml = PATIENT_XML.as_bytes();
-    let value = parse(patient_json, Format::Json).unwrap();
-    let bundle = serde_json::to_vec(&transaction_bundle()).unwrap();
-    let runs = 2000u32;
-    let time = |label: &str, f: &dyn Fn()| {
-        f();
-        let start = Instant::now();
-        for _ in 0..runs {
-            f();
-        }
-        println!("{label}: {:.1} µs", start.elapsed().as_secs_f64() * 1e6 / f64::from(runs));
-    };
-    time("parse Patient JSON", &|| drop(parse(patient_json, Format::Json).unwrap()));
-    time("  of which serde_json only", &|| drop(serde_json::from_slice::<Value>(patient_json).unwrap()));
-    time("parse 3-entry Bundle JSON", &|| drop(parse(&bundle, Format::Json).unwrap()));
-    time("parse Patient XML", &|| drop(parse(patient_xml, Format::Xml).unwrap()));
-    time("serialize Patient JSON", &|| drop(serialize(&value, Format::Json, false).unwrap()));
-    time("serialize Patient XML", &|| drop(serialize(&value, Format::Xml, false).unwrap()));
-}

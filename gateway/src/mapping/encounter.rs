@@ -1,6 +1,6 @@
 //! `encounter.toml`: how an Encounter maps to an event (stage, status, class).
 
-use std::collections::BTreeMap;
+use indexmap::IndexMap;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -12,7 +12,7 @@ use crate::tracker::metadata::Metadata;
 #[serde(deny_unknown_fields)]
 struct Raw {
     class: RawCoding,
-    status: Spanned<BTreeMap<String, Spanned<String>>>,
+    status: Spanned<IndexMap<String, Spanned<String>>>,
     #[serde(default, rename = "type")]
     types: Vec<RawTypeMap>,
     #[serde(default)]

@@ -1,6 +1,8 @@
 //! `patient.toml`: how a FHIR Patient maps to a tracked entity and its attribute values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use indexmap::IndexMap;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -42,7 +44,7 @@ struct RawName {
 #[serde(deny_unknown_fields)]
 struct RawGender {
     attribute: Spanned<String>,
-    codes: Spanned<BTreeMap<String, Spanned<String>>>,
+    codes: Spanned<IndexMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
