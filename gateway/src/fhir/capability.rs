@@ -69,8 +69,16 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                 v["conditionalCreate"] = json!(true);
                 v["conditionalUpdate"] = json!(true);
                 v["conditionalDelete"] = json!("single");
-                v["searchInclude"] = json!(crate::rest::search::INCLUDES.iter().filter(|(t, _)| *t == r.resource_type).map(|(_, i)| *i).collect::<Vec<_>>());
-                v["searchRevInclude"] = json!(crate::rest::search::REVINCLUDES.iter().filter(|(t, _)| *t == r.resource_type).map(|(_, i)| *i).collect::<Vec<_>>());
+                // FHIR forbids empty arrays, so the lists appear only when they have entries.
+                let of_type = |list: &[(&str, &'static str)]| list.iter().filter(|(t, _)| *t == r.resource_type).map(|(_, i)| *i).collect::<Vec<_>>();
+                let includes = of_type(crate::rest::search::INCLUDES);
+                let revincludes = of_type(crate::rest::search::REVINCLUDES);
+                if !includes.is_empty() {
+                    v["searchInclude"] = json!(includes);
+                }
+                if !revincludes.is_empty() {
+                    v["searchRevInclude"] = json!(revincludes);
+                }
             }
             if r.resource_type == "Patient" {
                 v["operation"] = json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
