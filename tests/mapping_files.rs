@@ -58,7 +58,7 @@ attribute = "PHONE"
     assert!(lines.iter().any(|l| l.starts_with("patient.toml:8: identifier system `http://example.org/national-id` is already mapped at line 4")), "{err}");
     assert!(lines.iter().any(|l| *l == "patient.toml:12: name.family: attribute `FAMILY_NAME` is already mapped at line 9; one attribute holds one element"), "{err}");
     assert!(lines.iter().any(|l| l.starts_with("patient.toml:16: gender.codes.female: `FEM` is not an option of option set SEX")), "{err}");
-    assert!(lines.iter().any(|l| l.starts_with("patient.toml:19: birth_date: attribute `PHONE` has value type PhoneNumber")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:19: birth_date: attribute `PHONE` has value type PHONE_NUMBER")), "{err}");
 }
 
 #[test]

@@ -39,6 +39,13 @@ impl CodecError {
 /// fhirbolt re-reads its own tree), so the position is dropped; when `value` is given, a
 /// missing required element is looked for in it.
 pub(crate) fn from_fhirbolt(message: &str, value: Option<&Value>) -> CodecError {
+    from_fhirbolt_at(message, value.map(|v| (v, Kind::Resource, "")))
+}
+
+/// [`from_fhirbolt`] for a part of a resource: `at` is the value fhirbolt read, its kind and
+/// its FHIRPath (`Bundle.entry[3]`, of kind `Bundle.entry`), where a missing required element is
+/// looked for.
+pub(crate) fn from_fhirbolt_at(message: &str, at: Option<(&Value, Kind, &str)>) -> CodecError {
     let mut core = message;
     if let Some(i) = core.rfind(" at line ") {
         core = &core[..i];
@@ -52,8 +59,8 @@ pub(crate) fn from_fhirbolt(message: &str, value: Option<&Value>) -> CodecError 
 
     if let Some(field) = quoted_after(core, "missing field `") {
         let mut found = Vec::new();
-        if let Some(value) = value {
-            objects_lacking(value, Kind::Resource, &mut String::new(), field, &mut found);
+        if let Some((value, kind, path)) = at {
+            objects_lacking(value, kind, &mut path.to_owned(), field, &mut found);
         }
         return match found.as_slice() {
             [only] => CodecError::structure(

@@ -22,7 +22,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Value, CodecError> {
 
 /// Rejects JSON nested deeper than [`MAX_DEPTH`] without building anything, so that neither
 /// serde_json's nor fhirbolt's recursion is exposed to hostile input.
-fn check_depth(bytes: &[u8]) -> Result<(), CodecError> {
+pub(crate) fn check_depth(bytes: &[u8]) -> Result<(), CodecError> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -54,7 +54,7 @@ fn check_depth(bytes: &[u8]) -> Result<(), CodecError> {
     Ok(())
 }
 
-fn syntax_error(e: serde_json::Error) -> CodecError {
+pub(crate) fn syntax_error(e: serde_json::Error) -> CodecError {
     // serde_json's message ends with " at line L column C"; put the position first instead.
     let full = e.to_string();
     let reason = match full.rfind(" at line ") {

@@ -20,6 +20,16 @@ pub(crate) fn check_resource(value: &Value) -> Result<(), CodecError> {
     .resource(value)
 }
 
+/// Checks a value found at `path` (a FHIRPath such as `Bundle.entry[3]`) as an element of
+/// `kind`, naming the elements inside it from that path (`Bundle.entry[3].resource.birthDate`).
+pub(crate) fn check_at(value: &Value, kind: Kind, path: &str) -> Result<(), CodecError> {
+    Walker {
+        path: path.to_owned(),
+        scratch: String::new(),
+    }
+    .single(value, kind)
+}
+
 struct Walker {
     /// FHIRPath of the element being checked (`Patient.name[0].period.start`).
     path: String,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::bolt::{self, XmlFailure};
 use crate::json::MAX_DEPTH;
 use crate::schema::{self, Kind, Prim};
-use crate::{errors, primitives, walk, CodecError};
+use crate::{bundle, errors, primitives, walk, CodecError, ParsedBundle};
 
 pub(crate) fn parse(bytes: &[u8]) -> Result<Value, CodecError> {
     let text = std::str::from_utf8(bytes)
@@ -21,22 +21,107 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Value, CodecError> {
     // Our walk goes first: it names the element at fault (fhirbolt never does) and checks the
     // XML spelling of values, which the conversion to JSON hides (`007` becomes 7).
     let mut divs = Vec::new();
-    walk_xml(body, &mut divs)?;
-    let mut value = match bolt::xml_to_json(body.as_bytes()) {
-        Ok(value) => value,
-        Err(XmlFailure::Syntax(m)) => return Err(CodecError::syntax(format!("invalid XML: {m}"))),
-        Err(XmlFailure::Structure(m)) => return Err(errors::from_fhirbolt(&m, None)),
-        // The walk checks every decimal it can type, so this is one it cannot.
-        Err(XmlFailure::Decimal) => {
-            return Err(CodecError::primitive(
-                "invalid decimal: a decimal value is not a number such as 12 or -0.5".to_owned(),
-                None,
-            ))
-        }
-    };
+    walk_xml(body, &mut divs, None)?;
+    let mut value = bolt::xml_to_json(body.as_bytes()).map_err(conversion_error)?;
     restore_narratives(&mut value, body, &divs);
     walk::check_resource(&value)?;
     Ok(value)
+}
+
+/// Reads an XML Bundle for [`crate::parse_bundle`]: the whole Bundle goes through fhirbolt,
+/// with our value checks reported per entry instead of failing the Bundle, then the result is
+/// checked entry by entry as FHIR JSON.
+///
+/// fhirbolt reads the whole document, so whatever it refuses (an unknown element or a missing
+/// required element in any entry, a value it cannot store) fails the whole Bundle; when our
+/// walk found a bad value in an entry, that located error is returned, being the likely cause.
+pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle, CodecError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| CodecError::syntax(format!("invalid XML: not UTF-8 ({e})")))?;
+    let body = prescan(text)?;
+    match root_name(body) {
+        Some("Bundle") => {}
+        Some(other) => {
+            let what = if schema::resource_type(other).is_some() {
+                format!("the resource is a {other}")
+            } else {
+                format!("the root element is <{other}>, which is not an R4 resource type")
+            };
+            return Err(CodecError::structure(
+                format!("expected a Bundle (<Bundle xmlns=\"http://hl7.org/fhir\">), but {what}"),
+                None,
+            ));
+        }
+        None => return Err(CodecError::syntax("invalid XML: no root element".to_owned())),
+    }
+
+    let mut divs = Vec::new();
+    let mut bad_values = Vec::new();
+    walk_xml(body, &mut divs, Some(&mut bad_values))?;
+    // A bad value outside the entries belongs to no entry.
+    if let Some(i) = bad_values.iter().position(|e| !in_entry(e)) {
+        return Err(bad_values.swap_remove(i));
+    }
+    let mut value = match bolt::xml_to_json(body.as_bytes()) {
+        Ok(value) => value,
+        Err(failure @ XmlFailure::Syntax(_)) => return Err(conversion_error(failure)),
+        Err(failure) => {
+            return Err(match bad_values.into_iter().next() {
+                Some(located) => located,
+                None => conversion_error(failure),
+            })
+        }
+    };
+    restore_narratives(&mut value, body, &divs);
+    let mut parsed = bundle::check(value, false)?;
+
+    // The walk of the XML saw the values as written: its error comes first in its entry.
+    let mut seen = vec![false; parsed.entry_errors.len()];
+    for e in bad_values {
+        let i = e.expression.as_deref().and_then(bundle::entry_index);
+        match i.and_then(|i| Some((i, seen.get_mut(i)?))) {
+            Some((_, true)) => {}
+            Some((i, first)) => {
+                *first = true;
+                parsed.entry_errors[i] = Some(e);
+            }
+            // An entry fhirbolt did not return: cannot happen; refuse rather than lose it.
+            None => return Err(e),
+        }
+    }
+    Ok(parsed)
+}
+
+fn in_entry(e: &CodecError) -> bool {
+    e.expression
+        .as_deref()
+        .and_then(bundle::entry_index)
+        .is_some()
+}
+
+/// The local name of the document's root element.
+fn root_name(text: &str) -> Option<&str> {
+    let mut root = None;
+    // The error only stops the scan at the first tag.
+    let _ = scan(text, |tag| {
+        if let Tag::Open { name, .. } = tag {
+            root = Some(name.rsplit(':').next().unwrap_or(name));
+        }
+        Err(CodecError::syntax(String::new()))
+    });
+    root
+}
+
+fn conversion_error(failure: XmlFailure) -> CodecError {
+    match failure {
+        XmlFailure::Syntax(m) => CodecError::syntax(format!("invalid XML: {m}")),
+        XmlFailure::Structure(m) => errors::from_fhirbolt(&m, None),
+        // The walk checks every decimal it can type, so this is one it cannot.
+        XmlFailure::Decimal => CodecError::primitive(
+            "invalid decimal: a decimal value is not a number such as 12 or -0.5".to_owned(),
+            None,
+        ),
+    }
 }
 
 /// Writes FHIR JSON as XML through fhirbolt, with the narratives as they were in the JSON.
@@ -57,7 +142,7 @@ pub(crate) fn serialize(resource: &Value, pretty: bool) -> Result<Vec<u8>, Codec
         ));
     };
     let mut divs = Vec::new();
-    if walk_xml(&text, &mut divs).is_ok() && !divs.is_empty() {
+    if walk_xml(&text, &mut divs, None).is_ok() && !divs.is_empty() {
         return Ok(splice_narratives(&text, &divs, resource).into_bytes());
     }
     Ok(text.into_bytes())
@@ -423,7 +508,21 @@ struct Level<'a> {
 /// Walks FHIR XML with the schema, checking what fhirbolt does not (and saying where): unknown
 /// elements and resource types, value attributes on complex elements, and the XML spelling of
 /// primitive values. Collects every narrative `<div>` with its FHIRPath and byte range.
-fn walk_xml(text: &str, divs: &mut Vec<(String, Range<usize>)>) -> Result<(), CodecError> {
+///
+/// With `bad_values`, a value in the wrong format is added to it (in document order) instead of
+/// ending the walk.
+fn walk_xml(
+    text: &str,
+    divs: &mut Vec<(String, Range<usize>)>,
+    mut bad_values: Option<&mut Vec<CodecError>>,
+) -> Result<(), CodecError> {
+    let mut value_checked = |result: Result<(), CodecError>| match (result, &mut bad_values) {
+        (Err(e), Some(found)) => {
+            found.push(e);
+            Ok(())
+        }
+        (result, _) => result,
+    };
     let mut stack: Vec<Level> = Vec::new();
     let mut path = String::new();
     let mut scratch = String::new();
@@ -484,7 +583,7 @@ fn walk_xml(text: &str, divs: &mut Vec<(String, Range<usize>)>) -> Result<(), Co
                         Kind::Complex(key) => Frame::Type(key),
                         Kind::Primitive(p) => {
                             if let Some(raw) = attribute(attrs, "value") {
-                                check_value(p, &unescape(raw), &path)?;
+                                value_checked(check_value(p, &unescape(raw), &path))?;
                             }
                             Frame::Primitive
                         }
@@ -503,7 +602,7 @@ fn walk_xml(text: &str, divs: &mut Vec<(String, Range<usize>)>) -> Result<(), Co
                 if let Some(url) = attribute(attrs, "url") {
                     let mut url_path = path.clone();
                     url_path.push_str(".url");
-                    check_value(Prim::Uri, &unescape(url), &url_path)?;
+                    value_checked(check_value(Prim::Uri, &unescape(url), &url_path))?;
                 }
             }
         }

@@ -109,6 +109,22 @@ where
     .await?
 }
 
+/// Runs `f` on one pooled connection without an enclosing transaction (a batch Bundle opens one
+/// per entry), off the async executor.
+pub async fn with_conn<T, F>(state: &web::Data<AppState>, ctx: RequestContext, mappings: Arc<MappingSet>, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut diesel::PgConnection, &RequestContext, &Env) -> Result<T, Error> + Send + 'static,
+{
+    let state = state.clone();
+    web::block(move || {
+        let mut conn = state.pool.get()?;
+        let env = Env { md: &state.metadata, mappings: &mappings, strict: state.config.strict_mapping, default_org_unit: state.default_org_unit };
+        f(&mut conn, &ctx, &env)
+    })
+    .await?
+}
+
 /// The HTTP server around a started [`AppState`].
 pub struct Gateway {
     pub state: web::Data<AppState>,

@@ -29,6 +29,8 @@ pub struct Config {
     pub strict_mapping: bool,
     /// Largest request body accepted, in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Most entries a transaction or batch Bundle may have (413 above).
+    pub max_bundle_entries: usize,
     /// Org unit (UID or code) that owns a Patient sent without `managingOrganization`.
     pub default_org_unit: Option<String>,
     /// HTTP worker threads (0: one per core).
@@ -47,7 +49,8 @@ impl Default for Config {
             metadata_dir: "fixtures/metadata".into(),
             log_format: LogFormat::Text,
             strict_mapping: false,
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_bundle_entries: 20_000,
             default_org_unit: None,
             http_workers: 0,
         }
@@ -135,6 +138,9 @@ impl Config {
         }
         if let Some(v) = get("KIUNGA_MAX_BODY_BYTES") {
             self.max_body_bytes = parse("KIUNGA_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("KIUNGA_MAX_BUNDLE_ENTRIES") {
+            self.max_bundle_entries = parse("KIUNGA_MAX_BUNDLE_ENTRIES", v)?;
         }
         if let Some(v) = get("KIUNGA_DEFAULT_ORG_UNIT") {
             self.default_org_unit = (!v.is_empty()).then_some(v);

@@ -38,6 +38,9 @@ pub enum Error {
     Unprocessable(Vec<Issue>),
     #[error("request body larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// 413 with a specific explanation.
+    #[error("{0}")]
+    TooLarge(String),
     /// Temporarily unable to serve (pool exhausted, database down): 503.
     #[error("{0}")]
     Unavailable(String),
@@ -60,6 +63,14 @@ impl Error {
         Error::Unprocessable(vec![Issue::error("business-rule", message, expression)])
     }
 
+    /// Replaces a size error's message with a more specific one.
+    pub fn with_message(self, message: String) -> Self {
+        match self {
+            Error::PayloadTooLarge(_) => Error::TooLarge(message),
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid { .. } | Error::Codec(_) => StatusCode::BAD_REQUEST,
@@ -72,7 +83,7 @@ impl Error {
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PayloadTooLarge(_) | Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Database(e) => match db_kind(e) {
@@ -109,7 +120,7 @@ impl Error {
             Error::PreconditionFailed(m) => Issue::error("conflict", m, None),
             Error::Conflict { message, expression } => Issue::error("conflict", message, expression.clone()),
             Error::Unprocessable(issues) => return (status, OperationOutcome::new(issues.clone()).into_json()),
-            Error::PayloadTooLarge(_) => Issue::error("too-costly", self.to_string(), None),
+            Error::PayloadTooLarge(_) | Error::TooLarge(_) => Issue::error("too-costly", self.to_string(), None),
             Error::Unavailable(m) => {
                 tracing::warn!(request_id, reason = %m, "service unavailable");
                 Issue::error("transient", format!("{m}; retry later (request id {request_id})"), None)
@@ -172,7 +183,8 @@ fn db_constraint(e: &DieselError) -> &str {
 
 impl From<r2d2_error::PoolError> for Error {
     fn from(e: r2d2_error::PoolError) -> Self {
-        Error::Unavailable(format!("no database connection available ({e})"))
+        tracing::warn!(error = %e, "database pool exhausted");
+        Error::Unavailable("no database connection is free: the server is at capacity".into())
     }
 }
 

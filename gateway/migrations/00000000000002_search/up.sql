@@ -22,3 +22,9 @@ CREATE INDEX teav_date_idx ON tracked_entity_attribute_value (attribute_id, kiun
 CREATE INDEX teav_digits_idx ON tracked_entity_attribute_value (attribute_id, regexp_replace(value, '\D', '', 'g'));
 CREATE INDEX event_data_value_event_element_idx ON event_data_value (event_id, data_element_id);
 CREATE INDEX event_data_value_element_time_idx ON event_data_value (data_element_id, observed_at);
+
+-- The logs are append-only against TRUNCATE too.
+CREATE TRIGGER change_log_no_truncate BEFORE TRUNCATE ON change_log
+  FOR EACH STATEMENT EXECUTE FUNCTION kiunga_append_only();
+CREATE TRIGGER inbound_log_no_truncate BEFORE TRUNCATE ON inbound_log
+  FOR EACH STATEMENT EXECUTE FUNCTION kiunga_append_only();

@@ -102,7 +102,8 @@ impl Negotiated {
     pub fn body(&self, status: StatusCode, value: &Value) -> HttpResponse {
         match kiunga_codec::serialize(value, self.format, self.pretty) {
             Ok(bytes) => HttpResponse::build(status).insert_header((header::CONTENT_TYPE, content_type(self.format))).body(bytes),
-            Err(e) => self.error(Error::Internal(format!("cannot serialise the response: {e}"))),
+            // The codec's message may quote element values: only its kind is logged.
+            Err(e) => self.error(Error::Internal(format!("cannot serialise the response ({:?} error)", e.kind))),
         }
     }
 

@@ -123,6 +123,7 @@ fn capability(resource_type: &str, interaction: Interaction) -> Result<&'static 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz)).service(
         web::scope("/fhir")
+            .service(web::resource("").route(web::post().to(bundle)).default_service(web::to(not_allowed)))
             .service(web::resource("/metadata").route(web::get().to(metadata)).default_service(web::to(not_allowed)))
             .service(
                 web::resource("/{type}")
@@ -424,7 +425,18 @@ async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Dat
         let t2 = t.clone();
         let entries = tx(&state, ctx, mappings, move |s, env| rest::type_history(s, env, &t2, count, offset)).await?;
         let self_link = format!("{}/{t}/_history?{}", state.base, crate::fhir::search::query_with_offset(&params, offset));
-        Ok(FhirResponse::ok(bundle::history(&state.base, entries, self_link)))
+        let next = (count > 0 && entries.len() as i64 == count).then(|| format!("{}/{t}/_history?{}", state.base, crate::fhir::search::query_with_offset(&params, offset + count)));
+        let mut b = bundle::history(&state.base, entries, self_link);
+        if let Some(next) = next {
+            // The page is full: there may be more (a count would cost a scan of the whole log).
+            if let Some(links) = b["link"].as_array_mut() {
+                links.push(serde_json::json!({ "relation": "next", "url": next }));
+            }
+            if let Some(o) = b.as_object_mut() {
+                o.remove("total");
+            }
+        }
+        Ok(FhirResponse::ok(b))
     })
     .await
 }
@@ -463,6 +475,60 @@ async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::searc
                 Ok(FhirResponse::ok(tx(&state, ctx, mappings, move |s, env| rest::search::search(s, env, &t, &params, lenient, &base)).await?))
             }
         }
+    })
+    .await
+}
+
+/// `POST /fhir`: a transaction (all or nothing, one database transaction) or a batch (each entry
+/// on its own) Bundle, answered with a transaction-response / batch-response in request order.
+async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |n| async move {
+        let content_type = r.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
+        let format = kiunga_codec::content_format(content_type.as_deref()).map_err(Error::UnsupportedMediaType)?;
+        let bytes = read_body(payload, state.config.max_body_bytes).await?;
+        let parsed = kiunga_codec::parse_bundle(&bytes, format)?;
+        let kind = parsed.bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+        let count = parsed.bundle.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+        if count > state.config.max_bundle_entries {
+            return Err(Error::PayloadTooLarge(state.config.max_bundle_entries).with_message(format!(
+                "the Bundle has {count} entries; this server takes at most {} per Bundle (KIUNGA_MAX_BUNDLE_ENTRIES); split it",
+                state.config.max_bundle_entries
+            )));
+        }
+        let opts = rest::bundle::Options { lenient: n.lenient, return_pref: n.return_pref, base: state.base.clone() };
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let result = match kind.as_str() {
+            "transaction" => tx(&state, ctx, mappings, move |s, env| rest::bundle::transaction(s, env, &parsed.bundle, &parsed.entry_errors, &opts)).await?,
+            "batch" => {
+                crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
+                    use diesel::Connection;
+                    let entries = parsed.bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let mut out = Vec::with_capacity(entries.len());
+                    for (i, entry) in entries.iter().enumerate() {
+                        let error = parsed.entry_errors.get(i).and_then(Option::as_ref);
+                        let answer = conn.transaction(|c| {
+                            let mut s = crate::store::Scoped::new(c, ctx);
+                            rest::bundle::batch_entry(&mut s, env, entry, i, error, &opts)
+                        });
+                        out.push(match answer {
+                            Ok(a) => a.to_json(),
+                            Err(e @ Error::Unavailable(_)) => return Err(e),
+                            Err(e) => rest::bundle::Answer::failure(&e, &ctx.request_id).to_json(),
+                        });
+                    }
+                    Ok(rest::bundle::response_bundle("batch-response", out))
+                })
+                .await?
+            }
+            other => {
+                return Err(Error::invalid_at(
+                    format!("Bundle.type `{other}` cannot be processed here: POST /fhir takes transaction or batch Bundles"),
+                    "Bundle.type",
+                ))
+            }
+        };
+        Ok(FhirResponse::ok(result))
     })
     .await
 }

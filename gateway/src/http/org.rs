@@ -77,7 +77,7 @@ pub async fn search(state: &web::Data<AppState>, t: &str, params: Vec<Param>) ->
     .await??;
     let base = format!("{}/{t}", state.base);
     let mut links = vec![("self", format!("{base}?{}", query_with_offset(&params, offset)))];
-    if offset + count < total {
+    if count > 0 && offset + count < total {
         links.push(("next", format!("{base}?{}", query_with_offset(&params, offset + count))));
     }
     if offset > 0 {

@@ -167,7 +167,12 @@ impl<'a> Checker<'a> {
 
     fn value_type(&mut self, r: &Spanned<String>, a: &Attribute, element: &str, allowed: &[ValueType]) {
         if !allowed.contains(&a.value_type) {
-            self.problems.push(self.src.problem(r.span(), format!("{element}: attribute `{}` has value type {:?}, which cannot hold it (use one of {allowed:?})", r.get_ref(), a.value_type)));
+            self.problems.push(self.src.problem(r.span(), format!(
+                    "{element}: attribute `{}` has value type {}, which cannot hold it (use one of {})",
+                    r.get_ref(),
+                    a.value_type.name(),
+                    allowed.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+                )));
         }
     }
 }
@@ -262,7 +267,7 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
             }
         }
         if telecom.iter().any(|x| x.system == system && x.use_ == use_) {
-            c.problems.push(src.problem(t.system.span(), format!("telecom: system `{system}` with use {use_:?} is mapped twice")));
+            c.problems.push(src.problem(t.system.span(), format!("telecom: system `{system}`{} is mapped twice", use_.as_ref().map(|u| format!(" with use `{u}`")).unwrap_or_default())));
         }
         if let Some(a) = c.attribute(&t.attribute, "telecom") {
             let allowed: &[ValueType] = match system.as_str() {

@@ -2,6 +2,7 @@
 //! Each runs inside the caller's transaction (a request or a whole Bundle) and composes the layers:
 //! translate the input (pure), apply the tracker rules and store, render the result.
 
+pub mod bundle;
 pub mod search;
 
 use chrono::{DateTime, Utc};

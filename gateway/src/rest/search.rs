@@ -621,7 +621,7 @@ pub fn search(s: &mut Scoped, env: &Env, t: &str, params: &[Param], lenient: boo
     }
 
     let mut links = vec![("self", self_link)];
-    if offset + count < total {
+    if count > 0 && offset + count < total {
         links.push(("next", format!("{base}/{t}?{}", query_with_offset(params, offset + count))));
     }
     if offset > 0 {

@@ -377,6 +377,7 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
                     org_unit::path.eq(excluded(org_unit::path)),
                     org_unit::level.eq(excluded(org_unit::level)),
                     org_unit::opening_date.eq(excluded(org_unit::opening_date)),
+                    org_unit::last_updated.eq(diesel::dsl::now),
                 ))
                 .execute(conn)
                 .map_err(db("organisationUnit", &ou.id))?;
@@ -465,7 +466,11 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
 
     for p in &x.programs {
         let what = format!("program {}", p.id);
-        let tet = p.tracked_entity_type.as_ref().ok_or_else(|| format!("{what} has no trackedEntityType: only tracker programs (WITH_REGISTRATION) are supported"))?;
+        let Some(tet) = p.tracked_entity_type.as_ref() else {
+            // Event programs (WITHOUT_REGISTRATION) hold no people; a real export may carry them.
+            tracing::warn!(program = %p.id, "skipping an event program: only tracker programs (WITH_REGISTRATION) are loaded");
+            continue;
+        };
         let tet_id = resolve(conn, "tracked_entity_type", &tet.id, &what)?;
         let pid: i64 = diesel::insert_into(program::table)
             .values((

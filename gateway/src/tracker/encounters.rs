@@ -170,6 +170,22 @@ pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &E
     if program_of(w.stage_id) != program_of(current.stage_id) {
         return Err(Error::rule(format!("Encounter/{uid} is in another program; its type can only change to a stage of the same program"), Some("Encounter.type".into())));
     }
+    if let Some(e) = &w.enrollment_uid {
+        if *e != current.enrollment_uid {
+            return Err(Error::rule(format!("Encounter/{uid} is in EpisodeOfCare/{}; moving it to another enrollment is not supported", current.enrollment_uid), Some("Encounter.episodeOfCare".into())));
+        }
+    }
+    if w.stage_id != current.stage_id {
+        let stage = env.md.stages.iter().find(|st| st.id == w.stage_id);
+        if let Some(stage) = stage.filter(|st| !st.repeatable) {
+            if let Some(existing) = store::events_in_stage(s.conn, current.enrollment_id, w.stage_id)?.first() {
+                return Err(Error::Conflict {
+                    message: format!("stage {} happens once per enrollment and EpisodeOfCare/{} already has it (Encounter/{existing})", stage.name, current.enrollment_uid),
+                    expression: Some("Encounter.type".into()),
+                });
+            }
+        }
+    }
     check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
     let org_unit_id = w.org_unit_id.unwrap_or(current.org_unit_id);
     check_capture(s, env, org_unit_id, "an encounter")?;

@@ -145,6 +145,10 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     if !s.ctx.capture.contains(path) {
         return Err(Error::Forbidden(format!("you may read Patient/{uid} but not delete it: it is owned outside your org units")));
     }
+    let live = crate::store::events::live_events_of_person(s.conn, current.id)?;
+    if live > 0 {
+        return Err(Error::Conflict { message: format!("Patient/{uid} still has {live} Encounter(s); delete their Observations and Encounters first"), expression: None });
+    }
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_deleted(s.conn, current.id, version, now)?;

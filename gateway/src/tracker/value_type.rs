@@ -53,6 +53,32 @@ impl ValueType {
         }
     }
 
+    /// The DHIS2 name of the type, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Text => "TEXT",
+            ValueType::LongText => "LONG_TEXT",
+            ValueType::Letter => "LETTER",
+            ValueType::PhoneNumber => "PHONE_NUMBER",
+            ValueType::Email => "EMAIL",
+            ValueType::Boolean => "BOOLEAN",
+            ValueType::TrueOnly => "TRUE_ONLY",
+            ValueType::Date => "DATE",
+            ValueType::DateTime => "DATETIME",
+            ValueType::Time => "TIME",
+            ValueType::Number => "NUMBER",
+            ValueType::UnitInterval => "UNIT_INTERVAL",
+            ValueType::Percentage => "PERCENTAGE",
+            ValueType::Integer => "INTEGER",
+            ValueType::IntegerPositive => "INTEGER_POSITIVE",
+            ValueType::IntegerNegative => "INTEGER_NEGATIVE",
+            ValueType::IntegerZeroOrPositive => "INTEGER_ZERO_OR_POSITIVE",
+            ValueType::Url => "URL",
+            ValueType::Age => "AGE",
+            ValueType::Other => "OTHER",
+        }
+    }
+
     pub fn is_numeric(self) -> bool {
         matches!(
             self,

@@ -39,8 +39,14 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
     r.consume("meta.lastUpdated");
     let patient_uid = subject_uid(&mut r, &mut problems);
 
-    if matches!(str_at(resource, "status"), Some("final" | "amended" | "corrected")) {
-        r.consume("status");
+    match str_at(resource, "status") {
+        Some("final" | "amended" | "corrected") => r.consume("status"),
+        Some(s @ ("cancelled" | "entered-in-error")) => problems.push(Issue::error(
+            "business-rule",
+            format!("Observation.status `{s}`: the registry keeps final values only; to withdraw a value, DELETE the Observation"),
+            Some(r.expr("status")),
+        )),
+        _ => {}
     }
 
     let mut entry = None;
@@ -106,9 +112,10 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
     }
     if observed_at.is_none() {
         if let Some(raw) = resource.pointer("/effectivePeriod/start").and_then(Value::as_str) {
+            r.consume("effectivePeriod.start");
             observed_at = parse_date_time(raw);
-            if resource.pointer("/effectivePeriod/end").is_none() {
-                r.consume("effectivePeriod");
+            if observed_at.is_none() {
+                problems.push(Issue::error("value", format!("Observation.effectivePeriod.start `{raw}` is not a dateTime"), Some(r.expr("effectivePeriod.start"))));
             }
         }
     }

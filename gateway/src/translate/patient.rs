@@ -57,6 +57,12 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
         if ident.get("use").is_some_and(|u| u == "official" || u == "usual") {
             r.consume(format!("identifier[{i}].use"));
         }
+        // The type the server renders (text only) is held by the mapping itself.
+        if let (Some(t), Some(text)) = (ident.get("type"), &m.type_text) {
+            if t.as_object().is_some_and(|o| o.len() == 1) && t.get("text").and_then(Value::as_str) == Some(text) {
+                r.consume(format!("identifier[{i}].type"));
+            }
+        }
         put(&r, m.attribute_id, value, &format!("identifier[{i}].value"), &mut values, &mut problems);
     }
 

@@ -1,0 +1,415 @@
+//! Transaction and batch Bundles (FHIR http.html#transaction).
+//!
+//! A transaction runs every entry in the caller's one database transaction, in the order the spec
+//! gives (DELETE, POST, PUT/PATCH, GET/HEAD; POSTs of Patients before Encounters before
+//! Observations, so that references between new records resolve), rewrites `urn:uuid:`/`urn:oid:`
+//! references to the new ids and resolves conditional references. Any failure fails the whole
+//! Bundle, naming the entry. A batch runs each entry on its own (see [`batch_entry`]).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::{search, Body, Stored, STORED_TYPES};
+use crate::error::Error;
+use crate::fhir::instant;
+use crate::fhir::outcome::{Issue, OperationOutcome};
+use crate::fhir::search::parse_query;
+use crate::fhir::Return;
+use crate::store::Scoped;
+use crate::tracker::Env;
+
+/// How the caller asked the Bundle to be handled.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub lenient: bool,
+    pub return_pref: Return,
+    pub base: String,
+}
+
+/// One entry's `request`, parsed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub resource_type: String,
+    pub id: Option<String>,
+    pub version: Option<i32>,
+    pub query: Option<String>,
+    pub if_none_exist: Option<String>,
+    pub if_match: Option<String>,
+    pub url: String,
+}
+
+/// The `response` of one entry.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: String,
+    pub location: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub resource: Option<Value>,
+    pub outcome: Option<Value>,
+}
+
+impl Answer {
+    pub fn to_json(&self) -> Value {
+        let mut r = json!({ "status": self.status });
+        if let Some(l) = &self.location {
+            r["location"] = json!(l);
+        }
+        if let Some(e) = &self.etag {
+            r["etag"] = json!(e);
+        }
+        if let Some(t) = &self.last_modified {
+            r["lastModified"] = json!(t);
+        }
+        if let Some(o) = &self.outcome {
+            r["outcome"] = o.clone();
+        }
+        let mut entry = json!({ "response": r });
+        if let Some(res) = &self.resource {
+            entry["resource"] = res.clone();
+        }
+        entry
+    }
+
+    /// A failed entry of a batch: its status and OperationOutcome.
+    pub fn failure(e: &Error, request_id: &str) -> Answer {
+        let (status, outcome) = e.client_outcome(request_id);
+        Answer { status: status_line(status.as_u16()), location: None, etag: None, last_modified: None, resource: None, outcome: Some(outcome) }
+    }
+}
+
+pub fn status_line(code: u16) -> String {
+    let reason = actix_web::http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    format!("{code} {reason}")
+}
+
+fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Parses `entry.request`. `base` lets absolute URLs of this server through.
+pub fn request_of(entry: &Value, base: &str) -> Result<Request, Error> {
+    let req = entry.get("request").ok_or_else(|| Error::invalid("the entry has no request (method and url)"))?;
+    let method = str_at(req, "method").ok_or_else(|| Error::invalid("request.method is missing"))?.to_ascii_uppercase();
+    let raw_url = str_at(req, "url").ok_or_else(|| Error::invalid("request.url is missing"))?;
+    let url = raw_url.strip_prefix(base).unwrap_or(raw_url).trim_start_matches('/').to_string();
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (url.clone(), None),
+    };
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let (resource_type, id, version) = match parts.as_slice() {
+        [t] => (t.to_string(), None, None),
+        [t, id] => (t.to_string(), Some(id.to_string()), None),
+        [t, id, "_history", v] => (t.to_string(), Some(id.to_string()), Some(v.parse().map_err(|_| Error::invalid(format!("request.url `{raw_url}`: `{v}` is not a version")))?)),
+        _ => return Err(Error::invalid(format!("request.url `{raw_url}` is not [type], [type]/[id], [type]/[id]/_history/[vid] or [type]?[search]"))),
+    };
+    Ok(Request {
+        method,
+        resource_type,
+        id,
+        version,
+        query,
+        if_none_exist: str_at(req, "ifNoneExist").map(|s| s.trim_start_matches('?').to_string()),
+        if_match: str_at(req, "ifMatch").map(str::to_string),
+        url,
+    })
+}
+
+fn if_match_version(raw: Option<&str>) -> Result<Option<i32>, Error> {
+    match raw {
+        None => Ok(None),
+        Some(r) => {
+            let inner = r.trim().strip_prefix("W/").unwrap_or(r.trim()).trim_matches('"');
+            inner.parse().map(Some).map_err(|_| Error::invalid(format!("ifMatch `{r}` is not a version ETag such as W/\"3\"")))
+        }
+    }
+}
+
+fn written(s: Stored, opts: &Options) -> Answer {
+    let outcome = (!s.warnings.is_empty()).then(|| OperationOutcome::new(s.warnings.clone()).into_json());
+    let resource = match opts.return_pref {
+        Return::Representation => Some(s.resource),
+        Return::Minimal => None,
+        Return::OperationOutcome => None,
+    };
+    Answer {
+        status: status_line(if s.created { 201 } else { 200 }),
+        location: Some(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)),
+        etag: Some(format!("W/\"{}\"", s.version)),
+        last_modified: Some(instant(&s.last_updated)),
+        resource,
+        outcome,
+    }
+}
+
+/// Runs one entry whose references are already resolved. Shared by transaction and batch.
+pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: &Options) -> Result<Answer, Error> {
+    let t = req.resource_type.as_str();
+    let stored = STORED_TYPES.contains(&t);
+    let raw_resource = || entry.get("resource").map(|r| serde_json::to_vec(r).unwrap_or_default()).unwrap_or_default();
+    match req.method.as_str() {
+        "POST" | "PUT" => {
+            let resource = entry.get("resource").ok_or_else(|| Error::invalid(format!("{} {} needs a resource", req.method, req.url)))?;
+            let rt = str_at(resource, "resourceType").unwrap_or_default();
+            if rt != t {
+                return Err(Error::invalid(format!("the resource is a {rt} but request.url names {t}")));
+            }
+            if !stored {
+                return Err(not_stored(t));
+            }
+            let raw = raw_resource();
+            let body = Body { resource, raw: &raw, content_type: "application/fhir+json" };
+            if req.method == "POST" {
+                if let Some(q) = &req.if_none_exist {
+                    let found = search::matching_ids(s, env, t, q, 2)?;
+                    match found.len() {
+                        0 => {}
+                        1 => {
+                            let existing = super::read(s, env, t, &found[0])?;
+                            let mut a = written(existing, opts);
+                            a.status = status_line(200);
+                            return Ok(a);
+                        }
+                        _ => return Err(Error::PreconditionFailed(format!("ifNoneExist `{q}` matches more than one {t}"))),
+                    }
+                }
+                return Ok(written(super::create(s, env, t, body)?, opts));
+            }
+            let if_match = if_match_version(req.if_match.as_deref())?;
+            let id = match (&req.id, &req.query) {
+                (Some(id), _) => id.clone(),
+                (None, Some(q)) => {
+                    let found = search::matching_ids(s, env, t, q, 2)?;
+                    match found.as_slice() {
+                        [] => return Ok(written(super::create(s, env, t, body)?, opts)),
+                        [id] => id.clone(),
+                        _ => return Err(Error::PreconditionFailed(format!("the condition `{q}` matches more than one {t}"))),
+                    }
+                }
+                (None, None) => return Err(Error::invalid("PUT needs [type]/[id] or [type]?[search] in request.url")),
+            };
+            if let Some(body_id) = str_at(resource, "id") {
+                if body_id != id {
+                    return Err(Error::invalid(format!("the resource id `{body_id}` differs from `{id}` in request.url")));
+                }
+            }
+            Ok(written(super::update(s, env, t, &id, if_match, body)?, opts))
+        }
+        "DELETE" => {
+            if !stored {
+                return Err(not_stored(t));
+            }
+            let id = match (&req.id, &req.query) {
+                (Some(id), _) => Some(id.clone()),
+                (None, Some(q)) => {
+                    let found = search::matching_ids(s, env, t, q, 2)?;
+                    match found.as_slice() {
+                        [] => None,
+                        [id] => Some(id.clone()),
+                        _ => return Err(Error::PreconditionFailed(format!("the condition `{q}` matches more than one {t}"))),
+                    }
+                }
+                (None, None) => return Err(Error::invalid("DELETE needs [type]/[id] or [type]?[search] in request.url")),
+            };
+            let version = match &id {
+                Some(id) => super::delete(s, env, t, id)?,
+                None => None,
+            };
+            Ok(Answer { status: status_line(204), location: None, etag: version.map(|v| format!("W/\"{v}\"")), last_modified: None, resource: None, outcome: None })
+        }
+        "GET" | "HEAD" => {
+            if !stored {
+                return Err(not_stored(t));
+            }
+            let resource = match (&req.id, req.version) {
+                (Some(id), None) => {
+                    let r = super::read(s, env, t, id)?;
+                    return Ok(Answer { status: status_line(200), location: None, etag: Some(format!("W/\"{}\"", r.version)), last_modified: Some(instant(&r.last_updated)), resource: Some(r.resource), outcome: None });
+                }
+                (Some(id), Some(v)) => super::vread(s, env, t, id, v)?.resource,
+                (None, _) => search::search(s, env, t, &parse_query(req.query.as_deref().unwrap_or("")), opts.lenient, &opts.base)?,
+            };
+            Ok(Answer { status: status_line(200), location: None, etag: None, last_modified: None, resource: Some(resource), outcome: None })
+        }
+        "PATCH" => Err(Error::MethodNotAllowed("PATCH is not supported; send the whole resource with PUT".into())),
+        other => Err(Error::invalid(format!("request.method `{other}` is not GET, HEAD, POST, PUT, DELETE or PATCH"))),
+    }
+}
+
+pub fn not_stored(t: &str) -> Error {
+    Error::Unprocessable(vec![Issue::error(
+        "not-supported",
+        format!("{t} is not stored by this gateway (it stores {}; Organization and Location are read-only org units)", STORED_TYPES.join(", ")),
+        None,
+    )])
+}
+
+/// Prefixes an entry's error with where it happened, keeping its status.
+pub fn at_entry(e: Error, index: usize, what: &str) -> Error {
+    let place = format!("Bundle.entry[{index}]");
+    let say = |m: String| format!("{place} ({what}): {m}");
+    let path = |x: Option<String>| -> Option<String> {
+        Some(match x {
+            None => place.clone(),
+            Some(x) if x.starts_with("Bundle.") => x,
+            Some(x) => match x.split_once('.') {
+                Some((_, rest)) => format!("{place}.resource.{rest}"),
+                None => format!("{place}.resource"),
+            },
+        })
+    };
+    match e {
+        Error::Invalid { message, expression } => Error::Invalid { message: say(message), expression: path(expression) },
+        Error::Conflict { message, expression } => Error::Conflict { message: say(message), expression: path(expression) },
+        Error::Unprocessable(issues) => Error::Unprocessable(issues.into_iter().map(|i| Issue { diagnostics: say(i.diagnostics), expression: path(i.expression), ..i }).collect()),
+        Error::Codec(mut c) => {
+            c.message = say(c.message);
+            c.expression = path(c.expression);
+            Error::Codec(c)
+        }
+        Error::Forbidden(m) => Error::Forbidden(say(m)),
+        Error::NotFound(m) => Error::NotFound(say(m)),
+        Error::Gone(m) => Error::Gone(say(m)),
+        Error::PreconditionFailed(m) => Error::PreconditionFailed(say(m)),
+        Error::MethodNotAllowed(m) => Error::MethodNotAllowed(say(m)),
+        other => other,
+    }
+}
+
+/// Replaces every `reference` found in `map` (`urn:uuid:…` → `Patient/abc`) and resolves
+/// conditional references (`Patient?identifier=…`) to exactly one record (422 otherwise).
+pub fn rewrite_references(s: &mut Scoped, env: &Env, v: &mut Value, map: &HashMap<String, String>) -> Result<(), Error> {
+    match v {
+        Value::Object(obj) => {
+            for (k, child) in obj.iter_mut() {
+                if k == "reference" {
+                    if let Value::String(r) = child {
+                        if let Some(new) = map.get(r.as_str()) {
+                            *r = new.clone();
+                        } else if let Some((t, q)) = r.split_once('?') {
+                            if STORED_TYPES.contains(&t) {
+                                let found = search::matching_ids(s, env, t, q, 2)?;
+                                match found.as_slice() {
+                                    [id] => *r = format!("{t}/{id}"),
+                                    [] => return Err(Error::rule(format!("the conditional reference `{r}` matches no {t}"), None)),
+                                    _ => return Err(Error::rule(format!("the conditional reference `{r}` matches more than one {t}"), None)),
+                                }
+                            }
+                        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                            return Err(Error::rule(format!("the reference `{r}` names no entry of this Bundle (no entry has that fullUrl)"), None));
+                        }
+                    }
+                } else {
+                    rewrite_references(s, env, child, map)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|i| rewrite_references(s, env, i, map)),
+        _ => Ok(()),
+    }
+}
+
+fn rank(req: &Request) -> (u8, u8) {
+    let method = match req.method.as_str() {
+        "DELETE" => 0,
+        "POST" => 1,
+        "PUT" | "PATCH" => 2,
+        _ => 3,
+    };
+    let ty = match req.resource_type.as_str() {
+        "Patient" => 0,
+        "Encounter" => 1,
+        "Observation" => 2,
+        _ => 3,
+    };
+    (method, ty)
+}
+
+/// Runs a transaction Bundle inside the caller's transaction. `entry_errors` are the per-entry
+/// problems found while parsing; any of them fails the whole transaction.
+pub fn transaction(s: &mut Scoped, env: &Env, bundle: &Value, entry_errors: &[Option<kiunga_codec::CodecError>], opts: &Options) -> Result<Value, Error> {
+    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut requests = Vec::with_capacity(entries.len());
+    let mut skipped = vec![false; entries.len()];
+    let mut warnings: Vec<Vec<Issue>> = vec![Vec::new(); entries.len()];
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(Some(e)) = entry_errors.get(i) {
+            return Err(Error::Codec(e.clone()));
+        }
+        let req = request_of(entry, &opts.base).map_err(|e| at_entry(e, i, "request"))?;
+        if !STORED_TYPES.contains(&req.resource_type.as_str()) && req.method != "GET" && req.method != "HEAD" {
+            if opts.lenient {
+                skipped[i] = true;
+                warnings[i].push(Issue::warning("not-supported", format!("Bundle.entry[{i}]: {} is not stored by this gateway; skipped (Prefer: handling=lenient)", req.resource_type), Some(format!("Bundle.entry[{i}]"))));
+            } else {
+                return Err(Error::Unprocessable(vec![Issue::error(
+                    "not-supported",
+                    format!("Bundle.entry[{i}]: {} is not stored by this gateway (it stores {}); send `Prefer: handling=lenient` to skip such entries", req.resource_type, STORED_TYPES.join(", ")),
+                    Some(format!("Bundle.entry[{i}]")),
+                )]));
+            }
+        }
+        requests.push(req);
+    }
+    let mut order: Vec<usize> = (0..entries.len()).filter(|i| !skipped[*i]).collect();
+    order.sort_by_key(|i| rank(&requests[*i]));
+
+    let mut map: HashMap<String, String> = HashMap::new();
+    let mut answers: Vec<Option<Answer>> = vec![None; entries.len()];
+    for i in order {
+        let req = &requests[i];
+        let what = format!("{} {}", req.method, req.url);
+        let mut entry = entries[i].clone();
+        if let Some(resource) = entry.get_mut("resource") {
+            rewrite_references(s, env, resource, &map).map_err(|e| at_entry(e, i, &what))?;
+        }
+        let answer = run_entry(s, env, &entry, req, opts).map_err(|e| at_entry(e, i, &what))?;
+        if let (Some(full_url), Some(location)) = (str_at(&entries[i], "fullUrl"), &answer.location) {
+            // `Patient/abc/_history/1` → `Patient/abc`
+            let target: Vec<&str> = location.split('/').take(2).collect();
+            map.insert(full_url.to_string(), target.join("/"));
+        }
+        answers[i] = Some(answer);
+    }
+    let response_entries: Vec<Value> = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| match a {
+            Some(a) => a.to_json(),
+            None => Answer { status: status_line(200), location: None, etag: None, last_modified: None, resource: None, outcome: Some(OperationOutcome::new(warnings[i].clone()).into_json()) }.to_json(),
+        })
+        .collect();
+    Ok(response_bundle("transaction-response", response_entries))
+}
+
+pub fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {
+    let mut b = json!({
+        "resourceType": "Bundle",
+        "id": crate::tracker::new_uid(),
+        "meta": { "lastUpdated": instant(&Utc::now()) },
+        "type": kind,
+    });
+    if !entries.is_empty() {
+        b["entry"] = Value::Array(entries);
+    }
+    b
+}
+
+/// One entry of a batch, in its own transaction (the caller's): failures stay in the entry.
+pub fn batch_entry(s: &mut Scoped, env: &Env, entry: &Value, index: usize, entry_error: Option<&kiunga_codec::CodecError>, opts: &Options) -> Result<Answer, Error> {
+    if let Some(e) = entry_error {
+        return Err(Error::Codec(e.clone()));
+    }
+    let req = request_of(entry, &opts.base).map_err(|e| at_entry(e, index, "request"))?;
+    let what = format!("{} {}", req.method, req.url);
+    let mut entry = entry.clone();
+    if let Some(resource) = entry.get_mut("resource") {
+        rewrite_references(s, env, resource, &HashMap::new()).map_err(|e| at_entry(e, index, &what))?;
+    }
+    run_entry(s, env, &entry, &req, opts).map_err(|e| at_entry(e, index, &what))
+}
