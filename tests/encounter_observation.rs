@@ -211,3 +211,66 @@ fn encounter_and_observation_versions_and_history() {
     app.get(&format!("Observation/{oid}")).outcome(410);
     assert_eq!(app.get(&format!("Observation/{oid}/_history")).expect(200)["entry"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn diagnoses_cross_icd10_icd11_and_snomed() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let pid = new_patient(&app, &org);
+    let eid = app.post("Encounter", &encounter(&pid, &org, "11429006", "2026-03-02T09:30:00Z")).expect(201)["id"].as_str().unwrap().to_string();
+    let dx = |codings: Value| {
+        json!({
+            "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": LOINC, "code": "29308-4" }] },
+            "subject": { "reference": format!("Patient/{pid}") }, "encounter": { "reference": format!("Encounter/{eid}") },
+            "valueCodeableConcept": { "coding": codings },
+        })
+    };
+    // ICD-10 in: stored as the ICD-11 option, read back with every equivalent coding.
+    let o = app.post("Observation", &dx(json!([{ "system": "http://hl7.org/fhir/sid/icd-10", "code": "I10" }]))).expect(201);
+    let id = o["id"].as_str().unwrap();
+    assert_eq!(app.db.text(&format!("SELECT value FROM event_data_value WHERE uid = '{id}'")), vec!["BA00"]);
+    let got = app.get(&format!("Observation/{id}")).expect(200);
+    let codings = got["valueCodeableConcept"]["coding"].as_array().unwrap();
+    let systems: Vec<&str> = codings.iter().map(|c| c["system"].as_str().unwrap()).collect();
+    assert_eq!(systems[0], ICD11);
+    assert!(systems.contains(&"http://hl7.org/fhir/sid/icd-10"));
+    assert!(codings.iter().all(|c| c["display"].is_string()), "{codings:?}");
+    // The first coding a map knows wins; codings that say the same are not reported as lost.
+    let r = app.send(
+        "POST",
+        "Observation",
+        &[("Content-Type", "application/fhir+json"), ("Prefer", "return=OperationOutcome")],
+        Some(dx(json!([{ "system": "http://example.org/local", "code": "HTN" }, { "system": "http://hl7.org/fhir/sid/icd-10", "code": "E11" }, { "system": ICD11, "code": "5A11" }])).to_string().as_bytes()),
+    );
+    let oo = r.expect(201);
+    let warned: Vec<&str> = oo["issue"].as_array().unwrap().iter().filter(|i| i["severity"] == "warning").filter_map(|i| i["expression"][0].as_str()).collect();
+    assert_eq!(warned, vec!["Observation.valueCodeableConcept.coding[0]"]);
+}
+
+#[test]
+fn translate_and_lookup_answer_from_the_crosswalks() {
+    let app = TestApp::start();
+    let p = app.get("ConceptMap/$translate?system=http://hl7.org/fhir/sid/icd-10&code=E11&targetsystem=http://id.who.int/icd/release/11/mms").expect(200);
+    assert_eq!(p["resourceType"], "Parameters");
+    assert_eq!(p["parameter"][0], json!({ "name": "result", "valueBoolean": true }));
+    assert_eq!(p["parameter"][1]["part"][1]["valueCoding"]["code"], "5A11");
+    let back = app.get("ConceptMap/$translate?system=http://id.who.int/icd/release/11/mms&code=5A11&targetsystem=http://hl7.org/fhir/sid/icd-10").expect(200);
+    assert_eq!(back["parameter"][1]["part"][1]["valueCoding"]["code"], "E11");
+    let none = app.get("ConceptMap/$translate?system=http://hl7.org/fhir/sid/icd-10&code=Z99.99").expect(200);
+    assert_eq!(none["parameter"][0]["valueBoolean"], false);
+    let body = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "coding", "valueCoding": { "system": "http://hl7.org/fhir/sid/icd-10", "code": "I10" } },
+        { "name": "targetsystem", "valueUri": ICD11 } ] });
+    let post = app.post("ConceptMap/$translate", &body).expect(200);
+    assert_eq!(post["parameter"][1]["part"][1]["valueCoding"]["code"], "BA00");
+    let l = app.get(&format!("CodeSystem/$lookup?system={ICD11}&code=BA00")).expect(200);
+    assert_eq!(l["parameter"][1]["valueString"], "Essential hypertension");
+    app.get(&format!("CodeSystem/$lookup?system={ICD11}&code=NOPE")).outcome(404);
+    let maps = app.get("ConceptMap?source=http://hl7.org/fhir/sid/icd-10&target=http://id.who.int/icd/release/11/mms").expect(200);
+    assert_eq!(maps["total"], 1);
+    let id = maps["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.get(&format!("ConceptMap/{id}")).expect(200)["group"][0]["target"], ICD11);
+    let cs = app.get(&format!("CodeSystem?system={ICD11}")).expect(200);
+    assert!(cs["entry"][0]["resource"]["count"].as_i64().unwrap() >= 2);
+}

@@ -10,8 +10,11 @@ fn start_with_patient_mapping(text: &str) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("kiunga-map-{}", kiunga::tracker::new_uid()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("patient.toml"), text).unwrap();
-    for other in ["encounter.toml", "observation.toml"] {
-        std::fs::copy(support::repo().join("mappings").join(other), dir.join(other)).unwrap();
+    for other in std::fs::read_dir(support::repo().join("mappings")).unwrap() {
+        let other = other.unwrap().path();
+        if other.file_name().unwrap() != "patient.toml" && other.is_file() {
+            std::fs::copy(&other, dir.join(other.file_name().unwrap())).unwrap();
+        }
     }
     let mut config = test_config(&db);
     config.mappings_dir = dir.clone();

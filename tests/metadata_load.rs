@@ -25,7 +25,7 @@ fn demo_metadata_lands_in_the_tracker_tables() {
     let again = kiunga::store::metadata_import::import_dir(&mut conn, &support::repo().join("fixtures/metadata")).unwrap();
     assert_eq!(again.org_units, 7);
     assert_eq!(db.scalar("SELECT count(*) FROM org_unit"), 7);
-    assert_eq!(db.scalar("SELECT count(*) FROM option_value"), 14);
+    assert_eq!(db.scalar("SELECT count(*) FROM option_value"), 52);
 }
 
 #[test]

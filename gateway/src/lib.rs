@@ -14,6 +14,7 @@ pub mod mapping;
 pub mod rest;
 pub mod store;
 pub mod telemetry;
+pub mod terminology;
 pub mod translate;
 pub mod tracker;
 

@@ -55,8 +55,11 @@ fn mappings_check_prints_file_line_problems_and_exits_1() {
 
     let dir = std::env::temp_dir().join(format!("kiunga-cli-{}", kiunga::tracker::new_uid()));
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["patient.toml", "encounter.toml", "observation.toml"] {
-        std::fs::copy(repo().join("mappings").join(f), dir.join(f)).unwrap();
+    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
     }
     let broken = std::fs::read_to_string(dir.join("observation.toml")).unwrap().replace("data_element = \"HEIGHT\"", "data_element = \"HIEGHT\"");
     std::fs::write(dir.join("observation.toml"), &broken).unwrap();

@@ -80,8 +80,14 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                     v["searchRevInclude"] = json!(revincludes);
                 }
             }
-            if r.resource_type == "Patient" {
-                v["operation"] = json!([{ "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" }]);
+            let operation = match r.resource_type {
+                "Patient" => Some(("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")),
+                "ConceptMap" => Some(("translate", "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate")),
+                "CodeSystem" => Some(("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup")),
+                _ => None,
+            };
+            if let Some((name, definition)) = operation {
+                v["operation"] = json!([{ "name": name, "definition": definition }]);
             }
             if !r.search_params.is_empty() {
                 v["searchParam"] =

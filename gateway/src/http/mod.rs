@@ -2,6 +2,7 @@
 //! layer and the tracker services, and turn the result into a response; nothing else.
 
 mod org;
+mod terminology;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -68,6 +69,15 @@ const OBSERVATION_PARAMS: &[SearchParam] = &[
     SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
 ];
 
+const TERMINOLOGY_PARAMS: &[SearchParam] = &[
+    SearchParam { name: "_id", kind: "token", doc: "Id" },
+    SearchParam { name: "url", kind: "uri", doc: "Canonical URL" },
+    SearchParam { name: "name", kind: "string", doc: "Name (prefix)" },
+    SearchParam { name: "system", kind: "uri", doc: "CodeSystem: the system URI" },
+    SearchParam { name: "source", kind: "uri", doc: "ConceptMap: source system" },
+    SearchParam { name: "target", kind: "uri", doc: "ConceptMap: target system" },
+];
+
 const CRUD: &[Interaction] = &[Create, Read, Vread, Update, Delete, HistoryInstance, HistoryType, SearchType];
 
 /// What is routed, per resource type. The CapabilityStatement is generated from this table and
@@ -90,6 +100,18 @@ pub static RESOURCES: &[ResourceCapability] = &[
         interactions: CRUD,
         search_params: OBSERVATION_PARAMS,
         documentation: "A data value of an event, mapped by mappings/observation.toml; quantities converted to the data element's unit.",
+    },
+    ResourceCapability {
+        resource_type: "CodeSystem",
+        interactions: &[Read, SearchType],
+        search_params: TERMINOLOGY_PARAMS,
+        documentation: "Code systems declared in mappings/terminology.toml, with the codes the crosswalks know. Operation $lookup.",
+    },
+    ResourceCapability {
+        resource_type: "ConceptMap",
+        interactions: &[Read, SearchType],
+        search_params: TERMINOLOGY_PARAMS,
+        documentation: "One map per crosswalk and pair of systems, generated from the mapping files. Operation $translate.",
     },
     ResourceCapability {
         resource_type: "Organization",
@@ -125,6 +147,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/fhir")
             .service(web::resource("").route(web::post().to(bundle)).default_service(web::to(not_allowed)))
             .service(web::resource("/metadata").route(web::get().to(metadata)).default_service(web::to(not_allowed)))
+            .service(web::resource("/ConceptMap/$translate").route(web::get().to(translate)).route(web::post().to(translate)).default_service(web::to(not_allowed)))
+            .service(web::resource("/CodeSystem/$lookup").route(web::get().to(lookup)).route(web::post().to(lookup)).default_service(web::to(not_allowed)))
             .service(
                 web::resource("/{type}")
                     .route(web::get().to(search))
@@ -279,6 +303,7 @@ async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::D
         capability(&t, Read)?;
         match t.as_str() {
             "Organization" | "Location" => org::read(&state, &t, id).await,
+            "CodeSystem" | "ConceptMap" => terminology::read(&state, &t, &id),
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 Ok(current(tx(&state, ctx, mappings, move |s, env| rest::read(s, env, &t, &id)).await?))
@@ -468,6 +493,7 @@ async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::searc
         capability(&t, SearchType)?;
         match t.as_str() {
             "Organization" | "Location" => org::search(&state, &t, params).await,
+            "CodeSystem" | "ConceptMap" => terminology::search(&state, &t, &params),
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 let lenient = n.lenient;
@@ -529,6 +555,26 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
             }
         };
         Ok(FhirResponse::ok(result))
+    })
+    .await
+}
+
+async fn translate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |_n| async move {
+        let body = terminology::body_params(&r, payload, &state).await?;
+        let params = terminology::op_params(&crate::fhir::search::parse_query(r.query_string()), body.as_ref());
+        terminology::translate(&state, &params)
+    })
+    .await
+}
+
+async fn lookup(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |_n| async move {
+        let body = terminology::body_params(&r, payload, &state).await?;
+        let params = terminology::op_params(&crate::fhir::search::parse_query(r.query_string()), body.as_ref());
+        terminology::lookup(&state, &params)
     })
     .await
 }

@@ -82,9 +82,10 @@ pub struct MappingSet {
     pub patient: PatientMapping,
     pub encounter: EncounterMapping,
     pub observation: ObservationMapping,
+    pub terminology: crate::terminology::Terminology,
 }
 
-const KNOWN_FILES: &[&str] = &["patient.toml", "encounter.toml", "observation.toml"];
+const KNOWN_FILES: &[&str] = &["patient.toml", "encounter.toml", "observation.toml", "terminology.toml"];
 
 impl MappingSet {
     /// Reads and checks every mapping file in `dir`. All problems are returned together.
@@ -100,12 +101,15 @@ impl MappingSet {
         let mut hasher = Sha256::new();
         let mut problems = Vec::new();
         let mut patient = None;
+        let mut observation_src: Option<Source> = None;
         let mut encounter = None;
         let mut observation = None;
+        let mut terminology = None;
         for path in &files {
             let name = path.display().to_string();
             let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if file_name.starts_with('.') || file_name.ends_with(".md") {
+            // Tables (CSV) are read through the file that names them.
+            if file_name.starts_with('.') || file_name.ends_with(".md") || file_name.ends_with(".csv") {
                 continue;
             }
             let text = match std::fs::read_to_string(path) {
@@ -129,10 +133,19 @@ impl MappingSet {
                     Ok(m) => encounter = Some(m),
                     Err(mut p) => problems.append(&mut p),
                 },
-                "observation.toml" => match observation::load(&src, md) {
-                    Ok(m) => observation = Some(m),
-                    Err(mut p) => problems.append(&mut p),
-                },
+                "observation.toml" => observation_src = Some(src),
+                "terminology.toml" => {
+                    let mut h = |name: &str, bytes: &[u8]| {
+                        hasher.update(name.as_bytes());
+                        hasher.update([0]);
+                        hasher.update(bytes);
+                        hasher.update([0]);
+                    };
+                    match crate::terminology::load(&src, dir, &mut h) {
+                        Ok(t) => terminology = Some(t),
+                        Err(mut p) => problems.append(&mut p),
+                    }
+                }
                 _ => problems.push(Problem {
                     file: src.name.clone(),
                     line: 0,
@@ -140,15 +153,27 @@ impl MappingSet {
                 }),
             }
         }
-        for (file, present) in [("patient.toml", patient.is_some()), ("encounter.toml", encounter.is_some()), ("observation.toml", observation.is_some())] {
+        // Observations are checked after the terminology they may rely on.
+        if let Some(src) = observation_src {
+            match observation::load(&src, md, terminology.as_ref()) {
+                Ok(m) => observation = Some(m),
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        for (file, present) in [
+            ("patient.toml", patient.is_some()),
+            ("encounter.toml", encounter.is_some()),
+            ("observation.toml", observation.is_some()),
+            ("terminology.toml", terminology.is_some()),
+        ] {
             if !present && !problems.iter().any(|p| p.file.ends_with(file)) {
                 problems.push(Problem { file: dir.join(file).display().to_string(), line: 0, message: "missing: this mapping file is required".into() });
             }
         }
-        match (patient, encounter, observation, problems.is_empty()) {
-            (Some(patient), Some(encounter), Some(observation), true) => {
+        match (patient, encounter, observation, terminology, problems.is_empty()) {
+            (Some(patient), Some(encounter), Some(observation), Some(terminology), true) => {
                 let version = hex::encode(&hasher.finalize()[..6]);
-                Ok(MappingSet { version, patient, encounter, observation })
+                Ok(MappingSet { version, patient, encounter, observation, terminology })
             }
             _ => Err(Problems(problems)),
         }

@@ -57,7 +57,7 @@ impl ObservationMapping {
 
 const CATEGORIES: &[&str] = &["social-history", "vital-signs", "imaging", "laboratory", "procedure", "survey", "exam", "therapy", "activity"];
 
-pub fn load(src: &Source, md: &Metadata) -> Result<ObservationMapping, Vec<Problem>> {
+pub fn load(src: &Source, md: &Metadata, terminology: Option<&crate::terminology::Terminology>) -> Result<ObservationMapping, Vec<Problem>> {
     let raw: Raw = src.parse().map_err(|p| vec![p])?;
     let mut problems = Vec::new();
     let known_stages = || known_list(md.stages.iter().filter_map(|s| s.code.as_deref()));
@@ -106,6 +106,11 @@ pub fn load(src: &Source, md: &Metadata) -> Result<ObservationMapping, Vec<Probl
         if let Some(unit) = &de.unit {
             if de.value_type.is_numeric() && !units::is_known(unit) {
                 problems.push(src.problem(c.data_element.span(), format!("data element `{}` has unit `{unit}`, which has no UCUM conversion here", c.data_element.get_ref())));
+            }
+        }
+        if let (Some(vs), Some(t)) = (&c.value_system, terminology) {
+            if t.system(vs.get_ref()).is_none() {
+                problems.push(src.problem(vs.span(), format!("value_system `{}` is not a [[system]] of terminology.toml", vs.get_ref())));
             }
         }
         if de.option_set_id.is_none() && c.value_system.is_some() && de.value_type != ValueType::Text {

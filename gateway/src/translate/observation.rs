@@ -130,15 +130,23 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
         match codings {
             None => problems.push(Issue::error("required", format!("{} holds coded values: send valueCodeableConcept with a {system} coding", de.name), Some(expr_value("value[x]")))),
             Some(codings) => {
-                let hit = codings.iter().enumerate().find_map(|(j, c)| {
-                    let code = str_at(c, "code")?;
-                    (str_at(c, "system") == Some(system) && set.is_some_and(|s| s.option(code).is_some())).then_some((j, code))
-                });
+                // The first coding that is an option, directly or through a crosswalk.
+                let option_of = |c: &Value| -> Option<String> {
+                    let (sys, code) = (str_at(c, "system")?, str_at(c, "code")?);
+                    let target = if sys == system { code.to_string() } else { m.terminology.translate(sys, code, system)?.code.clone() };
+                    set.is_some_and(|s| s.option(&target).is_some()).then_some(target)
+                };
+                let hit = codings.iter().find_map(|c| option_of(c));
                 match hit {
-                    Some((j, code)) => {
-                        r.consume(format!("valueCodeableConcept.coding[{j}]"));
+                    Some(code) => {
+                        // Every coding that says the same thing is held too (it is read back).
+                        for (j, c) in codings.iter().enumerate() {
+                            if option_of(c).as_deref() == Some(code.as_str()) {
+                                r.consume(format!("valueCodeableConcept.coding[{j}]"));
+                            }
+                        }
                         r.consume("valueCodeableConcept.text");
-                        value = Some(code.to_string());
+                        value = Some(code);
                     }
                     None => {
                         let sent: Vec<String> = codings.iter().map(|c| format!("{}|{}", str_at(c, "system").unwrap_or(""), str_at(c, "code").unwrap_or(""))).collect();
@@ -237,13 +245,29 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
     if let Some(de) = de {
         if let Some(set) = de.option_set_id.and_then(|id| md.option_set_by_id(id)) {
             let mut coding = json!({ "code": d.value });
-            if let Some(sys) = entry.and_then(|e| e.value_system.as_deref()) {
+            let system = entry.and_then(|e| e.value_system.as_deref());
+            if let Some(sys) = system {
                 coding["system"] = json!(sys);
             }
             if let Some(o) = set.option(&d.value) {
                 coding["display"] = json!(o.name);
             }
-            out.insert("valueCodeableConcept".into(), json!({ "coding": [coding] }));
+            // Then every equivalent coding the crosswalks know, each with its display.
+            let mut codings = vec![coding];
+            if let Some(concept) = system.and_then(|sys| m.terminology.concept(sys, &d.value)) {
+                for c in concept.codes.iter().filter(|c| Some(c.system.as_str()) != system) {
+                    let mut x = json!({ "system": c.system, "code": c.code });
+                    if let Some(disp) = &c.display {
+                        x["display"] = json!(disp);
+                    }
+                    codings.push(x);
+                }
+            }
+            let mut cc = json!({ "coding": codings });
+            if let Some(o) = set.option(&d.value) {
+                cc["text"] = json!(o.name);
+            }
+            out.insert("valueCodeableConcept".into(), cc);
         } else if de.value_type.is_numeric() {
             let n: f64 = d.value.parse().unwrap_or_default();
             let mut q = json!({ "value": n });
