@@ -52,7 +52,11 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle, CodecError> {
                 None,
             ));
         }
-        None => return Err(CodecError::syntax("invalid XML: no root element".to_owned())),
+        None => {
+            return Err(CodecError::syntax(
+                "invalid XML: no root element".to_owned(),
+            ))
+        }
     }
 
     let mut divs = Vec::new();

@@ -81,7 +81,10 @@ fn json_is_returned_as_written() {
     assert_eq!(parsed.bundle, parse(text.as_bytes(), Format::Json).unwrap());
     // With a byte order mark too.
     let bom = [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat();
-    assert_eq!(parse_bundle(&bom, Format::Json).unwrap().bundle, parsed.bundle);
+    assert_eq!(
+        parse_bundle(&bom, Format::Json).unwrap().bundle,
+        parsed.bundle
+    );
 }
 
 #[test]
@@ -107,7 +110,10 @@ fn entry_elements_are_checked() {
             Some((ErrorKind::Primitive, Some("Bundle.entry[1].request.method"))),
             Some((ErrorKind::Primitive, Some("Bundle.entry[2].request.method"))),
             Some((ErrorKind::Structure, Some("Bundle.entry[3].request"))),
-            Some((ErrorKind::Structure, Some("Bundle.entry[4].request.ifMatsh"))),
+            Some((
+                ErrorKind::Structure,
+                Some("Bundle.entry[4].request.ifMatsh")
+            )),
             Some((ErrorKind::Primitive, Some("Bundle.entry[5].fullUrl"))),
             Some((
                 ErrorKind::Primitive,
@@ -206,7 +212,12 @@ fn bundle_level_problems_fail_the_whole_bundle() {
             None,
             "expected a Bundle",
         ),
-        (json!([entry()]), ErrorKind::Structure, None, "expected a Bundle"),
+        (
+            json!([entry()]),
+            ErrorKind::Structure,
+            None,
+            "expected a Bundle",
+        ),
     ];
     for (doc, kind, expression, needle) in cases {
         let e = bundle_json(&doc).unwrap_err();
@@ -233,7 +244,11 @@ fn syntax_and_depth_fail_the_whole_bundle() {
     )
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Syntax);
-    assert!(e.message.starts_with("invalid JSON at line 1"), "{}", e.message);
+    assert!(
+        e.message.starts_with("invalid JSON at line 1"),
+        "{}",
+        e.message
+    );
     assert_eq!(
         parse_bundle(b"", Format::Json).unwrap_err().kind,
         ErrorKind::Syntax
@@ -298,8 +313,11 @@ fn xml_primitive_errors_are_reported_in_their_slots() {
     assert_eq!(entries[2]["request"]["url"], "Patient/1");
 
     // The same Bundle in JSON gives the same slots; `parse` refuses it.
-    let as_json = parse_bundle(&serialize(&parsed.bundle, Format::Json, false).unwrap(), Format::Json)
-        .unwrap();
+    let as_json = parse_bundle(
+        &serialize(&parsed.bundle, Format::Json, false).unwrap(),
+        Format::Json,
+    )
+    .unwrap();
     assert_eq!(slots(&as_json), slots(&parsed));
     assert!(parse(xml.as_bytes(), Format::Xml).is_err());
 }
@@ -328,6 +346,40 @@ fn xml_bundle_level_problems_and_fhirbolt_refusals() {
     )
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Structure, "{}", e.message);
+
+    // A value fhirbolt cannot store fails the whole Bundle, with our located error; one it can
+    // store but is spelled wrong (`007`) is the entry's error.
+    let with_patient = |inner: &str| {
+        xml_batch(&[
+            XML_ENTRY_OK,
+            &format!("<entry><resource><Patient>{inner}</Patient></resource></entry>"),
+        ])
+    };
+    let e = parse_bundle(
+        with_patient(r#"<active value="yes"/>"#).as_bytes(),
+        Format::Xml,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Primitive);
+    assert_eq!(
+        e.expression.as_deref(),
+        Some("Bundle.entry[1].resource.active")
+    );
+    let parsed = parse_bundle(
+        with_patient(r#"<telecom><rank value="007"/></telecom>"#).as_bytes(),
+        Format::Xml,
+    )
+    .unwrap();
+    assert_eq!(
+        slots(&parsed),
+        [
+            None,
+            Some((
+                ErrorKind::Primitive,
+                Some("Bundle.entry[1].resource.telecom[0].rank")
+            ))
+        ]
+    );
 
     // An unknown element in an entry: fhirbolt cannot read the Bundle, so the whole Bundle fails.
     let xml = xml_batch(&[
@@ -366,7 +418,11 @@ fn ten_thousand_entries() {
         .collect();
     assert_eq!(bad, [5_000]);
     assert_eq!(
-        parsed.entry_errors[5_000].as_ref().unwrap().expression.as_deref(),
+        parsed.entry_errors[5_000]
+            .as_ref()
+            .unwrap()
+            .expression
+            .as_deref(),
         Some("Bundle.entry[5000].resource.birthDate")
     );
 
