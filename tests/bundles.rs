@@ -41,7 +41,9 @@ fn counts(app: &TestApp) -> (i64, i64, i64, i64) {
         db.scalar("SELECT count(*) FROM tracked_entity"),
         db.scalar("SELECT count(*) FROM event"),
         db.scalar("SELECT count(*) FROM event_data_value"),
-        db.scalar("SELECT count(*) FROM enrollment") + db.scalar("SELECT count(*) FROM inbound_log") + db.scalar("SELECT count(*) FROM change_log"),
+        db.scalar("SELECT count(*) FROM enrollment")
+            + db.scalar("SELECT count(*) FROM inbound_log")
+            + db.scalar("SELECT count(*) FROM change_log"),
     )
 }
 
@@ -49,16 +51,33 @@ fn counts(app: &TestApp) -> (i64, i64, i64, i64) {
 fn a_transaction_stores_everything_with_rewritten_references_in_request_order() {
     let app = TestApp::start();
     let org = app.org("KD_KAS_MTO");
-    let (pu, eu, ou) = ("urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000001", "urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000002", "urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000003");
+    let (pu, eu, ou) = (
+        "urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000001",
+        "urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000002",
+        "urn:uuid:8f9a6c2e-1111-4a5b-9c1d-000000000003",
+    );
     // Entries deliberately out of dependency order: the server orders POSTs itself.
-    let b = bundle("transaction", vec![post(weight(pu, eu, 66.0), ou), post(encounter(pu), eu), post(patient(&org, &unique("NID")), pu)]);
+    let b = bundle(
+        "transaction",
+        vec![
+            post(weight(pu, eu, 66.0), ou),
+            post(encounter(pu), eu),
+            post(patient(&org, &unique("NID")), pu),
+        ],
+    );
     let r = app.post("", &b).expect(200);
     assert_eq!(r["type"], "transaction-response");
     let entries = r["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 3);
     for (e, t) in entries.iter().zip(["Observation", "Encounter", "Patient"]) {
         assert_eq!(e["response"]["status"], "201 Created");
-        assert!(e["response"]["location"].as_str().unwrap().starts_with(&format!("{t}/")), "{e}");
+        assert!(
+            e["response"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{t}/")),
+            "{e}"
+        );
         assert_eq!(e["response"]["etag"], "W/\"1\"");
         assert!(e["response"]["lastModified"].is_string());
     }
@@ -67,7 +86,10 @@ fn a_transaction_stores_everything_with_rewritten_references_in_request_order() 
     let eid = entries[1]["resource"]["id"].as_str().unwrap();
     assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
     assert_eq!(obs["encounter"]["reference"], format!("Encounter/{eid}"));
-    assert_eq!(app.get(&format!("Observation?patient={pid}")).expect(200)["total"], 1);
+    assert_eq!(
+        app.get(&format!("Observation?patient={pid}")).expect(200)["total"],
+        1
+    );
 }
 
 #[test]
@@ -82,15 +104,28 @@ fn a_failing_last_entry_leaves_no_trace() {
         vec![
             post(patient(&org, &unique("NID")), pu),
             post(encounter(pu), eu),
-            post(weight(pu, eu, 66.0), "urn:uuid:7d2b0f6e-2222-4a5b-9c1d-000000000003"),
-            post(weight("Patient/DoesNotExst", eu, 1.0), "urn:uuid:7d2b0f6e-2222-4a5b-9c1d-000000000004"),
+            post(
+                weight(pu, eu, 66.0),
+                "urn:uuid:7d2b0f6e-2222-4a5b-9c1d-000000000003",
+            ),
+            post(
+                weight("Patient/DoesNotExst", eu, 1.0),
+                "urn:uuid:7d2b0f6e-2222-4a5b-9c1d-000000000004",
+            ),
         ],
     );
     let v = app.post("", &b).expect(422);
     let d = v["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(d.starts_with("Bundle.entry[3] (POST Observation)"), "{d}");
-    assert_eq!(v["issue"][0]["expression"][0], "Bundle.entry[3].resource.subject");
-    assert_eq!(counts(&app), before, "row counts unchanged after the failed transaction");
+    assert_eq!(
+        v["issue"][0]["expression"][0],
+        "Bundle.entry[3].resource.subject"
+    );
+    assert_eq!(
+        counts(&app),
+        before,
+        "row counts unchanged after the failed transaction"
+    );
 }
 
 #[test]
@@ -100,26 +135,60 @@ fn conditional_references_and_conditional_entries() {
     let nid = unique("NID");
     app.post("Patient", &patient(&org, &nid)).expect(201);
     // one match
-    let b = bundle("transaction", vec![post(encounter(&format!("Patient?identifier={NID}|{nid}")), "urn:uuid:a")]);
+    let b = bundle(
+        "transaction",
+        vec![post(
+            encounter(&format!("Patient?identifier={NID}|{nid}")),
+            "urn:uuid:a",
+        )],
+    );
     let r = app.post("", &b).expect(200);
-    assert!(r["entry"][0]["resource"]["subject"]["reference"].as_str().unwrap().starts_with("Patient/"));
+    assert!(r["entry"][0]["resource"]["subject"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Patient/"));
     // zero matches
-    let b = bundle("transaction", vec![post(encounter(&format!("Patient?identifier={NID}|nobody")), "urn:uuid:b")]);
+    let b = bundle(
+        "transaction",
+        vec![post(
+            encounter(&format!("Patient?identifier={NID}|nobody")),
+            "urn:uuid:b",
+        )],
+    );
     assert!(app.post("", &b).outcome(422).contains("matches no Patient"));
     // several matches
-    app.post("Patient", &patient(&org, &unique("NID"))).expect(201);
-    let b = bundle("transaction", vec![post(encounter("Patient?family=Mwangi"), "urn:uuid:c")]);
+    app.post("Patient", &patient(&org, &unique("NID")))
+        .expect(201);
+    let b = bundle(
+        "transaction",
+        vec![post(encounter("Patient?family=Mwangi"), "urn:uuid:c")],
+    );
     assert!(app.post("", &b).outcome(422).contains("more than one"));
     // ifNoneExist finds the existing person; a conditional PUT updates it; ifMatch is checked.
     let mut p = patient(&org, &nid);
-    let b = bundle("transaction", vec![json!({ "resource": p, "request": { "method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NID}|{nid}") } })]);
+    let b = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": p, "request": { "method": "POST", "url": "Patient", "ifNoneExist": format!("identifier={NID}|{nid}") } }),
+        ],
+    );
     let r = app.post("", &b).expect(200);
     assert_eq!(r["entry"][0]["response"]["status"], "200 OK");
     p["gender"] = json!("male");
-    let b = bundle("transaction", vec![json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient?identifier={NID}|{nid}"), "ifMatch": "W/\"1\"" } })]);
+    let b = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient?identifier={NID}|{nid}"), "ifMatch": "W/\"1\"" } }),
+        ],
+    );
     let r = app.post("", &b).expect(200);
     assert_eq!(r["entry"][0]["resource"]["gender"], "male");
-    let b = bundle("transaction", vec![json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient?identifier={NID}|{nid}"), "ifMatch": "W/\"1\"" } })]);
+    let b = bundle(
+        "transaction",
+        vec![
+            json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient?identifier={NID}|{nid}"), "ifMatch": "W/\"1\"" } }),
+        ],
+    );
     app.post("", &b).outcome(412);
 }
 
@@ -150,11 +219,37 @@ fn a_batch_keeps_good_entries_and_reports_bad_ones() {
     );
     let r = app.post("", &b).expect(200);
     assert_eq!(r["type"], "batch-response");
-    let st: Vec<&str> = r["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(st, vec!["201 Created", "400 Bad Request", "422 Unprocessable Entity", "422 Unprocessable Entity", "200 OK", "404 Not Found"]);
-    assert_eq!(r["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0], "Bundle.entry[1].resource.birthDate");
-    assert!(r["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap().contains("Claim is not stored"));
-    assert_eq!(r["entry"][4]["resource"]["total"], 1, "the GET saw the entry created before it");
+    let st: Vec<&str> = r["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        st,
+        vec![
+            "201 Created",
+            "400 Bad Request",
+            "422 Unprocessable Entity",
+            "422 Unprocessable Entity",
+            "200 OK",
+            "404 Not Found"
+        ]
+    );
+    assert_eq!(
+        r["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.birthDate"
+    );
+    assert!(
+        r["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Claim is not stored")
+    );
+    assert_eq!(
+        r["entry"][4]["resource"]["total"], 1,
+        "the GET saw the entry created before it"
+    );
     assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), 1);
 }
 
@@ -164,15 +259,37 @@ fn unsupported_types_in_a_transaction_fail_it_unless_lenient() {
     let org = app.org("KD_KAS_MTO");
     let med = json!({ "resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": { "reference": "Patient/x" },
         "medicationCodeableConcept": { "text": "paracetamol" } });
-    let entries = vec![post(patient(&org, &unique("NID")), "urn:uuid:p1"), post(med, "urn:uuid:m1")];
-    let v = app.post("", &bundle("transaction", entries.clone())).expect(422);
-    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("MedicationRequest is not stored"), "{v}");
+    let entries = vec![
+        post(patient(&org, &unique("NID")), "urn:uuid:p1"),
+        post(med, "urn:uuid:m1"),
+    ];
+    let v = app
+        .post("", &bundle("transaction", entries.clone()))
+        .expect(422);
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("MedicationRequest is not stored"),
+        "{v}"
+    );
     assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), 0);
     let body = bundle("transaction", entries).to_string();
-    let r = app.send("POST", "", &[("Content-Type", "application/fhir+json"), ("Prefer", "handling=lenient")], Some(body.as_bytes()));
+    let r = app.send(
+        "POST",
+        "",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Prefer", "handling=lenient"),
+        ],
+        Some(body.as_bytes()),
+    );
     let v = r.expect(200);
     assert_eq!(v["entry"][0]["response"]["status"], "201 Created");
-    assert_eq!(v["entry"][1]["response"]["outcome"]["issue"][0]["severity"], "warning");
+    assert_eq!(
+        v["entry"][1]["response"]["outcome"]["issue"][0]["severity"],
+        "warning"
+    );
     assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), 1);
 }
 
@@ -187,12 +304,29 @@ fn xml_bundles_and_size_limits() {
          <managingOrganization><reference value=\"Organization/{org}\"/></managingOrganization></Patient></resource>\
          <request><method value=\"POST\"/><url value=\"Patient\"/></request></entry></Bundle>"
     );
-    let r = app.send("POST", "", &[("Content-Type", "application/fhir+xml"), ("Accept", "application/fhir+xml")], Some(xml.as_bytes()));
+    let r = app.send(
+        "POST",
+        "",
+        &[
+            ("Content-Type", "application/fhir+xml"),
+            ("Accept", "application/fhir+xml"),
+        ],
+        Some(xml.as_bytes()),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.text.contains("transaction-response") && r.text.contains("201 Created"), "{}", r.text);
-    let many: Vec<Value> = (0..6).map(|i| post(patient(&org, &unique("NID")), &format!("urn:uuid:n{i}"))).collect();
+    assert!(
+        r.text.contains("transaction-response") && r.text.contains("201 Created"),
+        "{}",
+        r.text
+    );
+    let many: Vec<Value> = (0..6)
+        .map(|i| post(patient(&org, &unique("NID")), &format!("urn:uuid:n{i}")))
+        .collect();
     let v = app.post("", &bundle("transaction", many)).expect(413);
-    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("at most 5"));
+    assert!(v["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("at most 5"));
     app.post("", &bundle("collection", vec![])).outcome(400);
     app.post("", &patient(&org, &unique("NID"))).outcome(400);
 }
@@ -201,9 +335,24 @@ fn xml_bundles_and_size_limits() {
 fn a_ten_thousand_entry_transaction() {
     let app = TestApp::start_with(|c| c.pool_size = 2);
     let org = app.org("KD_KUS_PWA");
-    let entries: Vec<Value> = (0..10_000).map(|i| post(patient(&org, &format!("BULK-{i:05}-{}", unique(""))), &format!("urn:uuid:00000000-0000-4000-8000-{i:012}"))).collect();
+    let entries: Vec<Value> = (0..10_000)
+        .map(|i| {
+            post(
+                patient(&org, &format!("BULK-{i:05}-{}", unique(""))),
+                &format!("urn:uuid:00000000-0000-4000-8000-{i:012}"),
+            )
+        })
+        .collect();
     let body = bundle("transaction", entries).to_string();
-    let r = app.send("POST", "", &[("Content-Type", "application/fhir+json"), ("Prefer", "return=minimal")], Some(body.as_bytes()));
+    let r = app.send(
+        "POST",
+        "",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Prefer", "return=minimal"),
+        ],
+        Some(body.as_bytes()),
+    );
     let v = r.expect(200);
     assert_eq!(v["entry"].as_array().unwrap().len(), 10_000);
     assert!(v["entry"][9999].get("resource").is_none());

@@ -57,19 +57,43 @@ attribute = "PHONE"
 "#;
     let err = start_with_patient_mapping(text).unwrap_err();
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].starts_with("patient.toml:5: identifier: unknown tracked entity attribute `NATIONL_ID` (known: "), "{err}");
+    assert!(
+        lines[0].starts_with(
+            "patient.toml:5: identifier: unknown tracked entity attribute `NATIONL_ID` (known: "
+        ),
+        "{err}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("patient.toml:8: identifier system `http://example.org/national-id` is already mapped at line 4")), "{err}");
-    assert!(lines.iter().any(|l| *l == "patient.toml:12: name.family: attribute `FAMILY_NAME` is already mapped at line 9; one attribute holds one element"), "{err}");
-    assert!(lines.iter().any(|l| l.starts_with("patient.toml:16: gender.codes.female: `FEM` is not an option of option set SEX")), "{err}");
-    assert!(lines.iter().any(|l| l.starts_with("patient.toml:19: birth_date: attribute `PHONE` has value type PHONE_NUMBER")), "{err}");
+    assert!(lines.contains(&"patient.toml:12: name.family: attribute `FAMILY_NAME` is already mapped at line 9; one attribute holds one element"), "{err}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "patient.toml:16: gender.codes.female: `FEM` is not an option of option set SEX"
+        )),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "patient.toml:19: birth_date: attribute `PHONE` has value type PHONE_NUMBER"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
 fn syntax_and_unknown_keys_are_positioned() {
-    let err = start_with_patient_mapping("tracked_entity_type = \"PERSON\"\n[name]\nfamly = \"FAMILY_NAME\"\n").unwrap_err();
-    assert!(err.starts_with("patient.toml:3: unknown field `famly`"), "{err}");
+    let err = start_with_patient_mapping(
+        "tracked_entity_type = \"PERSON\"\n[name]\nfamly = \"FAMILY_NAME\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("patient.toml:3: unknown field `famly`"),
+        "{err}"
+    );
     let err = start_with_patient_mapping("tracked_entity_type = \"PERSON\n").unwrap_err();
     assert!(err.starts_with("patient.toml:1: "), "{err}");
     let err = start_with_patient_mapping("tracked_entity_type = \"ANIMAL\"\n").unwrap_err();
-    assert!(err.starts_with("patient.toml:1: unknown tracked entity type `ANIMAL` (known: PERSON)"), "{err}");
+    assert!(
+        err.starts_with("patient.toml:1: unknown tracked entity type `ANIMAL` (known: PERSON)"),
+        "{err}"
+    );
 }

@@ -9,20 +9,51 @@ use support::{TestApp, TestDb};
 fn demo_metadata_lands_in_the_tracker_tables() {
     let db = TestDb::new();
     assert_eq!(db.scalar("SELECT count(*) FROM org_unit"), 7);
-    assert_eq!(db.scalar("SELECT count(*) FROM org_unit WHERE level = 3"), 4);
-    assert_eq!(db.text("SELECT path FROM org_unit WHERE code = 'KD_KAS_MTO'"), vec!["/ZAyJ2yXBrGN/sC8mUMkyLsj/zJpd3rQ0uYs"]);
-    assert_eq!(db.scalar("SELECT count(*) FROM tracked_entity_attribute"), 7);
-    assert_eq!(db.text("SELECT code FROM tracked_entity_attribute WHERE is_unique"), vec!["NATIONAL_ID"]);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM org_unit WHERE level = 3"),
+        4
+    );
+    assert_eq!(
+        db.text("SELECT path FROM org_unit WHERE code = 'KD_KAS_MTO'"),
+        vec!["/ZAyJ2yXBrGN/sC8mUMkyLsj/zJpd3rQ0uYs"]
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM tracked_entity_attribute"),
+        12
+    );
+    assert_eq!(
+        db.text("SELECT code FROM tracked_entity_attribute WHERE is_unique ORDER BY code"),
+        vec!["NATIONAL_ID", "SOURCE_RECORD_ID", "SSN"]
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM option_value ov JOIN option_set os ON os.id = ov.option_set_id WHERE os.code = 'SEX'"), 4);
-    assert_eq!(db.text("SELECT unit FROM data_element WHERE code = 'WEIGHT'"), vec!["kg"]);
-    assert_eq!(db.text("SELECT code || ':' || access_level FROM program ORDER BY code"), vec!["ANC:PROTECTED", "OPD:OPEN"]);
-    assert_eq!(db.text("SELECT code || ':' || repeatable FROM program_stage ORDER BY code"), vec!["ANC_FIRST:false", "ANC_FOLLOWUP:true", "OPD_VISIT:true"]);
-    assert_eq!(db.scalar("SELECT count(*) FROM program_stage_data_element"), 21);
-    assert_eq!(db.text("SELECT code FROM relationship_type ORDER BY code"), vec!["CAREGIVER_CHILD", "MOTHER_CHILD"]);
+    assert_eq!(
+        db.text("SELECT unit FROM data_element WHERE code = 'WEIGHT'"),
+        vec!["kg"]
+    );
+    assert_eq!(
+        db.text("SELECT code || ':' || access_level FROM program ORDER BY code"),
+        vec!["ANC:PROTECTED", "OPD:OPEN"]
+    );
+    assert_eq!(
+        db.text("SELECT code || ':' || repeatable FROM program_stage ORDER BY code"),
+        vec!["ANC_FIRST:false", "ANC_FOLLOWUP:true", "OPD_VISIT:true"]
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM program_stage_data_element"),
+        21
+    );
+    assert_eq!(
+        db.text("SELECT code FROM relationship_type ORDER BY code"),
+        vec!["CAREGIVER_CHILD", "MOTHER_CHILD"]
+    );
 
     // Loading the same export again changes nothing.
     let mut conn = db.conn();
-    let again = kiunga::store::metadata_import::import_dir(&mut conn, &support::repo().join("fixtures/metadata")).unwrap();
+    let again = kiunga::store::metadata_import::import_dir(
+        &mut conn,
+        &support::repo().join("fixtures/metadata"),
+    )
+    .unwrap();
     assert_eq!(again.org_units, 7);
     assert_eq!(db.scalar("SELECT count(*) FROM org_unit"), 7);
     assert_eq!(db.scalar("SELECT count(*) FROM option_value"), 52);
@@ -38,10 +69,21 @@ fn a_broken_export_names_the_file_and_the_reference() {
         r#"{"programStages": [{"id": "aaaaaaaaaaa", "name": "X", "program": {"id": "bbbbbbbbbbb"}}]}"#,
     )
     .unwrap();
-    let err = kiunga::store::metadata_import::import_dir(&mut db.conn(), &dir).unwrap_err().to_string();
-    assert!(err.contains("broken.json") && err.contains("bbbbbbbbbbb"), "{err}");
-    std::fs::write(dir.join("broken.json"), "{\n  \"organisationUnits\": [\n    {\"id\": 5}\n  ]\n}").unwrap();
-    let err = kiunga::store::metadata_import::import_dir(&mut db.conn(), &dir).unwrap_err().to_string();
+    let err = kiunga::store::metadata_import::import_dir(&mut db.conn(), &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.json") && err.contains("bbbbbbbbbbb"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("broken.json"),
+        "{\n  \"organisationUnits\": [\n    {\"id\": 5}\n  ]\n}",
+    )
+    .unwrap();
+    let err = kiunga::store::metadata_import::import_dir(&mut db.conn(), &dir)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("broken.json:3"), "{err}");
 }
 
@@ -60,18 +102,54 @@ fn org_units_are_organizations_and_locations() {
 
     let all = app.get("Organization?_count=100").expect(200);
     assert_eq!(all["total"], 7);
-    let by_parent = app.get(&format!("Organization?partof=Organization/{kas}")).expect(200);
-    let names: Vec<&str> = by_parent["entry"].as_array().unwrap().iter().map(|e| e["resource"]["name"].as_str().unwrap()).collect();
+    let by_parent = app
+        .get(&format!("Organization?partof=Organization/{kas}"))
+        .expect(200);
+    let names: Vec<&str> = by_parent["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert_eq!(app.get("Organization?name=mto").expect(200)["total"], 1);
-    assert_eq!(app.get("Organization?name:contains=district").expect(200)["total"], 3);
-    assert_eq!(app.get("Organization?name:exact=mto health centre").expect(200)["total"], 0);
-    assert_eq!(app.get("Organization?identifier=urn:kiunga:org-unit-code|KD_KUS").expect(200)["total"], 1);
-    assert_eq!(app.get(&format!("Organization?_id={mto},{kas}")).expect(200)["total"], 2);
+    assert_eq!(
+        app.get("Organization?name:contains=district").expect(200)["total"],
+        3
+    );
+    assert_eq!(
+        app.get("Organization?name:exact=mto health centre")
+            .expect(200)["total"],
+        0
+    );
+    assert_eq!(
+        app.get("Organization?identifier=urn:kiunga:org-unit-code|KD_KUS")
+            .expect(200)["total"],
+        1
+    );
+    assert_eq!(
+        app.get(&format!("Organization?_id={mto},{kas}"))
+            .expect(200)["total"],
+        2
+    );
     let paged = app.get("Organization?_count=3").expect(200);
     assert_eq!(paged["entry"].as_array().unwrap().len(), 3);
-    let next = paged["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
-    assert_eq!(app.get(&next).expect(200)["entry"].as_array().unwrap().len(), 3);
+    let next = paged["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.get(&next).expect(200)["entry"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     app.get("Organization?colour=blue").outcome(400);
     app.get("Organization/NoSuchOrgUn").outcome(404);
 }

@@ -55,29 +55,50 @@ pub fn redact_url(url: &str) -> String {
 impl AppState {
     /// Connects, migrates, imports the metadata files and checks the mappings.
     pub fn start(config: Config) -> Result<AppState, StartError> {
-        let db_err = |message: String| StartError::Database { url: redact_url(&config.database_url), message };
-        let mut conn = diesel::PgConnection::establish(&config.database_url).map_err(|e| db_err(e.to_string()))?;
+        let db_err = |message: String| StartError::Database {
+            url: redact_url(&config.database_url),
+            message,
+        };
+        let mut conn = diesel::PgConnection::establish(&config.database_url)
+            .map_err(|e| db_err(e.to_string()))?;
         let applied = store::run_migrations(&mut conn).map_err(|e| db_err(e.to_string()))?;
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");
         }
         let summary = metadata_import::import_dir(&mut conn, &config.metadata_dir)?;
-        tracing::info!(files = summary.files, org_units = summary.org_units, programs = summary.programs, "metadata loaded");
+        tracing::info!(
+            files = summary.files,
+            org_units = summary.org_units,
+            programs = summary.programs,
+            "metadata loaded"
+        );
         let metadata = Metadata::load(&mut conn).map_err(|e| db_err(e.to_string()))?;
-        let mappings = MappingSet::load(&config.mappings_dir, &metadata).map_err(StartError::Mappings)?;
+        let mappings =
+            MappingSet::load(&config.mappings_dir, &metadata).map_err(StartError::Mappings)?;
         tracing::info!(version = %mappings.version, "mappings loaded");
         let default_org_unit = match &config.default_org_unit {
             None => None,
-            Some(key) => Some(
-                metadata
-                    .org_unit(key)
-                    .map(|o| o.id)
-                    .ok_or_else(|| StartError::Config(format!("default_org_unit `{key}` is not an org unit (give a UID or code)")))?,
-            ),
+            Some(key) => Some(metadata.org_unit(key).map(|o| o.id).ok_or_else(|| {
+                StartError::Config(format!(
+                    "default_org_unit `{key}` is not an org unit (give a UID or code)"
+                ))
+            })?),
         };
-        let pool = store::pool(&config.database_url, config.pool_size, Duration::from_millis(config.pool_timeout_ms)).map_err(|e| db_err(e.to_string()))?;
+        let pool = store::pool(
+            &config.database_url,
+            config.pool_size,
+            Duration::from_millis(config.pool_timeout_ms),
+        )
+        .map_err(|e| db_err(e.to_string()))?;
         let base = config.fhir_base();
-        Ok(AppState { config, pool, metadata: Arc::new(metadata), mappings: RwLock::new(Arc::new(mappings)), default_org_unit, base })
+        Ok(AppState {
+            config,
+            pool,
+            metadata: Arc::new(metadata),
+            mappings: RwLock::new(Arc::new(mappings)),
+            default_org_unit,
+            base,
+        })
     }
 
     /// The mapping set in force. A request takes it once and uses it throughout.
@@ -87,12 +108,16 @@ impl AppState {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
-
 }
 
 /// Runs `f` in one database transaction off the async executor, with the caller's context and
 /// the mapping set the request started with (a reload in between never mixes two sets).
-pub async fn tx<T, F>(state: &web::Data<AppState>, ctx: RequestContext, mappings: Arc<MappingSet>, f: F) -> Result<T, Error>
+pub async fn tx<T, F>(
+    state: &web::Data<AppState>,
+    ctx: RequestContext,
+    mappings: Arc<MappingSet>,
+    f: F,
+) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce(&mut Scoped, &Env) -> Result<T, Error> + Send + 'static,
@@ -100,7 +125,12 @@ where
     let state = state.clone();
     web::block(move || {
         let mut conn = state.pool.get()?;
-        let env = Env { md: &state.metadata, mappings: &mappings, strict: state.config.strict_mapping, default_org_unit: state.default_org_unit };
+        let env = Env {
+            md: &state.metadata,
+            mappings: &mappings,
+            strict: state.config.strict_mapping,
+            default_org_unit: state.default_org_unit,
+        };
         conn.transaction(|c| {
             let mut s = Scoped::new(c, &ctx);
             f(&mut s, &env)
@@ -111,15 +141,27 @@ where
 
 /// Runs `f` on one pooled connection without an enclosing transaction (a batch Bundle opens one
 /// per entry), off the async executor.
-pub async fn with_conn<T, F>(state: &web::Data<AppState>, ctx: RequestContext, mappings: Arc<MappingSet>, f: F) -> Result<T, Error>
+pub async fn with_conn<T, F>(
+    state: &web::Data<AppState>,
+    ctx: RequestContext,
+    mappings: Arc<MappingSet>,
+    f: F,
+) -> Result<T, Error>
 where
     T: Send + 'static,
-    F: FnOnce(&mut diesel::PgConnection, &RequestContext, &Env) -> Result<T, Error> + Send + 'static,
+    F: FnOnce(&mut diesel::PgConnection, &RequestContext, &Env) -> Result<T, Error>
+        + Send
+        + 'static,
 {
     let state = state.clone();
     web::block(move || {
         let mut conn = state.pool.get()?;
-        let env = Env { md: &state.metadata, mappings: &mappings, strict: state.config.strict_mapping, default_org_unit: state.default_org_unit };
+        let env = Env {
+            md: &state.metadata,
+            mappings: &mappings,
+            strict: state.config.strict_mapping,
+            default_org_unit: state.default_org_unit,
+        };
         f(&mut conn, &ctx, &env)
     })
     .await?
@@ -132,7 +174,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(state: AppState) -> Self {
-        Gateway { state: web::Data::new(state) }
+        Gateway {
+            state: web::Data::new(state),
+        }
     }
 
     pub fn listen(self) -> std::io::Result<Server> {
@@ -143,7 +187,9 @@ impl Gateway {
     pub fn serve(self, listener: TcpListener) -> std::io::Result<Server> {
         let state = self.state.clone();
         let workers = match state.config.http_workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
         Ok(HttpServer::new(move || {
@@ -164,7 +210,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -85,7 +85,10 @@ impl Config {
             message: e.to_string(),
         })?;
         toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
+            let line = e
+                .span()
+                .map(|s| text[..s.start].matches('\n').count() + 1)
+                .unwrap_or(0);
             ConfigError::File {
                 path: format!("{}:{line}", path.display()),
                 message: e.message().to_string(),
@@ -98,7 +101,10 @@ impl Config {
         where
             T::Err: std::fmt::Display,
         {
-            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name, message: e.to_string() })
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                message: e.to_string(),
+            })
         }
         if let Some(v) = get("KIUNGA_LISTEN") {
             self.listen = v;
@@ -182,8 +188,14 @@ mod tests {
     #[test]
     fn bad_env_value_names_the_variable() {
         let mut c = Config::default();
-        let err = c.apply_env(|n| (n == "KIUNGA_POOL_SIZE").then(|| "many".into())).unwrap_err();
-        assert!(err.to_string().starts_with("environment variable KIUNGA_POOL_SIZE"), "{err}");
+        let err = c
+            .apply_env(|n| (n == "KIUNGA_POOL_SIZE").then(|| "many".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable KIUNGA_POOL_SIZE"),
+            "{err}"
+        );
     }
 
     #[test]

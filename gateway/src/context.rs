@@ -45,9 +45,13 @@ impl OrgScope {
     pub fn sql_filter(&self) -> Option<(Vec<String>, Vec<String>)> {
         match self {
             OrgScope::All => None,
-            OrgScope::Subtrees(roots) => {
-                Some((roots.clone(), roots.iter().map(|r| format!("{}/%", escape_like(r))).collect()))
-            }
+            OrgScope::Subtrees(roots) => Some((
+                roots.clone(),
+                roots
+                    .iter()
+                    .map(|r| format!("{}/%", escape_like(r)))
+                    .collect(),
+            )),
         }
     }
 }
@@ -57,7 +61,9 @@ fn within(path: &str, root: &str) -> bool {
 }
 
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 #[derive(Debug, Clone)]
@@ -72,11 +78,21 @@ pub struct RequestContext {
 
 impl RequestContext {
     pub fn anonymous(request_id: impl Into<String>) -> Self {
-        RequestContext { request_id: request_id.into(), actor: Actor::Anonymous, capture: OrgScope::All, search: OrgScope::All }
+        RequestContext {
+            request_id: request_id.into(),
+            actor: Actor::Anonymous,
+            capture: OrgScope::All,
+            search: OrgScope::All,
+        }
     }
 
     pub fn system() -> Self {
-        RequestContext { request_id: "system".into(), actor: Actor::System, capture: OrgScope::All, search: OrgScope::All }
+        RequestContext {
+            request_id: "system".into(),
+            actor: Actor::System,
+            capture: OrgScope::All,
+            search: OrgScope::All,
+        }
     }
 
     pub fn with_scope(mut self, capture: OrgScope, search: OrgScope) -> Self {

@@ -12,7 +12,10 @@ use crate::fhir::outcome::{Issue, OperationOutcome};
 pub enum Error {
     /// The request itself is malformed (bad JSON, wrong resourceType, bad parameter): 400.
     #[error("{message}")]
-    Invalid { message: String, expression: Option<String> },
+    Invalid {
+        message: String,
+        expression: Option<String>,
+    },
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// The caller may not do this (a write outside its capture scope): 403.
@@ -32,7 +35,10 @@ pub enum Error {
     PreconditionFailed(String),
     /// The request conflicts with the current state (a unique value already used, a version race): 409.
     #[error("{message}")]
-    Conflict { message: String, expression: Option<String> },
+    Conflict {
+        message: String,
+        expression: Option<String>,
+    },
     /// Understood but breaks a business rule or cannot be mapped: 422, with one issue per problem.
     #[error("{}", .0.first().map(|i| i.diagnostics.as_str()).unwrap_or("unprocessable"))]
     Unprocessable(Vec<Issue>),
@@ -52,11 +58,17 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Error::Invalid { message: message.into(), expression: None }
+        Error::Invalid {
+            message: message.into(),
+            expression: None,
+        }
     }
 
     pub fn invalid_at(message: impl Into<String>, expression: impl Into<String>) -> Self {
-        Error::Invalid { message: message.into(), expression: Some(expression.into()) }
+        Error::Invalid {
+            message: message.into(),
+            expression: Some(expression.into()),
+        }
     }
 
     pub fn rule(message: impl Into<String>, expression: Option<String>) -> Self {
@@ -89,9 +101,9 @@ impl Error {
             Error::Database(e) => match db_kind(e) {
                 Some(DatabaseErrorKind::UniqueViolation) => StatusCode::CONFLICT,
                 Some(DatabaseErrorKind::SerializationFailure) => StatusCode::SERVICE_UNAVAILABLE,
-                Some(DatabaseErrorKind::ForeignKeyViolation | DatabaseErrorKind::CheckViolation) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                Some(
+                    DatabaseErrorKind::ForeignKeyViolation | DatabaseErrorKind::CheckViolation,
+                ) => StatusCode::UNPROCESSABLE_ENTITY,
                 Some(DatabaseErrorKind::ClosedConnection) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -205,7 +217,8 @@ mod tests {
 
     #[test]
     fn internal_errors_are_not_echoed() {
-        let (status, body) = Error::Internal("secret detail about Amina".into()).client_outcome("req1");
+        let (status, body) =
+            Error::Internal("secret detail about Amina".into()).client_outcome("req1");
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         let text = body.to_string();
         assert!(!text.contains("Amina"), "{text}");

@@ -10,13 +10,14 @@ pub mod context;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod import;
 pub mod mapping;
 pub mod rest;
 pub mod store;
 pub mod telemetry;
 pub mod terminology;
-pub mod translate;
 pub mod tracker;
+pub mod translate;
 
 pub use app::{AppState, Gateway};
 pub use config::Config;

@@ -9,7 +9,11 @@ use kiunga::app::{AppState, Gateway, StartError};
 use kiunga::config::Config;
 
 #[derive(Parser)]
-#[command(name = "kiunga", version, about = "FHIR R4 gateway for tracker-style health registries")]
+#[command(
+    name = "kiunga",
+    version,
+    about = "FHIR R4 gateway for tracker-style health registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -19,6 +23,21 @@ struct Cli {
 enum Command {
     /// Start the gateway (migrations, metadata and mappings load first).
     Serve,
+    /// Load FHIR JSON Bundles (transaction, batch, collection), NDJSON files and directories of them.
+    Import {
+        /// Files or directories (searched for *.json and *.ndjson).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Org unit (UID or code) owning records whose organisation no mapping resolves.
+        #[arg(long)]
+        default_org_unit: Option<String>,
+        /// Where the full report (every rejection with its reason) is written, as JSON.
+        #[arg(long, default_value = "import.report.json")]
+        report: PathBuf,
+        /// How many rejections the summary shows.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -47,7 +66,15 @@ fn main() -> ExitCode {
     kiunga::telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
-        Command::Mappings { action: MappingsAction::Check { dir } } => check_mappings(config, dir),
+        Command::Mappings {
+            action: MappingsAction::Check { dir },
+        } => check_mappings(config, dir),
+        Command::Import {
+            paths,
+            default_org_unit,
+            report,
+            show,
+        } => import(config, paths, default_org_unit, report, show),
     }
 }
 
@@ -94,6 +121,106 @@ fn check_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             eprintln!("kiunga: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn import(
+    config: Config,
+    paths: Vec<PathBuf>,
+    default_org_unit: Option<String>,
+    report_path: PathBuf,
+    show: usize,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let default = match default_org_unit {
+        None => None,
+        Some(key) => {
+            match state.metadata.org_unit(&key) {
+                Some(ou) => Some(ou.id),
+                None => {
+                    eprintln!("kiunga: --default-org-unit `{key}` is not an org unit (give a UID or code)");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        // The unit in progress is rolled back; finished ones stay. A second Ctrl-C kills at once.
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("kiunga: interrupted; finishing with the records already committed (Ctrl-C again to kill)");
+    }) {
+        eprintln!("kiunga: cannot install the Ctrl-C handler: {e}");
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} files {elapsed} (eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let bar2 = bar.clone();
+    let progress = Box::new(move |done: u64, total: u64| match &bar2 {
+        Some(b) => {
+            b.set_length(total);
+            b.set_position(done);
+        }
+        None => {
+            if total > 0 && (done * 10 / total != (done - 1) * 10 / total || done == total) {
+                eprintln!("kiunga: imported {done}/{total} files");
+            }
+        }
+    });
+    let result = kiunga::import::run(
+        &state,
+        &paths,
+        kiunga::import::Options {
+            default_org_unit: default,
+            interrupted,
+            progress,
+        },
+    );
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(report) => {
+            print!("{}", report.summary(show));
+            match serde_json::to_vec_pretty(&report)
+                .map(|bytes| std::fs::write(&report_path, bytes))
+            {
+                Ok(Ok(())) => println!("report: {}", report_path.display()),
+                _ => eprintln!(
+                    "kiunga: could not write the report to {}",
+                    report_path.display()
+                ),
+            }
+            if report.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("kiunga: import failed: {e}");
+            ExitCode::FAILURE
         }
     }
 }

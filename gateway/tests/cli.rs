@@ -22,12 +22,19 @@ struct Db {
 
 impl Db {
     fn new() -> Db {
-        let admin = std::env::var("KIUNGA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = std::env::var("KIUNGA_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let name = format!("kiunga_cli_{}", kiunga::tracker::new_uid().to_lowercase());
-        let mut conn = PgConnection::establish(&admin).expect("tests need Postgres (run `make test`)");
-        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create database");
+        let mut conn =
+            PgConnection::establish(&admin).expect("tests need Postgres (run `make test`)");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .expect("create database");
         let base = admin.split('?').next().unwrap_or(&admin);
-        let url = format!("{}/{name}", &base[..base.rfind('/').expect("database URL with a database name")]);
+        let url = format!(
+            "{}/{name}",
+            &base[..base.rfind('/').expect("database URL with a database name")]
+        );
         Db { name, admin, url }
     }
 }
@@ -35,14 +42,20 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         if let Ok(mut conn) = PgConnection::establish(&self.admin) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn);
         }
     }
 }
 
 fn kiunga(db: &Db) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiunga"));
-    c.current_dir(repo()).env("DATABASE_URL", &db.url).env_remove("KIUNGA_CONFIG");
+    c.current_dir(repo())
+        .env("DATABASE_URL", &db.url)
+        .env_remove("KIUNGA_CONFIG");
     c
 }
 
@@ -50,7 +63,11 @@ fn kiunga(db: &Db) -> Command {
 fn mappings_check_prints_file_line_problems_and_exits_1() {
     let db = Db::new();
     let ok = kiunga(&db).args(["mappings", "check"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("OK (mappings version "));
 
     let dir = std::env::temp_dir().join(format!("kiunga-cli-{}", kiunga::tracker::new_uid()));
@@ -61,20 +78,35 @@ fn mappings_check_prints_file_line_problems_and_exits_1() {
             std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
         }
     }
-    let broken = std::fs::read_to_string(dir.join("observation.toml")).unwrap().replace("data_element = \"HEIGHT\"", "data_element = \"HIEGHT\"");
+    let broken = std::fs::read_to_string(dir.join("observation.toml"))
+        .unwrap()
+        .replace("data_element = \"HEIGHT\"", "data_element = \"HIEGHT\"");
     std::fs::write(dir.join("observation.toml"), &broken).unwrap();
     let line = broken.lines().position(|l| l.contains("HIEGHT")).unwrap() + 1;
-    let out = kiunga(&db).args(["mappings", "check"]).arg(&dir).output().unwrap();
+    let out = kiunga(&db)
+        .args(["mappings", "check"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("observation.toml:{line}: unknown data element `HIEGHT` (known: ")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "observation.toml:{line}: unknown data element `HIEGHT` (known: "
+        )),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_request_log_carries_no_patient_data() {
     let db = Db::new();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = kiunga(&db)
         .arg("serve")
         .env("KIUNGA_LISTEN", format!("127.0.0.1:{port}"))
@@ -86,12 +118,28 @@ fn the_request_log_carries_no_patient_data() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::blocking::Client::new();
     let started = Instant::now();
-    while http.get(format!("{base}/readyz")).send().map(|r| r.status().as_u16() != 200).unwrap_or(true) {
-        assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not become ready");
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the gateway did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let org: serde_json::Value = http.get(format!("{base}/fhir/Organization?identifier=KD_KAS_MTO")).send().unwrap().json().unwrap();
-    let org = org["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let org: serde_json::Value = http
+        .get(format!("{base}/fhir/Organization?identifier=KD_KAS_MTO"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let org = org["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let patient = serde_json::json!({
         "resourceType": "Patient",
         "identifier": [{ "system": "http://example.org/national-id", "value": "SECRETNID4242" }],
@@ -99,19 +147,57 @@ fn the_request_log_carries_no_patient_data() {
         "birthDate": "1977-07-07",
         "managingOrganization": { "reference": format!("Organization/{org}") },
     });
-    let r = http.post(format!("{base}/fhir/Patient")).header("Content-Type", "application/fhir+json").body(patient.to_string()).send().unwrap();
+    let r = http
+        .post(format!("{base}/fhir/Patient"))
+        .header("Content-Type", "application/fhir+json")
+        .body(patient.to_string())
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let again = http.post(format!("{base}/fhir/Patient")).header("Content-Type", "application/fhir+json").body(patient.to_string()).send().unwrap();
+    let again = http
+        .post(format!("{base}/fhir/Patient"))
+        .header("Content-Type", "application/fhir+json")
+        .body(patient.to_string())
+        .send()
+        .unwrap();
     assert_eq!(again.status().as_u16(), 409);
-    http.get(format!("{base}/fhir/Patient?identifier=SECRETNID4242&family=Wanjikuhidden")).send().unwrap();
-    http.get(format!("{base}/fhir/Patient/Wanjikuhidden")).send().unwrap();
+    http.get(format!(
+        "{base}/fhir/Patient?identifier=SECRETNID4242&family=Wanjikuhidden"
+    ))
+    .send()
+    .unwrap();
+    http.get(format!("{base}/fhir/Patient/Wanjikuhidden"))
+        .send()
+        .unwrap();
     child.kill().unwrap();
+    child.wait().unwrap();
     let mut logs = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     assert!(logs.contains("request"), "no request log lines: {logs}");
-    assert!(logs.contains("status=201") || logs.contains("status: 201") || logs.contains("201"), "{logs}");
-    for secret in ["SECRETNID4242", "Wanjikuhidden", "Privatename", "1977-07-07"] {
-        assert!(!logs.contains(secret), "`{secret}` leaked into the logs:\n{logs}");
+    assert!(
+        logs.contains("status=201") || logs.contains("status: 201") || logs.contains("201"),
+        "{logs}"
+    );
+    for secret in [
+        "SECRETNID4242",
+        "Wanjikuhidden",
+        "Privatename",
+        "1977-07-07",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "`{secret}` leaked into the logs:\n{logs}"
+        );
     }
 }

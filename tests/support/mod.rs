@@ -23,7 +23,8 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn admin_url() -> String {
-    std::env::var("KIUNGA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("KIUNGA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The same server with another database name (query parameters kept).
@@ -44,7 +45,9 @@ pub fn with_db(url: &str, db: &str) -> String {
 }
 
 fn hash_dir(h: &mut DefaultHasher, dir: &Path) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -80,20 +83,36 @@ struct Exists {
 fn ensure_template() -> String {
     let name = template_name();
     let mut conn = admin();
-    sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).expect("advisory lock");
-    let exists: Exists = sql_query(format!("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}') AS e")).get_result(&mut conn).expect("pg_database");
+    sql_query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut conn)
+        .expect("advisory lock");
+    let exists: Exists = sql_query(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}') AS e"
+    ))
+    .get_result(&mut conn)
+    .expect("pg_database");
     if !exists.e {
         let building = format!("{name}_build");
-        sql_query(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)")).execute(&mut conn).expect("drop stale build");
-        sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).expect("create template");
+        sql_query(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .execute(&mut conn)
+            .expect("drop stale build");
+        sql_query(format!("CREATE DATABASE {building}"))
+            .execute(&mut conn)
+            .expect("create template");
         {
-            let mut t = PgConnection::establish(&with_db(&admin_url(), &building)).expect("connect template");
+            let mut t = PgConnection::establish(&with_db(&admin_url(), &building))
+                .expect("connect template");
             kiunga::store::run_migrations(&mut t).expect("migrations");
-            kiunga::store::metadata_import::import_dir(&mut t, &repo().join("fixtures/metadata")).expect("metadata");
+            kiunga::store::metadata_import::import_dir(&mut t, &repo().join("fixtures/metadata"))
+                .expect("metadata");
         }
-        sql_query(format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut conn).expect("publish template");
+        sql_query(format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .execute(&mut conn)
+            .expect("publish template");
     }
-    sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).expect("advisory unlock");
+    sql_query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut conn)
+        .expect("advisory unlock");
     name
 }
 
@@ -111,7 +130,9 @@ impl TestDb {
         // CREATE DATABASE ... TEMPLATE fails while another session is connected to the template; retry briefly.
         let mut tries = 0;
         loop {
-            match sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}")).execute(&mut conn) {
+            match sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+                .execute(&mut conn)
+            {
                 Ok(_) => break,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -136,7 +157,9 @@ impl TestDb {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let n: N = sql_query(format!("SELECT ({sql})::bigint AS n")).get_result(&mut self.conn()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let n: N = sql_query(format!("SELECT ({sql})::bigint AS n"))
+            .get_result(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         n.n
     }
 
@@ -146,7 +169,9 @@ impl TestDb {
             #[diesel(sql_type = diesel::sql_types::Text)]
             t: String,
         }
-        let rows: Vec<T> = sql_query(format!("SELECT q.t::text AS t FROM ({sql}) AS q(t)")).load(&mut self.conn()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let rows: Vec<T> = sql_query(format!("SELECT q.t::text AS t FROM ({sql}) AS q(t)"))
+            .load(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         rows.into_iter().map(|r| r.t).collect()
     }
 }
@@ -154,7 +179,11 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut conn) = PgConnection::establish(&admin_url()) {
-            let _ = sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn);
+            let _ = sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn);
         }
     }
 }
@@ -191,7 +220,8 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         config.base_url = Some(format!("http://127.0.0.1:{port}/fhir"));
-        let state = AppState::start(config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        let state =
+            AppState::start(config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -205,7 +235,10 @@ impl TestApp {
             base: format!("http://127.0.0.1:{port}/fhir"),
             db,
             handle: Some(handle),
-            http: reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("client"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("client"),
         }
     }
 
@@ -224,11 +257,25 @@ impl TestApp {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Resp {
-        Resp::from(self.http.post(self.url(path)).header("Content-Type", "application/fhir+json").body(body.to_string()).send().expect("POST"))
+        Resp::from(
+            self.http
+                .post(self.url(path))
+                .header("Content-Type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .expect("POST"),
+        )
     }
 
     pub fn put(&self, path: &str, body: &Value) -> Resp {
-        Resp::from(self.http.put(self.url(path)).header("Content-Type", "application/fhir+json").body(body.to_string()).send().expect("PUT"))
+        Resp::from(
+            self.http
+                .put(self.url(path))
+                .header("Content-Type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .expect("PUT"),
+        )
     }
 
     pub fn delete(&self, path: &str) -> Resp {
@@ -236,8 +283,16 @@ impl TestApp {
     }
 
     /// Any request, with headers and a raw body.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
-        let mut r = self.http.request(method.parse().expect("method"), self.url(path));
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let mut r = self
+            .http
+            .request(method.parse().expect("method"), self.url(path));
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
@@ -249,7 +304,10 @@ impl TestApp {
 
     /// The UID of an org unit by its code.
     pub fn org(&self, code: &str) -> String {
-        self.db.text(&format!("SELECT uid FROM org_unit WHERE code = '{code}'")).pop().unwrap_or_else(|| panic!("no org unit {code}"))
+        self.db
+            .text(&format!("SELECT uid FROM org_unit WHERE code = '{code}'"))
+            .pop()
+            .unwrap_or_else(|| panic!("no org unit {code}"))
     }
 }
 
@@ -257,7 +315,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
             // Stopping is async; a short-lived runtime drives it so the database can be dropped after.
-            let _ = std::thread::spawn(move || actix_web::rt::System::new().block_on(h.stop(false))).join();
+            let _ =
+                std::thread::spawn(move || actix_web::rt::System::new().block_on(h.stop(false)))
+                    .join();
         }
     }
 }
@@ -273,7 +333,11 @@ impl From<reqwest::blocking::Response> for Resp {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().unwrap_or_default();
-        Resp { status, headers, text }
+        Resp {
+            status,
+            headers,
+            text,
+        }
     }
 }
 
@@ -283,12 +347,19 @@ impl Resp {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Asserts the status and returns the JSON body.
     pub fn expect(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         if self.text.is_empty() {
             Value::Null
         } else {
@@ -301,7 +372,10 @@ impl Resp {
         let v = self.expect(status);
         assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
         assert_eq!(v["issue"][0]["severity"], "error", "{}", self.text);
-        v["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_string()
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 

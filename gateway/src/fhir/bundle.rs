@@ -12,10 +12,19 @@ pub struct SearchEntry {
 }
 
 fn full_url(base: &str, resource: &Value) -> String {
-    format!("{base}/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default())
+    format!(
+        "{base}/{}/{}",
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default()
+    )
 }
 
-pub fn searchset(base: &str, entries: Vec<SearchEntry>, total: Option<i64>, links: Vec<(&str, String)>) -> Value {
+pub fn searchset(
+    base: &str,
+    entries: Vec<SearchEntry>,
+    total: Option<i64>,
+    links: Vec<(&str, String)>,
+) -> Value {
     let mut b = json!({
         "resourceType": "Bundle",
         "id": crate::tracker::new_uid(),
@@ -26,7 +35,12 @@ pub fn searchset(base: &str, entries: Vec<SearchEntry>, total: Option<i64>, link
         b["total"] = json!(t);
     }
     if !links.is_empty() {
-        b["link"] = Value::Array(links.into_iter().map(|(rel, url)| json!({ "relation": rel, "url": url })).collect());
+        b["link"] = Value::Array(
+            links
+                .into_iter()
+                .map(|(rel, url)| json!({ "relation": rel, "url": url }))
+                .collect(),
+        );
     }
     if !entries.is_empty() {
         b["entry"] = Value::Array(
@@ -58,7 +72,11 @@ pub fn history(base: &str, entries: Vec<HistoryEntry>, self_link: String) -> Val
                 "delete" => ("DELETE", "200 OK"),
                 _ => ("PUT", "200 OK"),
             };
-            let url = if method == "POST" { e.resource_type.to_string() } else { format!("{}/{}", e.resource_type, e.id) };
+            let url = if method == "POST" {
+                e.resource_type.to_string()
+            } else {
+                format!("{}/{}", e.resource_type, e.id)
+            };
             let mut entry = json!({
                 "fullUrl": format!("{base}/{}/{}", e.resource_type, e.id),
                 "request": { "method": method, "url": url },

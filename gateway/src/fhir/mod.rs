@@ -40,7 +40,7 @@ pub struct Negotiated {
     pub error: Option<String>,
 }
 
-fn query_param<'a>(req: &'a HttpRequest, name: &str) -> Option<String> {
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
     req.query_string().split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| percent_decode(v))
@@ -56,7 +56,10 @@ pub fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -73,7 +76,10 @@ pub fn percent_decode(s: &str) -> String {
 
 impl Negotiated {
     pub fn from_request(req: &HttpRequest) -> Self {
-        let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok());
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|h| h.to_str().ok());
         let format_param = query_param(req, "_format");
         let (format, error) = match kiunga_codec::negotiate(accept, format_param.as_deref()) {
             Ok(f) => (f, None),
@@ -95,23 +101,42 @@ impl Negotiated {
         };
         let lenient = prefer.iter().any(|p| p == "handling=lenient");
         let request_id = crate::telemetry::request_id(req);
-        Negotiated { format, pretty, return_pref, lenient, request_id, error }
+        Negotiated {
+            format,
+            pretty,
+            return_pref,
+            lenient,
+            request_id,
+            error,
+        }
     }
 
     /// Serialises a FHIR JSON value in the negotiated format.
     pub fn body(&self, status: StatusCode, value: &Value) -> HttpResponse {
         match kiunga_codec::serialize(value, self.format, self.pretty) {
-            Ok(bytes) => HttpResponse::build(status).insert_header((header::CONTENT_TYPE, content_type(self.format))).body(bytes),
+            Ok(bytes) => HttpResponse::build(status)
+                .insert_header((header::CONTENT_TYPE, content_type(self.format)))
+                .body(bytes),
             // The codec's message may quote element values: only its kind is logged.
-            Err(e) => self.error(Error::Internal(format!("cannot serialise the response ({:?} error)", e.kind))),
+            Err(e) => self.error(Error::Internal(format!(
+                "cannot serialise the response ({:?} error)",
+                e.kind
+            ))),
         }
     }
 
     pub fn error(&self, e: Error) -> HttpResponse {
         let (status, outcome) = e.client_outcome(&self.request_id);
-        let format = if matches!(e, Error::NotAcceptable(_)) { Format::Json } else { self.format };
-        let bytes = kiunga_codec::serialize(&outcome, format, self.pretty).unwrap_or_else(|_| outcome.to_string().into_bytes());
-        HttpResponse::build(status).insert_header((header::CONTENT_TYPE, content_type(format))).body(bytes)
+        let format = if matches!(e, Error::NotAcceptable(_)) {
+            Format::Json
+        } else {
+            self.format
+        };
+        let bytes = kiunga_codec::serialize(&outcome, format, self.pretty)
+            .unwrap_or_else(|_| outcome.to_string().into_bytes());
+        HttpResponse::build(status)
+            .insert_header((header::CONTENT_TYPE, content_type(format)))
+            .body(bytes)
     }
 
     /// The 406 to answer when negotiation failed.
@@ -124,7 +149,8 @@ impl Negotiated {
 }
 
 fn content_type(f: Format) -> HeaderValue {
-    HeaderValue::from_str(&format!("{}; charset=utf-8", f.mime())).unwrap_or(HeaderValue::from_static("application/fhir+json"))
+    HeaderValue::from_str(&format!("{}; charset=utf-8", f.mime()))
+        .unwrap_or(HeaderValue::from_static("application/fhir+json"))
 }
 
 /// A successful FHIR answer before serialisation.
@@ -139,7 +165,11 @@ pub struct FhirResponse {
 
 impl FhirResponse {
     pub fn ok(body: Value) -> Self {
-        FhirResponse { status: 200, body: Some(body), ..Default::default() }
+        FhirResponse {
+            status: 200,
+            body: Some(body),
+            ..Default::default()
+        }
     }
 
     pub fn into_http(self, n: &Negotiated) -> HttpResponse {
@@ -155,7 +185,9 @@ impl FhirResponse {
             }
         }
         if let Some(t) = self.last_modified {
-            if let Ok(val) = HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()) {
+            if let Ok(val) =
+                HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            {
                 h.insert(header::LAST_MODIFIED, val);
             }
         }
@@ -171,10 +203,16 @@ impl FhirResponse {
 
 /// The version in an `If-Match` header (`W/"3"` or `"3"`), or a 400 when it is not one.
 pub fn if_match(req: &HttpRequest) -> Result<Option<i32>, Error> {
-    let Some(h) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let Some(h) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let raw = h.to_str().unwrap_or_default().trim();
     let inner = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    inner.parse::<i32>().map(Some).map_err(|_| Error::invalid(format!("If-Match `{raw}` is not a version ETag such as W/\"3\"")))
+    inner.parse::<i32>().map(Some).map_err(|_| {
+        Error::invalid(format!(
+            "If-Match `{raw}` is not a version ETag such as W/\"3\""
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -31,16 +31,39 @@ pub struct Issue {
 }
 
 impl Issue {
-    pub fn error(code: &'static str, diagnostics: impl Into<String>, expression: Option<String>) -> Self {
-        Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression }
+    pub fn error(
+        code: &'static str,
+        diagnostics: impl Into<String>,
+        expression: Option<String>,
+    ) -> Self {
+        Issue {
+            severity: Severity::Error,
+            code,
+            diagnostics: diagnostics.into(),
+            expression,
+        }
     }
 
-    pub fn warning(code: &'static str, diagnostics: impl Into<String>, expression: Option<String>) -> Self {
-        Issue { severity: Severity::Warning, code, diagnostics: diagnostics.into(), expression }
+    pub fn warning(
+        code: &'static str,
+        diagnostics: impl Into<String>,
+        expression: Option<String>,
+    ) -> Self {
+        Issue {
+            severity: Severity::Warning,
+            code,
+            diagnostics: diagnostics.into(),
+            expression,
+        }
     }
 
     pub fn information(diagnostics: impl Into<String>) -> Self {
-        Issue { severity: Severity::Information, code: "informational", diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Information,
+            code: "informational",
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn to_json(&self) -> Value {

@@ -23,7 +23,11 @@ pub fn parse_query(q: &str) -> Vec<Param> {
                 Some((n, m)) => (n.to_string(), Some(m.to_string())),
                 None => (k, None),
             };
-            Param { name, modifier, value: percent_decode(v) }
+            Param {
+                name,
+                modifier,
+                value: percent_decode(v),
+            }
         })
         .collect()
 }
@@ -34,8 +38,24 @@ pub fn paging(params: &[Param]) -> Result<(i64, i64), Error> {
     let mut offset = 0;
     for p in params {
         match p.name.as_str() {
-            "_count" => count = p.value.parse::<i64>().map_err(|_| Error::invalid(format!("_count `{}` is not a whole number", p.value)))?.clamp(0, MAX_COUNT),
-            "_offset" => offset = p.value.parse::<i64>().map_err(|_| Error::invalid(format!("_offset `{}` is not a whole number", p.value)))?.max(0),
+            "_count" => {
+                count = p
+                    .value
+                    .parse::<i64>()
+                    .map_err(|_| {
+                        Error::invalid(format!("_count `{}` is not a whole number", p.value))
+                    })?
+                    .clamp(0, MAX_COUNT)
+            }
+            "_offset" => {
+                offset = p
+                    .value
+                    .parse::<i64>()
+                    .map_err(|_| {
+                        Error::invalid(format!("_offset `{}` is not a whole number", p.value))
+                    })?
+                    .max(0)
+            }
             _ => {}
         }
     }
@@ -78,7 +98,14 @@ mod tests {
     #[test]
     fn parses_modifiers_and_decodes() {
         let p = parse_query("name:exact=Mto%20Health&_count=5");
-        assert_eq!(p[0], Param { name: "name".into(), modifier: Some("exact".into()), value: "Mto Health".into() });
+        assert_eq!(
+            p[0],
+            Param {
+                name: "name".into(),
+                modifier: Some("exact".into()),
+                value: "Mto Health".into()
+            }
+        );
         assert_eq!(paging(&p).unwrap(), (5, 0));
         assert!(query_with_offset(&p, 10).ends_with("_offset=10"));
     }

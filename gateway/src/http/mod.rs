@@ -11,74 +11,247 @@ use kiunga_codec::Format;
 use serde_json::Value;
 
 use crate::app::{tx, AppState};
-use crate::fhir::bundle;
-use crate::fhir::outcome::{Issue, OperationOutcome};
-use crate::fhir::Return;
-use crate::rest::{self, Stored};
 use crate::context::RequestContext;
 use crate::error::Error;
+use crate::fhir::bundle;
 use crate::fhir::capability::{Interaction, Interaction::*, ResourceCapability, SearchParam};
+use crate::fhir::outcome::{Issue, OperationOutcome};
+use crate::fhir::Return;
 use crate::fhir::{FhirResponse, Negotiated};
+use crate::rest::{self, Stored};
 
 const ORG_PARAMS: &[SearchParam] = &[
-    SearchParam { name: "_id", kind: "token", doc: "Org unit UID" },
-    SearchParam { name: "identifier", kind: "token", doc: "Org unit code (system urn:kiunga:org-unit-code)" },
-    SearchParam { name: "name", kind: "string", doc: "Name: prefix, case-insensitive; :exact, :contains" },
-    SearchParam { name: "partof", kind: "reference", doc: "Parent org unit" },
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Org unit UID",
+    },
+    SearchParam {
+        name: "identifier",
+        kind: "token",
+        doc: "Org unit code (system urn:kiunga:org-unit-code)",
+    },
+    SearchParam {
+        name: "name",
+        kind: "string",
+        doc: "Name: prefix, case-insensitive; :exact, :contains",
+    },
+    SearchParam {
+        name: "partof",
+        kind: "reference",
+        doc: "Parent org unit",
+    },
 ];
 
 /// What is routed, per resource type. The CapabilityStatement is generated from this table and
 /// the handlers refuse (405) any interaction it does not list, so the two cannot drift apart.
 const PATIENT_PARAMS: &[SearchParam] = &[
-    SearchParam { name: "_id", kind: "token", doc: "Tracked entity UID" },
-    SearchParam { name: "identifier", kind: "token", doc: "system|value of any identifier system declared in mappings/patient.toml" },
-    SearchParam { name: "name", kind: "string", doc: "Family or given name: prefix, case- and accent-insensitive; :exact, :contains" },
-    SearchParam { name: "family", kind: "string", doc: "Family name (string semantics)" },
-    SearchParam { name: "given", kind: "string", doc: "Given name (string semantics)" },
-    SearchParam { name: "birthdate", kind: "date", doc: "Birth date with prefixes eq ne lt gt le ge sa eb ap; partial dates" },
-    SearchParam { name: "gender", kind: "token", doc: "AdministrativeGender" },
-    SearchParam { name: "organization", kind: "reference", doc: "Owning org unit" },
-    SearchParam { name: "phone", kind: "token", doc: "Phone number (digits compared)" },
-    SearchParam { name: "telecom", kind: "token", doc: "Any mapped contact point (digits compared)" },
-    SearchParam { name: "active", kind: "token", doc: "true or false" },
-    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Tracked entity UID",
+    },
+    SearchParam {
+        name: "identifier",
+        kind: "token",
+        doc: "system|value of any identifier system declared in mappings/patient.toml",
+    },
+    SearchParam {
+        name: "name",
+        kind: "string",
+        doc: "Family or given name: prefix, case- and accent-insensitive; :exact, :contains",
+    },
+    SearchParam {
+        name: "family",
+        kind: "string",
+        doc: "Family name (string semantics)",
+    },
+    SearchParam {
+        name: "given",
+        kind: "string",
+        doc: "Given name (string semantics)",
+    },
+    SearchParam {
+        name: "birthdate",
+        kind: "date",
+        doc: "Birth date with prefixes eq ne lt gt le ge sa eb ap; partial dates",
+    },
+    SearchParam {
+        name: "gender",
+        kind: "token",
+        doc: "AdministrativeGender",
+    },
+    SearchParam {
+        name: "organization",
+        kind: "reference",
+        doc: "Owning org unit",
+    },
+    SearchParam {
+        name: "phone",
+        kind: "token",
+        doc: "Phone number (digits compared)",
+    },
+    SearchParam {
+        name: "telecom",
+        kind: "token",
+        doc: "Any mapped contact point (digits compared)",
+    },
+    SearchParam {
+        name: "active",
+        kind: "token",
+        doc: "true or false",
+    },
+    SearchParam {
+        name: "_lastUpdated",
+        kind: "date",
+        doc: "Last change, with prefixes",
+    },
 ];
 
 const ENCOUNTER_PARAMS: &[SearchParam] = &[
-    SearchParam { name: "_id", kind: "token", doc: "Event UID" },
-    SearchParam { name: "patient", kind: "reference", doc: "The person" },
-    SearchParam { name: "subject", kind: "reference", doc: "The person" },
-    SearchParam { name: "date", kind: "date", doc: "Occurred date, with prefixes" },
-    SearchParam { name: "status", kind: "token", doc: "Encounter.status (through mappings/encounter.toml)" },
-    SearchParam { name: "type", kind: "token", doc: "system|code of a mapped encounter type (its program stage)" },
-    SearchParam { name: "class", kind: "token", doc: "Encounter class" },
-    SearchParam { name: "service-provider", kind: "reference", doc: "Org unit of the event" },
-    SearchParam { name: "episode-of-care", kind: "reference", doc: "The enrollment" },
-    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Event UID",
+    },
+    SearchParam {
+        name: "patient",
+        kind: "reference",
+        doc: "The person",
+    },
+    SearchParam {
+        name: "subject",
+        kind: "reference",
+        doc: "The person",
+    },
+    SearchParam {
+        name: "date",
+        kind: "date",
+        doc: "Occurred date, with prefixes",
+    },
+    SearchParam {
+        name: "status",
+        kind: "token",
+        doc: "Encounter.status (through mappings/encounter.toml)",
+    },
+    SearchParam {
+        name: "type",
+        kind: "token",
+        doc: "system|code of a mapped encounter type (its program stage)",
+    },
+    SearchParam {
+        name: "class",
+        kind: "token",
+        doc: "Encounter class",
+    },
+    SearchParam {
+        name: "service-provider",
+        kind: "reference",
+        doc: "Org unit of the event",
+    },
+    SearchParam {
+        name: "episode-of-care",
+        kind: "reference",
+        doc: "The enrollment",
+    },
+    SearchParam {
+        name: "_lastUpdated",
+        kind: "date",
+        doc: "Last change, with prefixes",
+    },
 ];
 
 const OBSERVATION_PARAMS: &[SearchParam] = &[
-    SearchParam { name: "_id", kind: "token", doc: "Data value UID" },
-    SearchParam { name: "patient", kind: "reference", doc: "The person" },
-    SearchParam { name: "subject", kind: "reference", doc: "The person" },
-    SearchParam { name: "encounter", kind: "reference", doc: "The event" },
-    SearchParam { name: "code", kind: "token", doc: "system|code mapped in mappings/observation.toml" },
-    SearchParam { name: "category", kind: "token", doc: "observation-category" },
-    SearchParam { name: "date", kind: "date", doc: "effective[x], with prefixes" },
-    SearchParam { name: "value-quantity", kind: "quantity", doc: "prefix+number[|system|unit], converted to the data element's unit" },
-    SearchParam { name: "_lastUpdated", kind: "date", doc: "Last change, with prefixes" },
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Data value UID",
+    },
+    SearchParam {
+        name: "patient",
+        kind: "reference",
+        doc: "The person",
+    },
+    SearchParam {
+        name: "subject",
+        kind: "reference",
+        doc: "The person",
+    },
+    SearchParam {
+        name: "encounter",
+        kind: "reference",
+        doc: "The event",
+    },
+    SearchParam {
+        name: "code",
+        kind: "token",
+        doc: "system|code mapped in mappings/observation.toml",
+    },
+    SearchParam {
+        name: "category",
+        kind: "token",
+        doc: "observation-category",
+    },
+    SearchParam {
+        name: "date",
+        kind: "date",
+        doc: "effective[x], with prefixes",
+    },
+    SearchParam {
+        name: "value-quantity",
+        kind: "quantity",
+        doc: "prefix+number[|system|unit], converted to the data element's unit",
+    },
+    SearchParam {
+        name: "_lastUpdated",
+        kind: "date",
+        doc: "Last change, with prefixes",
+    },
 ];
 
 const TERMINOLOGY_PARAMS: &[SearchParam] = &[
-    SearchParam { name: "_id", kind: "token", doc: "Id" },
-    SearchParam { name: "url", kind: "uri", doc: "Canonical URL" },
-    SearchParam { name: "name", kind: "string", doc: "Name (prefix)" },
-    SearchParam { name: "system", kind: "uri", doc: "CodeSystem: the system URI" },
-    SearchParam { name: "source", kind: "uri", doc: "ConceptMap: source system" },
-    SearchParam { name: "target", kind: "uri", doc: "ConceptMap: target system" },
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Id",
+    },
+    SearchParam {
+        name: "url",
+        kind: "uri",
+        doc: "Canonical URL",
+    },
+    SearchParam {
+        name: "name",
+        kind: "string",
+        doc: "Name (prefix)",
+    },
+    SearchParam {
+        name: "system",
+        kind: "uri",
+        doc: "CodeSystem: the system URI",
+    },
+    SearchParam {
+        name: "source",
+        kind: "uri",
+        doc: "ConceptMap: source system",
+    },
+    SearchParam {
+        name: "target",
+        kind: "uri",
+        doc: "ConceptMap: target system",
+    },
 ];
 
-const CRUD: &[Interaction] = &[Create, Read, Vread, Update, Delete, HistoryInstance, HistoryType, SearchType];
+const CRUD: &[Interaction] = &[
+    Create,
+    Read,
+    Vread,
+    Update,
+    Delete,
+    HistoryInstance,
+    HistoryType,
+    SearchType,
+];
 
 /// What is routed, per resource type. The CapabilityStatement is generated from this table and
 /// the handlers refuse (405) any interaction it does not list, so the two cannot drift apart.
@@ -131,46 +304,99 @@ pub fn is_known_type(t: &str) -> bool {
     RESOURCES.iter().any(|r| r.resource_type == t)
 }
 
-fn capability(resource_type: &str, interaction: Interaction) -> Result<&'static ResourceCapability, Error> {
-    let cap = RESOURCES.iter().find(|r| r.resource_type == resource_type).ok_or_else(|| {
-        let known: Vec<&str> = RESOURCES.iter().map(|r| r.resource_type).collect();
-        Error::NotFound(format!("resource type `{resource_type}` is not served here (served: {})", known.join(", ")))
-    })?;
+fn capability(
+    resource_type: &str,
+    interaction: Interaction,
+) -> Result<&'static ResourceCapability, Error> {
+    let cap = RESOURCES
+        .iter()
+        .find(|r| r.resource_type == resource_type)
+        .ok_or_else(|| {
+            let known: Vec<&str> = RESOURCES.iter().map(|r| r.resource_type).collect();
+            Error::NotFound(format!(
+                "resource type `{resource_type}` is not served here (served: {})",
+                known.join(", ")
+            ))
+        })?;
     if !cap.supports(interaction) {
-        return Err(Error::MethodNotAllowed(format!("{resource_type} does not support the {} interaction", interaction.code())));
+        return Err(Error::MethodNotAllowed(format!(
+            "{resource_type} does not support the {} interaction",
+            interaction.code()
+        )));
     }
     Ok(cap)
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz)).service(
-        web::scope("/fhir")
-            .service(web::resource("").route(web::post().to(bundle)).default_service(web::to(not_allowed)))
-            .service(web::resource("/metadata").route(web::get().to(metadata)).default_service(web::to(not_allowed)))
-            .service(web::resource("/ConceptMap/$translate").route(web::get().to(translate)).route(web::post().to(translate)).default_service(web::to(not_allowed)))
-            .service(web::resource("/CodeSystem/$lookup").route(web::get().to(lookup)).route(web::post().to(lookup)).default_service(web::to(not_allowed)))
-            .service(
-                web::resource("/{type}")
-                    .route(web::get().to(search))
-                    .route(web::post().to(create))
-                    .route(web::put().to(conditional_update))
-                    .route(web::delete().to(conditional_delete))
-                    .default_service(web::to(not_allowed)),
-            )
-            .service(web::resource("/{type}/_search").route(web::post().to(search_post)).route(web::get().to(search)).default_service(web::to(not_allowed)))
-            .service(web::resource("/{type}/_history").route(web::get().to(type_history)).default_service(web::to(not_allowed)))
-            .service(
-                web::resource("/{type}/{id}")
-                    .route(web::get().to(read))
-                    .route(web::put().to(update))
-                    .route(web::delete().to(delete))
-                    .default_service(web::to(not_allowed)),
-            )
-            .service(web::resource("/{type}/{id}/$everything").route(web::get().to(everything)).default_service(web::to(not_allowed)))
-            .service(web::resource("/{type}/{id}/_history").route(web::get().to(history)).default_service(web::to(not_allowed)))
-            .service(web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(vread)).default_service(web::to(not_allowed)))
-            .default_service(web::to(not_found)),
-    );
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .service(
+            web::scope("/fhir")
+                .service(
+                    web::resource("")
+                        .route(web::post().to(bundle))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/metadata")
+                        .route(web::get().to(metadata))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/ConceptMap/$translate")
+                        .route(web::get().to(translate))
+                        .route(web::post().to(translate))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/CodeSystem/$lookup")
+                        .route(web::get().to(lookup))
+                        .route(web::post().to(lookup))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}")
+                        .route(web::get().to(search))
+                        .route(web::post().to(create))
+                        .route(web::put().to(conditional_update))
+                        .route(web::delete().to(conditional_delete))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/_search")
+                        .route(web::post().to(search_post))
+                        .route(web::get().to(search))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/_history")
+                        .route(web::get().to(type_history))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/{id}")
+                        .route(web::get().to(read))
+                        .route(web::put().to(update))
+                        .route(web::delete().to(delete))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$everything")
+                        .route(web::get().to(everything))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/{id}/_history")
+                        .route(web::get().to(history))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/{id}/_history/{vid}")
+                        .route(web::get().to(vread))
+                        .default_service(web::to(not_allowed)),
+                )
+                .default_service(web::to(not_found)),
+        );
     cfg.default_service(web::to(not_found));
 }
 
@@ -198,7 +424,8 @@ fn context(n: &Negotiated) -> RequestContext {
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Error> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(Error::PayloadTooLarge(limit));
         }
@@ -214,23 +441,48 @@ pub struct Incoming {
     pub content_type: String,
 }
 
-async fn incoming(req: &HttpRequest, payload: web::Payload, state: &AppState, expected_type: &str) -> Result<Incoming, Error> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
-    let format: Format = kiunga_codec::content_format(content_type.as_deref()).map_err(Error::UnsupportedMediaType)?;
+async fn incoming(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    expected_type: &str,
+) -> Result<Incoming, Error> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let format: Format = kiunga_codec::content_format(content_type.as_deref())
+        .map_err(Error::UnsupportedMediaType)?;
     let bytes = read_body(payload, state.config.max_body_bytes).await?;
     if bytes.is_empty() {
-        return Err(Error::invalid(format!("the request has no body; send a {expected_type} resource")));
+        return Err(Error::invalid(format!(
+            "the request has no body; send a {expected_type} resource"
+        )));
     }
     let resource = kiunga_codec::parse(&bytes, format)?;
-    let got = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let got = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if got != expected_type {
-        return Err(Error::invalid_at(format!("the body is a {got}, but this URL takes a {expected_type}"), "resourceType"));
+        return Err(Error::invalid_at(
+            format!("the body is a {got}, but this URL takes a {expected_type}"),
+            "resourceType",
+        ));
     }
-    Ok(Incoming { resource, bytes, content_type: content_type.unwrap_or_else(|| format.mime().to_string()) })
+    Ok(Incoming {
+        resource,
+        bytes,
+        content_type: content_type.unwrap_or_else(|| format.mime().to_string()),
+    })
 }
 
 /// The context and the mapping set a request runs with.
-fn tx_inputs(state: &AppState, n: &Negotiated) -> (RequestContext, std::sync::Arc<crate::mapping::MappingSet>) {
+fn tx_inputs(
+    state: &AppState,
+    n: &Negotiated,
+) -> (RequestContext, std::sync::Arc<crate::mapping::MappingSet>) {
     (context(n), state.mappings())
 }
 
@@ -241,7 +493,10 @@ fn written(state: &AppState, n: &Negotiated, w: Stored) -> FhirResponse {
         Return::Representation => Some(w.resource),
         Return::OperationOutcome => {
             let verb = if w.created { "created" } else { "updated" };
-            let mut issues = vec![Issue::information(format!("{}/{} {verb} (version {})", w.resource_type, w.id, w.version))];
+            let mut issues = vec![Issue::information(format!(
+                "{}/{} {verb} (version {})",
+                w.resource_type, w.id, w.version
+            ))];
             issues.extend(w.warnings);
             Some(OperationOutcome::new(issues).into_json())
         }
@@ -251,15 +506,29 @@ fn written(state: &AppState, n: &Negotiated, w: Stored) -> FhirResponse {
         body,
         version: Some(w.version),
         last_modified: Some(w.last_updated),
-        location: Some(format!("{}/{}/{}/_history/{}", state.base, w.resource_type, w.id, w.version)),
+        location: Some(format!(
+            "{}/{}/{}/_history/{}",
+            state.base, w.resource_type, w.id, w.version
+        )),
     }
 }
 
 fn current(w: Stored) -> FhirResponse {
-    FhirResponse { status: 200, version: Some(w.version), last_modified: Some(w.last_updated), body: Some(w.resource), location: None }
+    FhirResponse {
+        status: 200,
+        version: Some(w.version),
+        last_modified: Some(w.last_updated),
+        body: Some(w.resource),
+        location: None,
+    }
 }
 
-async fn create(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
@@ -297,7 +566,11 @@ async fn create(req: HttpRequest, path: web::Path<String>, payload: web::Payload
     .await
 }
 
-async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Read)?;
@@ -306,20 +579,36 @@ async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::D
             "CodeSystem" | "ConceptMap" => terminology::read(&state, &t, &id),
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
-                Ok(current(tx(&state, ctx, mappings, move |s, env| rest::read(s, env, &t, &id)).await?))
+                Ok(current(
+                    tx(&state, ctx, mappings, move |s, env| {
+                        rest::read(s, env, &t, &id)
+                    })
+                    .await?,
+                ))
             }
         }
     })
     .await
 }
 
-async fn vread(req: HttpRequest, path: web::Path<(String, String, String)>, state: web::Data<AppState>) -> HttpResponse {
+async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id, vid) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Vread)?;
-        let version: i32 = vid.parse().map_err(|_| Error::NotFound(format!("{t}/{id} has no version `{vid}`")))?;
+        let version: i32 = vid
+            .parse()
+            .map_err(|_| Error::NotFound(format!("{t}/{id} has no version `{vid}`")))?;
         let (ctx, mappings) = tx_inputs(&state, &n);
-        Ok(current(tx(&state, ctx, mappings, move |s, env| rest::vread(s, env, &t, &id, version)).await?))
+        Ok(current(
+            tx(&state, ctx, mappings, move |s, env| {
+                rest::vread(s, env, &t, &id, version)
+            })
+            .await?,
+        ))
     })
     .await
 }
@@ -327,12 +616,23 @@ async fn vread(req: HttpRequest, path: web::Path<(String, String, String)>, stat
 fn check_body_id(t: &str, resource: &Value, id: &str) -> Result<(), Error> {
     match resource.get("id").and_then(Value::as_str) {
         Some(body_id) if body_id == id => Ok(()),
-        Some(body_id) => Err(Error::invalid_at(format!("the body's id `{body_id}` differs from the id in the URL `{id}`"), format!("{t}.id"))),
-        None => Err(Error::invalid_at(format!("an update must carry the resource id (`{id}`) in the body"), format!("{t}.id"))),
+        Some(body_id) => Err(Error::invalid_at(
+            format!("the body's id `{body_id}` differs from the id in the URL `{id}`"),
+            format!("{t}.id"),
+        )),
+        None => Err(Error::invalid_at(
+            format!("an update must carry the resource id (`{id}`) in the body"),
+            format!("{t}.id"),
+        )),
     }
 }
 
-async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
@@ -342,7 +642,11 @@ async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: we
         check_body_id(&t, &input.resource, &id)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let w = tx(&state, ctx, mappings, move |s, env| {
-            let body = rest::Body { resource: &input.resource, raw: &input.bytes, content_type: &input.content_type };
+            let body = rest::Body {
+                resource: &input.resource,
+                raw: &input.bytes,
+                content_type: &input.content_type,
+            };
             rest::update(s, env, &t, &id, if_match, body)
         })
         .await?;
@@ -352,7 +656,12 @@ async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: we
 }
 
 /// `PUT [type]?[search]`: create when nothing matches, update the one match, 412 when several do.
-async fn conditional_update(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
@@ -388,23 +697,39 @@ fn deleted(t: &str, id: &str, version: Option<i32>) -> FhirResponse {
         Some(v) => format!("{t}/{id} deleted (version {v})"),
         None => format!("{t}/{id} was already deleted"),
     };
-    FhirResponse { status: 200, body: Some(OperationOutcome::new(vec![Issue::information(message)]).into_json()), version, ..Default::default() }
+    FhirResponse {
+        status: 200,
+        body: Some(OperationOutcome::new(vec![Issue::information(message)]).into_json()),
+        version,
+        ..Default::default()
+    }
 }
 
-async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Delete)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let (t2, id2) = (t.clone(), id.clone());
-        let version = tx(&state, ctx, mappings, move |s, env| rest::delete(s, env, &t2, &id2)).await?;
+        let version = tx(&state, ctx, mappings, move |s, env| {
+            rest::delete(s, env, &t2, &id2)
+        })
+        .await?;
         Ok(deleted(&t, &id, version))
     })
     .await
 }
 
 /// `DELETE [type]?[search]`: deletes the one match; nothing to do when none; 412 when several.
-async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let query = req.query_string().to_string();
     respond(&req, |n| async move {
@@ -416,31 +741,57 @@ async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: we
             match found.as_slice() {
                 [] => Ok(None),
                 [id] => Ok(Some((id.clone(), rest::delete(s, env, &t2, id)?))),
-                _ => Err(Error::PreconditionFailed(format!("the condition `{query}` matches more than one {t2}; make it specific"))),
+                _ => Err(Error::PreconditionFailed(format!(
+                    "the condition `{query}` matches more than one {t2}; make it specific"
+                ))),
             }
         })
         .await?;
         Ok(match result {
-            None => FhirResponse { status: 200, body: Some(OperationOutcome::new(vec![Issue::information(format!("no {t} matched; nothing was deleted"))]).into_json()), ..Default::default() },
+            None => FhirResponse {
+                status: 200,
+                body: Some(
+                    OperationOutcome::new(vec![Issue::information(format!(
+                        "no {t} matched; nothing was deleted"
+                    ))])
+                    .into_json(),
+                ),
+                ..Default::default()
+            },
             Some((id, version)) => deleted(&t, &id, version),
         })
     })
     .await
 }
 
-async fn history(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+async fn history(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, HistoryInstance)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let (t2, id2) = (t.clone(), id.clone());
-        let entries = tx(&state, ctx, mappings, move |s, env| rest::history(s, env, &t2, &id2)).await?;
-        Ok(FhirResponse::ok(bundle::history(&state.base, entries, format!("{}/{t}/{id}/_history", state.base))))
+        let entries = tx(&state, ctx, mappings, move |s, env| {
+            rest::history(s, env, &t2, &id2)
+        })
+        .await?;
+        Ok(FhirResponse::ok(bundle::history(
+            &state.base,
+            entries,
+            format!("{}/{t}/{id}/_history", state.base),
+        )))
     })
     .await
 }
 
-async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+async fn type_history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let params = crate::fhir::search::parse_query(req.query_string());
     respond(&req, |n| async move {
@@ -448,9 +799,22 @@ async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Dat
         let (count, offset) = crate::fhir::search::paging(&params)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let t2 = t.clone();
-        let entries = tx(&state, ctx, mappings, move |s, env| rest::type_history(s, env, &t2, count, offset)).await?;
-        let self_link = format!("{}/{t}/_history?{}", state.base, crate::fhir::search::query_with_offset(&params, offset));
-        let next = (count > 0 && entries.len() as i64 == count).then(|| format!("{}/{t}/_history?{}", state.base, crate::fhir::search::query_with_offset(&params, offset + count)));
+        let entries = tx(&state, ctx, mappings, move |s, env| {
+            rest::type_history(s, env, &t2, count, offset)
+        })
+        .await?;
+        let self_link = format!(
+            "{}/{t}/_history?{}",
+            state.base,
+            crate::fhir::search::query_with_offset(&params, offset)
+        );
+        let next = (count > 0 && entries.len() as i64 == count).then(|| {
+            format!(
+                "{}/{t}/_history?{}",
+                state.base,
+                crate::fhir::search::query_with_offset(&params, offset + count)
+            )
+        });
         let mut b = bundle::history(&state.base, entries, self_link);
         if let Some(next) = next {
             // The page is full: there may be more (a count would cost a scan of the whole log).
@@ -466,17 +830,31 @@ async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Dat
     .await
 }
 
-async fn search(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let params = crate::fhir::search::parse_query(req.query_string());
     run_search(&req, t, params, state).await
 }
 
 /// `POST [type]/_search`: parameters in an `application/x-www-form-urlencoded` body (and the URL).
-async fn search_post(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn search_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let t = path.into_inner();
     let mut params = crate::fhir::search::parse_query(req.query_string());
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("application/x-www-form-urlencoded").to_string();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("application/x-www-form-urlencoded")
+        .to_string();
     let body = read_body(payload, state.config.max_body_bytes).await;
     match body {
         Ok(bytes) if content_type.starts_with("application/x-www-form-urlencoded") => params.extend(crate::fhir::search::parse_query(&String::from_utf8_lossy(&bytes))),
@@ -488,7 +866,12 @@ async fn search_post(req: HttpRequest, path: web::Path<String>, payload: web::Pa
     run_search(&req, t, params, state).await
 }
 
-async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::search::Param>, state: web::Data<AppState>) -> HttpResponse {
+async fn run_search(
+    req: &HttpRequest,
+    t: String,
+    params: Vec<crate::fhir::search::Param>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     respond(req, |n| async move {
         capability(&t, SearchType)?;
         match t.as_str() {
@@ -498,7 +881,12 @@ async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::searc
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 let lenient = n.lenient;
                 let base = state.base.clone();
-                Ok(FhirResponse::ok(tx(&state, ctx, mappings, move |s, env| rest::search::search(s, env, &t, &params, lenient, &base)).await?))
+                Ok(FhirResponse::ok(
+                    tx(&state, ctx, mappings, move |s, env| {
+                        rest::search::search(s, env, &t, &params, lenient, &base)
+                    })
+                    .await?,
+                ))
             }
         }
     })
@@ -507,7 +895,11 @@ async fn run_search(req: &HttpRequest, t: String, params: Vec<crate::fhir::searc
 
 /// `POST /fhir`: a transaction (all or nothing, one database transaction) or a batch (each entry
 /// on its own) Bundle, answered with a transaction-response / batch-response in request order.
-async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn bundle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
         let content_type = r.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
@@ -559,54 +951,93 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     .await
 }
 
-async fn translate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn translate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let r = req.clone();
     respond(&req, |_n| async move {
         let body = terminology::body_params(&r, payload, &state).await?;
-        let params = terminology::op_params(&crate::fhir::search::parse_query(r.query_string()), body.as_ref());
+        let params = terminology::op_params(
+            &crate::fhir::search::parse_query(r.query_string()),
+            body.as_ref(),
+        );
         terminology::translate(&state, &params)
     })
     .await
 }
 
-async fn lookup(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn lookup(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let r = req.clone();
     respond(&req, |_n| async move {
         let body = terminology::body_params(&r, payload, &state).await?;
-        let params = terminology::op_params(&crate::fhir::search::parse_query(r.query_string()), body.as_ref());
+        let params = terminology::op_params(
+            &crate::fhir::search::parse_query(r.query_string()),
+            body.as_ref(),
+        );
         terminology::lookup(&state, &params)
     })
     .await
 }
 
 /// `Patient/{id}/$everything`: the patient, their Encounters and Observations.
-async fn everything(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+async fn everything(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         if t != "Patient" {
-            return Err(Error::NotFound(format!("$everything is defined on Patient, not {t}")));
+            return Err(Error::NotFound(format!(
+                "$everything is defined on Patient, not {t}"
+            )));
         }
         let (ctx, mappings) = tx_inputs(&state, &n);
         let base = state.base.clone();
-        Ok(FhirResponse::ok(tx(&state, ctx, mappings, move |s, env| rest::everything(s, env, &id, &base)).await?))
+        Ok(FhirResponse::ok(
+            tx(&state, ctx, mappings, move |s, env| {
+                rest::everything(s, env, &id, &base)
+            })
+            .await?,
+        ))
     })
     .await
 }
 
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     respond(&req, |_n| async move {
-        Ok(FhirResponse::ok(crate::fhir::capability::statement(&state.base, RESOURCES, &state.mappings().version)))
+        Ok(FhirResponse::ok(crate::fhir::capability::statement(
+            &state.base,
+            RESOURCES,
+            &state.mappings().version,
+        )))
     })
     .await
 }
 
 async fn not_allowed(req: HttpRequest) -> HttpResponse {
     let method = req.method().to_string();
-    respond(&req, |_n| async move { Err(Error::MethodNotAllowed(format!("{method} is not allowed on this URL"))) }).await
+    respond(&req, |_n| async move {
+        Err(Error::MethodNotAllowed(format!(
+            "{method} is not allowed on this URL"
+        )))
+    })
+    .await
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    respond(&req, |_n| async move { Err(Error::NotFound("no such endpoint; the FHIR API is under /fhir (see /fhir/metadata)".into())) }).await
+    respond(&req, |_n| async move {
+        Err(Error::NotFound(
+            "no such endpoint; the FHIR API is under /fhir (see /fhir/metadata)".into(),
+        ))
+    })
+    .await
 }
 
 async fn healthz() -> HttpResponse {
@@ -622,8 +1053,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     })
     .await;
     match result {
-        Ok(Ok(true)) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
-        Ok(Ok(false)) => HttpResponse::ServiceUnavailable().content_type("text/plain").body("migrations pending\n"),
-        _ => HttpResponse::ServiceUnavailable().content_type("text/plain").body("database unreachable\n"),
+        Ok(Ok(true)) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        Ok(Ok(false)) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("migrations pending\n"),
+        _ => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("database unreachable\n"),
     }
 }

@@ -24,21 +24,40 @@ pub async fn read(state: &web::Data<AppState>, t: &str, id: String) -> Result<Fh
     let t2 = t.to_string();
     let (row, parent) = web::block(move || -> Result<_, Error> {
         let mut conn = pool.get()?;
-        let row = orgs::by_uid(&mut conn, &id)?.ok_or_else(|| Error::NotFound(format!("{t2}/{id} is not an org unit of this registry")))?;
+        let row = orgs::by_uid(&mut conn, &id)?.ok_or_else(|| {
+            Error::NotFound(format!("{t2}/{id} is not an org unit of this registry"))
+        })?;
         let parent = orgs::parent_uid(&mut conn, row.parent_id)?;
         Ok((row, parent))
     })
     .await??;
-    Ok(FhirResponse { status: 200, version: Some(1), last_modified: Some(row.last_updated), body: Some(render(t, &row, parent.as_deref())), location: None })
+    Ok(FhirResponse {
+        status: 200,
+        version: Some(1),
+        last_modified: Some(row.last_updated),
+        body: Some(render(t, &row, parent.as_deref())),
+        location: None,
+    })
 }
 
 fn split(v: &str) -> Vec<String> {
-    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-pub async fn search(state: &web::Data<AppState>, t: &str, params: Vec<Param>) -> Result<FhirResponse, Error> {
+pub async fn search(
+    state: &web::Data<AppState>,
+    t: &str,
+    params: Vec<Param>,
+) -> Result<FhirResponse, Error> {
     let (count, offset) = paging(&params)?;
-    let mut q = OrgQuery { count, offset, ..Default::default() };
+    let mut q = OrgQuery {
+        count,
+        offset,
+        ..Default::default()
+    };
     for p in &params {
         match (p.name.as_str(), p.modifier.as_deref()) {
             ("_count" | "_offset" | "_format" | "_pretty", _) => {}
@@ -71,18 +90,45 @@ pub async fn search(state: &web::Data<AppState>, t: &str, params: Vec<Param>) ->
     let (rows, parents, total) = web::block(move || -> Result<_, Error> {
         let mut conn = pool.get()?;
         let (rows, total) = orgs::search(&mut conn, &q)?;
-        let parents = rows.iter().map(|r| orgs::parent_uid(&mut conn, r.parent_id)).collect::<Result<Vec<_>, _>>()?;
+        let parents = rows
+            .iter()
+            .map(|r| orgs::parent_uid(&mut conn, r.parent_id))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((rows, parents, total))
     })
     .await??;
     let base = format!("{}/{t}", state.base);
-    let mut links = vec![("self", format!("{base}?{}", query_with_offset(&params, offset)))];
+    let mut links = vec![(
+        "self",
+        format!("{base}?{}", query_with_offset(&params, offset)),
+    )];
     if count > 0 && offset + count < total {
-        links.push(("next", format!("{base}?{}", query_with_offset(&params, offset + count))));
+        links.push((
+            "next",
+            format!("{base}?{}", query_with_offset(&params, offset + count)),
+        ));
     }
     if offset > 0 {
-        links.push(("previous", format!("{base}?{}", query_with_offset(&params, (offset - count).max(0)))));
+        links.push((
+            "previous",
+            format!(
+                "{base}?{}",
+                query_with_offset(&params, (offset - count).max(0))
+            ),
+        ));
     }
-    let entries = rows.iter().zip(&parents).map(|(r, p)| SearchEntry { resource: render(t, r, p.as_deref()), mode: "match" }).collect();
-    Ok(FhirResponse::ok(bundle::searchset(&state.base, entries, Some(total), links)))
+    let entries = rows
+        .iter()
+        .zip(&parents)
+        .map(|(r, p)| SearchEntry {
+            resource: render(t, r, p.as_deref()),
+            mode: "match",
+        })
+        .collect();
+    Ok(FhirResponse::ok(bundle::searchset(
+        &state.base,
+        entries,
+        Some(total),
+        links,
+    )))
 }

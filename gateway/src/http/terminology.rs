@@ -37,14 +37,25 @@ pub fn search(state: &AppState, t: &str, params: &[Param]) -> Result<FhirRespons
             ("CodeSystem", "system") => &["url"],
             ("ConceptMap", "source" | "source-uri") => &["sourceUri"],
             ("ConceptMap", "target" | "target-uri") => &["targetUri"],
-            (_, other) => return Err(Error::invalid(format!("unknown search parameter `{other}` for {t} (supported: _id, url, name, {})", if t == "ConceptMap" { "source, target" } else { "system" }))),
+            (_, other) => {
+                return Err(Error::invalid(format!(
+                    "unknown search parameter `{other}` for {t} (supported: _id, url, name, {})",
+                    if t == "ConceptMap" {
+                        "source, target"
+                    } else {
+                        "system"
+                    }
+                )))
+            }
         };
         let wanted: Vec<&str> = p.value.split(',').collect();
         found.retain(|r| {
             field.iter().any(|f| {
                 let v = r[*f].as_str().unwrap_or_default();
                 if p.name == "name" {
-                    wanted.iter().any(|w| v.to_lowercase().starts_with(&w.to_lowercase()))
+                    wanted
+                        .iter()
+                        .any(|w| v.to_lowercase().starts_with(&w.to_lowercase()))
                 } else {
                     wanted.contains(&v)
                 }
@@ -52,19 +63,40 @@ pub fn search(state: &AppState, t: &str, params: &[Param]) -> Result<FhirRespons
         });
     }
     let total = found.len() as i64;
-    let entries = found.into_iter().map(|r| SearchEntry { resource: r, mode: "match" }).collect();
-    Ok(FhirResponse::ok(bundle::searchset(&state.base, entries, Some(total), vec![])))
+    let entries = found
+        .into_iter()
+        .map(|r| SearchEntry {
+            resource: r,
+            mode: "match",
+        })
+        .collect();
+    Ok(FhirResponse::ok(bundle::searchset(
+        &state.base,
+        entries,
+        Some(total),
+        vec![],
+    )))
 }
 
 /// Operation parameters from the query string and, for POST, a `Parameters` body.
 pub fn op_params(query: &[Param], body: Option<&Value>) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = query.iter().map(|p| (p.name.clone(), Value::String(p.value.clone()))).collect();
-    if let Some(params) = body.and_then(|b| b.get("parameter")).and_then(Value::as_array) {
+    let mut out: Vec<(String, Value)> = query
+        .iter()
+        .map(|p| (p.name.clone(), Value::String(p.value.clone())))
+        .collect();
+    if let Some(params) = body
+        .and_then(|b| b.get("parameter"))
+        .and_then(Value::as_array)
+    {
         for p in params {
             let name = p["name"].as_str().unwrap_or_default().to_string();
             let value = p
                 .as_object()
-                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
+                .and_then(|o| {
+                    o.iter()
+                        .find(|(k, _)| k.starts_with("value"))
+                        .map(|(_, v)| v.clone())
+                })
                 .unwrap_or(Value::Null);
             out.push((name, value));
         }
@@ -77,21 +109,34 @@ fn param<'a>(params: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
 }
 
 fn text(params: &[(String, Value)], name: &str) -> Option<String> {
-    param(params, name).and_then(Value::as_str).map(str::to_string)
+    param(params, name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// `ConceptMap/$translate` (system + code, or coding; targetsystem optional).
 pub fn translate(state: &AppState, params: &[(String, Value)]) -> Result<FhirResponse, Error> {
     let (system, code) = match param(params, "coding") {
-        Some(c) if c.is_object() => (c["system"].as_str().map(str::to_string), c["code"].as_str().map(str::to_string)),
+        Some(c) if c.is_object() => (
+            c["system"].as_str().map(str::to_string),
+            c["code"].as_str().map(str::to_string),
+        ),
         _ => (text(params, "system"), text(params, "code")),
     };
     let (Some(system), Some(code)) = (system, code) else {
-        return Err(Error::invalid("$translate needs `system` and `code` (or a `coding`)"));
+        return Err(Error::invalid(
+            "$translate needs `system` and `code` (or a `coding`)",
+        ));
     };
     let target = text(params, "targetsystem").or_else(|| text(params, "target"));
     let m = state.mappings();
-    Ok(FhirResponse::ok(tx::translate(&m.terminology, &state.base, &system, &code, target.as_deref())))
+    Ok(FhirResponse::ok(tx::translate(
+        &m.terminology,
+        &state.base,
+        &system,
+        &code,
+        target.as_deref(),
+    )))
 }
 
 /// `CodeSystem/$lookup` (system + code).
@@ -102,10 +147,16 @@ pub fn lookup(state: &AppState, params: &[(String, Value)]) -> Result<FhirRespon
     let m = state.mappings();
     tx::lookup(&m.terminology, &system, &code)
         .map(FhirResponse::ok)
-        .ok_or_else(|| Error::NotFound(format!("{system}|{code} is not a code this registry knows")))
+        .ok_or_else(|| {
+            Error::NotFound(format!("{system}|{code} is not a code this registry knows"))
+        })
 }
 
-pub async fn body_params(req: &actix_web::HttpRequest, payload: web::Payload, state: &AppState) -> Result<Option<Value>, Error> {
+pub async fn body_params(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Option<Value>, Error> {
     if req.method() != actix_web::http::Method::POST {
         return Ok(None);
     }

@@ -4,6 +4,7 @@
 
 pub mod encounter;
 pub mod observation;
+pub mod organizations;
 pub mod patient;
 
 use std::fmt;
@@ -58,11 +59,18 @@ pub struct Source {
 
 impl Source {
     pub fn line_of(&self, offset: usize) -> usize {
-        self.text.get(..offset.min(self.text.len())).map(|t| t.matches('\n').count() + 1).unwrap_or(1)
+        self.text
+            .get(..offset.min(self.text.len()))
+            .map(|t| t.matches('\n').count() + 1)
+            .unwrap_or(1)
     }
 
     pub fn problem(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Problem {
-        Problem { file: self.name.clone(), line: self.line_of(span.start), message: message.into() }
+        Problem {
+            file: self.name.clone(),
+            line: self.line_of(span.start),
+            message: message.into(),
+        }
     }
 
     /// Parses the TOML, turning a syntax or shape error into a positioned problem.
@@ -83,14 +91,27 @@ pub struct MappingSet {
     pub encounter: EncounterMapping,
     pub observation: ObservationMapping,
     pub terminology: crate::terminology::Terminology,
+    pub organizations: organizations::OrganizationMapping,
 }
 
-const KNOWN_FILES: &[&str] = &["patient.toml", "encounter.toml", "observation.toml", "terminology.toml"];
+const KNOWN_FILES: &[&str] = &[
+    "patient.toml",
+    "encounter.toml",
+    "observation.toml",
+    "terminology.toml",
+    "organizations.toml",
+];
 
 impl MappingSet {
     /// Reads and checks every mapping file in `dir`. All problems are returned together.
     pub fn load(dir: &Path, md: &Metadata) -> Result<MappingSet, Problems> {
-        let dir_problem = |message: String| Problems(vec![Problem { file: dir.display().to_string(), line: 0, message }]);
+        let dir_problem = |message: String| {
+            Problems(vec![Problem {
+                file: dir.display().to_string(),
+                line: 0,
+                message,
+            }])
+        };
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| dir_problem(format!("cannot read the mappings directory: {e}")))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -105,17 +126,28 @@ impl MappingSet {
         let mut encounter = None;
         let mut observation = None;
         let mut terminology = None;
+        let mut orgs = organizations::OrganizationMapping::default();
         for path in &files {
             let name = path.display().to_string();
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             // Tables (CSV) are read through the file that names them.
-            if file_name.starts_with('.') || file_name.ends_with(".md") || file_name.ends_with(".csv") {
+            if file_name.starts_with('.')
+                || file_name.ends_with(".md")
+                || file_name.ends_with(".csv")
+            {
                 continue;
             }
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    problems.push(Problem { file: name, line: 0, message: format!("cannot read: {e}") });
+                    problems.push(Problem {
+                        file: name,
+                        line: 0,
+                        message: format!("cannot read: {e}"),
+                    });
                     continue;
                 }
             };
@@ -134,6 +166,10 @@ impl MappingSet {
                     Err(mut p) => problems.append(&mut p),
                 },
                 "observation.toml" => observation_src = Some(src),
+                "organizations.toml" => match organizations::load(&src, md) {
+                    Ok(m) => orgs = m,
+                    Err(mut p) => problems.append(&mut p),
+                },
                 "terminology.toml" => {
                     let mut h = |name: &str, bytes: &[u8]| {
                         hasher.update(name.as_bytes());
@@ -149,7 +185,10 @@ impl MappingSet {
                 _ => problems.push(Problem {
                     file: src.name.clone(),
                     line: 0,
-                    message: format!("not a known mapping file (known: {})", KNOWN_FILES.join(", ")),
+                    message: format!(
+                        "not a known mapping file (known: {})",
+                        KNOWN_FILES.join(", ")
+                    ),
                 }),
             }
         }
@@ -167,13 +206,30 @@ impl MappingSet {
             ("terminology.toml", terminology.is_some()),
         ] {
             if !present && !problems.iter().any(|p| p.file.ends_with(file)) {
-                problems.push(Problem { file: dir.join(file).display().to_string(), line: 0, message: "missing: this mapping file is required".into() });
+                problems.push(Problem {
+                    file: dir.join(file).display().to_string(),
+                    line: 0,
+                    message: "missing: this mapping file is required".into(),
+                });
             }
         }
-        match (patient, encounter, observation, terminology, problems.is_empty()) {
+        match (
+            patient,
+            encounter,
+            observation,
+            terminology,
+            problems.is_empty(),
+        ) {
             (Some(patient), Some(encounter), Some(observation), Some(terminology), true) => {
                 let version = hex::encode(&hasher.finalize()[..6]);
-                Ok(MappingSet { version, patient, encounter, observation, terminology })
+                Ok(MappingSet {
+                    version,
+                    patient,
+                    encounter,
+                    observation,
+                    terminology,
+                    organizations: orgs,
+                })
             }
             _ => Err(Problems(problems)),
         }

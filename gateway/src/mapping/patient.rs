@@ -151,12 +151,24 @@ impl<'a> Checker<'a> {
         let line = self.src.line_of(r.span().start);
         let Some(a) = self.md.attribute(r.get_ref()) else {
             let known = known_list(self.md.attributes.iter().filter_map(|a| a.code.as_deref()));
-            self.problems.push(self.src.problem(r.span(), format!("{element}: unknown tracked entity attribute `{}` (known: {known})", r.get_ref())));
+            self.problems.push(self.src.problem(
+                r.span(),
+                format!(
+                    "{element}: unknown tracked entity attribute `{}` (known: {known})",
+                    r.get_ref()
+                ),
+            ));
             return None;
         };
         if let Some(attrs) = &self.entity_type_attrs {
             if !attrs.contains(&a.id) {
-                self.problems.push(self.src.problem(r.span(), format!("{element}: attribute `{}` is not an attribute of the tracked entity type", r.get_ref())));
+                self.problems.push(self.src.problem(
+                    r.span(),
+                    format!(
+                        "{element}: attribute `{}` is not an attribute of the tracked entity type",
+                        r.get_ref()
+                    ),
+                ));
             }
         }
         if let Some(first) = self.used.insert(a.id, line) {
@@ -165,7 +177,13 @@ impl<'a> Checker<'a> {
         Some(a)
     }
 
-    fn value_type(&mut self, r: &Spanned<String>, a: &Attribute, element: &str, allowed: &[ValueType]) {
+    fn value_type(
+        &mut self,
+        r: &Spanned<String>,
+        a: &Attribute,
+        element: &str,
+        allowed: &[ValueType],
+    ) {
         if !allowed.contains(&a.value_type) {
             self.problems.push(self.src.problem(r.span(), format!(
                     "{element}: attribute `{}` has value type {}, which cannot hold it (use one of {})",
@@ -179,12 +197,24 @@ impl<'a> Checker<'a> {
 
 pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>> {
     let raw: Raw = src.parse().map_err(|p| vec![p])?;
-    let mut c = Checker { src, md, entity_type_attrs: None, used: HashMap::new(), problems: Vec::new() };
+    let mut c = Checker {
+        src,
+        md,
+        entity_type_attrs: None,
+        used: HashMap::new(),
+        problems: Vec::new(),
+    };
 
     let entity_type = md.entity_type(raw.tracked_entity_type.get_ref());
     if entity_type.is_none() {
         let known = known_list(md.entity_types.iter().filter_map(|t| t.code.as_deref()));
-        c.problems.push(src.problem(raw.tracked_entity_type.span(), format!("unknown tracked entity type `{}` (known: {known})", raw.tracked_entity_type.get_ref())));
+        c.problems.push(src.problem(
+            raw.tracked_entity_type.span(),
+            format!(
+                "unknown tracked entity type `{}` (known: {known})",
+                raw.tracked_entity_type.get_ref()
+            ),
+        ));
     }
     c.entity_type_attrs = entity_type.map(|t| t.attribute_ids.clone());
 
@@ -193,14 +223,21 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
     for i in &raw.identifier {
         let system = i.system.get_ref().trim().to_string();
         let line = src.line_of(i.system.span().start);
-        if !(system.contains(':') && !system.contains(char::is_whitespace)) {
+        if !system.contains(':') || system.contains(char::is_whitespace) {
             c.problems.push(src.problem(i.system.span(), format!("identifier system `{system}` is not an absolute URI (e.g. http://example.org/national-id)")));
         }
         if let Some(first) = systems.insert(system.clone(), line) {
-            c.problems.push(src.problem(i.system.span(), format!("identifier system `{system}` is already mapped at line {first}")));
+            c.problems.push(src.problem(
+                i.system.span(),
+                format!("identifier system `{system}` is already mapped at line {first}"),
+            ));
         }
         if let Some(a) = c.attribute(&i.attribute, "identifier") {
-            identifiers.push(IdentifierMap { system, attribute_id: a.id, type_text: i.type_text.clone() });
+            identifiers.push(IdentifierMap {
+                system,
+                attribute_id: a.id,
+                type_text: i.type_text.clone(),
+            });
         }
     }
 
@@ -219,12 +256,24 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
         if let Some(a) = c.attribute(&g.attribute, "gender") {
             let set = a.option_set_id.and_then(|id| md.option_set_by_id(id));
             if set.is_none() {
-                c.problems.push(src.problem(g.attribute.span(), format!("gender: attribute `{}` has no option set to hold the gender codes", g.attribute.get_ref())));
+                c.problems.push(src.problem(
+                    g.attribute.span(),
+                    format!(
+                        "gender: attribute `{}` has no option set to hold the gender codes",
+                        g.attribute.get_ref()
+                    ),
+                ));
             }
             let mut codes = Vec::new();
             for (fhir, option) in g.codes.get_ref() {
                 if !GENDERS.contains(&fhir.as_str()) {
-                    c.problems.push(src.problem(option.span(), format!("gender.codes: `{fhir}` is not a FHIR AdministrativeGender code ({})", GENDERS.join(", "))));
+                    c.problems.push(src.problem(
+                        option.span(),
+                        format!(
+                            "gender.codes: `{fhir}` is not a FHIR AdministrativeGender code ({})",
+                            GENDERS.join(", ")
+                        ),
+                    ));
                 }
                 if let Some(set) = set {
                     if set.option(option.get_ref()).is_none() {
@@ -232,7 +281,10 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
                         c.problems.push(src.problem(option.span(), format!("gender.codes.{fhir}: `{}` is not an option of option set {} (options: {known})", option.get_ref(), set.label())));
                     }
                 }
-                if let Some((other, _)) = codes.iter().find(|(_, o): &&(String, String)| o == option.get_ref()) {
+                if let Some((other, _)) = codes
+                    .iter()
+                    .find(|(_, o): &&(String, String)| o == option.get_ref())
+                {
                     c.problems.push(src.problem(option.span(), format!("gender.codes.{fhir}: option `{}` is already the target of `{other}`; reading back could not tell them apart", option.get_ref())));
                 }
                 codes.push((fhir.clone(), option.get_ref().clone()));
@@ -242,14 +294,22 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
                     c.problems.push(src.problem(g.codes.span(), format!("gender.codes: no option for FHIR gender `{required}`; every AdministrativeGender code needs one")));
                 }
             }
-            gender = Some(GenderMap { attribute_id: a.id, codes });
+            gender = Some(GenderMap {
+                attribute_id: a.id,
+                codes,
+            });
         }
     }
 
     let mut birth_date = None;
     if let Some(b) = &raw.birth_date {
         if let Some(a) = c.attribute(&b.attribute, "birth_date") {
-            c.value_type(&b.attribute, a, "birth_date", &[ValueType::Date, ValueType::Age]);
+            c.value_type(
+                &b.attribute,
+                a,
+                "birth_date",
+                &[ValueType::Date, ValueType::Age],
+            );
             birth_date = Some(a.id);
         }
     }
@@ -258,16 +318,36 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
     for t in &raw.telecom {
         let system = t.system.get_ref().clone();
         if !TELECOM_SYSTEMS.contains(&system.as_str()) {
-            c.problems.push(src.problem(t.system.span(), format!("telecom: `{system}` is not a ContactPoint system ({})", TELECOM_SYSTEMS.join(", "))));
+            c.problems.push(src.problem(
+                t.system.span(),
+                format!(
+                    "telecom: `{system}` is not a ContactPoint system ({})",
+                    TELECOM_SYSTEMS.join(", ")
+                ),
+            ));
         }
         let use_ = t.use_.as_ref().map(|u| u.get_ref().clone());
         if let (Some(u), Some(span)) = (&use_, t.use_.as_ref().map(|u| u.span())) {
             if !TELECOM_USES.contains(&u.as_str()) {
-                c.problems.push(src.problem(span, format!("telecom: `{u}` is not a ContactPoint use ({})", TELECOM_USES.join(", "))));
+                c.problems.push(src.problem(
+                    span,
+                    format!(
+                        "telecom: `{u}` is not a ContactPoint use ({})",
+                        TELECOM_USES.join(", ")
+                    ),
+                ));
             }
         }
         if telecom.iter().any(|x| x.system == system && x.use_ == use_) {
-            c.problems.push(src.problem(t.system.span(), format!("telecom: system `{system}`{} is mapped twice", use_.as_ref().map(|u| format!(" with use `{u}`")).unwrap_or_default())));
+            c.problems.push(src.problem(
+                t.system.span(),
+                format!(
+                        "telecom: system `{system}`{} is mapped twice",
+                        use_.as_ref()
+                            .map(|u| format!(" with use `{u}`"))
+                            .unwrap_or_default()
+                    ),
+            ));
         }
         if let Some(a) = c.attribute(&t.attribute, "telecom") {
             let allowed: &[ValueType] = match system.as_str() {
@@ -276,7 +356,11 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
                 _ => &[ValueType::Text, ValueType::Url],
             };
             c.value_type(&t.attribute, a, "telecom", allowed);
-            telecom.push(TelecomMap { system, use_, attribute_id: a.id });
+            telecom.push(TelecomMap {
+                system,
+                use_,
+                attribute_id: a.id,
+            });
         }
     }
 
@@ -294,7 +378,10 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
         for (json, r) in fields {
             if let Some(r) = r {
                 if let Some(a) = c.attribute(r, &format!("address.{json}")) {
-                    address.push(AddressField { json, attribute_id: a.id });
+                    address.push(AddressField {
+                        json,
+                        attribute_id: a.id,
+                    });
                 }
             }
         }

@@ -77,12 +77,22 @@ impl Answer {
     /// A failed entry of a batch: its status and OperationOutcome.
     pub fn failure(e: &Error, request_id: &str) -> Answer {
         let (status, outcome) = e.client_outcome(request_id);
-        Answer { status: status_line(status.as_u16()), location: None, etag: None, last_modified: None, resource: None, outcome: Some(outcome) }
+        Answer {
+            status: status_line(status.as_u16()),
+            location: None,
+            etag: None,
+            last_modified: None,
+            resource: None,
+            outcome: Some(outcome),
+        }
     }
 }
 
 pub fn status_line(code: u16) -> String {
-    let reason = actix_web::http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let reason = actix_web::http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
     format!("{code} {reason}")
 }
 
@@ -92,10 +102,18 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
 
 /// Parses `entry.request`. `base` lets absolute URLs of this server through.
 pub fn request_of(entry: &Value, base: &str) -> Result<Request, Error> {
-    let req = entry.get("request").ok_or_else(|| Error::invalid("the entry has no request (method and url)"))?;
-    let method = str_at(req, "method").ok_or_else(|| Error::invalid("request.method is missing"))?.to_ascii_uppercase();
+    let req = entry
+        .get("request")
+        .ok_or_else(|| Error::invalid("the entry has no request (method and url)"))?;
+    let method = str_at(req, "method")
+        .ok_or_else(|| Error::invalid("request.method is missing"))?
+        .to_ascii_uppercase();
     let raw_url = str_at(req, "url").ok_or_else(|| Error::invalid("request.url is missing"))?;
-    let url = raw_url.strip_prefix(base).unwrap_or(raw_url).trim_start_matches('/').to_string();
+    let url = raw_url
+        .strip_prefix(base)
+        .unwrap_or(raw_url)
+        .trim_start_matches('/')
+        .to_string();
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (url.clone(), None),
@@ -123,14 +141,23 @@ fn if_match_version(raw: Option<&str>) -> Result<Option<i32>, Error> {
     match raw {
         None => Ok(None),
         Some(r) => {
-            let inner = r.trim().strip_prefix("W/").unwrap_or(r.trim()).trim_matches('"');
-            inner.parse().map(Some).map_err(|_| Error::invalid(format!("ifMatch `{r}` is not a version ETag such as W/\"3\"")))
+            let inner = r
+                .trim()
+                .strip_prefix("W/")
+                .unwrap_or(r.trim())
+                .trim_matches('"');
+            inner.parse().map(Some).map_err(|_| {
+                Error::invalid(format!(
+                    "ifMatch `{r}` is not a version ETag such as W/\"3\""
+                ))
+            })
         }
     }
 }
 
 fn written(s: Stored, opts: &Options) -> Answer {
-    let outcome = (!s.warnings.is_empty()).then(|| OperationOutcome::new(s.warnings.clone()).into_json());
+    let outcome =
+        (!s.warnings.is_empty()).then(|| OperationOutcome::new(s.warnings.clone()).into_json());
     let resource = match opts.return_pref {
         Return::Representation => Some(s.resource),
         Return::Minimal => None,
@@ -138,7 +165,10 @@ fn written(s: Stored, opts: &Options) -> Answer {
     };
     Answer {
         status: status_line(if s.created { 201 } else { 200 }),
-        location: Some(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)),
+        location: Some(format!(
+            "{}/{}/_history/{}",
+            s.resource_type, s.id, s.version
+        )),
         etag: Some(format!("W/\"{}\"", s.version)),
         last_modified: Some(instant(&s.last_updated)),
         resource,
@@ -147,22 +177,41 @@ fn written(s: Stored, opts: &Options) -> Answer {
 }
 
 /// Runs one entry whose references are already resolved. Shared by transaction and batch.
-pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: &Options) -> Result<Answer, Error> {
+pub fn run_entry(
+    s: &mut Scoped,
+    env: &Env,
+    entry: &Value,
+    req: &Request,
+    opts: &Options,
+) -> Result<Answer, Error> {
     let t = req.resource_type.as_str();
     let stored = STORED_TYPES.contains(&t);
-    let raw_resource = || entry.get("resource").map(|r| serde_json::to_vec(r).unwrap_or_default()).unwrap_or_default();
+    let raw_resource = || {
+        entry
+            .get("resource")
+            .map(|r| serde_json::to_vec(r).unwrap_or_default())
+            .unwrap_or_default()
+    };
     match req.method.as_str() {
         "POST" | "PUT" => {
-            let resource = entry.get("resource").ok_or_else(|| Error::invalid(format!("{} {} needs a resource", req.method, req.url)))?;
+            let resource = entry.get("resource").ok_or_else(|| {
+                Error::invalid(format!("{} {} needs a resource", req.method, req.url))
+            })?;
             let rt = str_at(resource, "resourceType").unwrap_or_default();
             if rt != t {
-                return Err(Error::invalid(format!("the resource is a {rt} but request.url names {t}")));
+                return Err(Error::invalid(format!(
+                    "the resource is a {rt} but request.url names {t}"
+                )));
             }
             if !stored {
                 return Err(not_stored(t));
             }
             let raw = raw_resource();
-            let body = Body { resource, raw: &raw, content_type: "application/fhir+json" };
+            let body = Body {
+                resource,
+                raw: &raw,
+                content_type: "application/fhir+json",
+            };
             if req.method == "POST" {
                 if let Some(q) = &req.if_none_exist {
                     let found = search::matching_ids(s, env, t, q, 2)?;
@@ -174,7 +223,11 @@ pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: 
                             a.status = status_line(200);
                             return Ok(a);
                         }
-                        _ => return Err(Error::PreconditionFailed(format!("ifNoneExist `{q}` matches more than one {t}"))),
+                        _ => {
+                            return Err(Error::PreconditionFailed(format!(
+                                "ifNoneExist `{q}` matches more than one {t}"
+                            )))
+                        }
                     }
                 }
                 return Ok(written(super::create(s, env, t, body)?, opts));
@@ -187,17 +240,30 @@ pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: 
                     match found.as_slice() {
                         [] => return Ok(written(super::create(s, env, t, body)?, opts)),
                         [id] => id.clone(),
-                        _ => return Err(Error::PreconditionFailed(format!("the condition `{q}` matches more than one {t}"))),
+                        _ => {
+                            return Err(Error::PreconditionFailed(format!(
+                                "the condition `{q}` matches more than one {t}"
+                            )))
+                        }
                     }
                 }
-                (None, None) => return Err(Error::invalid("PUT needs [type]/[id] or [type]?[search] in request.url")),
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "PUT needs [type]/[id] or [type]?[search] in request.url",
+                    ))
+                }
             };
             if let Some(body_id) = str_at(resource, "id") {
                 if body_id != id {
-                    return Err(Error::invalid(format!("the resource id `{body_id}` differs from `{id}` in request.url")));
+                    return Err(Error::invalid(format!(
+                        "the resource id `{body_id}` differs from `{id}` in request.url"
+                    )));
                 }
             }
-            Ok(written(super::update(s, env, t, &id, if_match, body)?, opts))
+            Ok(written(
+                super::update(s, env, t, &id, if_match, body)?,
+                opts,
+            ))
         }
         "DELETE" => {
             if !stored {
@@ -210,16 +276,31 @@ pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: 
                     match found.as_slice() {
                         [] => None,
                         [id] => Some(id.clone()),
-                        _ => return Err(Error::PreconditionFailed(format!("the condition `{q}` matches more than one {t}"))),
+                        _ => {
+                            return Err(Error::PreconditionFailed(format!(
+                                "the condition `{q}` matches more than one {t}"
+                            )))
+                        }
                     }
                 }
-                (None, None) => return Err(Error::invalid("DELETE needs [type]/[id] or [type]?[search] in request.url")),
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "DELETE needs [type]/[id] or [type]?[search] in request.url",
+                    ))
+                }
             };
             let version = match &id {
                 Some(id) => super::delete(s, env, t, id)?,
                 None => None,
             };
-            Ok(Answer { status: status_line(204), location: None, etag: version.map(|v| format!("W/\"{v}\"")), last_modified: None, resource: None, outcome: None })
+            Ok(Answer {
+                status: status_line(204),
+                location: None,
+                etag: version.map(|v| format!("W/\"{v}\"")),
+                last_modified: None,
+                resource: None,
+                outcome: None,
+            })
         }
         "GET" | "HEAD" => {
             if !stored {
@@ -228,15 +309,40 @@ pub fn run_entry(s: &mut Scoped, env: &Env, entry: &Value, req: &Request, opts: 
             let resource = match (&req.id, req.version) {
                 (Some(id), None) => {
                     let r = super::read(s, env, t, id)?;
-                    return Ok(Answer { status: status_line(200), location: None, etag: Some(format!("W/\"{}\"", r.version)), last_modified: Some(instant(&r.last_updated)), resource: Some(r.resource), outcome: None });
+                    return Ok(Answer {
+                        status: status_line(200),
+                        location: None,
+                        etag: Some(format!("W/\"{}\"", r.version)),
+                        last_modified: Some(instant(&r.last_updated)),
+                        resource: Some(r.resource),
+                        outcome: None,
+                    });
                 }
                 (Some(id), Some(v)) => super::vread(s, env, t, id, v)?.resource,
-                (None, _) => search::search(s, env, t, &parse_query(req.query.as_deref().unwrap_or("")), opts.lenient, &opts.base)?,
+                (None, _) => search::search(
+                    s,
+                    env,
+                    t,
+                    &parse_query(req.query.as_deref().unwrap_or("")),
+                    opts.lenient,
+                    &opts.base,
+                )?,
             };
-            Ok(Answer { status: status_line(200), location: None, etag: None, last_modified: None, resource: Some(resource), outcome: None })
+            Ok(Answer {
+                status: status_line(200),
+                location: None,
+                etag: None,
+                last_modified: None,
+                resource: Some(resource),
+                outcome: None,
+            })
         }
-        "PATCH" => Err(Error::MethodNotAllowed("PATCH is not supported; send the whole resource with PUT".into())),
-        other => Err(Error::invalid(format!("request.method `{other}` is not GET, HEAD, POST, PUT, DELETE or PATCH"))),
+        "PATCH" => Err(Error::MethodNotAllowed(
+            "PATCH is not supported; send the whole resource with PUT".into(),
+        )),
+        other => Err(Error::invalid(format!(
+            "request.method `{other}` is not GET, HEAD, POST, PUT, DELETE or PATCH"
+        ))),
     }
 }
 
@@ -263,9 +369,30 @@ pub fn at_entry(e: Error, index: usize, what: &str) -> Error {
         })
     };
     match e {
-        Error::Invalid { message, expression } => Error::Invalid { message: say(message), expression: path(expression) },
-        Error::Conflict { message, expression } => Error::Conflict { message: say(message), expression: path(expression) },
-        Error::Unprocessable(issues) => Error::Unprocessable(issues.into_iter().map(|i| Issue { diagnostics: say(i.diagnostics), expression: path(i.expression), ..i }).collect()),
+        Error::Invalid {
+            message,
+            expression,
+        } => Error::Invalid {
+            message: say(message),
+            expression: path(expression),
+        },
+        Error::Conflict {
+            message,
+            expression,
+        } => Error::Conflict {
+            message: say(message),
+            expression: path(expression),
+        },
+        Error::Unprocessable(issues) => Error::Unprocessable(
+            issues
+                .into_iter()
+                .map(|i| Issue {
+                    diagnostics: say(i.diagnostics),
+                    expression: path(i.expression),
+                    ..i
+                })
+                .collect(),
+        ),
         Error::Codec(mut c) => {
             c.message = say(c.message);
             c.expression = path(c.expression);
@@ -282,7 +409,33 @@ pub fn at_entry(e: Error, index: usize, what: &str) -> Error {
 
 /// Replaces every `reference` found in `map` (`urn:uuid:…` → `Patient/abc`) and resolves
 /// conditional references (`Patient?identifier=…`) to exactly one record (422 otherwise).
-pub fn rewrite_references(s: &mut Scoped, env: &Env, v: &mut Value, map: &HashMap<String, String>) -> Result<(), Error> {
+pub fn rewrite_references(
+    s: &mut Scoped,
+    env: &Env,
+    v: &mut Value,
+    map: &HashMap<String, String>,
+) -> Result<(), Error> {
+    rewrite(s, env, v, map, true)
+}
+
+/// Like [`rewrite_references`], but leaves `urn:` references to unknown entries as they are (an
+/// import keeps going; an element that needs the reference is then refused by translation).
+pub fn rewrite_references_lenient(
+    s: &mut Scoped,
+    env: &Env,
+    v: &mut Value,
+    map: &HashMap<String, String>,
+) -> Result<(), Error> {
+    rewrite(s, env, v, map, false)
+}
+
+fn rewrite(
+    s: &mut Scoped,
+    env: &Env,
+    v: &mut Value,
+    map: &HashMap<String, String>,
+    strict: bool,
+) -> Result<(), Error> {
     match v {
         Value::Object(obj) => {
             for (k, child) in obj.iter_mut() {
@@ -299,17 +452,21 @@ pub fn rewrite_references(s: &mut Scoped, env: &Env, v: &mut Value, map: &HashMa
                                     _ => return Err(Error::rule(format!("the conditional reference `{r}` matches more than one {t}"), None)),
                                 }
                             }
-                        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                        } else if strict
+                            && (r.starts_with("urn:uuid:") || r.starts_with("urn:oid:"))
+                        {
                             return Err(Error::rule(format!("the reference `{r}` names no entry of this Bundle (no entry has that fullUrl)"), None));
                         }
                     }
                 } else {
-                    rewrite_references(s, env, child, map)?;
+                    rewrite(s, env, child, map, strict)?;
                 }
             }
             Ok(())
         }
-        Value::Array(items) => items.iter_mut().try_for_each(|i| rewrite_references(s, env, i, map)),
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|i| rewrite(s, env, i, map, strict)),
         _ => Ok(()),
     }
 }
@@ -332,8 +489,18 @@ fn rank(req: &Request) -> (u8, u8) {
 
 /// Runs a transaction Bundle inside the caller's transaction. `entry_errors` are the per-entry
 /// problems found while parsing; any of them fails the whole transaction.
-pub fn transaction(s: &mut Scoped, env: &Env, bundle: &Value, entry_errors: &[Option<kiunga_codec::CodecError>], opts: &Options) -> Result<Value, Error> {
-    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+pub fn transaction(
+    s: &mut Scoped,
+    env: &Env,
+    bundle: &Value,
+    entry_errors: &[Option<kiunga_codec::CodecError>],
+    opts: &Options,
+) -> Result<Value, Error> {
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut requests = Vec::with_capacity(entries.len());
     let mut skipped = vec![false; entries.len()];
     let mut warnings: Vec<Vec<Issue>> = vec![Vec::new(); entries.len()];
@@ -342,7 +509,10 @@ pub fn transaction(s: &mut Scoped, env: &Env, bundle: &Value, entry_errors: &[Op
             return Err(Error::Codec(e.clone()));
         }
         let req = request_of(entry, &opts.base).map_err(|e| at_entry(e, i, "request"))?;
-        if !STORED_TYPES.contains(&req.resource_type.as_str()) && req.method != "GET" && req.method != "HEAD" {
+        if !STORED_TYPES.contains(&req.resource_type.as_str())
+            && req.method != "GET"
+            && req.method != "HEAD"
+        {
             if opts.lenient {
                 skipped[i] = true;
                 warnings[i].push(Issue::warning("not-supported", format!("Bundle.entry[{i}]: {} is not stored by this gateway; skipped (Prefer: handling=lenient)", req.resource_type), Some(format!("Bundle.entry[{i}]"))));
@@ -369,7 +539,8 @@ pub fn transaction(s: &mut Scoped, env: &Env, bundle: &Value, entry_errors: &[Op
             rewrite_references(s, env, resource, &map).map_err(|e| at_entry(e, i, &what))?;
         }
         let answer = run_entry(s, env, &entry, req, opts).map_err(|e| at_entry(e, i, &what))?;
-        if let (Some(full_url), Some(location)) = (str_at(&entries[i], "fullUrl"), &answer.location) {
+        if let (Some(full_url), Some(location)) = (str_at(&entries[i], "fullUrl"), &answer.location)
+        {
             // `Patient/abc/_history/1` → `Patient/abc`
             let target: Vec<&str> = location.split('/').take(2).collect();
             map.insert(full_url.to_string(), target.join("/"));
@@ -381,7 +552,15 @@ pub fn transaction(s: &mut Scoped, env: &Env, bundle: &Value, entry_errors: &[Op
         .enumerate()
         .map(|(i, a)| match a {
             Some(a) => a.to_json(),
-            None => Answer { status: status_line(200), location: None, etag: None, last_modified: None, resource: None, outcome: Some(OperationOutcome::new(warnings[i].clone()).into_json()) }.to_json(),
+            None => Answer {
+                status: status_line(200),
+                location: None,
+                etag: None,
+                last_modified: None,
+                resource: None,
+                outcome: Some(OperationOutcome::new(warnings[i].clone()).into_json()),
+            }
+            .to_json(),
         })
         .collect();
     Ok(response_bundle("transaction-response", response_entries))
@@ -401,7 +580,14 @@ pub fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {
 }
 
 /// One entry of a batch, in its own transaction (the caller's): failures stay in the entry.
-pub fn batch_entry(s: &mut Scoped, env: &Env, entry: &Value, index: usize, entry_error: Option<&kiunga_codec::CodecError>, opts: &Options) -> Result<Answer, Error> {
+pub fn batch_entry(
+    s: &mut Scoped,
+    env: &Env,
+    entry: &Value,
+    index: usize,
+    entry_error: Option<&kiunga_codec::CodecError>,
+    opts: &Options,
+) -> Result<Answer, Error> {
     if let Some(e) = entry_error {
         return Err(Error::Codec(e.clone()));
     }
@@ -409,7 +595,8 @@ pub fn batch_entry(s: &mut Scoped, env: &Env, entry: &Value, index: usize, entry
     let what = format!("{} {}", req.method, req.url);
     let mut entry = entry.clone();
     if let Some(resource) = entry.get_mut("resource") {
-        rewrite_references(s, env, resource, &HashMap::new()).map_err(|e| at_entry(e, index, &what))?;
+        rewrite_references(s, env, resource, &HashMap::new())
+            .map_err(|e| at_entry(e, index, &what))?;
     }
     run_entry(s, env, &entry, &req, opts).map_err(|e| at_entry(e, index, &what))
 }

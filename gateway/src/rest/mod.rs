@@ -40,7 +40,11 @@ pub struct Stored {
 }
 
 fn static_type(t: &str) -> Result<&'static str, Error> {
-    STORED_TYPES.iter().copied().find(|x| *x == t).ok_or_else(|| Error::MethodNotAllowed(format!("{t} is not stored by this server")))
+    STORED_TYPES
+        .iter()
+        .copied()
+        .find(|x| *x == t)
+        .ok_or_else(|| Error::MethodNotAllowed(format!("{t} is not stored by this server")))
 }
 
 /// In strict mode, input that no mapping holds is refused instead of reported.
@@ -48,26 +52,61 @@ fn strict_check(env: &Env, unmapped: &[Issue]) -> Result<(), Error> {
     if env.strict && !unmapped.is_empty() {
         let issues = unmapped
             .iter()
-            .map(|w| Issue::error("business-rule", format!("{} (strict mapping mode refuses input it cannot store)", w.diagnostics), w.expression.clone()))
+            .map(|w| {
+                Issue::error(
+                    "business-rule",
+                    format!(
+                        "{} (strict mapping mode refuses input it cannot store)",
+                        w.diagnostics
+                    ),
+                    w.expression.clone(),
+                )
+            })
             .collect();
         return Err(Error::Unprocessable(issues));
     }
     Ok(())
 }
 
-fn inbound<'a>(interaction: &'a str, resource_type: &'a str, body: &Body<'a>, env: &'a Env) -> Inbound<'a> {
-    Inbound { interaction, resource_type, uid: None, content_type: body.content_type, body: body.raw, mapping_version: &env.mappings.version }
+fn inbound<'a>(
+    interaction: &'a str,
+    resource_type: &'a str,
+    body: &Body<'a>,
+    env: &'a Env,
+) -> Inbound<'a> {
+    Inbound {
+        interaction,
+        resource_type,
+        uid: None,
+        content_type: body.content_type,
+        body: body.raw,
+        mapping_version: &env.mappings.version,
+    }
 }
 
 pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {
     write(s, env, resource_type, None, None, body)
 }
 
-pub fn update(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, if_match: Option<i32>, body: Body) -> Result<Stored, Error> {
+pub fn update(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+    if_match: Option<i32>,
+    body: Body,
+) -> Result<Stored, Error> {
     write(s, env, resource_type, Some(id), if_match, body)
 }
 
-fn write(s: &mut Scoped, env: &Env, resource_type: &str, id: Option<&str>, if_match: Option<i32>, body: Body) -> Result<Stored, Error> {
+fn write(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: Option<&str>,
+    if_match: Option<i32>,
+    body: Body,
+) -> Result<Stored, Error> {
     let t = static_type(resource_type)?;
     let interaction = if id.is_some() { "update" } else { "create" };
     let (md, m) = (env.md, env.mappings);
@@ -76,35 +115,92 @@ fn write(s: &mut Scoped, env: &Env, resource_type: &str, id: Option<&str>, if_ma
             let w = translate::patient::to_tracker(body.resource, &m.patient, md)?;
             strict_check(env, &w.unmapped)?;
             let written = match id {
-                None => patients::create(s, env, &w, env.default_org_unit, inbound(interaction, t, &body, env))?,
-                Some(id) => patients::update(s, env, id, if_match, &w, env.default_org_unit, inbound(interaction, t, &body, env))?,
+                None => patients::create(
+                    s,
+                    env,
+                    &w,
+                    env.default_org_unit,
+                    inbound(interaction, t, &body, env),
+                )?,
+                Some(id) => patients::update(
+                    s,
+                    env,
+                    id,
+                    if_match,
+                    &w,
+                    env.default_org_unit,
+                    inbound(interaction, t, &body, env),
+                )?,
             };
             let r = written.record;
-            Ok(Stored { resource_type: t, id: r.uid.clone(), version: r.version, last_updated: r.last_updated, resource: translate::patient::to_fhir(&r, &m.patient, md), created: written.created, warnings: w.unmapped })
+            Ok(Stored {
+                resource_type: t,
+                id: r.uid.clone(),
+                version: r.version,
+                last_updated: r.last_updated,
+                resource: translate::patient::to_fhir(&r, &m.patient, md),
+                created: written.created,
+                warnings: w.unmapped,
+            })
         }
         "Encounter" => {
             let w = translate::encounter::to_tracker(body.resource, m, md)?;
             strict_check(env, &w.unmapped)?;
             let e = match id {
                 None => encounters::create(s, env, &w, inbound(interaction, t, &body, env))?,
-                Some(id) => encounters::update(s, env, id, if_match, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => encounters::update(
+                    s,
+                    env,
+                    id,
+                    if_match,
+                    &w,
+                    inbound(interaction, t, &body, env),
+                )?,
             };
-            Ok(Stored { resource_type: t, id: e.uid.clone(), version: e.version, last_updated: e.last_updated, resource: translate::encounter::to_fhir(&e, m, md), created: id.is_none(), warnings: w.unmapped })
+            Ok(Stored {
+                resource_type: t,
+                id: e.uid.clone(),
+                version: e.version,
+                last_updated: e.last_updated,
+                resource: translate::encounter::to_fhir(&e, m, md),
+                created: id.is_none(),
+                warnings: w.unmapped,
+            })
         }
         _ => {
             let w = translate::observation::to_tracker(body.resource, m, md)?;
             strict_check(env, &w.unmapped)?;
             let d = match id {
                 None => observations::create(s, env, &w, inbound(interaction, t, &body, env))?,
-                Some(id) => observations::update(s, env, id, if_match, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => observations::update(
+                    s,
+                    env,
+                    id,
+                    if_match,
+                    &w,
+                    inbound(interaction, t, &body, env),
+                )?,
             };
-            Ok(Stored { resource_type: t, id: d.uid.clone(), version: d.version, last_updated: d.last_updated, resource: translate::observation::to_fhir(&d, m, md), created: id.is_none(), warnings: w.unmapped })
+            Ok(Stored {
+                resource_type: t,
+                id: d.uid.clone(),
+                version: d.version,
+                last_updated: d.last_updated,
+                resource: translate::observation::to_fhir(&d, m, md),
+                created: id.is_none(),
+                warnings: w.unmapped,
+            })
         }
     }
 }
 
 /// Deletes; returns the new version, or None when the record was already deleted.
-pub fn delete(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<Option<i32>, Error> {
+pub fn delete(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<i32>, Error> {
     match static_type(resource_type)? {
         "Patient" => patients::delete(s, env, id),
         "Encounter" => encounters::delete(s, env, id),
@@ -116,11 +212,23 @@ pub fn read(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<
     version_or_current(s, env, resource_type, id, None)
 }
 
-pub fn vread(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, version: i32) -> Result<Stored, Error> {
+pub fn vread(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+    version: i32,
+) -> Result<Stored, Error> {
     version_or_current(s, env, resource_type, id, Some(version))
 }
 
-fn version_or_current(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, version: Option<i32>) -> Result<Stored, Error> {
+fn version_or_current(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+    version: Option<i32>,
+) -> Result<Stored, Error> {
     let t = static_type(resource_type)?;
     let (md, m) = (env.md, env.mappings);
     let (version, last_updated, resource) = match t {
@@ -129,37 +237,96 @@ fn version_or_current(s: &mut Scoped, env: &Env, resource_type: &str, id: &str, 
                 None => patients::read(s, env, id)?,
                 Some(v) => patients::vread(s, env, id, v)?,
             };
-            (r.version, r.last_updated, translate::patient::to_fhir(&r, &m.patient, md))
+            (
+                r.version,
+                r.last_updated,
+                translate::patient::to_fhir(&r, &m.patient, md),
+            )
         }
         "Encounter" => {
             let e = match version {
                 None => encounters::read(s, id)?,
                 Some(v) => encounters::vread(s, env, id, v)?,
             };
-            (e.version, e.last_updated, translate::encounter::to_fhir(&e, m, md))
+            (
+                e.version,
+                e.last_updated,
+                translate::encounter::to_fhir(&e, m, md),
+            )
         }
         _ => {
             let d = match version {
                 None => observations::read(s, id)?,
                 Some(v) => observations::vread(s, env, id, v)?,
             };
-            (d.version, d.last_updated, translate::observation::to_fhir(&d, m, md))
+            (
+                d.version,
+                d.last_updated,
+                translate::observation::to_fhir(&d, m, md),
+            )
         }
     };
-    Ok(Stored { resource_type: t, id: id.to_string(), version, last_updated, resource, created: false, warnings: Vec::new() })
+    Ok(Stored {
+        resource_type: t,
+        id: id.to_string(),
+        version,
+        last_updated,
+        resource,
+        created: false,
+        warnings: Vec::new(),
+    })
 }
 
-pub fn history(s: &mut Scoped, env: &Env, resource_type: &str, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+pub fn history(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+) -> Result<Vec<HistoryEntry>, Error> {
     let t = static_type(resource_type)?;
     let (md, m) = (env.md, env.mappings);
-    let entry = |version, operation, at, resource| HistoryEntry { resource_type: t, id: id.to_string(), version, at, operation, resource };
+    let entry = |version, operation, at, resource| HistoryEntry {
+        resource_type: t,
+        id: id.to_string(),
+        version,
+        at,
+        operation,
+        resource,
+    };
     Ok(match t {
         "Patient" => patients::history(s, env, id)?
             .into_iter()
-            .map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::patient::to_fhir(&r, &m.patient, md))))
+            .map(|(v, op, at, r)| {
+                entry(
+                    v,
+                    op,
+                    at,
+                    r.map(|r| translate::patient::to_fhir(&r, &m.patient, md)),
+                )
+            })
             .collect(),
-        "Encounter" => encounters::history(s, env, id)?.into_iter().map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::encounter::to_fhir(&r, m, md)))).collect(),
-        _ => observations::history(s, env, id)?.into_iter().map(|(v, op, at, r)| entry(v, op, at, r.map(|r| translate::observation::to_fhir(&r, m, md)))).collect(),
+        "Encounter" => encounters::history(s, env, id)?
+            .into_iter()
+            .map(|(v, op, at, r)| {
+                entry(
+                    v,
+                    op,
+                    at,
+                    r.map(|r| translate::encounter::to_fhir(&r, m, md)),
+                )
+            })
+            .collect(),
+        _ => observations::history(s, env, id)?
+            .into_iter()
+            .map(|(v, op, at, r)| {
+                entry(
+                    v,
+                    op,
+                    at,
+                    r.map(|r| translate::observation::to_fhir(&r, m, md)),
+                )
+            })
+            .collect(),
     })
 }
 
@@ -187,16 +354,37 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
         .into_iter()
         .map(|r| r.id)
         .collect();
-    let mut entries = vec![SearchEntry { resource: patient.resource, mode: "match" }];
+    let mut entries = vec![SearchEntry {
+        resource: patient.resource,
+        mode: "match",
+    }];
     for (t, ids) in [("Encounter", &events), ("Observation", &values)] {
-        entries.extend(search::render_by_ids(s, env, t, ids)?.into_iter().map(|(_, r)| SearchEntry { resource: r, mode: "match" }));
+        entries.extend(
+            search::render_by_ids(s, env, t, ids)?
+                .into_iter()
+                .map(|(_, r)| SearchEntry {
+                    resource: r,
+                    mode: "match",
+                }),
+        );
     }
     let total = entries.len() as i64;
-    Ok(searchset(base, entries, Some(total), vec![("self", format!("{base}/Patient/{id}/$everything"))]))
+    Ok(searchset(
+        base,
+        entries,
+        Some(total),
+        vec![("self", format!("{base}/Patient/{id}/$everything"))],
+    ))
 }
 
 /// `[type]/_history`: every version of every record of the type the caller may see, newest first.
-pub fn type_history(s: &mut Scoped, env: &Env, resource_type: &str, count: i64, offset: i64) -> Result<Vec<HistoryEntry>, Error> {
+pub fn type_history(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    count: i64,
+    offset: i64,
+) -> Result<Vec<HistoryEntry>, Error> {
     use diesel::prelude::*;
     use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
 
@@ -217,7 +405,11 @@ pub fn type_history(s: &mut Scoped, env: &Env, resource_type: &str, count: i64, 
         "Encounter" => "JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
         _ => "JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
     };
-    let (roots, patterns) = s.ctx.search.sql_filter().unwrap_or((Vec::new(), Vec::new()));
+    let (roots, patterns) = s
+        .ctx
+        .search
+        .sql_filter()
+        .unwrap_or((Vec::new(), Vec::new()));
     let scoped = s.ctx.search.sql_filter().is_some();
     let rows: Vec<Row> = diesel::sql_query(format!(
         "SELECT cl.resource_uid AS uid, cl.version, cl.operation, cl.changed_at FROM change_log cl {join} \
@@ -233,8 +425,19 @@ pub fn type_history(s: &mut Scoped, env: &Env, resource_type: &str, count: i64, 
     .load(s.conn)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let resource = if r.operation == "delete" { None } else { Some(vread(s, env, t, &r.uid, r.version)?.resource) };
-        out.push(HistoryEntry { resource_type: t, id: r.uid, version: r.version, at: r.changed_at, operation: r.operation, resource });
+        let resource = if r.operation == "delete" {
+            None
+        } else {
+            Some(vread(s, env, t, &r.uid, r.version)?.resource)
+        };
+        out.push(HistoryEntry {
+            resource_type: t,
+            id: r.uid,
+            version: r.version,
+            at: r.changed_at,
+            operation: r.operation,
+            resource,
+        });
     }
     Ok(out)
 }

@@ -80,7 +80,10 @@ fn bad(message: impl Into<String>) -> Error {
 }
 
 fn split(v: &str) -> Vec<&str> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// FHIR search prefixes.
@@ -116,7 +119,11 @@ fn prefix(v: &str) -> (Prefix, &str) {
 /// The instant range [lo, hi) a date search value denotes (`2026`, `2026-03`, `2026-03-02`, or a
 /// dateTime down to the second).
 fn date_range(v: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc());
+    let day = |y: i32, m: u32, d: u32| {
+        NaiveDate::from_ymd_opt(y, m, d)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+    };
     match v.len() {
         4 => {
             let y: i32 = v.parse().ok()?;
@@ -126,7 +133,11 @@ fn date_range(v: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
             let y: i32 = v[..4].parse().ok()?;
             let m: u32 = v[5..].parse().ok()?;
             let lo = day(y, m, 1)?;
-            let hi = if m == 12 { day(y + 1, 1, 1)? } else { day(y, m + 1, 1)? };
+            let hi = if m == 12 {
+                day(y + 1, 1, 1)?
+            } else {
+                day(y, m + 1, 1)?
+            };
             Some((lo, hi))
         }
         10 => {
@@ -165,12 +176,23 @@ fn instant_condition(sql: &mut Sql, column: &str, raw: &str, name: &str) -> Resu
 }
 
 /// A date condition on a text column holding a (possibly partial) date: a range against a range.
-fn partial_date_condition(sql: &mut Sql, column: &str, raw: &str, name: &str) -> Result<String, Error> {
+fn partial_date_condition(
+    sql: &mut Sql,
+    column: &str,
+    raw: &str,
+    name: &str,
+) -> Result<String, Error> {
     let (p, v) = prefix(raw);
     let range = date_range(v).ok_or_else(|| bad(format!("{name}: `{raw}` is not a date (YYYY, YYYY-MM or YYYY-MM-DD, with an optional prefix eq, ne, lt, gt, le, ge, sa, eb, ap)")))?;
     let (lo, hi) = if p == Prefix::Ap { widen(range) } else { range };
-    let (l, h) = (sql.bind(Bind::Date(lo.date_naive())), sql.bind(Bind::Date(hi.date_naive())));
-    let (vlo, vhi) = (format!("kiunga_date_lo({column})"), format!("kiunga_date_hi({column})"));
+    let (l, h) = (
+        sql.bind(Bind::Date(lo.date_naive())),
+        sql.bind(Bind::Date(hi.date_naive())),
+    );
+    let (vlo, vhi) = (
+        format!("kiunga_date_lo({column})"),
+        format!("kiunga_date_hi({column})"),
+    );
     Ok(match p {
         Prefix::Eq => format!("({vlo} >= {l} AND {vhi} <= {h})"),
         Prefix::Ne => format!("NOT ({vlo} >= {l} AND {vhi} <= {h})"),
@@ -194,12 +216,28 @@ fn number_range(v: &str) -> Option<(f64, f64)> {
 
 fn number_condition(sql: &mut Sql, column: &str, raw: &str, name: &str) -> Result<String, Error> {
     let (p, v) = prefix(raw);
-    let n: f64 = v.parse().map_err(|_| bad(format!("{name}: `{raw}` is not a number with an optional prefix")))?;
+    let n: f64 = v.parse().map_err(|_| {
+        bad(format!(
+            "{name}: `{raw}` is not a number with an optional prefix"
+        ))
+    })?;
     let (lo, hi) = number_range(v).unwrap_or((n, n));
     Ok(match p {
-        Prefix::Eq => format!("({column} >= {} AND {column} < {})", sql.bind(Bind::Num(lo)), sql.bind(Bind::Num(hi))),
-        Prefix::Ne => format!("NOT ({column} >= {} AND {column} < {})", sql.bind(Bind::Num(lo)), sql.bind(Bind::Num(hi))),
-        Prefix::Ap => format!("({column} >= {} AND {column} <= {})", sql.bind(Bind::Num(n - n.abs() * 0.1)), sql.bind(Bind::Num(n + n.abs() * 0.1))),
+        Prefix::Eq => format!(
+            "({column} >= {} AND {column} < {})",
+            sql.bind(Bind::Num(lo)),
+            sql.bind(Bind::Num(hi))
+        ),
+        Prefix::Ne => format!(
+            "NOT ({column} >= {} AND {column} < {})",
+            sql.bind(Bind::Num(lo)),
+            sql.bind(Bind::Num(hi))
+        ),
+        Prefix::Ap => format!(
+            "({column} >= {} AND {column} <= {})",
+            sql.bind(Bind::Num(n - n.abs() * 0.1)),
+            sql.bind(Bind::Num(n + n.abs() * 0.1))
+        ),
         Prefix::Lt | Prefix::Eb => format!("{column} < {}", sql.bind(Bind::Num(n))),
         Prefix::Gt | Prefix::Sa => format!("{column} > {}", sql.bind(Bind::Num(n))),
         Prefix::Le => format!("{column} <= {}", sql.bind(Bind::Num(n))),
@@ -208,19 +246,43 @@ fn number_condition(sql: &mut Sql, column: &str, raw: &str, name: &str) -> Resul
 }
 
 /// String search on an attribute's folded value: prefix by default, `:exact`, `:contains`.
-fn attr_string(sql: &mut Sql, attribute_ids: &[i64], value: &str, modifier: Option<&str>, name: &str) -> Result<String, Error> {
+fn attr_string(
+    sql: &mut Sql,
+    attribute_ids: &[i64],
+    value: &str,
+    modifier: Option<&str>,
+    name: &str,
+) -> Result<String, Error> {
     let attrs = sql.bind(Bind::Ints(attribute_ids.to_vec()));
     let cond = match modifier {
-        None => format!("v.search_value LIKE {}", sql.bind(Bind::Text(format!("{}%", like(&crate::tracker::search_form(value)))))),
-        Some("contains") => format!("v.search_value LIKE {}", sql.bind(Bind::Text(format!("%{}%", like(&crate::tracker::search_form(value)))))),
+        None => format!(
+            "v.search_value LIKE {}",
+            sql.bind(Bind::Text(format!(
+                "{}%",
+                like(&crate::tracker::search_form(value))
+            )))
+        ),
+        Some("contains") => format!(
+            "v.search_value LIKE {}",
+            sql.bind(Bind::Text(format!(
+                "%{}%",
+                like(&crate::tracker::search_form(value))
+            )))
+        ),
         Some("exact") => format!("v.value = {}", sql.bind(Bind::Text(value.to_string()))),
-        Some(m) => return Err(bad(format!("{name}:{m} is not supported (use {name}, {name}:exact or {name}:contains)"))),
+        Some(m) => {
+            return Err(bad(format!(
+                "{name}:{m} is not supported (use {name}, {name}:exact or {name}:contains)"
+            )))
+        }
     };
     Ok(format!("EXISTS (SELECT 1 FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = ANY({attrs}) AND {cond})"))
 }
 
 fn like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn any_of(parts: Vec<String>) -> String {
@@ -237,7 +299,18 @@ fn ref_id<'v>(v: &'v str, resource_type: &str) -> &'v str {
 }
 
 /// Common parameters that every search takes (handled outside the per-type clauses).
-const COMMON: &[&str] = &["_count", "_offset", "_sort", "_summary", "_elements", "_include", "_revinclude", "_format", "_pretty", "_total"];
+const COMMON: &[&str] = &[
+    "_count",
+    "_offset",
+    "_sort",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_pretty",
+    "_total",
+];
 
 struct Plan {
     from: &'static str,
@@ -253,9 +326,21 @@ fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
     Some(format!("te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({r}) OR ou.path LIKE ANY({p}))"))
 }
 
-fn patient_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Result<Plan, Error> {
+fn patient_plan(
+    s: &Scoped,
+    env: &Env,
+    params: &[Param],
+    lenient: bool,
+    sql: &mut Sql,
+) -> Result<Plan, Error> {
     let m = &env.mappings.patient;
-    let mut c = vec!["NOT te.deleted".to_string(), format!("te.tracked_entity_type_id = {}", sql.bind(Bind::Int(m.entity_type_id)))];
+    let mut c = vec![
+        "NOT te.deleted".to_string(),
+        format!(
+            "te.tracked_entity_type_id = {}",
+            sql.bind(Bind::Int(m.entity_type_id))
+        ),
+    ];
     c.extend(scope_condition(s, sql));
     let names: Vec<i64> = m.family.into_iter().chain(m.given).collect();
     for p in params {
@@ -339,11 +424,19 @@ fn patient_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql: &mu
             other => return Err(bad(format!("cannot sort Patient by `{other}` (family, given, birthdate, _lastUpdated, _id)"))),
         };
         if let Some(e) = expr {
-            order.push(format!("{e} {} NULLS LAST", if desc { "DESC" } else { "ASC" }));
+            order.push(format!(
+                "{e} {} NULLS LAST",
+                if desc { "DESC" } else { "ASC" }
+            ));
         }
     }
     order.push("te.id".into());
-    Ok(Plan { from: "tracked_entity te", id_column: "te.id", conditions: c, order })
+    Ok(Plan {
+        from: "tracked_entity te",
+        id_column: "te.id",
+        conditions: c,
+        order,
+    })
 }
 
 fn unknown_param(t: &str, name: &str, known: &str) -> Error {
@@ -354,14 +447,24 @@ fn sort_keys(params: &[Param]) -> Vec<(bool, String)> {
     params
         .iter()
         .filter(|p| p.name == "_sort")
-        .flat_map(|p| split(&p.value).into_iter().map(|k| match k.strip_prefix('-') {
-            Some(k) => (true, k.to_string()),
-            None => (false, k.to_string()),
-        }))
+        .flat_map(|p| {
+            split(&p.value)
+                .into_iter()
+                .map(|k| match k.strip_prefix('-') {
+                    Some(k) => (true, k.to_string()),
+                    None => (false, k.to_string()),
+                })
+        })
         .collect()
 }
 
-fn encounter_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Result<Plan, Error> {
+fn encounter_plan(
+    s: &Scoped,
+    env: &Env,
+    params: &[Param],
+    lenient: bool,
+    sql: &mut Sql,
+) -> Result<Plan, Error> {
     let map = &env.mappings.encounter;
     let mut c = vec!["NOT e.deleted".to_string(), "NOT te.deleted".to_string()];
     c.extend(scope_condition(s, sql));
@@ -407,15 +510,33 @@ fn encounter_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql: &
             "_id" => "e.uid",
             "status" => "e.status",
             _ if lenient => continue,
-            other => return Err(bad(format!("cannot sort Encounter by `{other}` (date, status, _lastUpdated, _id)"))),
+            other => {
+                return Err(bad(format!(
+                    "cannot sort Encounter by `{other}` (date, status, _lastUpdated, _id)"
+                )))
+            }
         };
-        order.push(format!("{e} {} NULLS LAST", if desc { "DESC" } else { "ASC" }));
+        order.push(format!(
+            "{e} {} NULLS LAST",
+            if desc { "DESC" } else { "ASC" }
+        ));
     }
     order.push("e.id".into());
-    Ok(Plan { from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id", id_column: "e.id", conditions: c, order })
+    Ok(Plan {
+        from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id",
+        id_column: "e.id",
+        conditions: c,
+        order,
+    })
 }
 
-fn observation_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Result<Plan, Error> {
+fn observation_plan(
+    s: &Scoped,
+    env: &Env,
+    params: &[Param],
+    lenient: bool,
+    sql: &mut Sql,
+) -> Result<Plan, Error> {
     let map = &env.mappings.observation;
     let mut c = vec!["NOT d.deleted".to_string(), "NOT te.deleted".to_string()];
     c.extend(scope_condition(s, sql));
@@ -486,9 +607,16 @@ fn observation_plan(s: &Scoped, env: &Env, params: &[Param], lenient: bool, sql:
             "_lastUpdated" => "d.last_updated",
             "_id" => "d.uid",
             _ if lenient => continue,
-            other => return Err(bad(format!("cannot sort Observation by `{other}` (date, value-quantity, _lastUpdated, _id)"))),
+            other => {
+                return Err(bad(format!(
+                "cannot sort Observation by `{other}` (date, value-quantity, _lastUpdated, _id)"
+            )))
+            }
         };
-        order.push(format!("{e} {} NULLS LAST", if desc { "DESC" } else { "ASC" }));
+        order.push(format!(
+            "{e} {} NULLS LAST",
+            if desc { "DESC" } else { "ASC" }
+        ));
     }
     order.push("d.id".into());
     Ok(Plan { from: "event_data_value d JOIN event e ON e.id = d.event_id JOIN tracked_entity te ON te.id = d.tracked_entity_id", id_column: "d.id", conditions: c, order })
@@ -509,22 +637,41 @@ fn prefix_text(p: Prefix) -> &'static str {
 }
 
 /// Loads and renders records of one type by id, in the order given (scope applied again).
-pub fn render_by_ids(s: &mut Scoped, env: &Env, resource_type: &str, ids: &[i64]) -> Result<Vec<(i64, Value)>, Error> {
+pub fn render_by_ids(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    ids: &[i64],
+) -> Result<Vec<(i64, Value)>, Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let (md, m) = (env.md, env.mappings);
     let mut out: Vec<(i64, Value)> = match resource_type {
-        "Patient" => person_store::by_ids(s, ids)?.into_iter().map(|r| (r.id, translate::patient::to_fhir(&r, &m.patient, md))).collect(),
-        "Encounter" => events::events_by_ids(s, ids)?.into_iter().map(|r| (r.id, translate::encounter::to_fhir(&r, m, md))).collect(),
-        _ => events::values_by_ids(s, ids)?.into_iter().map(|r| (r.id, translate::observation::to_fhir(&r, m, md))).collect(),
+        "Patient" => person_store::by_ids(s, ids)?
+            .into_iter()
+            .map(|r| (r.id, translate::patient::to_fhir(&r, &m.patient, md)))
+            .collect(),
+        "Encounter" => events::events_by_ids(s, ids)?
+            .into_iter()
+            .map(|r| (r.id, translate::encounter::to_fhir(&r, m, md)))
+            .collect(),
+        _ => events::values_by_ids(s, ids)?
+            .into_iter()
+            .map(|r| (r.id, translate::observation::to_fhir(&r, m, md)))
+            .collect(),
     };
     out.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
     Ok(out)
 }
 
 fn ids(s: &mut Scoped, sql: &Sql, text: String) -> Result<Vec<i64>, Error> {
-    Ok(sql.query(text).load::<IdRow>(s.conn)?.into_iter().map(|r| r.id).collect())
+    Ok(sql
+        .query(text)
+        .load::<IdRow>(s.conn)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect())
 }
 
 /// `_include` values per searched type, and `_revinclude` values per searched type.
@@ -544,13 +691,22 @@ pub const REVINCLUDES: &[(&str, &str)] = &[
 ];
 
 /// The ids to add for `_include` / `_revinclude`, by resource type.
-fn included(s: &mut Scoped, t: &str, params: &[Param], lenient: bool, matched: &[i64]) -> Result<Vec<(&'static str, Vec<i64>)>, Error> {
+fn included(
+    s: &mut Scoped,
+    t: &str,
+    params: &[Param],
+    lenient: bool,
+    matched: &[i64],
+) -> Result<Vec<(&'static str, Vec<i64>)>, Error> {
     let mut out = Vec::new();
     if matched.is_empty() {
         return Ok(out);
     }
     let list = matched.to_vec();
-    for p in params.iter().filter(|p| p.name == "_include" || p.name == "_revinclude") {
+    for p in params
+        .iter()
+        .filter(|p| p.name == "_include" || p.name == "_revinclude")
+    {
         let rev = p.name == "_revinclude";
         let (ty, sql_text): (&'static str, &str) = match (t, rev, p.value.as_str()) {
             ("Observation", false, "Observation:subject" | "Observation:patient") => ("Patient", "SELECT DISTINCT tracked_entity_id AS id FROM event_data_value WHERE id = ANY($1)"),
@@ -562,7 +718,9 @@ fn included(s: &mut Scoped, t: &str, params: &[Param], lenient: bool, matched: &
             _ if lenient => continue,
             (_, _, v) => return Err(bad(format!("{} `{v}` is not supported on {t} searches", p.name))),
         };
-        let rows: Vec<IdRow> = diesel::sql_query(sql_text).bind::<Array<BigInt>, _>(list.clone()).load(s.conn)?;
+        let rows: Vec<IdRow> = diesel::sql_query(sql_text)
+            .bind::<Array<BigInt>, _>(list.clone())
+            .load(s.conn)?;
         out.push((ty, rows.into_iter().map(|r| r.id).collect()));
     }
     Ok(out)
@@ -571,7 +729,9 @@ fn included(s: &mut Scoped, t: &str, params: &[Param], lenient: bool, matched: &
 /// `_elements`: keep the named top-level elements (plus the mandatory ones) and mark the subset.
 fn subset(mut v: Value, elements: &[String]) -> Value {
     if let Value::Object(map) = &mut v {
-        map.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k));
+        map.retain(|k, _| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k)
+        });
         let tag = json!({ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" });
         if let Some(meta) = map.get_mut("meta").and_then(Value::as_object_mut) {
             meta.insert("tag".into(), json!([tag]));
@@ -580,7 +740,14 @@ fn subset(mut v: Value, elements: &[String]) -> Value {
     v
 }
 
-pub fn search(s: &mut Scoped, env: &Env, t: &str, params: &[Param], lenient: bool, base: &str) -> Result<Value, Error> {
+pub fn search(
+    s: &mut Scoped,
+    env: &Env,
+    t: &str,
+    params: &[Param],
+    lenient: bool,
+    base: &str,
+) -> Result<Value, Error> {
     let (count, offset) = paging(params)?;
     let mut sql = Sql::default();
     let plan = match t {
@@ -589,49 +756,114 @@ pub fn search(s: &mut Scoped, env: &Env, t: &str, params: &[Param], lenient: boo
         "Observation" => observation_plan(s, env, params, lenient, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
-    let summary = params.iter().find(|p| p.name == "_summary").map(|p| p.value.as_str());
+    let summary = params
+        .iter()
+        .find(|p| p.name == "_summary")
+        .map(|p| p.value.as_str());
     match summary {
         None | Some("false") | Some("count") => {}
-        Some(other) if !lenient => return Err(bad(format!("_summary={other} is not supported (count, false)"))),
+        Some(other) if !lenient => {
+            return Err(bad(format!(
+                "_summary={other} is not supported (count, false)"
+            )))
+        }
         _ => {}
     }
     let where_clause = plan.conditions.join(" AND ");
-    let total: i64 = sql.query(format!("SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}", plan.from)).get_result::<CountRow>(s.conn)?.n;
+    let total: i64 = sql
+        .query(format!(
+            "SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}",
+            plan.from
+        ))
+        .get_result::<CountRow>(s.conn)?
+        .n;
     let self_link = format!("{base}/{t}?{}", query_with_offset(params, offset));
     if summary == Some("count") {
-        return Ok(bundle::searchset(base, Vec::new(), Some(total), vec![("self", self_link)]));
+        return Ok(bundle::searchset(
+            base,
+            Vec::new(),
+            Some(total),
+            vec![("self", self_link)],
+        ));
     }
     let limit = sql.bind(Bind::Int(count));
     let skip = sql.bind(Bind::Int(offset));
-    let page = ids(s, &sql, format!("SELECT {} AS id FROM {} WHERE {where_clause} ORDER BY {} LIMIT {limit} OFFSET {skip}", plan.id_column, plan.from, plan.order.join(", ")))?;
+    let page = ids(
+        s,
+        &sql,
+        format!(
+            "SELECT {} AS id FROM {} WHERE {where_clause} ORDER BY {} LIMIT {limit} OFFSET {skip}",
+            plan.id_column,
+            plan.from,
+            plan.order.join(", ")
+        ),
+    )?;
 
-    let elements: Option<Vec<String>> = params.iter().find(|p| p.name == "_elements").map(|p| split(&p.value).into_iter().map(str::to_string).collect());
+    let elements: Option<Vec<String>> = params
+        .iter()
+        .find(|p| p.name == "_elements")
+        .map(|p| split(&p.value).into_iter().map(str::to_string).collect());
     let mut entries: Vec<SearchEntry> = render_by_ids(s, env, t, &page)?
         .into_iter()
-        .map(|(_, r)| SearchEntry { resource: match &elements { Some(e) => subset(r, e), None => r }, mode: "match" })
+        .map(|(_, r)| SearchEntry {
+            resource: match &elements {
+                Some(e) => subset(r, e),
+                None => r,
+            },
+            mode: "match",
+        })
         .collect();
-    let mut seen: HashSet<(String, String)> = entries.iter().map(|e| (t.to_string(), e.resource["id"].as_str().unwrap_or_default().to_string())).collect();
+    let mut seen: HashSet<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                t.to_string(),
+                e.resource["id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
     for (ty, inc_ids) in included(s, t, params, lenient, &page)? {
         for (_, r) in render_by_ids(s, env, ty, &inc_ids)? {
-            let key = (ty.to_string(), r["id"].as_str().unwrap_or_default().to_string());
+            let key = (
+                ty.to_string(),
+                r["id"].as_str().unwrap_or_default().to_string(),
+            );
             if seen.insert(key) {
-                entries.push(SearchEntry { resource: r, mode: "include" });
+                entries.push(SearchEntry {
+                    resource: r,
+                    mode: "include",
+                });
             }
         }
     }
 
     let mut links = vec![("self", self_link)];
     if count > 0 && offset + count < total {
-        links.push(("next", format!("{base}/{t}?{}", query_with_offset(params, offset + count))));
+        links.push((
+            "next",
+            format!("{base}/{t}?{}", query_with_offset(params, offset + count)),
+        ));
     }
     if offset > 0 {
-        links.push(("previous", format!("{base}/{t}?{}", query_with_offset(params, (offset - count).max(0)))));
+        links.push((
+            "previous",
+            format!(
+                "{base}/{t}?{}",
+                query_with_offset(params, (offset - count).max(0))
+            ),
+        ));
     }
     Ok(bundle::searchset(base, entries, Some(total), links))
 }
 
 /// The records a conditional interaction's query matches (ids as FHIR ids), at most `limit`.
-pub fn matching_ids(s: &mut Scoped, env: &Env, t: &str, query: &str, limit: i64) -> Result<Vec<String>, Error> {
+pub fn matching_ids(
+    s: &mut Scoped,
+    env: &Env,
+    t: &str,
+    query: &str,
+    limit: i64,
+) -> Result<Vec<String>, Error> {
     let params = crate::fhir::search::parse_query(query);
     if params.iter().all(|p| COMMON.contains(&p.name.as_str())) {
         return Err(bad(format!("the condition `{query}` has no search parameter; say which {t} you mean (e.g. identifier=system|value)")));
@@ -654,7 +886,14 @@ pub fn matching_ids(s: &mut Scoped, env: &Env, t: &str, query: &str, limit: i64)
         #[diesel(sql_type = Text)]
         uid: String,
     }
-    let rows: Vec<Uid> = sql.query(format!("SELECT {uid_column} AS uid FROM {} WHERE {} ORDER BY {} LIMIT {l}", plan.from, plan.conditions.join(" AND "), plan.id_column)).load(s.conn)?;
+    let rows: Vec<Uid> = sql
+        .query(format!(
+            "SELECT {uid_column} AS uid FROM {} WHERE {} ORDER BY {} LIMIT {l}",
+            plan.from,
+            plan.conditions.join(" AND "),
+            plan.id_column
+        ))
+        .load(s.conn)?;
     Ok(rows.into_iter().map(|r| r.uid).collect())
 }
 

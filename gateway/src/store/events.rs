@@ -6,35 +6,111 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Date};
 
-use super::schema::{enrollment as en, event as ev, event_data_value as dv, program_ownership as po, tracked_entity as te};
+use super::schema::{
+    enrollment as en, event as ev, event_data_value as dv, program_ownership as po,
+    tracked_entity as te,
+};
 use super::Scoped;
 use crate::error::Error;
 use crate::tracker::model::{DataValueRecord, EventRecord};
 
-type EventRow = (i64, String, i32, DateTime<Utc>, i64, i64, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i64, String, i64, String, bool);
+type EventRow = (
+    i64,
+    String,
+    i32,
+    DateTime<Utc>,
+    i64,
+    i64,
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    i64,
+    String,
+    i64,
+    String,
+    bool,
+);
 
 fn event_record(r: EventRow) -> EventRecord {
-    let (id, uid, version, last_updated, stage_id, org_unit_id, status, occurred_at, completed_at, tracked_entity_id, tracked_entity_uid, enrollment_id, enrollment_uid, deleted) = r;
-    EventRecord { id, uid, version, last_updated, stage_id, org_unit_id, status, occurred_at, completed_at, tracked_entity_id, tracked_entity_uid, enrollment_id, enrollment_uid, deleted }
+    let (
+        id,
+        uid,
+        version,
+        last_updated,
+        stage_id,
+        org_unit_id,
+        status,
+        occurred_at,
+        completed_at,
+        tracked_entity_id,
+        tracked_entity_uid,
+        enrollment_id,
+        enrollment_uid,
+        deleted,
+    ) = r;
+    EventRecord {
+        id,
+        uid,
+        version,
+        last_updated,
+        stage_id,
+        org_unit_id,
+        status,
+        occurred_at,
+        completed_at,
+        tracked_entity_id,
+        tracked_entity_uid,
+        enrollment_id,
+        enrollment_uid,
+        deleted,
+    }
 }
 
 macro_rules! event_select {
     () => {
-        (ev::id, ev::uid, ev::version, ev::last_updated, ev::program_stage_id, ev::org_unit_id, ev::status, ev::occurred_at, ev::completed_at, ev::tracked_entity_id, te::uid, ev::enrollment_id, en::uid, ev::deleted)
+        (
+            ev::id,
+            ev::uid,
+            ev::version,
+            ev::last_updated,
+            ev::program_stage_id,
+            ev::org_unit_id,
+            ev::status,
+            ev::occurred_at,
+            ev::completed_at,
+            ev::tracked_entity_id,
+            te::uid,
+            ev::enrollment_id,
+            en::uid,
+            ev::deleted,
+        )
     };
 }
 
 /// Events by id with the caller's scope applied (a person's records follow the person's owner).
 pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Error> {
-    let mut q = ev::table.inner_join(te::table).inner_join(en::table).filter(ev::id.eq_any(ids)).select(event_select!()).into_boxed();
+    let mut q = ev::table
+        .inner_join(te::table)
+        .inner_join(en::table)
+        .filter(ev::id.eq_any(ids))
+        .select(event_select!())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    Ok(q.load::<EventRow>(s.conn)?.into_iter().map(event_record).collect())
+    Ok(q.load::<EventRow>(s.conn)?
+        .into_iter()
+        .map(event_record)
+        .collect())
 }
 
 pub fn find_event(s: &mut Scoped, uid: &str) -> Result<Option<EventRecord>, Error> {
-    let mut q = ev::table.inner_join(te::table).inner_join(en::table).filter(ev::uid.eq(uid)).select(event_select!()).into_boxed();
+    let mut q = ev::table
+        .inner_join(te::table)
+        .inner_join(en::table)
+        .filter(ev::uid.eq(uid))
+        .select(event_select!())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
@@ -42,8 +118,17 @@ pub fn find_event(s: &mut Scoped, uid: &str) -> Result<Option<EventRecord>, Erro
 }
 
 pub fn lock_event(conn: &mut PgConnection, id: i64) -> Result<EventRecord, Error> {
-    ev::table.find(id).select(ev::id).for_update().first::<i64>(conn)?;
-    let row = ev::table.inner_join(te::table).inner_join(en::table).filter(ev::id.eq(id)).select(event_select!()).first::<EventRow>(conn)?;
+    ev::table
+        .find(id)
+        .select(ev::id)
+        .for_update()
+        .first::<i64>(conn)?;
+    let row = ev::table
+        .inner_join(te::table)
+        .inner_join(en::table)
+        .filter(ev::id.eq(id))
+        .select(event_select!())
+        .first::<EventRow>(conn)?;
     Ok(event_record(row))
 }
 
@@ -105,18 +190,43 @@ pub fn update_event(
     Ok(())
 }
 
-pub fn mark_event_deleted(conn: &mut PgConnection, id: i64, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(ev::table.find(id)).set((ev::deleted.eq(true), ev::version.eq(version), ev::last_updated.eq(now))).execute(conn)?;
+pub fn mark_event_deleted(
+    conn: &mut PgConnection,
+    id: i64,
+    version: i32,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(ev::table.find(id))
+        .set((
+            ev::deleted.eq(true),
+            ev::version.eq(version),
+            ev::last_updated.eq(now),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
 /// Live events of a stage within an enrollment (for non-repeatable stages).
-pub fn events_in_stage(conn: &mut PgConnection, enrollment_id: i64, stage_id: i64) -> Result<Vec<String>, Error> {
-    Ok(ev::table.filter(ev::enrollment_id.eq(enrollment_id)).filter(ev::program_stage_id.eq(stage_id)).filter(ev::deleted.eq(false)).select(ev::uid).load(conn)?)
+pub fn events_in_stage(
+    conn: &mut PgConnection,
+    enrollment_id: i64,
+    stage_id: i64,
+) -> Result<Vec<String>, Error> {
+    Ok(ev::table
+        .filter(ev::enrollment_id.eq(enrollment_id))
+        .filter(ev::program_stage_id.eq(stage_id))
+        .filter(ev::deleted.eq(false))
+        .select(ev::uid)
+        .load(conn)?)
 }
 
 /// The person's live event of `stage` on `day`, if any (where dateless Observations land).
-pub fn event_on_day(conn: &mut PgConnection, tracked_entity_id: i64, stage_id: i64, day: NaiveDate) -> Result<Option<i64>, Error> {
+pub fn event_on_day(
+    conn: &mut PgConnection,
+    tracked_entity_id: i64,
+    stage_id: i64,
+    day: NaiveDate,
+) -> Result<Option<i64>, Error> {
     Ok(ev::table
         .filter(ev::tracked_entity_id.eq(tracked_entity_id))
         .filter(ev::program_stage_id.eq(stage_id))
@@ -131,33 +241,69 @@ pub fn event_on_day(conn: &mut PgConnection, tracked_entity_id: i64, stage_id: i
 /// (id, uid, tracked entity id, program id, status) of an enrollment.
 pub type EnrollmentRow = (i64, String, i64, i64, String);
 
-pub fn enrollment_by_uid(conn: &mut PgConnection, uid: &str) -> Result<Option<EnrollmentRow>, Error> {
+pub fn enrollment_by_uid(
+    conn: &mut PgConnection,
+    uid: &str,
+) -> Result<Option<EnrollmentRow>, Error> {
     Ok(en::table
         .filter(en::uid.eq(uid))
         .filter(en::deleted.eq(false))
-        .select((en::id, en::uid, en::tracked_entity_id, en::program_id, en::status))
+        .select((
+            en::id,
+            en::uid,
+            en::tracked_entity_id,
+            en::program_id,
+            en::status,
+        ))
         .first(conn)
         .optional()?)
 }
 
-pub fn active_enrollment(conn: &mut PgConnection, tracked_entity_id: i64, program_id: i64) -> Result<Option<EnrollmentRow>, Error> {
+pub fn active_enrollment(
+    conn: &mut PgConnection,
+    tracked_entity_id: i64,
+    program_id: i64,
+) -> Result<Option<EnrollmentRow>, Error> {
     Ok(en::table
         .filter(en::tracked_entity_id.eq(tracked_entity_id))
         .filter(en::program_id.eq(program_id))
         .filter(en::status.eq("ACTIVE"))
         .filter(en::deleted.eq(false))
-        .select((en::id, en::uid, en::tracked_entity_id, en::program_id, en::status))
+        .select((
+            en::id,
+            en::uid,
+            en::tracked_entity_id,
+            en::program_id,
+            en::status,
+        ))
         .first(conn)
         .optional()?)
 }
 
-pub fn any_enrollment(conn: &mut PgConnection, tracked_entity_id: i64, program_id: i64) -> Result<bool, Error> {
-    Ok(diesel::select(diesel::dsl::exists(en::table.filter(en::tracked_entity_id.eq(tracked_entity_id)).filter(en::program_id.eq(program_id)).filter(en::deleted.eq(false))))
-        .get_result(conn)?)
+pub fn any_enrollment(
+    conn: &mut PgConnection,
+    tracked_entity_id: i64,
+    program_id: i64,
+) -> Result<bool, Error> {
+    Ok(diesel::select(diesel::dsl::exists(
+        en::table
+            .filter(en::tracked_entity_id.eq(tracked_entity_id))
+            .filter(en::program_id.eq(program_id))
+            .filter(en::deleted.eq(false)),
+    ))
+    .get_result(conn)?)
 }
 
 /// Opens an enrollment and records the owner of the person's record in the program.
-pub fn insert_enrollment(conn: &mut PgConnection, uid: &str, tracked_entity_id: i64, program_id: i64, org_unit_id: i64, enrolled_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<i64, Error> {
+pub fn insert_enrollment(
+    conn: &mut PgConnection,
+    uid: &str,
+    tracked_entity_id: i64,
+    program_id: i64,
+    org_unit_id: i64,
+    enrolled_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<i64, Error> {
     let id = diesel::insert_into(en::table)
         .values((
             en::uid.eq(uid),
@@ -173,7 +319,12 @@ pub fn insert_enrollment(conn: &mut PgConnection, uid: &str, tracked_entity_id: 
         .returning(en::id)
         .get_result(conn)?;
     diesel::insert_into(po::table)
-        .values((po::tracked_entity_id.eq(tracked_entity_id), po::program_id.eq(program_id), po::org_unit_id.eq(org_unit_id), po::last_updated.eq(now)))
+        .values((
+            po::tracked_entity_id.eq(tracked_entity_id),
+            po::program_id.eq(program_id),
+            po::org_unit_id.eq(org_unit_id),
+            po::last_updated.eq(now),
+        ))
         .on_conflict_do_nothing()
         .execute(conn)?;
     Ok(id)
@@ -181,29 +332,94 @@ pub fn insert_enrollment(conn: &mut PgConnection, uid: &str, tracked_entity_id: 
 
 // ---- data values -------------------------------------------------------------------------------
 
-type ValueRow = (i64, String, i32, DateTime<Utc>, i64, String, i64, i64, String, String, Option<DateTime<Utc>>, bool);
+type ValueRow = (
+    i64,
+    String,
+    i32,
+    DateTime<Utc>,
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    bool,
+);
 
 fn value_record(r: ValueRow) -> DataValueRecord {
-    let (id, uid, version, last_updated, event_id, event_uid, data_element_id, tracked_entity_id, tracked_entity_uid, value, observed_at, deleted) = r;
-    DataValueRecord { id, uid, version, last_updated, event_id, event_uid, data_element_id, tracked_entity_id, tracked_entity_uid, value, observed_at, deleted }
+    let (
+        id,
+        uid,
+        version,
+        last_updated,
+        event_id,
+        event_uid,
+        data_element_id,
+        tracked_entity_id,
+        tracked_entity_uid,
+        value,
+        observed_at,
+        deleted,
+    ) = r;
+    DataValueRecord {
+        id,
+        uid,
+        version,
+        last_updated,
+        event_id,
+        event_uid,
+        data_element_id,
+        tracked_entity_id,
+        tracked_entity_uid,
+        value,
+        observed_at,
+        deleted,
+    }
 }
 
 macro_rules! value_select {
     () => {
-        (dv::id, dv::uid, dv::version, dv::last_updated, dv::event_id, ev::uid, dv::data_element_id, dv::tracked_entity_id, te::uid, dv::value, dv::observed_at, dv::deleted)
+        (
+            dv::id,
+            dv::uid,
+            dv::version,
+            dv::last_updated,
+            dv::event_id,
+            ev::uid,
+            dv::data_element_id,
+            dv::tracked_entity_id,
+            te::uid,
+            dv::value,
+            dv::observed_at,
+            dv::deleted,
+        )
     };
 }
 
 pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>, Error> {
-    let mut q = dv::table.inner_join(ev::table).inner_join(te::table).filter(dv::id.eq_any(ids)).select(value_select!()).into_boxed();
+    let mut q = dv::table
+        .inner_join(ev::table)
+        .inner_join(te::table)
+        .filter(dv::id.eq_any(ids))
+        .select(value_select!())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    Ok(q.load::<ValueRow>(s.conn)?.into_iter().map(value_record).collect())
+    Ok(q.load::<ValueRow>(s.conn)?
+        .into_iter()
+        .map(value_record)
+        .collect())
 }
 
 pub fn find_value(s: &mut Scoped, uid: &str) -> Result<Option<DataValueRecord>, Error> {
-    let mut q = dv::table.inner_join(ev::table).inner_join(te::table).filter(dv::uid.eq(uid)).select(value_select!()).into_boxed();
+    let mut q = dv::table
+        .inner_join(ev::table)
+        .inner_join(te::table)
+        .filter(dv::uid.eq(uid))
+        .select(value_select!())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
@@ -211,8 +427,17 @@ pub fn find_value(s: &mut Scoped, uid: &str) -> Result<Option<DataValueRecord>, 
 }
 
 pub fn lock_value(conn: &mut PgConnection, id: i64) -> Result<DataValueRecord, Error> {
-    dv::table.find(id).select(dv::id).for_update().first::<i64>(conn)?;
-    let row = dv::table.inner_join(ev::table).inner_join(te::table).filter(dv::id.eq(id)).select(value_select!()).first::<ValueRow>(conn)?;
+    dv::table
+        .find(id)
+        .select(dv::id)
+        .for_update()
+        .first::<i64>(conn)?;
+    let row = dv::table
+        .inner_join(ev::table)
+        .inner_join(te::table)
+        .filter(dv::id.eq(id))
+        .select(value_select!())
+        .first::<ValueRow>(conn)?;
     Ok(value_record(row))
 }
 
@@ -245,7 +470,12 @@ pub fn insert_value(conn: &mut PgConnection, v: &NewValue) -> Result<i64, Error>
         .get_result(conn)?)
 }
 
-pub fn update_value(conn: &mut PgConnection, id: i64, v: &NewValue, version: i32) -> Result<(), Error> {
+pub fn update_value(
+    conn: &mut PgConnection,
+    id: i64,
+    v: &NewValue,
+    version: i32,
+) -> Result<(), Error> {
     diesel::update(dv::table.find(id))
         .set((
             dv::event_id.eq(v.event_id),
@@ -261,15 +491,37 @@ pub fn update_value(conn: &mut PgConnection, id: i64, v: &NewValue, version: i32
     Ok(())
 }
 
-pub fn mark_value_deleted(conn: &mut PgConnection, id: i64, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(dv::table.find(id)).set((dv::deleted.eq(true), dv::version.eq(version), dv::last_updated.eq(now))).execute(conn)?;
+pub fn mark_value_deleted(
+    conn: &mut PgConnection,
+    id: i64,
+    version: i32,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(dv::table.find(id))
+        .set((
+            dv::deleted.eq(true),
+            dv::version.eq(version),
+            dv::last_updated.eq(now),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
 pub fn live_values_of_event(conn: &mut PgConnection, event_id: i64) -> Result<i64, Error> {
-    Ok(dv::table.filter(dv::event_id.eq(event_id)).filter(dv::deleted.eq(false)).count().get_result(conn)?)
+    Ok(dv::table
+        .filter(dv::event_id.eq(event_id))
+        .filter(dv::deleted.eq(false))
+        .count()
+        .get_result(conn)?)
 }
 
-pub fn live_events_of_person(conn: &mut PgConnection, tracked_entity_id: i64) -> Result<i64, Error> {
-    Ok(ev::table.filter(ev::tracked_entity_id.eq(tracked_entity_id)).filter(ev::deleted.eq(false)).count().get_result(conn)?)
+pub fn live_events_of_person(
+    conn: &mut PgConnection,
+    tracked_entity_id: i64,
+) -> Result<i64, Error> {
+    Ok(ev::table
+        .filter(ev::tracked_entity_id.eq(tracked_entity_id))
+        .filter(ev::deleted.eq(false))
+        .count()
+        .get_result(conn)?)
 }

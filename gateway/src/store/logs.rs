@@ -19,7 +19,11 @@ pub struct Change<'a> {
     pub state: Option<Value>,
 }
 
-pub fn record_change(conn: &mut PgConnection, ctx: &RequestContext, c: Change) -> Result<(), Error> {
+pub fn record_change(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    c: Change,
+) -> Result<(), Error> {
     diesel::insert_into(cl::table)
         .values((
             cl::resource_type.eq(c.resource_type),
@@ -39,7 +43,12 @@ pub fn record_change(conn: &mut PgConnection, ctx: &RequestContext, c: Change) -
 /// One version as recorded: (version, operation, changed_at, state).
 pub type VersionRow = (i32, String, DateTime<Utc>, Option<Value>);
 
-pub fn version(conn: &mut PgConnection, resource_type: &str, uid: &str, version: i32) -> Result<Option<VersionRow>, Error> {
+pub fn version(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    uid: &str,
+    version: i32,
+) -> Result<Option<VersionRow>, Error> {
     Ok(cl::table
         .filter(cl::resource_type.eq(resource_type))
         .filter(cl::resource_uid.eq(uid))
@@ -50,7 +59,11 @@ pub fn version(conn: &mut PgConnection, resource_type: &str, uid: &str, version:
 }
 
 /// Every version of one record, newest first.
-pub fn versions(conn: &mut PgConnection, resource_type: &str, uid: &str) -> Result<Vec<VersionRow>, Error> {
+pub fn versions(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    uid: &str,
+) -> Result<Vec<VersionRow>, Error> {
     Ok(cl::table
         .filter(cl::resource_type.eq(resource_type))
         .filter(cl::resource_uid.eq(uid))
@@ -68,7 +81,11 @@ pub struct Inbound<'a> {
     pub mapping_version: &'a str,
 }
 
-pub fn record_inbound(conn: &mut PgConnection, ctx: &RequestContext, i: Inbound) -> Result<(), Error> {
+pub fn record_inbound(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    i: Inbound,
+) -> Result<(), Error> {
     diesel::insert_into(il::table)
         .values((
             il::request_id.eq(&ctx.request_id),

@@ -23,7 +23,10 @@ pub struct MetadataError {
 
 impl From<diesel::result::Error> for MetadataError {
     fn from(e: diesel::result::Error) -> Self {
-        MetadataError { file: "database".into(), message: e.to_string() }
+        MetadataError {
+            file: "database".into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -229,7 +232,10 @@ pub struct ImportSummary {
 
 /// The `*.json` files of `dir` in name order.
 pub fn metadata_files(dir: &Path) -> Result<Vec<PathBuf>, MetadataError> {
-    let err = |message: String| MetadataError { file: dir.display().to_string(), message };
+    let err = |message: String| MetadataError {
+        file: dir.display().to_string(),
+        message,
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| err(format!("cannot read the metadata directory: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -246,12 +252,18 @@ pub fn import_dir(conn: &mut PgConnection, dir: &Path) -> Result<ImportSummary, 
         let mut total = ImportSummary::default();
         for f in &files {
             let name = f.display().to_string();
-            let text = std::fs::read_to_string(f).map_err(|e| MetadataError { file: name.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(f).map_err(|e| MetadataError {
+                file: name.clone(),
+                message: e.to_string(),
+            })?;
             let export: Export = serde_json::from_str(&text).map_err(|e| MetadataError {
                 file: format!("{name}:{}", e.line()),
                 message: format!("not a DHIS2 metadata export: {e}"),
             })?;
-            let s = import(conn, &export).map_err(|message| MetadataError { file: name, message })?;
+            let s = import(conn, &export).map_err(|message| MetadataError {
+                file: name,
+                message,
+            })?;
             total.files += 1;
             total.org_units += s.org_units;
             total.attributes += s.attributes;
@@ -281,15 +293,23 @@ fn resolve(conn: &mut PgConnection, table: &str, uid: &str, from: &str) -> Resul
         .bind::<diesel::sql_types::Text, _>(uid)
         .load(conn)
         .map_err(|e| e.to_string())?;
-    rows.first().map(|r| r.id).ok_or_else(|| format!("{from} refers to {table} `{uid}`, which is neither in this file nor loaded"))
+    rows.first().map(|r| r.id).ok_or_else(|| {
+        format!("{from} refers to {table} `{uid}`, which is neither in this file nor loaded")
+    })
 }
 
 pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, String> {
     let mut s = ImportSummary::default();
-    let unit_attribute: Vec<&str> = x.attributes.iter().filter(|a| a.code.as_deref() == Some("UNIT")).map(|a| a.id.as_str()).collect();
+    let unit_attribute: Vec<&str> = x
+        .attributes
+        .iter()
+        .filter(|a| a.code.as_deref() == Some("UNIT"))
+        .map(|a| a.id.as_str())
+        .collect();
 
     // Option sets and their options.
-    let options_by_id: HashMap<&str, &OptionJson> = x.options.iter().map(|o| (o.id.as_str(), o)).collect();
+    let options_by_id: HashMap<&str, &OptionJson> =
+        x.options.iter().map(|o| (o.id.as_str(), o)).collect();
     for set in &x.option_sets {
         let set_id: i64 = diesel::insert_into(option_set::table)
             .values((
@@ -300,7 +320,11 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
             ))
             .on_conflict(option_set::uid)
             .do_update()
-            .set((option_set::code.eq(excluded(option_set::code)), option_set::name.eq(excluded(option_set::name)), option_set::value_type.eq(excluded(option_set::value_type))))
+            .set((
+                option_set::code.eq(excluded(option_set::code)),
+                option_set::name.eq(excluded(option_set::name)),
+                option_set::value_type.eq(excluded(option_set::value_type)),
+            ))
             .returning(option_set::id)
             .get_result(conn)
             .map_err(db("optionSet", &set.id))?;
@@ -308,7 +332,12 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
             let (code, name, order) = match (&r.code, &r.name, options_by_id.get(r.id.as_str())) {
                 (Some(c), Some(n), _) => (c.as_str(), n.as_str(), r.sort_order),
                 (_, _, Some(o)) => (o.code.as_str(), o.name.as_str(), o.sort_order),
-                _ => return Err(format!("optionSet {} lists option `{}`, which is not in `options`", set.id, r.id)),
+                _ => {
+                    return Err(format!(
+                        "optionSet {} lists option `{}`, which is not in `options`",
+                        set.id, r.id
+                    ))
+                }
             };
             diesel::insert_into(option_value::table)
                 .values((
@@ -320,7 +349,11 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
                 ))
                 .on_conflict(option_value::uid)
                 .do_update()
-                .set((option_value::code.eq(excluded(option_value::code)), option_value::name.eq(excluded(option_value::name)), option_value::sort_order.eq(excluded(option_value::sort_order))))
+                .set((
+                    option_value::code.eq(excluded(option_value::code)),
+                    option_value::name.eq(excluded(option_value::name)),
+                    option_value::sort_order.eq(excluded(option_value::sort_order)),
+                ))
                 .execute(conn)
                 .map_err(db("option", &r.id))?;
         }
@@ -355,7 +388,10 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
                 None => (None, format!("/{}", ou.id), 1),
                 Some((pid, ppath, plevel)) => (Some(pid), format!("{ppath}/{}", ou.id), plevel + 1),
             };
-            let opening = ou.opening_date.as_deref().and_then(|d| NaiveDate::parse_from_str(d.get(..10).unwrap_or(d), "%Y-%m-%d").ok());
+            let opening = ou
+                .opening_date
+                .as_deref()
+                .and_then(|d| NaiveDate::parse_from_str(d.get(..10).unwrap_or(d), "%Y-%m-%d").ok());
             diesel::insert_into(org_unit::table)
                 .values((
                     org_unit::uid.eq(&ou.id),
@@ -385,13 +421,26 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
         }
         if rest.len() == before {
             let ids: Vec<&str> = rest.iter().map(|o| o.id.as_str()).collect();
-            return Err(format!("organisationUnits {ids:?} have a parent that is neither in this file nor loaded"));
+            return Err(format!(
+                "organisationUnits {ids:?} have a parent that is neither in this file nor loaded"
+            ));
         }
         pending = rest;
     }
 
     for a in &x.tracked_entity_attributes {
-        let set = a.option_set.as_ref().map(|r| resolve(conn, "option_set", &r.id, &format!("trackedEntityAttribute {}", a.id))).transpose()?;
+        let set = a
+            .option_set
+            .as_ref()
+            .map(|r| {
+                resolve(
+                    conn,
+                    "option_set",
+                    &r.id,
+                    &format!("trackedEntityAttribute {}", a.id),
+                )
+            })
+            .transpose()?;
         diesel::insert_into(tracked_entity_attribute::table)
             .values((
                 tracked_entity_attribute::uid.eq(&a.id),
@@ -407,10 +456,14 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
             .set((
                 tracked_entity_attribute::code.eq(excluded(tracked_entity_attribute::code)),
                 tracked_entity_attribute::name.eq(excluded(tracked_entity_attribute::name)),
-                tracked_entity_attribute::short_name.eq(excluded(tracked_entity_attribute::short_name)),
-                tracked_entity_attribute::value_type.eq(excluded(tracked_entity_attribute::value_type)),
-                tracked_entity_attribute::option_set_id.eq(excluded(tracked_entity_attribute::option_set_id)),
-                tracked_entity_attribute::is_unique.eq(excluded(tracked_entity_attribute::is_unique)),
+                tracked_entity_attribute::short_name
+                    .eq(excluded(tracked_entity_attribute::short_name)),
+                tracked_entity_attribute::value_type
+                    .eq(excluded(tracked_entity_attribute::value_type)),
+                tracked_entity_attribute::option_set_id
+                    .eq(excluded(tracked_entity_attribute::option_set_id)),
+                tracked_entity_attribute::is_unique
+                    .eq(excluded(tracked_entity_attribute::is_unique)),
             ))
             .execute(conn)
             .map_err(db("trackedEntityAttribute", &a.id))?;
@@ -419,17 +472,32 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
 
     for t in &x.tracked_entity_types {
         let tid: i64 = diesel::insert_into(tracked_entity_type::table)
-            .values((tracked_entity_type::uid.eq(&t.id), tracked_entity_type::code.eq(&t.code), tracked_entity_type::name.eq(&t.name)))
+            .values((
+                tracked_entity_type::uid.eq(&t.id),
+                tracked_entity_type::code.eq(&t.code),
+                tracked_entity_type::name.eq(&t.name),
+            ))
             .on_conflict(tracked_entity_type::uid)
             .do_update()
-            .set((tracked_entity_type::code.eq(excluded(tracked_entity_type::code)), tracked_entity_type::name.eq(excluded(tracked_entity_type::name))))
+            .set((
+                tracked_entity_type::code.eq(excluded(tracked_entity_type::code)),
+                tracked_entity_type::name.eq(excluded(tracked_entity_type::name)),
+            ))
             .returning(tracked_entity_type::id)
             .get_result(conn)
             .map_err(db("trackedEntityType", &t.id))?;
         for r in &t.tracked_entity_type_attributes {
-            let aid = resolve(conn, "tracked_entity_attribute", &r.tracked_entity_attribute.id, &format!("trackedEntityType {}", t.id))?;
+            let aid = resolve(
+                conn,
+                "tracked_entity_attribute",
+                &r.tracked_entity_attribute.id,
+                &format!("trackedEntityType {}", t.id),
+            )?;
             diesel::insert_into(tracked_entity_type_attribute::table)
-                .values((tracked_entity_type_attribute::tracked_entity_type_id.eq(tid), tracked_entity_type_attribute::attribute_id.eq(aid)))
+                .values((
+                    tracked_entity_type_attribute::tracked_entity_type_id.eq(tid),
+                    tracked_entity_type_attribute::attribute_id.eq(aid),
+                ))
                 .on_conflict_do_nothing()
                 .execute(conn)
                 .map_err(db("trackedEntityType", &t.id))?;
@@ -437,8 +505,16 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
     }
 
     for d in &x.data_elements {
-        let set = d.option_set.as_ref().map(|r| resolve(conn, "option_set", &r.id, &format!("dataElement {}", d.id))).transpose()?;
-        let unit = d.attribute_values.iter().find(|v| unit_attribute.contains(&v.attribute.id.as_str())).map(|v| v.value.clone());
+        let set = d
+            .option_set
+            .as_ref()
+            .map(|r| resolve(conn, "option_set", &r.id, &format!("dataElement {}", d.id)))
+            .transpose()?;
+        let unit = d
+            .attribute_values
+            .iter()
+            .find(|v| unit_attribute.contains(&v.attribute.id.as_str()))
+            .map(|v| v.value.clone());
         diesel::insert_into(data_element::table)
             .values((
                 data_element::uid.eq(&d.id),
@@ -496,10 +572,22 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
             .get_result(conn)
             .map_err(db("program", &p.id))?;
         for a in &p.program_tracked_entity_attributes {
-            let aid = resolve(conn, "tracked_entity_attribute", &a.tracked_entity_attribute.id, &what)?;
+            let aid = resolve(
+                conn,
+                "tracked_entity_attribute",
+                &a.tracked_entity_attribute.id,
+                &what,
+            )?;
             diesel::insert_into(program_attribute::table)
-                .values((program_attribute::program_id.eq(pid), program_attribute::attribute_id.eq(aid), program_attribute::mandatory.eq(a.mandatory)))
-                .on_conflict((program_attribute::program_id, program_attribute::attribute_id))
+                .values((
+                    program_attribute::program_id.eq(pid),
+                    program_attribute::attribute_id.eq(aid),
+                    program_attribute::mandatory.eq(a.mandatory),
+                ))
+                .on_conflict((
+                    program_attribute::program_id,
+                    program_attribute::attribute_id,
+                ))
                 .do_update()
                 .set(program_attribute::mandatory.eq(excluded(program_attribute::mandatory)))
                 .execute(conn)
@@ -508,7 +596,10 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
         for o in &p.organisation_units {
             let oid = resolve(conn, "org_unit", &o.id, &what)?;
             diesel::insert_into(program_org_unit::table)
-                .values((program_org_unit::program_id.eq(pid), program_org_unit::org_unit_id.eq(oid)))
+                .values((
+                    program_org_unit::program_id.eq(pid),
+                    program_org_unit::org_unit_id.eq(oid),
+                ))
                 .on_conflict_do_nothing()
                 .execute(conn)
                 .map_err(db("program", &p.id))?;
@@ -549,11 +640,16 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
                     program_stage_data_element::compulsory.eq(d.compulsory),
                     program_stage_data_element::sort_order.eq(d.sort_order),
                 ))
-                .on_conflict((program_stage_data_element::program_stage_id, program_stage_data_element::data_element_id))
+                .on_conflict((
+                    program_stage_data_element::program_stage_id,
+                    program_stage_data_element::data_element_id,
+                ))
                 .do_update()
                 .set((
-                    program_stage_data_element::compulsory.eq(excluded(program_stage_data_element::compulsory)),
-                    program_stage_data_element::sort_order.eq(excluded(program_stage_data_element::sort_order)),
+                    program_stage_data_element::compulsory
+                        .eq(excluded(program_stage_data_element::compulsory)),
+                    program_stage_data_element::sort_order
+                        .eq(excluded(program_stage_data_element::sort_order)),
                 ))
                 .execute(conn)
                 .map_err(db("programStage", &st.id))?;
@@ -563,9 +659,19 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
 
     for r in &x.relationship_types {
         let what = format!("relationshipType {}", r.id);
-        let side = |conn: &mut PgConnection, c: &ConstraintJson| -> Result<(Option<i64>, Option<i64>), String> {
-            let t = c.tracked_entity_type.as_ref().map(|t| resolve(conn, "tracked_entity_type", &t.id, &what)).transpose()?;
-            let p = c.program.as_ref().map(|p| resolve(conn, "program", &p.id, &what)).transpose()?;
+        let side = |conn: &mut PgConnection,
+                    c: &ConstraintJson|
+         -> Result<(Option<i64>, Option<i64>), String> {
+            let t = c
+                .tracked_entity_type
+                .as_ref()
+                .map(|t| resolve(conn, "tracked_entity_type", &t.id, &what))
+                .transpose()?;
+            let p = c
+                .program
+                .as_ref()
+                .map(|p| resolve(conn, "program", &p.id, &what))
+                .transpose()?;
             Ok((t, p))
         };
         let (ft, fp) = side(conn, &r.from_constraint)?;
@@ -594,10 +700,12 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
                 relationship_type::to_from_name.eq(excluded(relationship_type::to_from_name)),
                 relationship_type::bidirectional.eq(excluded(relationship_type::bidirectional)),
                 relationship_type::from_entity.eq(excluded(relationship_type::from_entity)),
-                relationship_type::from_tracked_entity_type_id.eq(excluded(relationship_type::from_tracked_entity_type_id)),
+                relationship_type::from_tracked_entity_type_id
+                    .eq(excluded(relationship_type::from_tracked_entity_type_id)),
                 relationship_type::from_program_id.eq(excluded(relationship_type::from_program_id)),
                 relationship_type::to_entity.eq(excluded(relationship_type::to_entity)),
-                relationship_type::to_tracked_entity_type_id.eq(excluded(relationship_type::to_tracked_entity_type_id)),
+                relationship_type::to_tracked_entity_type_id
+                    .eq(excluded(relationship_type::to_tracked_entity_type_id)),
                 relationship_type::to_program_id.eq(excluded(relationship_type::to_program_id)),
             ))
             .execute(conn)

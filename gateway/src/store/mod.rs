@@ -2,10 +2,10 @@
 //! the scoped data access that every request goes through.
 
 pub mod events;
-pub mod metadata_import;
-pub mod patients;
-pub mod orgs;
 pub mod logs;
+pub mod metadata_import;
+pub mod orgs;
+pub mod patients;
 pub mod schema;
 mod scoped;
 

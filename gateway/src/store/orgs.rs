@@ -22,11 +22,33 @@ pub struct OrgRow {
     pub last_updated: DateTime<Utc>,
 }
 
-type Columns = (org_unit::id, org_unit::uid, org_unit::code, org_unit::name, org_unit::parent_id, org_unit::path, org_unit::level, org_unit::last_updated);
-const COLUMNS: Columns = (org_unit::id, org_unit::uid, org_unit::code, org_unit::name, org_unit::parent_id, org_unit::path, org_unit::level, org_unit::last_updated);
+type Columns = (
+    org_unit::id,
+    org_unit::uid,
+    org_unit::code,
+    org_unit::name,
+    org_unit::parent_id,
+    org_unit::path,
+    org_unit::level,
+    org_unit::last_updated,
+);
+const COLUMNS: Columns = (
+    org_unit::id,
+    org_unit::uid,
+    org_unit::code,
+    org_unit::name,
+    org_unit::parent_id,
+    org_unit::path,
+    org_unit::level,
+    org_unit::last_updated,
+);
 
 pub fn by_uid(conn: &mut PgConnection, uid: &str) -> Result<Option<OrgRow>, Error> {
-    Ok(org_unit::table.filter(org_unit::uid.eq(uid)).select(COLUMNS).first(conn).optional()?)
+    Ok(org_unit::table
+        .filter(org_unit::uid.eq(uid))
+        .select(COLUMNS)
+        .first(conn)
+        .optional()?)
 }
 
 /// How a `name` parameter matches (FHIR string search).
@@ -48,7 +70,9 @@ pub struct OrgQuery {
 }
 
 fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// Matching org units ordered by path (the hierarchy), with the total.
@@ -64,27 +88,47 @@ pub fn search(conn: &mut PgConnection, q: &OrgQuery) -> Result<(Vec<OrgRow>, i64
         for n in &q.names {
             b = match n {
                 NameMatch::Exact(s) => b.filter(org_unit::name.eq(s.clone())),
-                NameMatch::Prefix(s) => b.filter(sql::<Bool>("lower(org_unit.name) LIKE ").bind::<Text, _>(format!("{}%", like_escape(&s.to_lowercase())))),
-                NameMatch::Contains(s) => b.filter(sql::<Bool>("lower(org_unit.name) LIKE ").bind::<Text, _>(format!("%{}%", like_escape(&s.to_lowercase())))),
+                NameMatch::Prefix(s) => b.filter(
+                    sql::<Bool>("lower(org_unit.name) LIKE ")
+                        .bind::<Text, _>(format!("{}%", like_escape(&s.to_lowercase()))),
+                ),
+                NameMatch::Contains(s) => b.filter(
+                    sql::<Bool>("lower(org_unit.name) LIKE ")
+                        .bind::<Text, _>(format!("%{}%", like_escape(&s.to_lowercase()))),
+                ),
             };
         }
         if let Some(parents) = &q.parent_uids {
             b = b.filter(
-                sql::<Bool>("org_unit.parent_id IN (SELECT p.id FROM org_unit p WHERE p.uid = ANY(")
-                    .bind::<diesel::sql_types::Array<Text>, _>(parents.clone())
-                    .sql("))"),
+                sql::<Bool>(
+                    "org_unit.parent_id IN (SELECT p.id FROM org_unit p WHERE p.uid = ANY(",
+                )
+                .bind::<diesel::sql_types::Array<Text>, _>(parents.clone())
+                .sql("))"),
             );
         }
         b
     };
     let total: i64 = build().count().get_result(conn)?;
-    let rows = build().select(COLUMNS).order(org_unit::path).limit(q.count).offset(q.offset).load(conn)?;
+    let rows = build()
+        .select(COLUMNS)
+        .order(org_unit::path)
+        .limit(q.count)
+        .offset(q.offset)
+        .load(conn)?;
     Ok((rows, total))
 }
 
-pub fn parent_uid(conn: &mut PgConnection, parent_id: Option<i64>) -> Result<Option<String>, Error> {
+pub fn parent_uid(
+    conn: &mut PgConnection,
+    parent_id: Option<i64>,
+) -> Result<Option<String>, Error> {
     match parent_id {
         None => Ok(None),
-        Some(id) => Ok(org_unit::table.find(id).select(org_unit::uid).first(conn).optional()?),
+        Some(id) => Ok(org_unit::table
+            .find(id)
+            .select(org_unit::uid)
+            .first(conn)
+            .optional()?),
     }
 }

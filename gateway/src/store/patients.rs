@@ -21,8 +21,24 @@ pub struct ValueRow<'a> {
 
 type EntityRow = (i64, String, i32, DateTime<Utc>, i64, bool, bool);
 
-fn entity_columns() -> (te::id, te::uid, te::version, te::last_updated, te::org_unit_id, te::inactive, te::deleted) {
-    (te::id, te::uid, te::version, te::last_updated, te::org_unit_id, te::inactive, te::deleted)
+fn entity_columns() -> (
+    te::id,
+    te::uid,
+    te::version,
+    te::last_updated,
+    te::org_unit_id,
+    te::inactive,
+    te::deleted,
+) {
+    (
+        te::id,
+        te::uid,
+        te::version,
+        te::last_updated,
+        te::org_unit_id,
+        te::inactive,
+        te::deleted,
+    )
 }
 
 fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, Error> {
@@ -33,12 +49,25 @@ fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, 
         .load::<(i64, String)>(conn)?
         .into_iter()
         .collect();
-    Ok(PersonRecord { id, uid, version, last_updated, org_unit_id, inactive, deleted, values })
+    Ok(PersonRecord {
+        id,
+        uid,
+        version,
+        last_updated,
+        org_unit_id,
+        inactive,
+        deleted,
+        values,
+    })
 }
 
 /// The person with `uid` if the caller may see it (deleted ones included, for 410).
 pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<PersonRecord>, Error> {
-    let mut q = te::table.filter(te::uid.eq(uid)).filter(te::tracked_entity_type_id.eq(entity_type_id)).select(entity_columns()).into_boxed();
+    let mut q = te::table
+        .filter(te::uid.eq(uid))
+        .filter(te::tracked_entity_type_id.eq(entity_type_id))
+        .select(entity_columns())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
@@ -50,13 +79,30 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
 
 /// Like [`find`], but locks the row until the transaction ends (serialises concurrent updates),
 /// and returns the state as it is once the lock is held.
-pub fn find_for_update(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<PersonRecord>, Error> {
-    let Some(visible) = find(s, entity_type_id, uid)? else { return Ok(None) };
-    let row: EntityRow = te::table.find(visible.id).select(entity_columns()).for_update().first(s.conn)?;
+pub fn find_for_update(
+    s: &mut Scoped,
+    entity_type_id: i64,
+    uid: &str,
+) -> Result<Option<PersonRecord>, Error> {
+    let Some(visible) = find(s, entity_type_id, uid)? else {
+        return Ok(None);
+    };
+    let row: EntityRow = te::table
+        .find(visible.id)
+        .select(entity_columns())
+        .for_update()
+        .first(s.conn)?;
     with_values(s.conn, row).map(Some)
 }
 
-pub fn insert(conn: &mut PgConnection, uid: &str, entity_type_id: i64, org_unit_id: i64, inactive: bool, now: DateTime<Utc>) -> Result<i64, Error> {
+pub fn insert(
+    conn: &mut PgConnection,
+    uid: &str,
+    entity_type_id: i64,
+    org_unit_id: i64,
+    inactive: bool,
+    now: DateTime<Utc>,
+) -> Result<i64, Error> {
     Ok(diesel::insert_into(te::table)
         .values((
             te::uid.eq(uid),
@@ -71,15 +117,39 @@ pub fn insert(conn: &mut PgConnection, uid: &str, entity_type_id: i64, org_unit_
         .get_result(conn)?)
 }
 
-pub fn update(conn: &mut PgConnection, id: i64, org_unit_id: i64, inactive: bool, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
+pub fn update(
+    conn: &mut PgConnection,
+    id: i64,
+    org_unit_id: i64,
+    inactive: bool,
+    version: i32,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
     diesel::update(te::table.find(id))
-        .set((te::org_unit_id.eq(org_unit_id), te::inactive.eq(inactive), te::deleted.eq(false), te::version.eq(version), te::last_updated.eq(now)))
+        .set((
+            te::org_unit_id.eq(org_unit_id),
+            te::inactive.eq(inactive),
+            te::deleted.eq(false),
+            te::version.eq(version),
+            te::last_updated.eq(now),
+        ))
         .execute(conn)?;
     Ok(())
 }
 
-pub fn mark_deleted(conn: &mut PgConnection, id: i64, version: i32, now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(te::table.find(id)).set((te::deleted.eq(true), te::version.eq(version), te::last_updated.eq(now))).execute(conn)?;
+pub fn mark_deleted(
+    conn: &mut PgConnection,
+    id: i64,
+    version: i32,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(te::table.find(id))
+        .set((
+            te::deleted.eq(true),
+            te::version.eq(version),
+            te::last_updated.eq(now),
+        ))
+        .execute(conn)?;
     // A deleted person's unique values (national ID...) become free for a new registration; the
     // change log keeps the state of every earlier version.
     diesel::delete(teav::table.filter(teav::tracked_entity_id.eq(id))).execute(conn)?;
@@ -87,8 +157,19 @@ pub fn mark_deleted(conn: &mut PgConnection, id: i64, version: i32, now: DateTim
 }
 
 /// Replaces the values of `attribute_ids` with `rows` in one statement each (delete, multi-row insert).
-pub fn replace_values(conn: &mut PgConnection, id: i64, attribute_ids: &[i64], rows: &[ValueRow], now: DateTime<Utc>) -> Result<(), Error> {
-    diesel::delete(teav::table.filter(teav::tracked_entity_id.eq(id)).filter(teav::attribute_id.eq_any(attribute_ids))).execute(conn)?;
+pub fn replace_values(
+    conn: &mut PgConnection,
+    id: i64,
+    attribute_ids: &[i64],
+    rows: &[ValueRow],
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::delete(
+        teav::table
+            .filter(teav::tracked_entity_id.eq(id))
+            .filter(teav::attribute_id.eq_any(attribute_ids)),
+    )
+    .execute(conn)?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -106,31 +187,45 @@ pub fn replace_values(conn: &mut PgConnection, id: i64, attribute_ids: &[i64], r
             )
         })
         .collect();
-    diesel::insert_into(teav::table).values(&values).execute(conn)?;
+    diesel::insert_into(teav::table)
+        .values(&values)
+        .execute(conn)?;
     Ok(())
 }
 
 /// People by id (scope applied; deleted ones left out), values included, in one query each.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
-    let mut q = te::table.filter(te::id.eq_any(ids)).filter(te::deleted.eq(false)).select(entity_columns()).into_boxed();
+    let mut q = te::table
+        .filter(te::id.eq_any(ids))
+        .filter(te::deleted.eq(false))
+        .select(entity_columns())
+        .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
     let rows: Vec<EntityRow> = q.load(s.conn)?;
     let found: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let values: Vec<(i64, i64, String)> =
-        teav::table.filter(teav::tracked_entity_id.eq_any(&found)).select((teav::tracked_entity_id, teav::attribute_id, teav::value)).load(s.conn)?;
+    let values: Vec<(i64, i64, String)> = teav::table
+        .filter(teav::tracked_entity_id.eq_any(&found))
+        .select((teav::tracked_entity_id, teav::attribute_id, teav::value))
+        .load(s.conn)?;
     Ok(rows
         .into_iter()
-        .map(|(id, uid, version, last_updated, org_unit_id, inactive, deleted)| PersonRecord {
-            id,
-            uid,
-            version,
-            last_updated,
-            org_unit_id,
-            inactive,
-            deleted,
-            values: values.iter().filter(|v| v.0 == id).map(|v| (v.1, v.2.clone())).collect(),
-        })
+        .map(
+            |(id, uid, version, last_updated, org_unit_id, inactive, deleted)| PersonRecord {
+                id,
+                uid,
+                version,
+                last_updated,
+                org_unit_id,
+                inactive,
+                deleted,
+                values: values
+                    .iter()
+                    .filter(|v| v.0 == id)
+                    .map(|v| (v.1, v.2.clone()))
+                    .collect(),
+            },
+        )
         .collect())
 }

@@ -332,3 +332,12 @@ diesel::allow_tables_to_appear_in_same_query!(
 diesel::joinable!(event -> tracked_entity (tracked_entity_id));
 diesel::joinable!(event_data_value -> tracked_entity (tracked_entity_id));
 diesel::joinable!(enrollment -> tracked_entity (tracked_entity_id));
+
+diesel::table! {
+    external_ref (source, resource_type) {
+        source -> Text,
+        resource_type -> Text,
+        uid -> Varchar,
+        created -> Timestamptz,
+    }
+}

@@ -33,7 +33,13 @@ pub fn org_ids_in(scope: &OrgScope) -> Option<OrgIdQuery> {
     Some(
         org_unit::table
             .select(org_unit::id)
-            .filter(org_unit::path.eq_any(roots).or(sql::<Bool>("org_unit.path LIKE ANY(").bind::<Array<Text>, _>(patterns).sql(")")))
+            .filter(
+                org_unit::path
+                    .eq_any(roots)
+                    .or(sql::<Bool>("org_unit.path LIKE ANY(")
+                        .bind::<Array<Text>, _>(patterns)
+                        .sql(")")),
+            )
             .into_boxed(),
     )
 }

@@ -15,12 +15,27 @@ fn coding(c: &Coded) -> Value {
 
 /// The id of the ConceptMap from `source` to `target` within crosswalk `name`.
 pub fn concept_map_id(t: &Terminology, crosswalk: &str, source: &str, target: &str) -> String {
-    let short = |uri: &str| t.system(uri).map(|s| s.name.to_lowercase()).unwrap_or_else(|| "x".into());
-    format!("{}-{}-to-{}", crosswalk.to_lowercase(), short(source), short(target))
+    let short = |uri: &str| {
+        t.system(uri)
+            .map(|s| s.name.to_lowercase())
+            .unwrap_or_else(|| "x".into())
+    };
+    format!(
+        "{}-{}-to-{}",
+        crosswalk.to_lowercase(),
+        short(source),
+        short(target)
+    )
 }
 
 /// `$translate`: the equivalents of `system|code`, in `target` when given, else in every other system.
-pub fn translate(t: &Terminology, base: &str, system: &str, code: &str, target: Option<&str>) -> Value {
+pub fn translate(
+    t: &Terminology,
+    base: &str,
+    system: &str,
+    code: &str,
+    target: Option<&str>,
+) -> Value {
     let mut params = Vec::new();
     let matches: Vec<(&Coded, String)> = match t.concept(system, code) {
         None => Vec::new(),
@@ -30,7 +45,15 @@ pub fn translate(t: &Terminology, base: &str, system: &str, code: &str, target: 
                 .codes
                 .iter()
                 .filter(|c| c.system != system && target.is_none_or(|tg| tg == c.system))
-                .map(|c| (c, format!("{base}/ConceptMap/{}", concept_map_id(t, cw, system, &c.system))))
+                .map(|c| {
+                    (
+                        c,
+                        format!(
+                            "{base}/ConceptMap/{}",
+                            concept_map_id(t, cw, system, &c.system)
+                        ),
+                    )
+                })
                 .collect()
         }
     };
@@ -39,7 +62,10 @@ pub fn translate(t: &Terminology, base: &str, system: &str, code: &str, target: 
         let why = match (t.concept(system, code), t.system(system)) {
             (_, None) => format!("`{system}` is not a code system this registry knows"),
             (None, Some(_)) => format!("no crosswalk holds {system}|{code}"),
-            (Some(_), Some(_)) => format!("{system}|{code} has no equivalent in {}", target.unwrap_or("another system")),
+            (Some(_), Some(_)) => format!(
+                "{system}|{code} has no equivalent in {}",
+                target.unwrap_or("another system")
+            ),
         };
         params.push(json!({ "name": "message", "valueString": why }));
     }
@@ -93,7 +119,8 @@ pub fn concept_maps(t: &Terminology, base: &str) -> Vec<Value> {
                     map["title"] = json!(title);
                 }
                 if !elements.is_empty() {
-                    map["group"] = json!([{ "source": source, "target": target, "element": elements }]);
+                    map["group"] =
+                        json!([{ "source": source, "target": target, "element": elements }]);
                 }
                 out.push(map);
             }
@@ -142,7 +169,10 @@ pub fn code_systems(t: &Terminology) -> Vec<Value> {
 pub fn lookup(t: &Terminology, system: &str, code: &str) -> Option<Value> {
     let cs = t.system(system)?;
     let concept = t.concept(system, code)?;
-    let c = concept.codes.iter().find(|c| c.system == system && c.code == code)?;
+    let c = concept
+        .codes
+        .iter()
+        .find(|c| c.system == system && c.code == code)?;
     let mut params = vec![json!({ "name": "name", "valueString": cs.name })];
     if let Some(d) = &c.display {
         params.push(json!({ "name": "display", "valueString": d }));

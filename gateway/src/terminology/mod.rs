@@ -89,27 +89,44 @@ impl Terminology {
 
     /// The concept a code belongs to, if any crosswalk holds it.
     pub fn concept(&self, system: &str, code: &str) -> Option<&Concept> {
-        self.index.get(&(system.to_string(), code.to_string())).map(|&i| &self.concepts[i])
+        self.index
+            .get(&(system.to_string(), code.to_string()))
+            .map(|&i| &self.concepts[i])
     }
 
     /// The code of the same concept in `target`.
     pub fn translate(&self, system: &str, code: &str, target: &str) -> Option<&Coded> {
-        self.concept(system, code)?.codes.iter().find(|c| c.system == target)
+        self.concept(system, code)?
+            .codes
+            .iter()
+            .find(|c| c.system == target)
     }
 
     pub fn display(&self, system: &str, code: &str) -> Option<&str> {
-        self.concept(system, code)?.codes.iter().find(|c| c.system == system && c.code == code)?.display.as_deref()
+        self.concept(system, code)?
+            .codes
+            .iter()
+            .find(|c| c.system == system && c.code == code)?
+            .display
+            .as_deref()
     }
 
     /// Every code of `system` the crosswalks know, with displays (for CodeSystem resources).
     pub fn codes_of(&self, system: &str) -> Vec<&Coded> {
-        self.concepts.iter().flat_map(|c| c.codes.iter().filter(|x| x.system == system)).collect()
+        self.concepts
+            .iter()
+            .flat_map(|c| c.codes.iter().filter(|x| x.system == system))
+            .collect()
     }
 }
 
 /// Loads `terminology.toml` from `src`; CSV tables are read relative to `dir`. Every referenced
 /// file's bytes are passed to `hash` so the mapping version covers them.
-pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Result<Terminology, Vec<Problem>> {
+pub fn load(
+    src: &Source,
+    dir: &Path,
+    hash: &mut dyn FnMut(&str, &[u8]),
+) -> Result<Terminology, Vec<Problem>> {
     let raw: Raw = src.parse().map_err(|p| vec![p])?;
     let mut problems = Vec::new();
     let mut t = Terminology::default();
@@ -119,15 +136,28 @@ pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Resu
             problems.push(src.problem(s.uri.span(), format!("`{uri}` is not an absolute URI")));
         }
         if t.systems.iter().any(|x| x.uri == uri) {
-            problems.push(src.problem(s.uri.span(), format!("code system `{uri}` is declared twice")));
+            problems.push(src.problem(
+                s.uri.span(),
+                format!("code system `{uri}` is declared twice"),
+            ));
         }
-        t.systems.push(CodeSystemDef { uri, name: s.name.clone(), title: s.title.clone() });
+        t.systems.push(CodeSystemDef {
+            uri,
+            name: s.name.clone(),
+            title: s.title.clone(),
+        });
     }
     for (ci, cw) in raw.crosswalk.iter().enumerate() {
         let mut systems = Vec::new();
         for (system, col) in &cw.columns {
             if t.system(system).is_none() {
-                problems.push(src.problem(col.span(), format!("crosswalk {}: `{system}` is not a declared [[system]]", cw.name.get_ref())));
+                problems.push(src.problem(
+                    col.span(),
+                    format!(
+                        "crosswalk {}: `{system}` is not a declared [[system]]",
+                        cw.name.get_ref()
+                    ),
+                ));
             }
             systems.push(system.clone());
         }
@@ -135,17 +165,30 @@ pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Resu
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                problems.push(src.problem(cw.file.span(), format!("crosswalk {}: cannot read `{}`: {e}", cw.name.get_ref(), cw.file.get_ref())));
+                problems.push(src.problem(
+                    cw.file.span(),
+                    format!(
+                        "crosswalk {}: cannot read `{}`: {e}",
+                        cw.name.get_ref(),
+                        cw.file.get_ref()
+                    ),
+                ));
                 continue;
             }
         };
         hash(cw.file.get_ref(), &bytes);
         let file = path.display().to_string();
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(bytes.as_slice());
         let headers = match reader.headers() {
             Ok(h) => h.clone(),
             Err(e) => {
-                problems.push(Problem { file: file.clone(), line: 1, message: format!("not a CSV table: {e}") });
+                problems.push(Problem {
+                    file: file.clone(),
+                    line: 1,
+                    message: format!("not a CSV table: {e}"),
+                });
                 continue;
             }
         };
@@ -154,12 +197,32 @@ pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Resu
         for (system, col) in &cw.columns {
             let c = col.get_ref();
             match column(&c.code) {
-                Some(ci_code) => cols.push((system.clone(), ci_code, c.display.as_deref().and_then(column))),
-                None => problems.push(src.problem(col.span(), format!("crosswalk {}: `{}` has no column `{}` (columns: {})", cw.name.get_ref(), cw.file.get_ref(), c.code, headers.iter().collect::<Vec<_>>().join(", ")))),
+                Some(ci_code) => cols.push((
+                    system.clone(),
+                    ci_code,
+                    c.display.as_deref().and_then(column),
+                )),
+                None => problems.push(src.problem(
+                    col.span(),
+                    format!(
+                        "crosswalk {}: `{}` has no column `{}` (columns: {})",
+                        cw.name.get_ref(),
+                        cw.file.get_ref(),
+                        c.code,
+                        headers.iter().collect::<Vec<_>>().join(", ")
+                    ),
+                )),
             }
             if let Some(d) = &c.display {
                 if column(d).is_none() {
-                    problems.push(src.problem(col.span(), format!("crosswalk {}: `{}` has no column `{d}`", cw.name.get_ref(), cw.file.get_ref())));
+                    problems.push(src.problem(
+                        col.span(),
+                        format!(
+                            "crosswalk {}: `{}` has no column `{d}`",
+                            cw.name.get_ref(),
+                            cw.file.get_ref()
+                        ),
+                    ));
                 }
             }
         }
@@ -169,7 +232,11 @@ pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Resu
                 Ok(r) => r,
                 Err(e) => {
                     let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
-                    problems.push(Problem { file: file.clone(), line, message: format!("unreadable row: {e}") });
+                    problems.push(Problem {
+                        file: file.clone(),
+                        line,
+                        message: format!("unreadable row: {e}"),
+                    });
                     continue;
                 }
             };
@@ -191,23 +258,42 @@ pub fn load(src: &Source, dir: &Path, hash: &mut dyn FnMut(&str, &[u8])) -> Resu
                     continue;
                 }
                 first_line.insert(key, line);
-                let display = ci_display.and_then(|d| record.get(d)).map(str::trim).filter(|d| !d.is_empty()).map(str::to_string);
-                codes.push(Coded { system: system.clone(), code: code.to_string(), display });
+                let display = ci_display
+                    .and_then(|d| record.get(d))
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string);
+                codes.push(Coded {
+                    system: system.clone(),
+                    code: code.to_string(),
+                    display,
+                });
             }
             if codes.len() >= 2 {
                 let i = t.concepts.len();
                 for c in &codes {
                     t.index.insert((c.system.clone(), c.code.clone()), i);
                 }
-                t.concepts.push(Concept { crosswalk: ci, codes });
+                t.concepts.push(Concept {
+                    crosswalk: ci,
+                    codes,
+                });
             } else if !codes.is_empty() {
                 // A row with one code still names a known code (for $lookup and displays).
                 let i = t.concepts.len();
-                t.index.insert((codes[0].system.clone(), codes[0].code.clone()), i);
-                t.concepts.push(Concept { crosswalk: ci, codes });
+                t.index
+                    .insert((codes[0].system.clone(), codes[0].code.clone()), i);
+                t.concepts.push(Concept {
+                    crosswalk: ci,
+                    codes,
+                });
             }
         }
-        t.crosswalks.push(Crosswalk { name: cw.name.get_ref().clone(), title: cw.title.clone(), systems });
+        t.crosswalks.push(Crosswalk {
+            name: cw.name.get_ref().clone(),
+            title: cw.title.clone(),
+            systems,
+        });
     }
     if problems.is_empty() {
         Ok(t)

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::{EventRecord, EventSnapshot, PersonRecord};
+use super::model::{EventRecord, EventSnapshot, PersonRecord, VersionOf};
 use super::{new_uid, patients, Env};
 use crate::error::Error;
 use crate::store::events::{self as store, NewEvent};
@@ -14,7 +14,12 @@ use crate::translate::encounter::EncounterWrite;
 const TYPE: &str = "Encounter";
 
 /// The person a `subject` names; a missing one is a 422 naming the element, not a 404.
-pub fn subject(s: &mut Scoped, env: &Env, resource_type: &str, uid: &str) -> Result<PersonRecord, Error> {
+pub fn subject(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    uid: &str,
+) -> Result<PersonRecord, Error> {
     match patients::read(s, env, uid) {
         Ok(p) => Ok(p),
         Err(Error::NotFound(_)) | Err(Error::Gone(_)) => Err(Error::rule(
@@ -26,48 +31,107 @@ pub fn subject(s: &mut Scoped, env: &Env, resource_type: &str, uid: &str) -> Res
 }
 
 fn check_capture(s: &Scoped, env: &Env, org_unit_id: i64, what: &str) -> Result<(), Error> {
-    let ou = env.md.org_unit_by_id(org_unit_id).ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
+    let ou = env
+        .md
+        .org_unit_by_id(org_unit_id)
+        .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
     if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!("you may not record {what} at {} (Organization/{})", ou.name, ou.uid)));
+        return Err(Error::Forbidden(format!(
+            "you may not record {what} at {} (Organization/{})",
+            ou.name, ou.uid
+        )));
     }
     Ok(())
 }
 
 /// Finds or opens the enrollment for an event of `stage_id`, then checks the stage's repeatability.
 /// Returns (enrollment id, enrollment uid).
-pub fn place(s: &mut Scoped, env: &Env, person: &PersonRecord, stage_id: i64, org_unit_id: i64, enrollment_uid: Option<&str>, when: DateTime<Utc>, now: DateTime<Utc>) -> Result<(i64, String), Error> {
-    let stage = env.md.stages.iter().find(|st| st.id == stage_id).ok_or_else(|| Error::Internal("stage missing from metadata".into()))?;
-    let program = env.md.programs.iter().find(|p| p.id == stage.program_id).ok_or_else(|| Error::Internal("program missing from metadata".into()))?;
+pub fn place(
+    s: &mut Scoped,
+    env: &Env,
+    person: &PersonRecord,
+    stage_id: i64,
+    org_unit_id: i64,
+    enrollment_uid: Option<&str>,
+    when: DateTime<Utc>,
+) -> Result<(i64, String), Error> {
+    let now = Utc::now();
+    let stage = env
+        .md
+        .stages
+        .iter()
+        .find(|st| st.id == stage_id)
+        .ok_or_else(|| Error::Internal("stage missing from metadata".into()))?;
+    let program = env
+        .md
+        .programs
+        .iter()
+        .find(|p| p.id == stage.program_id)
+        .ok_or_else(|| Error::Internal("program missing from metadata".into()))?;
     let (enrollment_id, uid) = match enrollment_uid {
         Some(uid) => {
             let (id, uid, te, program_id, status) = store::enrollment_by_uid(s.conn, uid)?
-                .ok_or_else(|| Error::rule(format!("EpisodeOfCare/{uid} is not an enrollment of this registry"), Some("Encounter.episodeOfCare".into())))?;
+                .ok_or_else(|| {
+                    Error::rule(
+                        format!("EpisodeOfCare/{uid} is not an enrollment of this registry"),
+                        Some("Encounter.episodeOfCare".into()),
+                    )
+                })?;
             if te != person.id {
-                return Err(Error::rule(format!("EpisodeOfCare/{uid} is another person's enrollment"), Some("Encounter.episodeOfCare".into())));
+                return Err(Error::rule(
+                    format!("EpisodeOfCare/{uid} is another person's enrollment"),
+                    Some("Encounter.episodeOfCare".into()),
+                ));
             }
             if program_id != program.id {
-                return Err(Error::rule(format!("EpisodeOfCare/{uid} is not in program {}, where stage {} belongs", program.name, stage.name), Some("Encounter.episodeOfCare".into())));
+                return Err(Error::rule(
+                    format!(
+                        "EpisodeOfCare/{uid} is not in program {}, where stage {} belongs",
+                        program.name, stage.name
+                    ),
+                    Some("Encounter.episodeOfCare".into()),
+                ));
             }
             if status != "ACTIVE" {
-                return Err(Error::rule(format!("EpisodeOfCare/{uid} is {status}; events go into active enrollments"), Some("Encounter.episodeOfCare".into())));
+                return Err(Error::rule(
+                    format!("EpisodeOfCare/{uid} is {status}; events go into active enrollments"),
+                    Some("Encounter.episodeOfCare".into()),
+                ));
             }
             (id, uid)
         }
         None => match store::active_enrollment(s.conn, person.id, program.id)? {
             Some((id, uid, ..)) => (id, uid),
             None => {
-                if program.only_enroll_once && store::any_enrollment(s.conn, person.id, program.id)? {
+                if program.only_enroll_once && store::any_enrollment(s.conn, person.id, program.id)?
+                {
                     return Err(Error::Conflict {
                         message: format!("the person's enrollment in {} is closed and the program allows one enrollment only; reopen it before recording more events", program.name),
                         expression: None,
                     });
                 }
                 let uid = new_uid();
-                let id = store::insert_enrollment(s.conn, &uid, person.id, program.id, org_unit_id, when, now)?;
+                let id = store::insert_enrollment(
+                    s.conn,
+                    &uid,
+                    person.id,
+                    program.id,
+                    org_unit_id,
+                    when,
+                    now,
+                )?;
                 logs::record_change(
                     s.conn,
                     s.ctx,
-                    Change { resource_type: "EpisodeOfCare", uid: &uid, version: 1, operation: "create", at: now, mapping_version: &env.mappings.version, state: None },
+                    Change {
+                        resource_type: "EpisodeOfCare",
+                        uid: &uid,
+                        version: 1,
+                        operation: "create",
+                        at: now,
+                        mapping_version: &env.mappings.version,
+                        state: None,
+                    },
                 )?;
                 (id, uid)
             }
@@ -85,8 +149,18 @@ pub fn place(s: &mut Scoped, env: &Env, person: &PersonRecord, stage_id: i64, or
 }
 
 fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
-    let stage = env.md.stages.iter().find(|s| s.id == e.stage_id).map(|s| s.uid.clone()).unwrap_or_default();
-    let ou = env.md.org_unit_by_id(e.org_unit_id).map(|o| o.uid.clone()).unwrap_or_default();
+    let stage = env
+        .md
+        .stages
+        .iter()
+        .find(|s| s.id == e.stage_id)
+        .map(|s| s.uid.clone())
+        .unwrap_or_default();
+    let ou = env
+        .md
+        .org_unit_by_id(e.org_unit_id)
+        .map(|o| o.uid.clone())
+        .unwrap_or_default();
     serde_json::to_value(EventSnapshot {
         stage,
         org_unit: ou,
@@ -99,11 +173,25 @@ fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
     .unwrap_or_default()
 }
 
-fn record<'a>(s: &mut Scoped, env: &Env, e: &'a EventRecord, operation: &str, inbound: Option<Inbound<'a>>) -> Result<(), Error> {
+fn record<'a>(
+    s: &mut Scoped,
+    env: &Env,
+    e: &'a EventRecord,
+    operation: &str,
+    inbound: Option<Inbound<'a>>,
+) -> Result<(), Error> {
     logs::record_change(
         s.conn,
         s.ctx,
-        Change { resource_type: TYPE, uid: &e.uid, version: e.version, operation, at: e.last_updated, mapping_version: &env.mappings.version, state: Some(snapshot(env, e)) },
+        Change {
+            resource_type: TYPE,
+            uid: &e.uid,
+            version: e.version,
+            operation,
+            at: e.last_updated,
+            mapping_version: &env.mappings.version,
+            state: Some(snapshot(env, e)),
+        },
     )?;
     match inbound {
         Some(mut i) => {
@@ -116,14 +204,42 @@ fn record<'a>(s: &mut Scoped, env: &Env, e: &'a EventRecord, operation: &str, in
 
 /// Creates an event for a person (used by Encounter create and by Observations without one).
 #[allow(clippy::too_many_arguments)]
-pub fn open_event(s: &mut Scoped, env: &Env, person: &PersonRecord, stage_id: i64, org_unit_id: i64, status: &str, occurred_at: Option<DateTime<Utc>>, completed_at: Option<DateTime<Utc>>, enrollment_uid: Option<&str>) -> Result<EventRecord, Error> {
+pub fn open_event(
+    s: &mut Scoped,
+    env: &Env,
+    person: &PersonRecord,
+    stage_id: i64,
+    org_unit_id: i64,
+    status: &str,
+    occurred_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+    enrollment_uid: Option<&str>,
+) -> Result<EventRecord, Error> {
     check_capture(s, env, org_unit_id, "an encounter")?;
     let now = Utc::now();
-    let (enrollment_id, enrollment_uid) = place(s, env, person, stage_id, org_unit_id, enrollment_uid, occurred_at.unwrap_or(now), now)?;
+    let (enrollment_id, enrollment_uid) = place(
+        s,
+        env,
+        person,
+        stage_id,
+        org_unit_id,
+        enrollment_uid,
+        occurred_at.unwrap_or(now),
+    )?;
     let uid = new_uid();
     let id = store::insert_event(
         s.conn,
-        &NewEvent { uid: &uid, enrollment_id, stage_id, org_unit_id, tracked_entity_id: person.id, status, occurred_at, completed_at, now },
+        &NewEvent {
+            uid: &uid,
+            enrollment_id,
+            stage_id,
+            org_unit_id,
+            tracked_entity_id: person.id,
+            status,
+            occurred_at,
+            completed_at,
+            now,
+        },
     )?;
     Ok(EventRecord {
         id,
@@ -143,10 +259,25 @@ pub fn open_event(s: &mut Scoped, env: &Env, person: &PersonRecord, stage_id: i6
     })
 }
 
-pub fn create(s: &mut Scoped, env: &Env, w: &EncounterWrite, inbound: Inbound) -> Result<EventRecord, Error> {
+pub fn create(
+    s: &mut Scoped,
+    env: &Env,
+    w: &EncounterWrite,
+    inbound: Inbound,
+) -> Result<EventRecord, Error> {
     let person = subject(s, env, TYPE, &w.patient_uid)?;
     let org_unit_id = w.org_unit_id.unwrap_or(person.org_unit_id);
-    let e = open_event(s, env, &person, w.stage_id, org_unit_id, &w.status, w.occurred_at, w.completed_at, w.enrollment_uid.as_deref())?;
+    let e = open_event(
+        s,
+        env,
+        &person,
+        w.stage_id,
+        org_unit_id,
+        &w.status,
+        w.occurred_at,
+        w.completed_at,
+        w.enrollment_uid.as_deref(),
+    )?;
     record(s, env, &e, "create", Some(inbound))?;
     Ok(e)
 }
@@ -155,18 +286,40 @@ fn not_found(uid: &str) -> Error {
     Error::NotFound(format!("Encounter/{uid} is not known to this registry"))
 }
 
-pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &EncounterWrite, inbound: Inbound) -> Result<EventRecord, Error> {
+pub fn update(
+    s: &mut Scoped,
+    env: &Env,
+    uid: &str,
+    if_match: Option<i32>,
+    w: &EncounterWrite,
+    inbound: Inbound,
+) -> Result<EventRecord, Error> {
     let visible = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
     let current = store::lock_event(s.conn, visible.id)?;
     if let Some(v) = if_match {
         if v != current.version {
-            return Err(Error::PreconditionFailed(format!("Encounter/{uid} is at version {}, not {v}: read it again and reapply your change", current.version)));
+            return Err(Error::PreconditionFailed(format!(
+                "Encounter/{uid} is at version {}, not {v}: read it again and reapply your change",
+                current.version
+            )));
         }
     }
     if w.patient_uid != current.tracked_entity_uid {
-        return Err(Error::rule(format!("Encounter/{uid} belongs to Patient/{}; an Encounter cannot move to another person", current.tracked_entity_uid), Some("Encounter.subject".into())));
+        return Err(Error::rule(
+            format!(
+                "Encounter/{uid} belongs to Patient/{}; an Encounter cannot move to another person",
+                current.tracked_entity_uid
+            ),
+            Some("Encounter.subject".into()),
+        ));
     }
-    let program_of = |stage: i64| env.md.stages.iter().find(|st| st.id == stage).map(|st| st.program_id);
+    let program_of = |stage: i64| {
+        env.md
+            .stages
+            .iter()
+            .find(|st| st.id == stage)
+            .map(|st| st.program_id)
+    };
     if program_of(w.stage_id) != program_of(current.stage_id) {
         return Err(Error::rule(format!("Encounter/{uid} is in another program; its type can only change to a stage of the same program"), Some("Encounter.type".into())));
     }
@@ -178,7 +331,9 @@ pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &E
     if w.stage_id != current.stage_id {
         let stage = env.md.stages.iter().find(|st| st.id == w.stage_id);
         if let Some(stage) = stage.filter(|st| !st.repeatable) {
-            if let Some(existing) = store::events_in_stage(s.conn, current.enrollment_id, w.stage_id)?.first() {
+            if let Some(existing) =
+                store::events_in_stage(s.conn, current.enrollment_id, w.stage_id)?.first()
+            {
                 return Err(Error::Conflict {
                     message: format!("stage {} happens once per enrollment and EpisodeOfCare/{} already has it (Encounter/{existing})", stage.name, current.enrollment_uid),
                     expression: Some("Encounter.type".into()),
@@ -191,8 +346,28 @@ pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &E
     check_capture(s, env, org_unit_id, "an encounter")?;
     let now = Utc::now();
     let version = current.version + 1;
-    store::update_event(s.conn, current.id, w.stage_id, org_unit_id, &w.status, w.occurred_at, w.completed_at, version, now)?;
-    let e = EventRecord { version, last_updated: now, stage_id: w.stage_id, org_unit_id, status: w.status.clone(), occurred_at: w.occurred_at, completed_at: w.completed_at, deleted: false, ..current };
+    store::update_event(
+        s.conn,
+        current.id,
+        w.stage_id,
+        org_unit_id,
+        &w.status,
+        w.occurred_at,
+        w.completed_at,
+        version,
+        now,
+    )?;
+    let e = EventRecord {
+        version,
+        last_updated: now,
+        stage_id: w.stage_id,
+        org_unit_id,
+        status: w.status.clone(),
+        occurred_at: w.occurred_at,
+        completed_at: w.completed_at,
+        deleted: false,
+        ..current
+    };
     record(s, env, &e, "update", Some(inbound))?;
     Ok(e)
 }
@@ -206,24 +381,48 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
     let live = store::live_values_of_event(s.conn, current.id)?;
     if live > 0 {
-        return Err(Error::Conflict { message: format!("Encounter/{uid} still has {live} Observation(s); delete them first"), expression: None });
+        return Err(Error::Conflict {
+            message: format!("Encounter/{uid} still has {live} Observation(s); delete them first"),
+            expression: None,
+        });
     }
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_event_deleted(s.conn, current.id, version, now)?;
-    logs::record_change(s.conn, s.ctx, Change { resource_type: TYPE, uid, version, operation: "delete", at: now, mapping_version: &env.mappings.version, state: None })?;
+    logs::record_change(
+        s.conn,
+        s.ctx,
+        Change {
+            resource_type: TYPE,
+            uid,
+            version,
+            operation: "delete",
+            at: now,
+            mapping_version: &env.mappings.version,
+            state: None,
+        },
+    )?;
     Ok(Some(version))
 }
 
 pub fn read(s: &mut Scoped, uid: &str) -> Result<EventRecord, Error> {
     let e = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
     if e.deleted {
-        return Err(Error::Gone(format!("Encounter/{uid} was deleted (version {})", e.version)));
+        return Err(Error::Gone(format!(
+            "Encounter/{uid} was deleted (version {})",
+            e.version
+        )));
     }
     Ok(e)
 }
 
-fn from_snapshot(env: &Env, current: &EventRecord, version: i32, at: DateTime<Utc>, state: Option<serde_json::Value>) -> Option<EventRecord> {
+fn from_snapshot(
+    env: &Env,
+    current: &EventRecord,
+    version: i32,
+    at: DateTime<Utc>,
+    state: Option<serde_json::Value>,
+) -> Option<EventRecord> {
     let snap: EventSnapshot = serde_json::from_value(state?).ok()?;
     Some(EventRecord {
         version,
@@ -241,19 +440,30 @@ fn from_snapshot(env: &Env, current: &EventRecord, version: i32, at: DateTime<Ut
 
 pub fn vread(s: &mut Scoped, env: &Env, uid: &str, version: i32) -> Result<EventRecord, Error> {
     let current = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?.ok_or_else(|| Error::NotFound(format!("Encounter/{uid} has no version {version}")))?;
+    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?
+        .ok_or_else(|| Error::NotFound(format!("Encounter/{uid} has no version {version}")))?;
     if op == "delete" {
-        return Err(Error::Gone(format!("version {version} of Encounter/{uid} is its deletion")));
+        return Err(Error::Gone(format!(
+            "version {version} of Encounter/{uid} is its deletion"
+        )));
     }
-    from_snapshot(env, &current, v, at, state).ok_or_else(|| Error::Internal(format!("unreadable snapshot of Encounter/{uid} version {version}")))
+    from_snapshot(env, &current, v, at, state).ok_or_else(|| {
+        Error::Internal(format!(
+            "unreadable snapshot of Encounter/{uid} version {version}"
+        ))
+    })
 }
 
-pub fn history(s: &mut Scoped, env: &Env, uid: &str) -> Result<Vec<(i32, String, DateTime<Utc>, Option<EventRecord>)>, Error> {
+pub fn history(s: &mut Scoped, env: &Env, uid: &str) -> Result<Vec<VersionOf<EventRecord>>, Error> {
     let current = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
     Ok(logs::versions(s.conn, TYPE, uid)?
         .into_iter()
         .map(|(v, op, at, state)| {
-            let rec = if op == "delete" { None } else { from_snapshot(env, &current, v, at, state) };
+            let rec = if op == "delete" {
+                None
+            } else {
+                from_snapshot(env, &current, v, at, state)
+            };
             (v, op, at, rec)
         })
         .collect())

@@ -100,6 +100,17 @@ pub struct ProgramStage {
     pub data_element_ids: Vec<i64>,
 }
 
+/// (id, uid, code, name, parent id, path, level) as selected from `org_unit`.
+type OrgTuple = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    Option<i64>,
+    String,
+    i32,
+);
+
 /// Everything is looked up by bigint id, UID or code; the `key` lookups take a UID or a code.
 #[derive(Debug, Clone, Default)]
 pub struct Metadata {
@@ -114,27 +125,67 @@ pub struct Metadata {
     org_by_id: HashMap<i64, usize>,
 }
 
-fn find_key<'a, T>(items: &'a [T], key: &str, uid: impl Fn(&T) -> &str, code: impl Fn(&T) -> Option<&str>) -> Option<&'a T> {
-    items.iter().find(|i| uid(i) == key).or_else(|| items.iter().find(|i| code(i) == Some(key)))
+fn find_key<'a, T>(
+    items: &'a [T],
+    key: &str,
+    uid: impl Fn(&T) -> &str,
+    code: impl Fn(&T) -> Option<&str>,
+) -> Option<&'a T> {
+    items
+        .iter()
+        .find(|i| uid(i) == key)
+        .or_else(|| items.iter().find(|i| code(i) == Some(key)))
 }
 
 impl Metadata {
     pub fn load(conn: &mut PgConnection) -> Result<Metadata, Error> {
         use schema::*;
-        let orgs: Vec<(i64, String, Option<String>, String, Option<i64>, String, i32)> = org_unit::table
-            .select((org_unit::id, org_unit::uid, org_unit::code, org_unit::name, org_unit::parent_id, org_unit::path, org_unit::level))
+        let orgs: Vec<OrgTuple> = org_unit::table
+            .select((
+                org_unit::id,
+                org_unit::uid,
+                org_unit::code,
+                org_unit::name,
+                org_unit::parent_id,
+                org_unit::path,
+                org_unit::level,
+            ))
             .order(org_unit::path)
             .load(conn)?;
         let org_units: Vec<OrgUnit> = orgs
             .into_iter()
-            .map(|(id, uid, code, name, parent_id, path, level)| OrgUnit { id, uid, code, name, parent_id, path, level })
+            .map(|(id, uid, code, name, parent_id, path, level)| OrgUnit {
+                id,
+                uid,
+                code,
+                name,
+                parent_id,
+                path,
+                level,
+            })
             .collect();
 
-        let sets: Vec<(i64, String, Option<String>, String)> =
-            option_set::table.select((option_set::id, option_set::uid, option_set::code, option_set::name)).order(option_set::id).load(conn)?;
+        let sets: Vec<(i64, String, Option<String>, String)> = option_set::table
+            .select((
+                option_set::id,
+                option_set::uid,
+                option_set::code,
+                option_set::name,
+            ))
+            .order(option_set::id)
+            .load(conn)?;
         let opts: Vec<(i64, String, String, String)> = option_value::table
-            .select((option_value::option_set_id, option_value::uid, option_value::code, option_value::name))
-            .order((option_value::option_set_id, option_value::sort_order.asc().nulls_last(), option_value::id))
+            .select((
+                option_value::option_set_id,
+                option_value::uid,
+                option_value::code,
+                option_value::name,
+            ))
+            .order((
+                option_value::option_set_id,
+                option_value::sort_order.asc().nulls_last(),
+                option_value::id,
+            ))
             .load(conn)?;
         let option_sets = sets
             .into_iter()
@@ -146,7 +197,11 @@ impl Metadata {
                 options: opts
                     .iter()
                     .filter(|o| o.0 == id)
-                    .map(|o| OptionValue { uid: o.1.clone(), code: o.2.clone(), name: o.3.clone() })
+                    .map(|o| OptionValue {
+                        uid: o.1.clone(),
+                        code: o.2.clone(),
+                        name: o.3.clone(),
+                    })
                     .collect(),
             })
             .collect();
@@ -162,17 +217,27 @@ impl Metadata {
                 tracked_entity_attribute::is_unique,
             ))
             .order(tracked_entity_attribute::id)
-            .load::<(i64, String, Option<String>, String, String, Option<i64>, bool)>(conn)?
+            .load::<(
+                i64,
+                String,
+                Option<String>,
+                String,
+                String,
+                Option<i64>,
+                bool,
+            )>(conn)?
             .into_iter()
-            .map(|(id, uid, code, name, vt, option_set_id, unique)| Attribute {
-                id,
-                uid,
-                code,
-                name,
-                value_type: ValueType::parse(&vt),
-                option_set_id,
-                unique,
-            })
+            .map(
+                |(id, uid, code, name, vt, option_set_id, unique)| Attribute {
+                    id,
+                    uid,
+                    code,
+                    name,
+                    value_type: ValueType::parse(&vt),
+                    option_set_id,
+                    unique,
+                },
+            )
             .collect();
 
         let data_elements = data_element::table
@@ -186,24 +251,42 @@ impl Metadata {
                 data_element::unit,
             ))
             .order(data_element::id)
-            .load::<(i64, String, Option<String>, String, String, Option<i64>, Option<String>)>(conn)?
+            .load::<(
+                i64,
+                String,
+                Option<String>,
+                String,
+                String,
+                Option<i64>,
+                Option<String>,
+            )>(conn)?
             .into_iter()
-            .map(|(id, uid, code, name, vt, option_set_id, unit)| DataElement {
-                id,
-                uid,
-                code,
-                name,
-                value_type: ValueType::parse(&vt),
-                option_set_id,
-                unit,
-            })
+            .map(
+                |(id, uid, code, name, vt, option_set_id, unit)| DataElement {
+                    id,
+                    uid,
+                    code,
+                    name,
+                    value_type: ValueType::parse(&vt),
+                    option_set_id,
+                    unit,
+                },
+            )
             .collect();
 
         let tet_attrs: Vec<(i64, i64)> = tracked_entity_type_attribute::table
-            .select((tracked_entity_type_attribute::tracked_entity_type_id, tracked_entity_type_attribute::attribute_id))
+            .select((
+                tracked_entity_type_attribute::tracked_entity_type_id,
+                tracked_entity_type_attribute::attribute_id,
+            ))
             .load(conn)?;
         let entity_types = tracked_entity_type::table
-            .select((tracked_entity_type::id, tracked_entity_type::uid, tracked_entity_type::code, tracked_entity_type::name))
+            .select((
+                tracked_entity_type::id,
+                tracked_entity_type::uid,
+                tracked_entity_type::code,
+                tracked_entity_type::name,
+            ))
             .order(tracked_entity_type::id)
             .load::<(i64, String, Option<String>, String)>(conn)?
             .into_iter()
@@ -212,7 +295,11 @@ impl Metadata {
                 uid,
                 code,
                 name,
-                attribute_ids: tet_attrs.iter().filter(|a| a.0 == id).map(|a| a.1).collect(),
+                attribute_ids: tet_attrs
+                    .iter()
+                    .filter(|a| a.0 == id)
+                    .map(|a| a.1)
+                    .collect(),
             })
             .collect();
 
@@ -229,20 +316,30 @@ impl Metadata {
             .order(program::id)
             .load::<(i64, String, Option<String>, String, i64, String, bool)>(conn)?
             .into_iter()
-            .map(|(id, uid, code, name, tracked_entity_type_id, access_level, only_enroll_once)| Program {
-                id,
-                uid,
-                code,
-                name,
-                tracked_entity_type_id,
-                access_level,
-                only_enroll_once,
-            })
+            .map(
+                |(id, uid, code, name, tracked_entity_type_id, access_level, only_enroll_once)| {
+                    Program {
+                        id,
+                        uid,
+                        code,
+                        name,
+                        tracked_entity_type_id,
+                        access_level,
+                        only_enroll_once,
+                    }
+                },
+            )
             .collect();
 
         let stage_des: Vec<(i64, i64)> = program_stage_data_element::table
-            .select((program_stage_data_element::program_stage_id, program_stage_data_element::data_element_id))
-            .order((program_stage_data_element::program_stage_id, program_stage_data_element::sort_order.asc().nulls_last()))
+            .select((
+                program_stage_data_element::program_stage_id,
+                program_stage_data_element::data_element_id,
+            ))
+            .order((
+                program_stage_data_element::program_stage_id,
+                program_stage_data_element::sort_order.asc().nulls_last(),
+            ))
             .load(conn)?;
         let stages = program_stage::table
             .select((
@@ -253,21 +350,38 @@ impl Metadata {
                 program_stage::program_id,
                 program_stage::repeatable,
             ))
-            .order((program_stage::program_id, program_stage::sort_order.asc().nulls_last()))
+            .order((
+                program_stage::program_id,
+                program_stage::sort_order.asc().nulls_last(),
+            ))
             .load::<(i64, String, Option<String>, String, i64, bool)>(conn)?
             .into_iter()
-            .map(|(id, uid, code, name, program_id, repeatable)| ProgramStage {
-                id,
-                uid,
-                code,
-                name,
-                program_id,
-                repeatable,
-                data_element_ids: stage_des.iter().filter(|s| s.0 == id).map(|s| s.1).collect(),
-            })
+            .map(
+                |(id, uid, code, name, program_id, repeatable)| ProgramStage {
+                    id,
+                    uid,
+                    code,
+                    name,
+                    program_id,
+                    repeatable,
+                    data_element_ids: stage_des
+                        .iter()
+                        .filter(|s| s.0 == id)
+                        .map(|s| s.1)
+                        .collect(),
+                },
+            )
             .collect();
 
-        Ok(Metadata::build(org_units, option_sets, attributes, data_elements, entity_types, programs, stages))
+        Ok(Metadata::build(
+            org_units,
+            option_sets,
+            attributes,
+            data_elements,
+            entity_types,
+            programs,
+            stages,
+        ))
     }
 
     pub fn build(
@@ -291,7 +405,17 @@ impl Metadata {
         for (i, o) in org_units.iter().enumerate() {
             org_index.insert(o.uid.clone(), i);
         }
-        Metadata { org_units, option_sets, attributes, data_elements, entity_types, programs, stages, org_index, org_by_id }
+        Metadata {
+            org_units,
+            option_sets,
+            attributes,
+            data_elements,
+            entity_types,
+            programs,
+            stages,
+            org_index,
+            org_by_id,
+        }
     }
 
     pub fn org_unit(&self, key: &str) -> Option<&OrgUnit> {

@@ -38,7 +38,9 @@ pub fn new_uid() -> String {
 }
 
 pub fn is_uid(s: &str) -> bool {
-    s.len() == 11 && s.as_bytes()[0].is_ascii_alphabetic() && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    s.len() == 11
+        && s.as_bytes()[0].is_ascii_alphabetic()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Lower-case, accent-free form used for FHIR string search ("Nyambura" and "NYAMBÚRA" match).

@@ -37,6 +37,9 @@ pub struct PersonSnapshot {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// One recorded version of a record: (version, operation, when, the record unless deleted).
+pub type VersionOf<T> = (i32, String, DateTime<Utc>, Option<T>);
+
 /// An event, rendered as a FHIR Encounter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::encounters::{open_event, subject};
-use super::model::{DataValueRecord, DataValueSnapshot, EventRecord, PersonRecord};
+use super::model::{DataValueRecord, DataValueSnapshot, EventRecord, PersonRecord, VersionOf};
 use super::{new_uid, Env};
 use crate::error::Error;
 use crate::store::events::{self as store, NewValue};
@@ -20,14 +20,29 @@ fn not_found(uid: &str) -> Error {
 }
 
 /// The event that takes the value: the named Encounter, or the person's event of the day.
-fn target_event(s: &mut Scoped, env: &Env, person: &PersonRecord, w: &ObservationWrite) -> Result<EventRecord, Error> {
+fn target_event(
+    s: &mut Scoped,
+    env: &Env,
+    person: &PersonRecord,
+    w: &ObservationWrite,
+) -> Result<EventRecord, Error> {
     let event = match &w.encounter_uid {
         Some(uid) => {
             let e = store::find_event(s, uid)?
                 .filter(|e| !e.deleted)
-                .ok_or_else(|| Error::rule(format!("Observation.encounter: Encounter/{uid} is not known to this registry"), Some("Observation.encounter".into())))?;
+                .ok_or_else(|| {
+                    Error::rule(
+                        format!(
+                            "Observation.encounter: Encounter/{uid} is not known to this registry"
+                        ),
+                        Some("Observation.encounter".into()),
+                    )
+                })?;
             if e.tracked_entity_id != person.id {
-                return Err(Error::rule(format!("Observation.encounter: Encounter/{uid} is another person's encounter"), Some("Observation.encounter".into())));
+                return Err(Error::rule(
+                    format!("Observation.encounter: Encounter/{uid} is another person's encounter"),
+                    Some("Observation.encounter".into()),
+                ));
             }
             e
         }
@@ -35,20 +50,42 @@ fn target_event(s: &mut Scoped, env: &Env, person: &PersonRecord, w: &Observatio
             let when = w.observed_at.unwrap_or_else(Utc::now);
             match store::event_on_day(s.conn, person.id, w.stage_id, when.date_naive())? {
                 Some(id) => store::lock_event(s.conn, id)?,
-                None => open_event(s, env, person, w.stage_id, person.org_unit_id, "ACTIVE", Some(when), None, None)?,
+                None => open_event(
+                    s,
+                    env,
+                    person,
+                    w.stage_id,
+                    person.org_unit_id,
+                    "ACTIVE",
+                    Some(when),
+                    None,
+                    None,
+                )?,
             }
         }
     };
     let stage = env.md.stages.iter().find(|st| st.id == event.stage_id);
     if let Some(stage) = stage {
         if !stage.data_element_ids.contains(&w.data_element_id) {
-            let de = env.md.data_elements.iter().find(|d| d.id == w.data_element_id).map(|d| d.name.as_str()).unwrap_or("?");
+            let de = env
+                .md
+                .data_elements
+                .iter()
+                .find(|d| d.id == w.data_element_id)
+                .map(|d| d.name.as_str())
+                .unwrap_or("?");
             return Err(Error::rule(format!("{de} is not recorded in stage {} (Encounter/{}); send it with an encounter whose stage records it", stage.name, event.uid), Some("Observation.code".into())));
         }
     }
-    let ou = env.md.org_unit_by_id(event.org_unit_id).ok_or_else(|| Error::Internal("org unit missing".into()))?;
+    let ou = env
+        .md
+        .org_unit_by_id(event.org_unit_id)
+        .ok_or_else(|| Error::Internal("org unit missing".into()))?;
     if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!("you may not record observations at {} (Organization/{})", ou.name, ou.uid)));
+        return Err(Error::Forbidden(format!(
+            "you may not record observations at {} (Organization/{})",
+            ou.name, ou.uid
+        )));
     }
     Ok(event)
 }
@@ -56,7 +93,13 @@ fn target_event(s: &mut Scoped, env: &Env, person: &PersonRecord, w: &Observatio
 fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
     serde_json::to_value(DataValueSnapshot {
         event: d.event_uid.clone(),
-        data_element: env.md.data_elements.iter().find(|x| x.id == d.data_element_id).map(|x| x.uid.clone()).unwrap_or_default(),
+        data_element: env
+            .md
+            .data_elements
+            .iter()
+            .find(|x| x.id == d.data_element_id)
+            .map(|x| x.uid.clone())
+            .unwrap_or_default(),
         value: d.value.clone(),
         observed_at: d.observed_at,
         tracked_entity: d.tracked_entity_uid.clone(),
@@ -64,23 +107,51 @@ fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
     .unwrap_or_default()
 }
 
-fn record<'a>(s: &mut Scoped, env: &Env, d: &'a DataValueRecord, operation: &str, mut inbound: Inbound<'a>) -> Result<(), Error> {
+fn record<'a>(
+    s: &mut Scoped,
+    env: &Env,
+    d: &'a DataValueRecord,
+    operation: &str,
+    mut inbound: Inbound<'a>,
+) -> Result<(), Error> {
     logs::record_change(
         s.conn,
         s.ctx,
-        Change { resource_type: TYPE, uid: &d.uid, version: d.version, operation, at: d.last_updated, mapping_version: &env.mappings.version, state: Some(snapshot(env, d)) },
+        Change {
+            resource_type: TYPE,
+            uid: &d.uid,
+            version: d.version,
+            operation,
+            at: d.last_updated,
+            mapping_version: &env.mappings.version,
+            state: Some(snapshot(env, d)),
+        },
     )?;
     inbound.uid = Some(&d.uid);
     logs::record_inbound(s.conn, s.ctx, inbound)
 }
 
-pub fn create(s: &mut Scoped, env: &Env, w: &ObservationWrite, inbound: Inbound) -> Result<DataValueRecord, Error> {
+pub fn create(
+    s: &mut Scoped,
+    env: &Env,
+    w: &ObservationWrite,
+    inbound: Inbound,
+) -> Result<DataValueRecord, Error> {
     let person = subject(s, env, TYPE, &w.patient_uid)?;
     let event = target_event(s, env, &person, w)?;
     let now = Utc::now();
     let uid = new_uid();
     let observed_at = w.observed_at.or(event.occurred_at);
-    let nv = NewValue { uid: &uid, event_id: event.id, data_element_id: w.data_element_id, tracked_entity_id: person.id, value: &w.value, value_num: w.value_num, observed_at, now };
+    let nv = NewValue {
+        uid: &uid,
+        event_id: event.id,
+        data_element_id: w.data_element_id,
+        tracked_entity_id: person.id,
+        value: &w.value,
+        value_num: w.value_num,
+        observed_at,
+        now,
+    };
     let id = store::insert_value(s.conn, &nv)?;
     let d = DataValueRecord {
         id,
@@ -100,7 +171,14 @@ pub fn create(s: &mut Scoped, env: &Env, w: &ObservationWrite, inbound: Inbound)
     Ok(d)
 }
 
-pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &ObservationWrite, inbound: Inbound) -> Result<DataValueRecord, Error> {
+pub fn update(
+    s: &mut Scoped,
+    env: &Env,
+    uid: &str,
+    if_match: Option<i32>,
+    w: &ObservationWrite,
+    inbound: Inbound,
+) -> Result<DataValueRecord, Error> {
     let visible = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
     let current = store::lock_value(s.conn, visible.id)?;
     if let Some(v) = if_match {
@@ -109,7 +187,13 @@ pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &O
         }
     }
     if w.patient_uid != current.tracked_entity_uid {
-        return Err(Error::rule(format!("Observation/{uid} belongs to Patient/{}; it cannot move to another person", current.tracked_entity_uid), Some("Observation.subject".into())));
+        return Err(Error::rule(
+            format!(
+                "Observation/{uid} belongs to Patient/{}; it cannot move to another person",
+                current.tracked_entity_uid
+            ),
+            Some("Observation.subject".into()),
+        ));
     }
     let person = subject(s, env, TYPE, &w.patient_uid)?;
     let mut w = w.clone();
@@ -120,9 +204,28 @@ pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, w: &O
     let now = Utc::now();
     let version = current.version + 1;
     let observed_at = w.observed_at.or(event.occurred_at);
-    let nv = NewValue { uid, event_id: event.id, data_element_id: w.data_element_id, tracked_entity_id: person.id, value: &w.value, value_num: w.value_num, observed_at, now };
+    let nv = NewValue {
+        uid,
+        event_id: event.id,
+        data_element_id: w.data_element_id,
+        tracked_entity_id: person.id,
+        value: &w.value,
+        value_num: w.value_num,
+        observed_at,
+        now,
+    };
     store::update_value(s.conn, current.id, &nv, version)?;
-    let d = DataValueRecord { version, last_updated: now, event_id: event.id, event_uid: event.uid, data_element_id: w.data_element_id, value: w.value.clone(), observed_at, deleted: false, ..current };
+    let d = DataValueRecord {
+        version,
+        last_updated: now,
+        event_id: event.id,
+        event_uid: event.uid,
+        data_element_id: w.data_element_id,
+        value: w.value.clone(),
+        observed_at,
+        deleted: false,
+        ..current
+    };
     record(s, env, &d, "update", inbound)?;
     Ok(d)
 }
@@ -134,26 +237,53 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
         return Ok(None);
     }
     let event = store::lock_event(s.conn, current.event_id)?;
-    let ou = env.md.org_unit_by_id(event.org_unit_id).ok_or_else(|| Error::Internal("org unit missing".into()))?;
+    let ou = env
+        .md
+        .org_unit_by_id(event.org_unit_id)
+        .ok_or_else(|| Error::Internal("org unit missing".into()))?;
     if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!("you may not delete observations recorded at {}", ou.name)));
+        return Err(Error::Forbidden(format!(
+            "you may not delete observations recorded at {}",
+            ou.name
+        )));
     }
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_value_deleted(s.conn, current.id, version, now)?;
-    logs::record_change(s.conn, s.ctx, Change { resource_type: TYPE, uid, version, operation: "delete", at: now, mapping_version: &env.mappings.version, state: None })?;
+    logs::record_change(
+        s.conn,
+        s.ctx,
+        Change {
+            resource_type: TYPE,
+            uid,
+            version,
+            operation: "delete",
+            at: now,
+            mapping_version: &env.mappings.version,
+            state: None,
+        },
+    )?;
     Ok(Some(version))
 }
 
 pub fn read(s: &mut Scoped, uid: &str) -> Result<DataValueRecord, Error> {
     let d = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
     if d.deleted {
-        return Err(Error::Gone(format!("Observation/{uid} was deleted (version {})", d.version)));
+        return Err(Error::Gone(format!(
+            "Observation/{uid} was deleted (version {})",
+            d.version
+        )));
     }
     Ok(d)
 }
 
-fn from_snapshot(env: &Env, current: &DataValueRecord, version: i32, at: DateTime<Utc>, state: Option<serde_json::Value>) -> Option<DataValueRecord> {
+fn from_snapshot(
+    env: &Env,
+    current: &DataValueRecord,
+    version: i32,
+    at: DateTime<Utc>,
+    state: Option<serde_json::Value>,
+) -> Option<DataValueRecord> {
     let snap: DataValueSnapshot = serde_json::from_value(state?).ok()?;
     Some(DataValueRecord {
         version,
@@ -169,19 +299,34 @@ fn from_snapshot(env: &Env, current: &DataValueRecord, version: i32, at: DateTim
 
 pub fn vread(s: &mut Scoped, env: &Env, uid: &str, version: i32) -> Result<DataValueRecord, Error> {
     let current = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?.ok_or_else(|| Error::NotFound(format!("Observation/{uid} has no version {version}")))?;
+    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?
+        .ok_or_else(|| Error::NotFound(format!("Observation/{uid} has no version {version}")))?;
     if op == "delete" {
-        return Err(Error::Gone(format!("version {version} of Observation/{uid} is its deletion")));
+        return Err(Error::Gone(format!(
+            "version {version} of Observation/{uid} is its deletion"
+        )));
     }
-    from_snapshot(env, &current, v, at, state).ok_or_else(|| Error::Internal(format!("unreadable snapshot of Observation/{uid} version {version}")))
+    from_snapshot(env, &current, v, at, state).ok_or_else(|| {
+        Error::Internal(format!(
+            "unreadable snapshot of Observation/{uid} version {version}"
+        ))
+    })
 }
 
-pub fn history(s: &mut Scoped, env: &Env, uid: &str) -> Result<Vec<(i32, String, DateTime<Utc>, Option<DataValueRecord>)>, Error> {
+pub fn history(
+    s: &mut Scoped,
+    env: &Env,
+    uid: &str,
+) -> Result<Vec<VersionOf<DataValueRecord>>, Error> {
     let current = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
     Ok(logs::versions(s.conn, TYPE, uid)?
         .into_iter()
         .map(|(v, op, at, state)| {
-            let rec = if op == "delete" { None } else { from_snapshot(env, &current, v, at, state) };
+            let rec = if op == "delete" {
+                None
+            } else {
+                from_snapshot(env, &current, v, at, state)
+            };
             (v, op, at, rec)
         })
         .collect())

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use super::model::{PersonRecord, PersonSnapshot};
+use super::model::{PersonRecord, PersonSnapshot, VersionOf};
 use super::{new_uid, search_form, Env};
 use crate::error::Error;
 use crate::store::logs::{self, Change, Inbound};
@@ -16,39 +16,72 @@ const TYPE: &str = "Patient";
 
 fn snapshot(env: &Env, p: &PersonRecord) -> serde_json::Value {
     let s = PersonSnapshot {
-        org_unit: env.md.org_unit_by_id(p.org_unit_id).map(|o| o.uid.clone()).unwrap_or_default(),
+        org_unit: env
+            .md
+            .org_unit_by_id(p.org_unit_id)
+            .map(|o| o.uid.clone())
+            .unwrap_or_default(),
         inactive: p.inactive,
-        attributes: p.values.iter().filter_map(|(id, v)| Some((env.md.attribute_by_id(*id)?.uid.clone(), v.clone()))).collect(),
+        attributes: p
+            .values
+            .iter()
+            .filter_map(|(id, v)| Some((env.md.attribute_by_id(*id)?.uid.clone(), v.clone())))
+            .collect(),
     };
     serde_json::to_value(s).unwrap_or_default()
 }
 
 /// Rebuilds a record of an earlier version from its change-log snapshot.
-pub fn from_snapshot(env: &Env, current: &PersonRecord, version: i32, at: chrono::DateTime<Utc>, state: Option<serde_json::Value>) -> Option<PersonRecord> {
+pub fn from_snapshot(
+    env: &Env,
+    current: &PersonRecord,
+    version: i32,
+    at: chrono::DateTime<Utc>,
+    state: Option<serde_json::Value>,
+) -> Option<PersonRecord> {
     let s: PersonSnapshot = serde_json::from_value(state?).ok()?;
     Some(PersonRecord {
         id: current.id,
         uid: current.uid.clone(),
         version,
         last_updated: at,
-        org_unit_id: env.md.org_unit(&s.org_unit).map(|o| o.id).unwrap_or(current.org_unit_id),
+        org_unit_id: env
+            .md
+            .org_unit(&s.org_unit)
+            .map(|o| o.id)
+            .unwrap_or(current.org_unit_id),
         inactive: s.inactive,
         deleted: false,
-        values: s.attributes.iter().filter_map(|(uid, v)| Some((env.md.attribute(uid)?.id, v.clone()))).collect(),
+        values: s
+            .attributes
+            .iter()
+            .filter_map(|(uid, v)| Some((env.md.attribute(uid)?.id, v.clone())))
+            .collect(),
     })
 }
 
 /// Resolves the owning org unit and checks that the caller may write there.
-fn owner(s: &Scoped, env: &Env, input: &PatientWrite, default_org_unit: Option<i64>) -> Result<i64, Error> {
+fn owner(
+    s: &Scoped,
+    env: &Env,
+    input: &PatientWrite,
+    default_org_unit: Option<i64>,
+) -> Result<i64, Error> {
     let id = input.org_unit_id.or(default_org_unit).ok_or_else(|| {
         Error::rule(
             "Patient.managingOrganization is required: every person in the registry is owned by an org unit (reference an Organization of this server)",
             Some("Patient.managingOrganization".into()),
         )
     })?;
-    let ou = env.md.org_unit_by_id(id).ok_or_else(|| Error::Internal(format!("org unit id {id} missing from metadata")))?;
+    let ou = env
+        .md
+        .org_unit_by_id(id)
+        .ok_or_else(|| Error::Internal(format!("org unit id {id} missing from metadata")))?;
     if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!("you may not register or change people owned by {} (Organization/{})", ou.name, ou.uid)));
+        return Err(Error::Forbidden(format!(
+            "you may not register or change people owned by {} (Organization/{})",
+            ou.name, ou.uid
+        )));
     }
     Ok(id)
 }
@@ -61,20 +94,35 @@ fn rows<'a>(env: &Env, input: &'a PatientWrite) -> Vec<ValueRow<'a>> {
             attribute_id: v.attribute_id,
             value: &v.value,
             search_value: search_form(&v.value),
-            is_unique: env.md.attribute_by_id(v.attribute_id).is_some_and(|a| a.unique),
+            is_unique: env
+                .md
+                .attribute_by_id(v.attribute_id)
+                .is_some_and(|a| a.unique),
         })
         .collect()
 }
 
 /// Turns the database's unique-index refusal into a message naming the attribute and element.
 fn unique_conflict(env: &Env, input: &PatientWrite, e: Error) -> Error {
-    let Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) = &e else { return e };
+    let Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) = &e
+    else {
+        return e;
+    };
     if info.constraint_name() != Some("teav_unique_value_idx") {
         return e;
     }
     // Detail reads `Key (attribute_id, value)=(<id>, <value>) already exists.`
-    let attr_id = info.details().and_then(|d| d.split("=(").nth(1)).and_then(|d| d.split(',').next()).and_then(|d| d.trim().parse::<i64>().ok());
-    let found = attr_id.and_then(|id| Some((env.md.attribute_by_id(id)?, input.values.iter().find(|v| v.attribute_id == id)?)));
+    let attr_id = info
+        .details()
+        .and_then(|d| d.split("=(").nth(1))
+        .and_then(|d| d.split(',').next())
+        .and_then(|d| d.trim().parse::<i64>().ok());
+    let found = attr_id.and_then(|id| {
+        Some((
+            env.md.attribute_by_id(id)?,
+            input.values.iter().find(|v| v.attribute_id == id)?,
+        ))
+    });
     match found {
         Some((attr, v)) => Error::Conflict {
             message: format!("{}: this {} is already registered to another person; a {} identifies one person only", v.expression, attr.name, attr.name),
@@ -89,12 +137,26 @@ pub struct Written {
     pub created: bool,
 }
 
-pub fn create(s: &mut Scoped, env: &Env, input: &PatientWrite, default_org_unit: Option<i64>, inbound: Inbound) -> Result<Written, Error> {
+pub fn create(
+    s: &mut Scoped,
+    env: &Env,
+    input: &PatientWrite,
+    default_org_unit: Option<i64>,
+    inbound: Inbound,
+) -> Result<Written, Error> {
     let org_unit_id = owner(s, env, input, default_org_unit)?;
     let now = Utc::now();
     let uid = new_uid();
-    let id = store::insert(s.conn, &uid, env.mappings.patient.entity_type_id, org_unit_id, input.inactive, now)?;
-    store::replace_values(s.conn, id, &[], &rows(env, input), now).map_err(|e| unique_conflict(env, input, e))?;
+    let id = store::insert(
+        s.conn,
+        &uid,
+        env.mappings.patient.entity_type_id,
+        org_unit_id,
+        input.inactive,
+        now,
+    )?;
+    store::replace_values(s.conn, id, &[], &rows(env, input), now)
+        .map_err(|e| unique_conflict(env, input, e))?;
     let record = PersonRecord {
         id,
         uid: uid.clone(),
@@ -103,47 +165,106 @@ pub fn create(s: &mut Scoped, env: &Env, input: &PatientWrite, default_org_unit:
         org_unit_id,
         inactive: input.inactive,
         deleted: false,
-        values: input.values.iter().map(|v| (v.attribute_id, v.value.clone())).collect(),
+        values: input
+            .values
+            .iter()
+            .map(|v| (v.attribute_id, v.value.clone()))
+            .collect(),
     };
     finish(s, env, &record, "create", inbound)?;
-    Ok(Written { record, created: true })
+    Ok(Written {
+        record,
+        created: true,
+    })
 }
 
 /// Replaces the mapped attributes of the person `uid`. `if_match` is the version the client saw.
-pub fn update(s: &mut Scoped, env: &Env, uid: &str, if_match: Option<i32>, input: &PatientWrite, default_org_unit: Option<i64>, inbound: Inbound) -> Result<Written, Error> {
-    let current = store::find_for_update(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
+pub fn update(
+    s: &mut Scoped,
+    env: &Env,
+    uid: &str,
+    if_match: Option<i32>,
+    input: &PatientWrite,
+    default_org_unit: Option<i64>,
+    inbound: Inbound,
+) -> Result<Written, Error> {
+    let current = store::find_for_update(s, env.mappings.patient.entity_type_id, uid)?
+        .ok_or_else(|| not_found(uid))?;
     if let Some(expected) = if_match {
         if expected != current.version {
             return Err(Error::PreconditionFailed(format!("Patient/{uid} is at version {}, not {expected}: read it again and reapply your change", current.version)));
         }
     }
-    let current_ou = env.md.org_unit_by_id(current.org_unit_id).map(|o| o.path.as_str()).unwrap_or_default();
+    let current_ou = env
+        .md
+        .org_unit_by_id(current.org_unit_id)
+        .map(|o| o.path.as_str())
+        .unwrap_or_default();
     if !s.ctx.capture.contains(current_ou) {
-        return Err(Error::Forbidden(format!("you may read Patient/{uid} but not change it: it is owned outside your org units")));
+        return Err(Error::Forbidden(format!(
+            "you may read Patient/{uid} but not change it: it is owned outside your org units"
+        )));
     }
-    let org_unit_id = owner(s, env, input, Some(current.org_unit_id).or(default_org_unit))?;
+    let org_unit_id = owner(
+        s,
+        env,
+        input,
+        Some(current.org_unit_id).or(default_org_unit),
+    )?;
     let now = Utc::now();
     let version = current.version + 1;
-    store::update(s.conn, current.id, org_unit_id, input.inactive, version, now)?;
+    store::update(
+        s.conn,
+        current.id,
+        org_unit_id,
+        input.inactive,
+        version,
+        now,
+    )?;
     let mapped = env.mappings.patient.attribute_ids();
-    store::replace_values(s.conn, current.id, &mapped, &rows(env, input), now).map_err(|e| unique_conflict(env, input, e))?;
+    store::replace_values(s.conn, current.id, &mapped, &rows(env, input), now)
+        .map_err(|e| unique_conflict(env, input, e))?;
     let mut values = current.values.clone();
     values.retain(|k, _| !mapped.contains(k));
-    values.extend(input.values.iter().map(|v| (v.attribute_id, v.value.clone())));
-    let record = PersonRecord { id: current.id, uid: current.uid, version, last_updated: now, org_unit_id, inactive: input.inactive, deleted: false, values };
+    values.extend(
+        input
+            .values
+            .iter()
+            .map(|v| (v.attribute_id, v.value.clone())),
+    );
+    let record = PersonRecord {
+        id: current.id,
+        uid: current.uid,
+        version,
+        last_updated: now,
+        org_unit_id,
+        inactive: input.inactive,
+        deleted: false,
+        values,
+    };
     finish(s, env, &record, "update", inbound)?;
-    Ok(Written { record, created: false })
+    Ok(Written {
+        record,
+        created: false,
+    })
 }
 
 /// Soft-deletes the person. Returns the new version, or None when it was already deleted.
 pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error> {
-    let current = store::find_for_update(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
+    let current = store::find_for_update(s, env.mappings.patient.entity_type_id, uid)?
+        .ok_or_else(|| not_found(uid))?;
     if current.deleted {
         return Ok(None);
     }
-    let path = env.md.org_unit_by_id(current.org_unit_id).map(|o| o.path.as_str()).unwrap_or_default();
+    let path = env
+        .md
+        .org_unit_by_id(current.org_unit_id)
+        .map(|o| o.path.as_str())
+        .unwrap_or_default();
     if !s.ctx.capture.contains(path) {
-        return Err(Error::Forbidden(format!("you may read Patient/{uid} but not delete it: it is owned outside your org units")));
+        return Err(Error::Forbidden(format!(
+            "you may read Patient/{uid} but not delete it: it is owned outside your org units"
+        )));
     }
     let live = crate::store::events::live_events_of_person(s.conn, current.id)?;
     if live > 0 {
@@ -155,12 +276,26 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     logs::record_change(
         s.conn,
         s.ctx,
-        Change { resource_type: TYPE, uid, version, operation: "delete", at: now, mapping_version: &env.mappings.version, state: None },
+        Change {
+            resource_type: TYPE,
+            uid,
+            version,
+            operation: "delete",
+            at: now,
+            mapping_version: &env.mappings.version,
+            state: None,
+        },
     )?;
     Ok(Some(version))
 }
 
-fn finish<'a>(s: &mut Scoped, env: &Env, record: &'a PersonRecord, operation: &str, mut inbound: Inbound<'a>) -> Result<(), Error> {
+fn finish<'a>(
+    s: &mut Scoped,
+    env: &Env,
+    record: &'a PersonRecord,
+    operation: &str,
+    mut inbound: Inbound<'a>,
+) -> Result<(), Error> {
     logs::record_change(
         s.conn,
         s.ctx,
@@ -184,30 +319,51 @@ fn not_found(uid: &str) -> Error {
 
 /// The current state; 404 when unknown or out of scope, 410 when deleted.
 pub fn read(s: &mut Scoped, env: &Env, uid: &str) -> Result<PersonRecord, Error> {
-    let p = store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
+    let p =
+        store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
     if p.deleted {
-        return Err(Error::Gone(format!("Patient/{uid} was deleted (version {})", p.version)));
+        return Err(Error::Gone(format!(
+            "Patient/{uid} was deleted (version {})",
+            p.version
+        )));
     }
     Ok(p)
 }
 
 /// One version, rebuilt from the change log. 410 for the version that records a deletion.
 pub fn vread(s: &mut Scoped, env: &Env, uid: &str, version: i32) -> Result<PersonRecord, Error> {
-    let current = store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
-    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?.ok_or_else(|| Error::NotFound(format!("Patient/{uid} has no version {version}")))?;
+    let current =
+        store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
+    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?
+        .ok_or_else(|| Error::NotFound(format!("Patient/{uid} has no version {version}")))?;
     if op == "delete" {
-        return Err(Error::Gone(format!("version {version} of Patient/{uid} is its deletion")));
+        return Err(Error::Gone(format!(
+            "version {version} of Patient/{uid} is its deletion"
+        )));
     }
-    from_snapshot(env, &current, v, at, state).ok_or_else(|| Error::Internal(format!("unreadable snapshot of Patient/{uid} version {version}")))
+    from_snapshot(env, &current, v, at, state).ok_or_else(|| {
+        Error::Internal(format!(
+            "unreadable snapshot of Patient/{uid} version {version}"
+        ))
+    })
 }
 
 /// Every version, newest first: (record or None for a deletion, operation).
-pub fn history(s: &mut Scoped, env: &Env, uid: &str) -> Result<Vec<(i32, String, chrono::DateTime<Utc>, Option<PersonRecord>)>, Error> {
-    let current = store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
+pub fn history(
+    s: &mut Scoped,
+    env: &Env,
+    uid: &str,
+) -> Result<Vec<VersionOf<PersonRecord>>, Error> {
+    let current =
+        store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
     Ok(logs::versions(s.conn, TYPE, uid)?
         .into_iter()
         .map(|(v, op, at, state)| {
-            let rec = if op == "delete" { None } else { from_snapshot(env, &current, v, at, state) };
+            let rec = if op == "delete" {
+                None
+            } else {
+                from_snapshot(env, &current, v, at, state)
+            };
             (v, op, at, rec)
         })
         .collect())

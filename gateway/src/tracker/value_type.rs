@@ -99,28 +99,41 @@ impl ValueType {
         if v.is_empty() {
             return Err("is empty".into());
         }
-        let int = |v: &str| v.parse::<i64>().map_err(|_| format!("`{v}` is not a whole number"));
+        let int = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| format!("`{v}` is not a whole number"))
+        };
         match self {
-            ValueType::Text | ValueType::LongText | ValueType::Other | ValueType::Url => Ok(v.to_string()),
+            ValueType::Text | ValueType::LongText | ValueType::Other | ValueType::Url => {
+                Ok(v.to_string())
+            }
             ValueType::Letter if v.chars().count() == 1 => Ok(v.to_string()),
             ValueType::Letter => Err(format!("`{v}` is not a single letter")),
             ValueType::PhoneNumber => {
-                let ok = v.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c))
+                let ok = v
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-().".contains(c))
                     && v.chars().filter(char::is_ascii_digit).count() >= 3;
                 if ok {
                     Ok(v.to_string())
                 } else {
-                    Err(format!("`{v}` is not a phone number (digits, spaces, + - ( ) only)"))
+                    Err(format!(
+                        "`{v}` is not a phone number (digits, spaces, + - ( ) only)"
+                    ))
                 }
             }
-            ValueType::Email if v.contains('@') && !v.contains(char::is_whitespace) => Ok(v.to_string()),
+            ValueType::Email if v.contains('@') && !v.contains(char::is_whitespace) => {
+                Ok(v.to_string())
+            }
             ValueType::Email => Err(format!("`{v}` is not an e-mail address")),
             ValueType::Boolean => match v {
                 "true" | "false" => Ok(v.to_string()),
                 _ => Err(format!("`{v}` is not true or false")),
             },
             ValueType::TrueOnly if v == "true" => Ok(v.to_string()),
-            ValueType::TrueOnly => Err(format!("`{v}` is not true (the only value this attribute takes)")),
+            ValueType::TrueOnly => Err(format!(
+                "`{v}` is not true (the only value this attribute takes)"
+            )),
             ValueType::Date | ValueType::Age => check_partial_date(v).map(|_| v.to_string()),
             ValueType::DateTime => chrono::DateTime::parse_from_rfc3339(v)
                 .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
@@ -135,8 +148,12 @@ impl ValueType {
                     return Err(format!("`{v}` is not a finite number"));
                 }
                 match self {
-                    ValueType::UnitInterval if !(0.0..=1.0).contains(&n) => Err(format!("{v} is not between 0 and 1")),
-                    ValueType::Percentage if !(0.0..=100.0).contains(&n) => Err(format!("{v} is not between 0 and 100")),
+                    ValueType::UnitInterval if !(0.0..=1.0).contains(&n) => {
+                        Err(format!("{v} is not between 0 and 1"))
+                    }
+                    ValueType::Percentage if !(0.0..=100.0).contains(&n) => {
+                        Err(format!("{v} is not between 0 and 100"))
+                    }
                     _ => Ok(format_number(n)),
                 }
             }
@@ -172,7 +189,11 @@ pub fn format_number(n: f64) -> String {
 pub fn check_partial_date(v: &str) -> Result<(), String> {
     let bad = || format!("`{v}` is not a date (YYYY, YYYY-MM or YYYY-MM-DD)");
     let parts: Vec<&str> = v.split('-').collect();
-    let num = |s: &str, len: usize| (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<u32>().ok()).flatten();
+    let num = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
     match parts.as_slice() {
         [y] => num(y, 4).map(|_| ()).ok_or_else(bad),
         [y, m] => match (num(y, 4), num(m, 2)) {

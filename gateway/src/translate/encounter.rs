@@ -32,7 +32,10 @@ pub fn parse_date_time(s: &str) -> Option<DateTime<Utc>> {
         7 => format!("{s}-01"),
         _ => s.to_string(),
     };
-    chrono::NaiveDate::parse_from_str(&padded, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc())
+    chrono::NaiveDate::parse_from_str(&padded, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
@@ -49,14 +52,20 @@ pub fn subject_uid(r: &mut Reader, problems: &mut Vec<Issue>) -> Option<String> 
             Some(uid.to_string())
         }
         None => {
-            let what = reference.map(|x| format!("`{x}` is not a Patient reference")).unwrap_or_else(|| "is missing".into());
+            let what = reference
+                .map(|x| format!("`{x}` is not a Patient reference"))
+                .unwrap_or_else(|| "is missing".into());
             problems.push(Issue::error("required", format!("{}.subject {what}: every {} belongs to a Patient of this registry (subject: Patient/<id>)", r.resource_type, r.resource_type), Some(r.expr("subject"))));
             None
         }
     }
 }
 
-pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<EncounterWrite, Error> {
+pub fn to_tracker(
+    resource: &Value,
+    m: &MappingSet,
+    md: &Metadata,
+) -> Result<EncounterWrite, Error> {
     let mut r = Reader::new(resource, "Encounter");
     let mut problems = Vec::new();
     r.consume("meta.versionId");
@@ -68,7 +77,13 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
     let mut stage_id = None;
     if let Some(types) = resource.get("type").and_then(Value::as_array) {
         'outer: for (i, t) in types.iter().enumerate() {
-            for (j, c) in t.get("coding").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, c) in t
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 if let (Some(sys), Some(code)) = (str_at(c, "system"), str_at(c, "code")) {
                     if let Some(s) = map.stage_for_type(sys, code) {
                         stage_id = Some(s);
@@ -87,7 +102,9 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
             if stage_id.is_none() {
                 stage_id = map.stage_for_class(sys, code);
             }
-            if map.stage_for_class(sys, code).is_some() || (sys == map.class.system && code == map.class.code) {
+            if map.stage_for_class(sys, code).is_some()
+                || (sys == map.class.system && code == map.class.code)
+            {
                 r.consume("class");
             }
         }
@@ -98,10 +115,25 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .flat_map(|t| t.get("coding").and_then(Value::as_array).into_iter().flatten())
-            .map(|c| format!("{}|{}", str_at(c, "system").unwrap_or(""), str_at(c, "code").unwrap_or("")))
+            .flat_map(|t| {
+                t.get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+            })
+            .map(|c| {
+                format!(
+                    "{}|{}",
+                    str_at(c, "system").unwrap_or(""),
+                    str_at(c, "code").unwrap_or("")
+                )
+            })
             .collect();
-        let known: Vec<String> = map.types.iter().map(|t| format!("{}|{}", t.coding.system, t.coding.code)).collect();
+        let known: Vec<String> = map
+            .types
+            .iter()
+            .map(|t| format!("{}|{}", t.coding.system, t.coding.code))
+            .collect();
         problems.push(Issue::error(
             "code-invalid",
             format!(
@@ -120,22 +152,38 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
                 e.to_string()
             }
             None => {
-                problems.push(Issue::error("code-invalid", format!("Encounter.status `{s}` has no event status in mappings/encounter.toml"), Some(r.expr("status"))));
+                problems.push(Issue::error(
+                    "code-invalid",
+                    format!(
+                        "Encounter.status `{s}` has no event status in mappings/encounter.toml"
+                    ),
+                    Some(r.expr("status")),
+                ));
                 String::new()
             }
         },
         None => {
-            problems.push(Issue::error("required", "Encounter.status is required", Some(r.expr("status"))));
+            problems.push(Issue::error(
+                "required",
+                "Encounter.status is required",
+                Some(r.expr("status")),
+            ));
             String::new()
         }
     };
 
     let when = |path: &str, r: &mut Reader, problems: &mut Vec<Issue>| -> Option<DateTime<Utc>> {
-        let raw = resource.pointer(&format!("/{}", path.replace('.', "/"))).and_then(Value::as_str)?;
+        let raw = resource
+            .pointer(&format!("/{}", path.replace('.', "/")))
+            .and_then(Value::as_str)?;
         r.consume(path);
         let parsed = parse_date_time(raw);
         if parsed.is_none() {
-            problems.push(Issue::error("value", format!("Encounter.{path} `{raw}` is not a dateTime"), Some(r.expr(path))));
+            problems.push(Issue::error(
+                "value",
+                format!("Encounter.{path} `{raw}` is not a dateTime"),
+                Some(r.expr(path)),
+            ));
         }
         parsed
     };
@@ -143,14 +191,26 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
     let completed_at = when("period.end", &mut r, &mut problems);
 
     let mut org_unit_id = None;
-    if let Some(reference) = resource.get("serviceProvider").and_then(|s| str_at(s, "reference")) {
+    if let Some(reference) = resource
+        .get("serviceProvider")
+        .and_then(|s| str_at(s, "reference"))
+    {
         r.consume("serviceProvider");
         match reference_id(reference, "Organization").and_then(|id| md.org_unit(id)) {
             Some(ou) => org_unit_id = Some(ou.id),
-            None => problems.push(Issue::error("business-rule", format!("Encounter.serviceProvider `{reference}` is not an org unit of this registry"), Some(r.expr("serviceProvider")))),
+            None => problems.push(Issue::error(
+                "business-rule",
+                format!(
+                    "Encounter.serviceProvider `{reference}` is not an org unit of this registry"
+                ),
+                Some(r.expr("serviceProvider")),
+            )),
         }
     }
-    if let Some(reference) = resource.pointer("/location/0/location/reference").and_then(Value::as_str) {
+    if let Some(reference) = resource
+        .pointer("/location/0/location/reference")
+        .and_then(Value::as_str)
+    {
         match reference_id(reference, "Location").and_then(|id| md.org_unit(id)) {
             Some(ou) if org_unit_id.is_none() || org_unit_id == Some(ou.id) => {
                 org_unit_id = Some(ou.id);
@@ -162,13 +222,22 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Enc
     }
 
     let mut enrollment_uid = None;
-    if let Some(reference) = resource.pointer("/episodeOfCare/0/reference").and_then(Value::as_str) {
+    if let Some(reference) = resource
+        .pointer("/episodeOfCare/0/reference")
+        .and_then(Value::as_str)
+    {
         match reference_id(reference, "EpisodeOfCare") {
             Some(uid) => {
                 r.consume("episodeOfCare[0]");
                 enrollment_uid = Some(uid.to_string());
             }
-            None => problems.push(Issue::error("invalid", format!("Encounter.episodeOfCare[0] `{reference}` is not an EpisodeOfCare reference"), Some(r.expr("episodeOfCare[0]")))),
+            None => problems.push(Issue::error(
+                "invalid",
+                format!(
+                    "Encounter.episodeOfCare[0] `{reference}` is not an EpisodeOfCare reference"
+                ),
+                Some(r.expr("episodeOfCare[0]")),
+            )),
         }
     }
 
@@ -211,8 +280,14 @@ pub fn to_fhir(e: &EventRecord, m: &MappingSet, md: &Metadata) -> Value {
         }
         out.insert("type".into(), json!([ty]));
     }
-    out.insert("subject".into(), json!({ "reference": format!("Patient/{}", e.tracked_entity_uid) }));
-    out.insert("episodeOfCare".into(), json!([{ "reference": format!("EpisodeOfCare/{}", e.enrollment_uid) }]));
+    out.insert(
+        "subject".into(),
+        json!({ "reference": format!("Patient/{}", e.tracked_entity_uid) }),
+    );
+    out.insert(
+        "episodeOfCare".into(),
+        json!([{ "reference": format!("EpisodeOfCare/{}", e.enrollment_uid) }]),
+    );
     let mut period = Map::new();
     if let Some(t) = &e.occurred_at {
         period.insert("start".into(), json!(crate::fhir::instant(t)));
@@ -224,7 +299,10 @@ pub fn to_fhir(e: &EventRecord, m: &MappingSet, md: &Metadata) -> Value {
         out.insert("period".into(), Value::Object(period));
     }
     if let Some(ou) = md.org_unit_by_id(e.org_unit_id) {
-        out.insert("serviceProvider".into(), json!({ "reference": format!("Organization/{}", ou.uid), "display": ou.name }));
+        out.insert(
+            "serviceProvider".into(),
+            json!({ "reference": format!("Organization/{}", ou.uid), "display": ou.name }),
+        );
     }
     Value::Object(out)
 }

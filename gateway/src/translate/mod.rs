@@ -23,7 +23,11 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(root: &'a Value, resource_type: &'static str) -> Self {
-        Reader { root, resource_type, consumed: Vec::new() }
+        Reader {
+            root,
+            resource_type,
+            consumed: Vec::new(),
+        }
     }
 
     /// Marks `path` (e.g. `name[0].family`) and everything below it as used.
@@ -70,7 +74,10 @@ impl<'a> Reader<'a> {
         if !self.has_consumed_below(&path) {
             out.push(Issue::warning(
                 "informational",
-                format!("{} is not held by any mapping and was not stored", self.expr(&path)),
+                format!(
+                    "{} is not held by any mapping and was not stored",
+                    self.expr(&path)
+                ),
                 Some(self.expr(&path)),
             ));
             return;
@@ -117,14 +124,27 @@ mod tests {
         let mut r = Reader::new(&v, "Patient");
         r.consume("name[0].family");
         r.consume("gender");
-        let got: Vec<String> = r.unmapped().into_iter().map(|i| i.expression.unwrap()).collect();
-        assert_eq!(got, vec!["Patient.name[0].prefix", "Patient.name[1]", "Patient.photo"]);
+        let got: Vec<String> = r
+            .unmapped()
+            .into_iter()
+            .map(|i| i.expression.unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec!["Patient.name[0].prefix", "Patient.name[1]", "Patient.photo"]
+        );
     }
 
     #[test]
     fn references_are_parsed() {
-        assert_eq!(reference_id("Organization/abc", "Organization"), Some("abc"));
-        assert_eq!(reference_id("http://h/fhir/Organization/abc", "Organization"), Some("abc"));
+        assert_eq!(
+            reference_id("Organization/abc", "Organization"),
+            Some("abc")
+        );
+        assert_eq!(
+            reference_id("http://h/fhir/Organization/abc", "Organization"),
+            Some("abc")
+        );
         assert_eq!(reference_id("Location/abc", "Organization"), None);
         assert_eq!(reference_id("abc", "Organization"), None);
     }

@@ -32,7 +32,11 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
-pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<ObservationWrite, Error> {
+pub fn to_tracker(
+    resource: &Value,
+    m: &MappingSet,
+    md: &Metadata,
+) -> Result<ObservationWrite, Error> {
     let mut r = Reader::new(resource, "Observation");
     let mut problems = Vec::new();
     r.consume("meta.versionId");
@@ -50,7 +54,13 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
     }
 
     let mut entry = None;
-    for (j, c) in resource.pointer("/code/coding").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (j, c) in resource
+        .pointer("/code/coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if let (Some(sys), Some(code)) = (str_at(c, "system"), str_at(c, "code")) {
             if let Some(e) = m.observation.for_code(sys, code) {
                 entry = Some(e);
@@ -66,7 +76,13 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|c| format!("{}|{}", str_at(c, "system").unwrap_or(""), str_at(c, "code").unwrap_or("")))
+            .map(|c| {
+                format!(
+                    "{}|{}",
+                    str_at(c, "system").unwrap_or(""),
+                    str_at(c, "code").unwrap_or("")
+                )
+            })
             .collect();
         problems.push(Issue::error(
             "code-invalid",
@@ -75,14 +91,26 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
         ));
         return Err(Error::Unprocessable(problems));
     };
-    let Some(de) = md.data_elements.iter().find(|d| d.id == entry.data_element_id) else {
-        return Err(Error::Internal("mapped data element missing from metadata".into()));
+    let Some(de) = md
+        .data_elements
+        .iter()
+        .find(|d| d.id == entry.data_element_id)
+    else {
+        return Err(Error::Internal(
+            "mapped data element missing from metadata".into(),
+        ));
     };
 
     // The category is rendered from the mapping; an input category that says the same is held.
     if let Some(cats) = resource.get("category").and_then(Value::as_array) {
         if cats.len() == 1 {
-            let codes: Vec<&str> = cats[0].get("coding").and_then(Value::as_array).into_iter().flatten().filter_map(|c| str_at(c, "code")).collect();
+            let codes: Vec<&str> = cats[0]
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| str_at(c, "code"))
+                .collect();
             if codes.len() == 1 && entry.category.as_deref() == Some(codes[0]) {
                 r.consume("category");
             }
@@ -90,13 +118,20 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
     }
 
     let mut encounter_uid = None;
-    if let Some(reference) = resource.pointer("/encounter/reference").and_then(Value::as_str) {
+    if let Some(reference) = resource
+        .pointer("/encounter/reference")
+        .and_then(Value::as_str)
+    {
         match reference_id(reference, "Encounter") {
             Some(uid) => {
                 r.consume("encounter");
                 encounter_uid = Some(uid.to_string());
             }
-            None => problems.push(Issue::error("invalid", format!("Observation.encounter `{reference}` is not an Encounter reference"), Some(r.expr("encounter")))),
+            None => problems.push(Issue::error(
+                "invalid",
+                format!("Observation.encounter `{reference}` is not an Encounter reference"),
+                Some(r.expr("encounter")),
+            )),
         }
     }
 
@@ -106,16 +141,27 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
             r.consume(key);
             observed_at = parse_date_time(raw);
             if observed_at.is_none() {
-                problems.push(Issue::error("value", format!("Observation.{key} `{raw}` is not a dateTime"), Some(r.expr(key))));
+                problems.push(Issue::error(
+                    "value",
+                    format!("Observation.{key} `{raw}` is not a dateTime"),
+                    Some(r.expr(key)),
+                ));
             }
         }
     }
     if observed_at.is_none() {
-        if let Some(raw) = resource.pointer("/effectivePeriod/start").and_then(Value::as_str) {
+        if let Some(raw) = resource
+            .pointer("/effectivePeriod/start")
+            .and_then(Value::as_str)
+        {
             r.consume("effectivePeriod.start");
             observed_at = parse_date_time(raw);
             if observed_at.is_none() {
-                problems.push(Issue::error("value", format!("Observation.effectivePeriod.start `{raw}` is not a dateTime"), Some(r.expr("effectivePeriod.start"))));
+                problems.push(Issue::error(
+                    "value",
+                    format!("Observation.effectivePeriod.start `{raw}` is not a dateTime"),
+                    Some(r.expr("effectivePeriod.start")),
+                ));
             }
         }
     }
@@ -126,17 +172,31 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
     if let Some(set_id) = de.option_set_id {
         let set = md.option_set_by_id(set_id);
         let system = entry.value_system.as_deref().unwrap_or_default();
-        let codings = resource.pointer("/valueCodeableConcept/coding").and_then(Value::as_array);
+        let codings = resource
+            .pointer("/valueCodeableConcept/coding")
+            .and_then(Value::as_array);
         match codings {
-            None => problems.push(Issue::error("required", format!("{} holds coded values: send valueCodeableConcept with a {system} coding", de.name), Some(expr_value("value[x]")))),
+            None => problems.push(Issue::error(
+                "required",
+                format!(
+                    "{} holds coded values: send valueCodeableConcept with a {system} coding",
+                    de.name
+                ),
+                Some(expr_value("value[x]")),
+            )),
             Some(codings) => {
                 // The first coding that is an option, directly or through a crosswalk.
                 let option_of = |c: &Value| -> Option<String> {
                     let (sys, code) = (str_at(c, "system")?, str_at(c, "code")?);
-                    let target = if sys == system { code.to_string() } else { m.terminology.translate(sys, code, system)?.code.clone() };
-                    set.is_some_and(|s| s.option(&target).is_some()).then_some(target)
+                    let target = if sys == system {
+                        code.to_string()
+                    } else {
+                        m.terminology.translate(sys, code, system)?.code.clone()
+                    };
+                    set.is_some_and(|s| s.option(&target).is_some())
+                        .then_some(target)
                 };
-                let hit = codings.iter().find_map(|c| option_of(c));
+                let hit = codings.iter().find_map(&option_of);
                 match hit {
                     Some(code) => {
                         // Every coding that says the same thing is held too (it is read back).
@@ -149,7 +209,16 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
                         value = Some(code);
                     }
                     None => {
-                        let sent: Vec<String> = codings.iter().map(|c| format!("{}|{}", str_at(c, "system").unwrap_or(""), str_at(c, "code").unwrap_or(""))).collect();
+                        let sent: Vec<String> = codings
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "{}|{}",
+                                    str_at(c, "system").unwrap_or(""),
+                                    str_at(c, "code").unwrap_or("")
+                                )
+                            })
+                            .collect();
                         problems.push(Issue::error(
                             "code-invalid",
                             format!("Observation.valueCodeableConcept: no coding is a known {} code ({system}); sent: {}", de.name, sent.join(", ")),
@@ -161,42 +230,89 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Obs
         }
     } else if de.value_type.is_numeric() {
         let q = resource.get("valueQuantity");
-        let raw = q.and_then(|q| q.get("value")).and_then(Value::as_f64).or_else(|| resource.get("valueInteger").and_then(Value::as_f64));
+        let raw = q
+            .and_then(|q| q.get("value"))
+            .and_then(Value::as_f64)
+            .or_else(|| resource.get("valueInteger").and_then(Value::as_f64));
         match raw {
-            None => problems.push(Issue::error("required", format!("{} is a number: send valueQuantity (in {})", de.name, de.unit.as_deref().unwrap_or("its unit")), Some(expr_value("value[x]")))),
+            None => problems.push(Issue::error(
+                "required",
+                format!(
+                    "{} is a number: send valueQuantity (in {})",
+                    de.name,
+                    de.unit.as_deref().unwrap_or("its unit")
+                ),
+                Some(expr_value("value[x]")),
+            )),
             Some(n) => {
                 let from = q.and_then(|q| match str_at(q, "system") {
                     Some(UCUM) | None => str_at(q, "code").or_else(|| str_at(q, "unit")),
                     Some(_) => None,
                 });
                 let converted = match (&de.unit, from) {
-                    (Some(to), Some(from)) => units::convert(n, from, to).map_err(|why| format!("Observation.valueQuantity: {why}")),
-                    (Some(to), None) if q.is_some() => Err(format!("Observation.valueQuantity has no UCUM unit; {} is recorded in {to}", de.name)),
+                    (Some(to), Some(from)) => units::convert(n, from, to)
+                        .map_err(|why| format!("Observation.valueQuantity: {why}")),
+                    (Some(to), None) if q.is_some() => Err(format!(
+                        "Observation.valueQuantity has no UCUM unit; {} is recorded in {to}",
+                        de.name
+                    )),
                     _ => Ok(n),
                 };
-                match converted.and_then(|v| de.value_type.normalize(&format_number(v)).map_err(|why| format!("Observation.valueQuantity: {} {why}", de.name))) {
+                match converted.and_then(|v| {
+                    de.value_type
+                        .normalize(&format_number(v))
+                        .map_err(|why| format!("Observation.valueQuantity: {} {why}", de.name))
+                }) {
                     Ok(v) => {
-                        r.consume(if q.is_some() { "valueQuantity" } else { "valueInteger" });
+                        r.consume(if q.is_some() {
+                            "valueQuantity"
+                        } else {
+                            "valueInteger"
+                        });
                         value_num = v.parse::<f64>().ok();
                         value = Some(v);
                     }
-                    Err(message) => problems.push(Issue::error("value", message, Some(expr_value("valueQuantity")))),
+                    Err(message) => problems.push(Issue::error(
+                        "value",
+                        message,
+                        Some(expr_value("valueQuantity")),
+                    )),
                 }
             }
         }
     } else {
         let (key, raw) = match de.value_type {
-            ValueType::Boolean | ValueType::TrueOnly => ("valueBoolean", resource.get("valueBoolean").and_then(Value::as_bool).map(|b| b.to_string())),
-            ValueType::Date | ValueType::DateTime => ("valueDateTime", str_at(resource, "valueDateTime").map(str::to_string)),
-            _ => ("valueString", str_at(resource, "valueString").map(str::to_string)),
+            ValueType::Boolean | ValueType::TrueOnly => (
+                "valueBoolean",
+                resource
+                    .get("valueBoolean")
+                    .and_then(Value::as_bool)
+                    .map(|b| b.to_string()),
+            ),
+            ValueType::Date | ValueType::DateTime => (
+                "valueDateTime",
+                str_at(resource, "valueDateTime").map(str::to_string),
+            ),
+            _ => (
+                "valueString",
+                str_at(resource, "valueString").map(str::to_string),
+            ),
         };
         match raw.map(|v| de.value_type.normalize(&v)) {
             Some(Ok(v)) => {
                 r.consume(key);
                 value = Some(v);
             }
-            Some(Err(why)) => problems.push(Issue::error("value", format!("Observation.{key}: {} {why}", de.name), Some(expr_value(key)))),
-            None => problems.push(Issue::error("required", format!("{} takes {key}", de.name), Some(expr_value("value[x]")))),
+            Some(Err(why)) => problems.push(Issue::error(
+                "value",
+                format!("Observation.{key}: {} {why}", de.name),
+                Some(expr_value(key)),
+            )),
+            None => problems.push(Issue::error(
+                "required",
+                format!("{} takes {key}", de.name),
+                Some(expr_value("value[x]")),
+            )),
         }
     }
 
@@ -224,7 +340,10 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
     let entry = m.observation.for_data_element(d.data_element_id);
     let de = md.data_elements.iter().find(|x| x.id == d.data_element_id);
     if let Some(cat) = entry.and_then(|e| e.category.as_deref()) {
-        out.insert("category".into(), json!([{ "coding": [{ "system": CATEGORY_SYSTEM, "code": cat }] }]));
+        out.insert(
+            "category".into(),
+            json!([{ "coding": [{ "system": CATEGORY_SYSTEM, "code": cat }] }]),
+        );
     }
     let code = match entry {
         Some(e) => {
@@ -237,8 +356,14 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
         None => json!({ "text": de.map(|x| x.name.as_str()).unwrap_or("unmapped data element") }),
     };
     out.insert("code".into(), code);
-    out.insert("subject".into(), json!({ "reference": format!("Patient/{}", d.tracked_entity_uid) }));
-    out.insert("encounter".into(), json!({ "reference": format!("Encounter/{}", d.event_uid) }));
+    out.insert(
+        "subject".into(),
+        json!({ "reference": format!("Patient/{}", d.tracked_entity_uid) }),
+    );
+    out.insert(
+        "encounter".into(),
+        json!({ "reference": format!("Encounter/{}", d.event_uid) }),
+    );
     if let Some(t) = &d.observed_at {
         out.insert("effectiveDateTime".into(), json!(crate::fhir::instant(t)));
     }
@@ -255,7 +380,11 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
             // Then every equivalent coding the crosswalks know, each with its display.
             let mut codings = vec![coding];
             if let Some(concept) = system.and_then(|sys| m.terminology.concept(sys, &d.value)) {
-                for c in concept.codes.iter().filter(|c| Some(c.system.as_str()) != system) {
+                for c in concept
+                    .codes
+                    .iter()
+                    .filter(|c| Some(c.system.as_str()) != system)
+                {
                     let mut x = json!({ "system": c.system, "code": c.code });
                     if let Some(disp) = &c.display {
                         x["display"] = json!(disp);
@@ -279,8 +408,12 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
             out.insert("valueQuantity".into(), q);
         } else {
             match de.value_type {
-                ValueType::Boolean | ValueType::TrueOnly => out.insert("valueBoolean".into(), json!(d.value == "true")),
-                ValueType::Date | ValueType::DateTime => out.insert("valueDateTime".into(), json!(d.value)),
+                ValueType::Boolean | ValueType::TrueOnly => {
+                    out.insert("valueBoolean".into(), json!(d.value == "true"))
+                }
+                ValueType::Date | ValueType::DateTime => {
+                    out.insert("valueDateTime".into(), json!(d.value))
+                }
                 _ => out.insert("valueString".into(), json!(d.value)),
             };
         }

@@ -26,48 +26,89 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
-pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Result<PatientWrite, Error> {
+pub fn to_tracker(
+    resource: &Value,
+    map: &PatientMapping,
+    md: &Metadata,
+) -> Result<PatientWrite, Error> {
     let mut r = Reader::new(resource, "Patient");
     let mut values: Vec<AttributeValue> = Vec::new();
     let mut problems: Vec<Issue> = Vec::new();
     r.consume("meta.versionId");
     r.consume("meta.lastUpdated");
 
-    let put = |r: &Reader, attribute_id: i64, raw: &str, path: &str, values: &mut Vec<AttributeValue>, problems: &mut Vec<Issue>| {
-        let Some(attr) = md.attribute_by_id(attribute_id) else { return };
+    let put = |r: &Reader,
+               attribute_id: i64,
+               raw: &str,
+               path: &str,
+               values: &mut Vec<AttributeValue>,
+               problems: &mut Vec<Issue>| {
+        let Some(attr) = md.attribute_by_id(attribute_id) else {
+            return;
+        };
         match attr.value_type.normalize(raw) {
-            Ok(value) => values.push(AttributeValue { attribute_id, value, expression: r.expr(path) }),
-            Err(why) => problems.push(Issue::error("value", format!("{}: {} {why}", r.expr(path), attr.name), Some(r.expr(path)))),
+            Ok(value) => values.push(AttributeValue {
+                attribute_id,
+                value,
+                expression: r.expr(path),
+            }),
+            Err(why) => problems.push(Issue::error(
+                "value",
+                format!("{}: {} {why}", r.expr(path), attr.name),
+                Some(r.expr(path)),
+            )),
         }
     };
 
     // Identifiers: the first identifier of each mapped system.
     let empty = Vec::new();
-    let identifiers = resource.get("identifier").and_then(Value::as_array).unwrap_or(&empty);
+    let identifiers = resource
+        .get("identifier")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
     let mut seen_systems: Vec<&str> = Vec::new();
     for (i, ident) in identifiers.iter().enumerate() {
-        let (Some(system), Some(value)) = (str_at(ident, "system"), str_at(ident, "value")) else { continue };
-        let Some(m) = map.identifier(system) else { continue };
+        let (Some(system), Some(value)) = (str_at(ident, "system"), str_at(ident, "value")) else {
+            continue;
+        };
+        let Some(m) = map.identifier(system) else {
+            continue;
+        };
         if seen_systems.contains(&system) {
             continue;
         }
         seen_systems.push(system);
         r.consume(format!("identifier[{i}].system"));
         r.consume(format!("identifier[{i}].value"));
-        if ident.get("use").is_some_and(|u| u == "official" || u == "usual") {
+        if ident
+            .get("use")
+            .is_some_and(|u| u == "official" || u == "usual")
+        {
             r.consume(format!("identifier[{i}].use"));
         }
         // The type the server renders (text only) is held by the mapping itself.
         if let (Some(t), Some(text)) = (ident.get("type"), &m.type_text) {
-            if t.as_object().is_some_and(|o| o.len() == 1) && t.get("text").and_then(Value::as_str) == Some(text) {
+            if t.as_object().is_some_and(|o| o.len() == 1)
+                && t.get("text").and_then(Value::as_str) == Some(text)
+            {
                 r.consume(format!("identifier[{i}].type"));
             }
         }
-        put(&r, m.attribute_id, value, &format!("identifier[{i}].value"), &mut values, &mut problems);
+        put(
+            &r,
+            m.attribute_id,
+            value,
+            &format!("identifier[{i}].value"),
+            &mut values,
+            &mut problems,
+        );
     }
 
     // The first official or usual name, else the first name.
-    let names = resource.get("name").and_then(Value::as_array).unwrap_or(&empty);
+    let names = resource
+        .get("name")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
     let chosen = names
         .iter()
         .position(|n| matches!(str_at(n, "use"), Some("official") | Some("usual")))
@@ -79,13 +120,27 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
         }
         if let (Some(attr), Some(family)) = (map.family, str_at(n, "family")) {
             r.consume(format!("name[{i}].family"));
-            put(&r, attr, family, &format!("name[{i}].family"), &mut values, &mut problems);
+            put(
+                &r,
+                attr,
+                family,
+                &format!("name[{i}].family"),
+                &mut values,
+                &mut problems,
+            );
         }
         if let (Some(attr), Some(given)) = (map.given, n.get("given").and_then(Value::as_array)) {
             let parts: Vec<&str> = given.iter().filter_map(Value::as_str).collect();
             if !parts.is_empty() {
                 r.consume(format!("name[{i}].given"));
-                put(&r, attr, &parts.join(" "), &format!("name[{i}].given"), &mut values, &mut problems);
+                put(
+                    &r,
+                    attr,
+                    &parts.join(" "),
+                    &format!("name[{i}].given"),
+                    &mut values,
+                    &mut problems,
+                );
             }
         }
     }
@@ -93,8 +148,16 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
     if let (Some(g), Some(code)) = (&map.gender, str_at(resource, "gender")) {
         r.consume("gender");
         match g.codes.iter().find(|(fhir, _)| fhir == code) {
-            Some((_, option)) => values.push(AttributeValue { attribute_id: g.attribute_id, value: option.clone(), expression: r.expr("gender") }),
-            None => problems.push(Issue::error("code-invalid", format!("Patient.gender: `{code}` is not one of male, female, other, unknown"), Some(r.expr("gender")))),
+            Some((_, option)) => values.push(AttributeValue {
+                attribute_id: g.attribute_id,
+                value: option.clone(),
+                expression: r.expr("gender"),
+            }),
+            None => problems.push(Issue::error(
+                "code-invalid",
+                format!("Patient.gender: `{code}` is not one of male, female, other, unknown"),
+                Some(r.expr("gender")),
+            )),
         }
     }
 
@@ -103,11 +166,18 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
         put(&r, attr, birth, "birthDate", &mut values, &mut problems);
     }
 
-    let telecoms = resource.get("telecom").and_then(Value::as_array).unwrap_or(&empty);
+    let telecoms = resource
+        .get("telecom")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
     let mut used_telecom = vec![false; telecoms.len()];
     for t in &map.telecom {
         let found = telecoms.iter().enumerate().position(|(i, cp)| {
-            !used_telecom[i] && str_at(cp, "system") == Some(t.system.as_str()) && t.use_.as_deref().is_none_or(|u| str_at(cp, "use") == Some(u))
+            !used_telecom[i]
+                && str_at(cp, "system") == Some(t.system.as_str())
+                && t.use_
+                    .as_deref()
+                    .is_none_or(|u| str_at(cp, "use") == Some(u))
         });
         if let Some(i) = found {
             if let Some(value) = str_at(&telecoms[i], "value") {
@@ -117,15 +187,29 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
                 if t.use_.is_some() {
                     r.consume(format!("telecom[{i}].use"));
                 }
-                put(&r, t.attribute_id, value, &format!("telecom[{i}].value"), &mut values, &mut problems);
+                put(
+                    &r,
+                    t.attribute_id,
+                    value,
+                    &format!("telecom[{i}].value"),
+                    &mut values,
+                    &mut problems,
+                );
             }
         }
     }
 
-    if let Some(address) = resource.get("address").and_then(Value::as_array).and_then(|a| a.first()) {
+    if let Some(address) = resource
+        .get("address")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
         for f in &map.address {
             let raw = match (f.json, address.get(f.json)) {
-                ("line", Some(Value::Array(lines))) => lines.first().and_then(Value::as_str).map(|s| (s, "line[0]".to_string())),
+                ("line", Some(Value::Array(lines))) => lines
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(|s| (s, "line[0]".to_string())),
                 (_, Some(Value::String(s))) => Some((s.as_str(), f.json.to_string())),
                 _ => None,
             };
@@ -138,7 +222,10 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
     }
 
     let mut org_unit_id = None;
-    if let Some(reference) = resource.get("managingOrganization").and_then(|m| str_at(m, "reference")) {
+    if let Some(reference) = resource
+        .get("managingOrganization")
+        .and_then(|m| str_at(m, "reference"))
+    {
         r.consume("managingOrganization.reference");
         r.consume("managingOrganization.display");
         match reference_id(reference, "Organization").and_then(|id| md.org_unit(id)) {
@@ -162,7 +249,12 @@ pub fn to_tracker(resource: &Value, map: &PatientMapping, md: &Metadata) -> Resu
     if !problems.is_empty() {
         return Err(Error::Unprocessable(problems));
     }
-    Ok(PatientWrite { org_unit_id, inactive, values, unmapped: r.unmapped() })
+    Ok(PatientWrite {
+        org_unit_id,
+        inactive,
+        values,
+        unmapped: r.unmapped(),
+    })
 }
 
 /// Renders a Patient from tracker state. Only elements the mapping holds appear.
@@ -233,7 +325,11 @@ pub fn to_fhir(p: &PersonRecord, map: &PatientMapping, md: &Metadata) -> Value {
     let mut address = Map::new();
     for f in &map.address {
         if let Some(value) = v.get(&f.attribute_id) {
-            let value = if f.json == "line" { json!([value]) } else { json!(value) };
+            let value = if f.json == "line" {
+                json!([value])
+            } else {
+                json!(value)
+            };
             address.insert(f.json.into(), value);
         }
     }
@@ -242,7 +338,10 @@ pub fn to_fhir(p: &PersonRecord, map: &PatientMapping, md: &Metadata) -> Value {
     }
 
     if let Some(ou) = md.org_unit_by_id(p.org_unit_id) {
-        out.insert("managingOrganization".into(), json!({ "reference": format!("Organization/{}", ou.uid), "display": ou.name }));
+        out.insert(
+            "managingOrganization".into(),
+            json!({ "reference": format!("Organization/{}", ou.uid), "display": ou.name }),
+        );
     }
     Value::Object(out)
 }
