@@ -486,6 +486,17 @@ fn encounter_and_observation_versions_and_history() {
     assert_eq!(h["entry"].as_array().unwrap().len(), 2);
     let th = app.get("Encounter/_history").expect(200);
     assert_eq!(th["entry"].as_array().unwrap().len(), 2);
+    let later = app
+        .get("Encounter/_history?_since=2999-01-01T00:00:00Z")
+        .expect(200);
+    assert!(later.get("entry").is_none());
+    let paged = app.get("Encounter/_history?_count=1").expect(200);
+    assert!(paged["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["relation"] == "next"));
+    app.get("Encounter/_history?_at=2020").outcome(400);
     app.delete(&format!("Observation/{oid}")).expect(200);
     app.get(&format!("Observation/{oid}")).outcome(410);
     assert_eq!(

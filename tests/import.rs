@@ -175,3 +175,60 @@ fn an_interrupted_import_leaves_no_half_written_patient() {
         r.stored["Encounter"].created as i64
     );
 }
+
+#[test]
+fn export_organisations_resolve_to_org_units_by_mapping_else_the_default() {
+    let db = TestDb::new();
+    let maps = std::env::temp_dir().join(format!("kiunga-orgmap-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&maps).unwrap();
+    for f in std::fs::read_dir(support::repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, maps.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(maps.join("organizations.toml"), "[[organization]]\nname = \"Pwani General Hospital\"\norg_unit = \"KD_KUS_PWA\"\n\n[[organization]]\nidentifier = \"http://emr.example/org|ORG-7\"\norg_unit = \"KD_KUS_BON\"\n").unwrap();
+    let mut config = test_config(&db);
+    config.mappings_dir = maps.clone();
+    let state = AppState::start(config).expect("start");
+    let enc = |pu: &str, org: &str| {
+        json!({ "resourceType": "Encounter", "status": "finished",
+                "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+                "subject": { "reference": pu }, "period": { "start": "2025-01-01T10:00:00Z" },
+                "serviceProvider": { "reference": org } })
+    };
+    let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [
+        { "fullUrl": "urn:uuid:org-a", "resource": { "resourceType": "Organization", "name": "Pwani General Hospital" } },
+        { "fullUrl": "urn:uuid:org-b", "resource": { "resourceType": "Organization", "name": "Elsewhere", "identifier": [{ "system": "http://emr.example/org", "value": "ORG-7" }] } },
+        { "fullUrl": "urn:uuid:org-c", "resource": { "resourceType": "Organization", "name": "Unknown clinic" } },
+        { "fullUrl": "urn:uuid:pat", "resource": { "resourceType": "Patient", "identifier": [{ "system": support::NID, "value": "ORG-TEST-1" }], "name": [{ "family": "Org" }] } },
+        { "fullUrl": "urn:uuid:e1", "resource": enc("urn:uuid:pat", "urn:uuid:org-a") },
+        { "fullUrl": "urn:uuid:e2", "resource": enc("urn:uuid:pat", "urn:uuid:org-b") },
+        { "fullUrl": "urn:uuid:e3", "resource": enc("urn:uuid:pat", "urn:uuid:org-c") },
+    ]});
+    let file = maps.join("export.json");
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let r = run(&state, std::slice::from_ref(&file), "KD_KAS_MTO");
+    assert_eq!(r.stored["Encounter"].created, 3, "{}", r.summary(10));
+    assert_eq!(
+        r.skipped["Organization: used to resolve org units, not stored"],
+        3
+    );
+    assert_eq!(
+        db.text(
+            "SELECT ou.code FROM event e JOIN org_unit ou ON ou.id = e.org_unit_id ORDER BY e.id"
+        ),
+        vec!["KD_KUS_PWA", "KD_KUS_BON", "KD_KAS_MTO"]
+    );
+    assert_eq!(
+        db.text("SELECT ou.code FROM tracked_entity te JOIN org_unit ou ON ou.id = te.org_unit_id"),
+        vec!["KD_KAS_MTO"],
+        "no managingOrganization: the default"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM org_unit"),
+        7,
+        "export organisations are never stored as org units"
+    );
+    let _ = std::fs::remove_dir_all(&maps);
+}

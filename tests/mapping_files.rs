@@ -97,3 +97,37 @@ fn syntax_and_unknown_keys_are_positioned() {
         "{err}"
     );
 }
+
+#[test]
+fn crosswalk_table_problems_name_the_csv_line() {
+    let db = TestDb::new();
+    let dir = std::env::temp_dir().join(format!("kiunga-csv-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(support::repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("diagnoses.csv")).unwrap();
+    // A second row claiming ICD-10 I10 for another concept.
+    let broken = format!("{csv}ZZ99,Something else,I10,Essential (primary) hypertension,,,test\n");
+    std::fs::write(dir.join("diagnoses.csv"), &broken).unwrap();
+    let line = broken.lines().count();
+    let mut config = test_config(&db);
+    config.mappings_dir = dir.clone();
+    let err = match AppState::start(config) {
+        Err(StartError::Mappings(p)) => p.to_string(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a duplicate code was accepted"),
+    };
+    let err = err.replace(&format!("{}/", dir.display()), "");
+    assert!(
+        err.starts_with(&format!(
+            "diagnoses.csv:{line}: ICD10 code `I10` is already at diagnoses.csv:2;"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("missing"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

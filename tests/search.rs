@@ -128,7 +128,13 @@ fn patient_search_parameters() {
     assert_eq!(q("birthdate=ge1990&birthdate=lt2000"), vec![b.clone()]);
     assert_eq!(q("_lastUpdated=gt2000-01-01").len(), 3);
     assert_eq!(q("_lastUpdated=lt2000-01-01").len(), 0);
-    // bad values and unknown parameters
+    assert_eq!(
+        q("organization=KD_KUS_BON"),
+        vec![c.clone()],
+        "org units by code too"
+    );
+    // bad values, unsupported modifiers and unknown parameters
+    app.get("Patient?gender:not=female").outcome(400);
     app.get("Patient?birthdate=yesterday").outcome(400);
     app.get("Patient?shoe-size=42").outcome(400);
     let r = app.send(

@@ -195,7 +195,7 @@ fn db_constraint(e: &DieselError) -> &str {
 
 impl From<r2d2_error::PoolError> for Error {
     fn from(e: r2d2_error::PoolError) -> Self {
-        tracing::warn!(error = %e, "database pool exhausted");
+        let _ = e;
         Error::Unavailable("no database connection is free: the server is at capacity".into())
     }
 }

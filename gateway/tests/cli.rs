@@ -201,3 +201,50 @@ fn the_request_log_carries_no_patient_data() {
         );
     }
 }
+
+#[test]
+fn import_prints_a_summary_and_writes_the_report() {
+    let db = Db::new();
+    let dir =
+        std::env::temp_dir().join(format!("kiunga-cli-import-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |nid: &str, birth: &str| {
+        serde_json::json!({ "resourceType": "Patient", "identifier": [{ "system": "http://example.org/national-id", "value": nid }],
+                            "name": [{ "family": "Cli" }], "birthDate": birth })
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("p.ndjson"),
+        [line("CLI-1", "1980"), line("CLI-2", "1980-13")].join("\n"),
+    )
+    .unwrap();
+    let report = dir.join("report.json");
+    let out = kiunga(&db)
+        .args(["import", "--default-org-unit", "KD_KAS_KIL", "--report"])
+        .arg(&report)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("read 2 resources: stored 1, skipped 0, rejected 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("p.ndjson:2"), "{stdout}");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(written["rejected"].as_array().unwrap().len(), 1);
+    assert_eq!(written["stored"]["Patient"]["created"], 1);
+    let bad = kiunga(&db)
+        .args(["import", "--default-org-unit", "NOWHERE"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

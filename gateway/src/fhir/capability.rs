@@ -110,6 +110,10 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             "mode": "server",
             "documentation": "Resources are stored as DHIS2-style tracker records and rendered back from them.",
             "resource": resources,
+            "interaction": [
+                { "code": "transaction", "documentation": "POST /fhir: all entries in one database transaction" },
+                { "code": "batch", "documentation": "POST /fhir: each entry on its own" },
+            ],
         }],
     })
 }

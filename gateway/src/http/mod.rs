@@ -209,7 +209,30 @@ const OBSERVATION_PARAMS: &[SearchParam] = &[
     },
 ];
 
-const TERMINOLOGY_PARAMS: &[SearchParam] = &[
+const CODESYSTEM_PARAMS: &[SearchParam] = &[
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Id",
+    },
+    SearchParam {
+        name: "url",
+        kind: "uri",
+        doc: "Canonical URL (the system URI)",
+    },
+    SearchParam {
+        name: "name",
+        kind: "string",
+        doc: "Name (prefix)",
+    },
+    SearchParam {
+        name: "system",
+        kind: "uri",
+        doc: "The system URI",
+    },
+];
+
+const CONCEPTMAP_PARAMS: &[SearchParam] = &[
     SearchParam {
         name: "_id",
         kind: "token",
@@ -226,19 +249,14 @@ const TERMINOLOGY_PARAMS: &[SearchParam] = &[
         doc: "Name (prefix)",
     },
     SearchParam {
-        name: "system",
-        kind: "uri",
-        doc: "CodeSystem: the system URI",
-    },
-    SearchParam {
         name: "source",
         kind: "uri",
-        doc: "ConceptMap: source system",
+        doc: "Source system",
     },
     SearchParam {
         name: "target",
         kind: "uri",
-        doc: "ConceptMap: target system",
+        doc: "Target system",
     },
 ];
 
@@ -277,13 +295,13 @@ pub static RESOURCES: &[ResourceCapability] = &[
     ResourceCapability {
         resource_type: "CodeSystem",
         interactions: &[Read, SearchType],
-        search_params: TERMINOLOGY_PARAMS,
+        search_params: CODESYSTEM_PARAMS,
         documentation: "Code systems declared in mappings/terminology.toml, with the codes the crosswalks know. Operation $lookup.",
     },
     ResourceCapability {
         resource_type: "ConceptMap",
         interactions: &[Read, SearchType],
-        search_params: TERMINOLOGY_PARAMS,
+        search_params: CONCEPTMAP_PARAMS,
         documentation: "One map per crosswalk and pair of systems, generated from the mapping files. Operation $translate.",
     },
     ResourceCapability {
@@ -797,10 +815,30 @@ async fn type_history(
     respond(&req, |n| async move {
         capability(&t, HistoryType)?;
         let (count, offset) = crate::fhir::search::paging(&params)?;
+        let mut since = None;
+        for p in &params {
+            match p.name.as_str() {
+                "_count" | "_offset" | "_format" | "_pretty" => {}
+                "_since" => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&p.value).map_err(|_| {
+                        Error::invalid(format!(
+                            "_since `{}` is not an instant (e.g. 2026-01-01T00:00:00Z)",
+                            p.value
+                        ))
+                    })?;
+                    since = Some(t.with_timezone(&chrono::Utc));
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "`{other}` is not supported on _history (use _count, _since)"
+                    )))
+                }
+            }
+        }
         let (ctx, mappings) = tx_inputs(&state, &n);
         let t2 = t.clone();
         let entries = tx(&state, ctx, mappings, move |s, env| {
-            rest::type_history(s, env, &t2, count, offset)
+            rest::type_history(s, env, &t2, since, count, offset)
         })
         .await?;
         let self_link = format!(
@@ -816,13 +854,13 @@ async fn type_history(
             )
         });
         let mut b = bundle::history(&state.base, entries, self_link);
+        // No total: counting would scan the whole log. A full page may have a next one.
+        if let Some(o) = b.as_object_mut() {
+            o.remove("total");
+        }
         if let Some(next) = next {
-            // The page is full: there may be more (a count would cost a scan of the whole log).
             if let Some(links) = b["link"].as_array_mut() {
                 links.push(serde_json::json!({ "relation": "next", "url": next }));
-            }
-            if let Some(o) = b.as_object_mut() {
-                o.remove("total");
             }
         }
         Ok(FhirResponse::ok(b))

@@ -128,7 +128,8 @@ pub fn translate(state: &AppState, params: &[(String, Value)]) -> Result<FhirRes
             "$translate needs `system` and `code` (or a `coding`)",
         ));
     };
-    let target = text(params, "targetsystem").or_else(|| text(params, "target"));
+    // R4's `target` is a value set, not a system: only `targetsystem` chooses the system.
+    let target = text(params, "targetsystem");
     let m = state.mappings();
     Ok(FhirResponse::ok(tx::translate(
         &m.terminology,

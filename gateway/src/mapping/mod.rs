@@ -126,6 +126,8 @@ impl MappingSet {
         let mut encounter = None;
         let mut observation = None;
         let mut terminology = None;
+        // Problems in the tables it names are reported under the tables' own names.
+        let mut terminology_failed = false;
         let mut orgs = organizations::OrganizationMapping::default();
         for path in &files {
             let name = path.display().to_string();
@@ -179,7 +181,10 @@ impl MappingSet {
                     };
                     match crate::terminology::load(&src, dir, &mut h) {
                         Ok(t) => terminology = Some(t),
-                        Err(mut p) => problems.append(&mut p),
+                        Err(mut p) => {
+                            terminology_failed = true;
+                            problems.append(&mut p)
+                        }
                     }
                 }
                 _ => problems.push(Problem {
@@ -205,7 +210,10 @@ impl MappingSet {
             ("observation.toml", observation.is_some()),
             ("terminology.toml", terminology.is_some()),
         ] {
-            if !present && !problems.iter().any(|p| p.file.ends_with(file)) {
+            if !present
+                && !problems.iter().any(|p| p.file.ends_with(file))
+                && (file != "terminology.toml" || !terminology_failed)
+            {
                 problems.push(Problem {
                     file: dir.join(file).display().to_string(),
                     line: 0,

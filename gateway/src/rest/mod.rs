@@ -382,6 +382,7 @@ pub fn type_history(
     s: &mut Scoped,
     env: &Env,
     resource_type: &str,
+    since: Option<DateTime<Utc>>,
     count: i64,
     offset: i64,
 ) -> Result<Vec<HistoryEntry>, Error> {
@@ -414,7 +415,7 @@ pub fn type_history(
     let rows: Vec<Row> = diesel::sql_query(format!(
         "SELECT cl.resource_uid AS uid, cl.version, cl.operation, cl.changed_at FROM change_log cl {join} \
          WHERE cl.resource_type = $1 AND (NOT $2 OR te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($3) OR ou.path LIKE ANY($4))) \
-         ORDER BY cl.id DESC LIMIT $5 OFFSET $6"
+         AND ($7::timestamptz IS NULL OR cl.changed_at >= $7) ORDER BY cl.id DESC LIMIT $5 OFFSET $6"
     ))
     .bind::<Text, _>(t)
     .bind::<diesel::sql_types::Bool, _>(scoped)
@@ -422,6 +423,7 @@ pub fn type_history(
     .bind::<Array<Text>, _>(patterns)
     .bind::<BigInt, _>(count)
     .bind::<BigInt, _>(offset)
+    .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(since)
     .load(s.conn)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {

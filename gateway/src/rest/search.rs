@@ -346,6 +346,15 @@ fn patient_plan(
     for p in params {
         let values = split(&p.value);
         let modifier = p.modifier.as_deref();
+        if modifier.is_some()
+            && !matches!(p.name.as_str(), "name" | "family" | "given")
+            && !COMMON.contains(&p.name.as_str())
+        {
+            if lenient {
+                continue;
+            }
+            return Err(unsupported_modifier(&p.name, modifier));
+        }
         let cond = match p.name.as_str() {
             n if COMMON.contains(&n) => continue,
             "_id" => format!("te.uid = ANY({})", sql.bind(Bind::Texts(values.iter().map(|v| v.to_string()).collect()))),
@@ -360,7 +369,8 @@ fn patient_plan(
                         Some((s, val)) => (Some(s), val),
                         None => (None, *v),
                     };
-                    let attrs: Vec<i64> = m.identifiers.iter().filter(|i| system.is_none_or(|s| s.is_empty() || s == i.system)).map(|i| i.attribute_id).collect();
+                    // `|value` asks for identifiers without a system, which the registry never holds.
+                    let attrs: Vec<i64> = m.identifiers.iter().filter(|i| system.is_none_or(|s| s == i.system)).map(|i| i.attribute_id).collect();
                     if attrs.is_empty() {
                         parts.push("false".to_string());
                         continue;
@@ -397,7 +407,7 @@ fn patient_plan(
             }
             "organization" => {
                 let uids: Vec<String> = values.iter().map(|v| ref_id(v, "Organization").to_string()).collect();
-                format!("te.org_unit_id IN (SELECT id FROM org_unit WHERE uid = ANY({}))", sql.bind(Bind::Texts(uids)))
+                format!("te.org_unit_id IN (SELECT id FROM org_unit WHERE uid = ANY({0}) OR code = ANY({0}))", sql.bind(Bind::Texts(uids)))
             }
             "active" => format!("te.inactive = {}", sql.bind(Bind::Flag(p.value != "true"))),
             other if lenient => {
@@ -439,6 +449,10 @@ fn patient_plan(
     })
 }
 
+fn unsupported_modifier(name: &str, modifier: Option<&str>) -> Error {
+    bad(format!("{name}:{} is not supported (modifiers are supported on name, family and given: :exact, :contains)", modifier.unwrap_or_default()))
+}
+
 fn unknown_param(t: &str, name: &str, known: &str) -> Error {
     bad(format!("unknown search parameter `{name}` for {t} (supported: {known}); send `Prefer: handling=lenient` to have unknown parameters ignored"))
 }
@@ -470,6 +484,12 @@ fn encounter_plan(
     c.extend(scope_condition(s, sql));
     for p in params {
         let values = split(&p.value);
+        if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
+            if lenient {
+                continue;
+            }
+            return Err(unsupported_modifier(&p.name, p.modifier.as_deref()));
+        }
         let cond = match p.name.as_str() {
             n if COMMON.contains(&n) => continue,
             "_id" => format!("e.uid = ANY({})", sql.bind(Bind::Texts(values.iter().map(|v| v.to_string()).collect()))),
@@ -494,7 +514,7 @@ fn encounter_plan(
             }
             "service-provider" => {
                 let uids: Vec<String> = values.iter().map(|v| ref_id(v, "Organization").to_string()).collect();
-                format!("e.org_unit_id IN (SELECT id FROM org_unit WHERE uid = ANY({}))", sql.bind(Bind::Texts(uids)))
+                format!("e.org_unit_id IN (SELECT id FROM org_unit WHERE uid = ANY({0}) OR code = ANY({0}))", sql.bind(Bind::Texts(uids)))
             }
             "episode-of-care" => format!("e.enrollment_id IN (SELECT id FROM enrollment WHERE uid = ANY({}))", sql.bind(Bind::Texts(values.iter().map(|v| ref_id(v, "EpisodeOfCare").to_string()).collect()))),
             _ if lenient => continue,
@@ -542,6 +562,12 @@ fn observation_plan(
     c.extend(scope_condition(s, sql));
     for p in params {
         let values = split(&p.value);
+        if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
+            if lenient {
+                continue;
+            }
+            return Err(unsupported_modifier(&p.name, p.modifier.as_deref()));
+        }
         let cond = match p.name.as_str() {
             n if COMMON.contains(&n) => continue,
             "_id" => format!("d.uid = ANY({})", sql.bind(Bind::Texts(values.iter().map(|v| v.to_string()).collect()))),

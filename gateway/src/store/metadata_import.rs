@@ -540,6 +540,12 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
         s.data_elements += 1;
     }
 
+    let event_programs: Vec<&str> = x
+        .programs
+        .iter()
+        .filter(|p| p.tracked_entity_type.is_none())
+        .map(|p| p.id.as_str())
+        .collect();
     for p in &x.programs {
         let what = format!("program {}", p.id);
         let Some(tet) = p.tracked_entity_type.as_ref() else {
@@ -607,7 +613,11 @@ pub fn import(conn: &mut PgConnection, x: &Export) -> Result<ImportSummary, Stri
         s.programs += 1;
     }
 
-    for st in &x.program_stages {
+    for st in x
+        .program_stages
+        .iter()
+        .filter(|st| !event_programs.contains(&st.program.id.as_str()))
+    {
         let what = format!("programStage {}", st.id);
         let pid = resolve(conn, "program", &st.program.id, &what)?;
         let sid: i64 = diesel::insert_into(program_stage::table)

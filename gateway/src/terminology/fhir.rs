@@ -110,7 +110,7 @@ pub fn concept_maps(t: &Terminology, base: &str) -> Vec<Value> {
                     "resourceType": "ConceptMap",
                     "id": id,
                     "url": format!("{base}/ConceptMap/{id}"),
-                    "name": format!("{}{}", cw.name, id.rsplit('-').take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("_").replace('_', "")),
+                    "name": format!("{}{}To{}", cw.name, t.system(source).map(|s| s.name.as_str()).unwrap_or("Source"), t.system(target).map(|s| s.name.as_str()).unwrap_or("Target")),
                     "status": "active",
                     "sourceUri": source,
                     "targetUri": target,
@@ -178,8 +178,8 @@ pub fn lookup(t: &Terminology, system: &str, code: &str) -> Option<Value> {
         params.push(json!({ "name": "display", "valueString": d }));
     }
     for other in concept.codes.iter().filter(|o| o.system != system) {
+        // Equivalent codes of other systems, as designations without a use.
         params.push(json!({ "name": "designation", "part": [
-            { "name": "use", "valueCoding": { "system": "http://terminology.hl7.org/CodeSystem/designation-usage", "code": "equivalent" } },
             { "name": "value", "valueString": format!("{}|{}{}", other.system, other.code, other.display.as_deref().map(|d| format!(" {d}")).unwrap_or_default()) },
         ]}));
     }

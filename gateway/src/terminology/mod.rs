@@ -147,7 +147,18 @@ pub fn load(
             title: s.title.clone(),
         });
     }
+    // Where each code was first seen, across every crosswalk: a code belongs to one concept.
+    let mut first_line: HashMap<(String, String), String> = HashMap::new();
     for (ci, cw) in raw.crosswalk.iter().enumerate() {
+        if raw.crosswalk[..ci]
+            .iter()
+            .any(|o| o.name.get_ref() == cw.name.get_ref())
+        {
+            problems.push(src.problem(
+                cw.name.span(),
+                format!("crosswalk `{}` is declared twice", cw.name.get_ref()),
+            ));
+        }
         let mut systems = Vec::new();
         for (system, col) in &cw.columns {
             if t.system(system).is_none() {
@@ -226,7 +237,6 @@ pub fn load(
                 }
             }
         }
-        let mut first_line: HashMap<(String, String), usize> = HashMap::new();
         for record in reader.records() {
             let record = match record {
                 Ok(r) => r,
@@ -253,11 +263,15 @@ pub fn load(
                     problems.push(Problem {
                         file: file.clone(),
                         line,
-                        message: format!("{name} code `{code}` is already on line {first}; a code belongs to one concept (mapped twice to different targets)"),
+                        message: format!("{name} code `{code}` is already at {first}; a code belongs to one concept (mapped twice to different targets)"),
                     });
                     continue;
                 }
-                first_line.insert(key, line);
+                let short = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                first_line.insert(key, format!("{short}:{line}"));
                 let display = ci_display
                     .and_then(|d| record.get(d))
                     .map(str::trim)
