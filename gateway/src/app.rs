@@ -108,6 +108,44 @@ impl AppState {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+
+    /// Re-reads the mapping files. A set with any problem is refused (each problem logged as
+    /// `file:line: message`) and the old set stays in force; a good set replaces it in one swap,
+    /// so a request sees either the old set or the new one, never a mix.
+    pub fn reload_mappings(&self) -> Result<String, Problems> {
+        match MappingSet::load(&self.config.mappings_dir, &self.metadata) {
+            Ok(set) => {
+                let version = set.version.clone();
+                let old = self.mappings().version.clone();
+                match self.mappings.write() {
+                    Ok(mut m) => *m = Arc::new(set),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
+                }
+                tracing::info!(%old, new = %version, "mappings reloaded");
+                Ok(version)
+            }
+            Err(problems) => {
+                for p in &problems.0 {
+                    tracing::warn!(problem = %p, "mapping reload refused");
+                }
+                tracing::warn!(version = %self.mappings().version, count = problems.0.len(), "mapping reload refused; the previous mappings stay active");
+                Err(problems)
+            }
+        }
+    }
+}
+
+/// Reloads the mappings whenever the process receives SIGHUP (a background thread).
+pub fn reload_on_sighup(state: web::Data<AppState>) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("kiunga-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let _ = state.reload_mappings();
+            }
+        })?;
+    Ok(())
 }
 
 /// Runs `f` in one database transaction off the async executor, with the caller's context and

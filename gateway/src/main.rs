@@ -88,7 +88,11 @@ fn serve(config: Config) -> ExitCode {
     };
     let base = state.base.clone();
     let result = actix_web::rt::System::new().block_on(async move {
-        let server = Gateway::new(state).listen()?;
+        let gateway = Gateway::new(state);
+        if let Err(e) = kiunga::app::reload_on_sighup(gateway.state.clone()) {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; mapping reload is unavailable");
+        }
+        let server = gateway.listen()?;
         tracing::info!(%base, "Kiunga is serving FHIR R4");
         server.await
     });

@@ -248,3 +248,109 @@ fn import_prints_a_summary_and_writes_the_report() {
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sighup_reloads_the_mappings_and_refuses_a_broken_set() {
+    let db = Db::new();
+    let dir = std::env::temp_dir().join(format!("kiunga-hup-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = kiunga(&db)
+        .arg("serve")
+        .env("KIUNGA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KIUNGA_MAPPINGS_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let started = Instant::now();
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the gateway did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let version = || -> String {
+        let cs: serde_json::Value = http
+            .get(format!("{base}/fhir/metadata"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        cs["extension"][0]["valueString"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let wait_for = |want: &dyn Fn(&str) -> bool| {
+        let t = Instant::now();
+        loop {
+            let v = version();
+            if want(&v) {
+                return v;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "version stayed {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let v1 = version();
+    let enc = std::fs::read_to_string(dir.join("encounter.toml")).unwrap();
+    std::fs::write(
+        dir.join("encounter.toml"),
+        enc.replace(
+            "display = \"Consultation\"",
+            "display = \"Consultation v2\"",
+        ),
+    )
+    .unwrap();
+    hup();
+    let v2 = wait_for(&|v| v != v1);
+    std::fs::write(
+        dir.join("encounter.toml"),
+        enc.replace("stage = \"OPD_VISIT\"", "stage = \"NOPE\""),
+    )
+    .unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(version(), v2, "a broken set must not replace the good one");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("mapping reload refused") && logs.contains("unknown program stage `NOPE`"),
+        "{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -188,6 +188,19 @@ impl Drop for TestDb {
     }
 }
 
+/// A private copy of the shipped mapping files, to change in a test.
+pub fn mappings_copy() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiunga-maps-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for f in std::fs::read_dir(repo().join("mappings")).expect("mappings") {
+        let f = f.expect("entry").path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
 pub fn test_config(db: &TestDb) -> Config {
     Config {
         listen: "127.0.0.1:0".into(),
@@ -204,6 +217,8 @@ pub fn test_config(db: &TestDb) -> Config {
 pub struct TestApp {
     pub base: String,
     pub db: TestDb,
+    /// The running gateway's state (to reload mappings, read metadata...).
+    pub state: actix_web::web::Data<AppState>,
     handle: Option<actix_web::dev::ServerHandle>,
     pub http: reqwest::blocking::Client,
 }
@@ -223,9 +238,11 @@ impl TestApp {
         let state =
             AppState::start(config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
         let (tx, rx) = mpsc::channel();
+        let gateway = Gateway::new(state);
+        let data = gateway.state.clone();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = Gateway::new(state).serve(listener).expect("serve");
+                let server = gateway.serve(listener).expect("serve");
                 let _ = tx.send(server.handle());
                 let _ = server.await;
             })
@@ -234,6 +251,7 @@ impl TestApp {
         TestApp {
             base: format!("http://127.0.0.1:{port}/fhir"),
             db,
+            state: data,
             handle: Some(handle),
             http: reqwest::blocking::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))

@@ -104,6 +104,8 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
         "kind": "instance",
         "software": { "name": "Kiunga", "version": env!("CARGO_PKG_VERSION") },
         "implementation": { "description": format!("Kiunga FHIR gateway (mappings {mapping_version})"), "url": base },
+        // The mapping set in force, so clients and operators can tell which maps translated what.
+        "extension": [{ "url": "urn:kiunga:mapping-version", "valueString": mapping_version }],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml"],
         "rest": [{
