@@ -84,6 +84,7 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                 "Patient" => Some(("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")),
                 "ConceptMap" => Some(("translate", "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate")),
                 "CodeSystem" => Some(("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup")),
+                "ValueSet" => Some(("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code")),
                 _ => None,
             };
             if let Some((name, definition)) = operation {

@@ -3,6 +3,7 @@
 
 mod org;
 mod terminology;
+mod valueset;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -232,6 +233,24 @@ const CODESYSTEM_PARAMS: &[SearchParam] = &[
     },
 ];
 
+const VALUESET_PARAMS: &[SearchParam] = &[
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Option set UID or code",
+    },
+    SearchParam {
+        name: "url",
+        kind: "uri",
+        doc: "Canonical URL",
+    },
+    SearchParam {
+        name: "name",
+        kind: "string",
+        doc: "Option set code (prefix)",
+    },
+];
+
 const CONCEPTMAP_PARAMS: &[SearchParam] = &[
     SearchParam {
         name: "_id",
@@ -305,6 +324,12 @@ pub static RESOURCES: &[ResourceCapability] = &[
         documentation: "One map per crosswalk and pair of systems, generated from the mapping files. Operation $translate.",
     },
     ResourceCapability {
+        resource_type: "ValueSet",
+        interactions: &[Read, SearchType],
+        search_params: VALUESET_PARAMS,
+        documentation: "The registry's option sets. Operation $validate-code (directly or through the crosswalks).",
+    },
+    ResourceCapability {
         resource_type: "Organization",
         interactions: &[Read, SearchType],
         search_params: ORG_PARAMS,
@@ -364,6 +389,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/ConceptMap/$translate")
                         .route(web::get().to(translate))
                         .route(web::post().to(translate))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/CodeSystem/$validate-code")
+                        .route(web::get().to(cs_validate))
+                        .route(web::post().to(cs_validate))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/ValueSet/$validate-code")
+                        .route(web::get().to(vs_validate))
+                        .route(web::post().to(vs_validate))
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
@@ -595,6 +632,7 @@ async fn read(
         match t.as_str() {
             "Organization" | "Location" => org::read(&state, &t, id).await,
             "CodeSystem" | "ConceptMap" => terminology::read(&state, &t, &id),
+            "ValueSet" => valueset::read(&state, &id),
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 Ok(current(
@@ -915,6 +953,7 @@ async fn run_search(
         match t.as_str() {
             "Organization" | "Location" => org::search(&state, &t, params).await,
             "CodeSystem" | "ConceptMap" => terminology::search(&state, &t, &params),
+            "ValueSet" => valueset::search(&state, &params),
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 let lenient = n.lenient;
@@ -1002,6 +1041,40 @@ async fn translate(
             body.as_ref(),
         );
         terminology::translate(&state, &params)
+    })
+    .await
+}
+
+async fn cs_validate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |_n| async move {
+        let body = terminology::body_params(&r, payload, &state).await?;
+        let params = terminology::op_params(
+            &crate::fhir::search::parse_query(r.query_string()),
+            body.as_ref(),
+        );
+        terminology::validate_code(&state, &params)
+    })
+    .await
+}
+
+async fn vs_validate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |_n| async move {
+        let body = terminology::body_params(&r, payload, &state).await?;
+        let params = terminology::op_params(
+            &crate::fhir::search::parse_query(r.query_string()),
+            body.as_ref(),
+        );
+        terminology::validate_value_set(&state, &params)
     })
     .await
 }

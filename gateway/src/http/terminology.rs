@@ -164,3 +164,33 @@ pub async fn body_params(
     let input = super::incoming(req, payload, state, "Parameters").await?;
     Ok(Some(input.resource))
 }
+
+/// `CodeSystem/$validate-code` (`url` or `system`, `code`, optional `display`).
+pub fn validate_code(state: &AppState, params: &[(String, Value)]) -> Result<FhirResponse, Error> {
+    let system = text(params, "url").or_else(|| text(params, "system"));
+    let (Some(system), Some(code)) = (system, text(params, "code")) else {
+        return Err(Error::invalid(
+            "CodeSystem/$validate-code needs `url` (the system) and `code`",
+        ));
+    };
+    let m = state.mappings();
+    Ok(FhirResponse::ok(tx::validate_code(
+        &m.terminology,
+        &system,
+        &code,
+        text(params, "display").as_deref(),
+    )))
+}
+
+/// `ValueSet/$validate-code`, see [`super::valueset::validate_code`].
+pub fn validate_value_set(
+    state: &AppState,
+    params: &[(String, Value)],
+) -> Result<FhirResponse, Error> {
+    super::valueset::validate_code(
+        state,
+        text(params, "url").as_deref(),
+        text(params, "system").as_deref(),
+        text(params, "code").as_deref(),
+    )
+}

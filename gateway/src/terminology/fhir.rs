@@ -185,3 +185,39 @@ pub fn lookup(t: &Terminology, system: &str, code: &str) -> Option<Value> {
     }
     Some(json!({ "resourceType": "Parameters", "parameter": params }))
 }
+
+/// `CodeSystem/$validate-code`: is `code` a code of `system` that the registry knows?
+pub fn validate_code(t: &Terminology, system: &str, code: &str, display: Option<&str>) -> Value {
+    let known = t.concept(system, code).and_then(|c| {
+        c.codes
+            .iter()
+            .find(|x| x.system == system && x.code == code)
+    });
+    let mut params = vec![
+        json!({ "name": "result", "valueBoolean": known.is_some() && display_ok(known, display) }),
+    ];
+    match known {
+        Some(c) => {
+            if let Some(d) = &c.display {
+                params.push(json!({ "name": "display", "valueString": d }));
+            }
+            if !display_ok(known, display) {
+                params.push(json!({ "name": "message", "valueString": format!("the display `{}` is not the display of {system}|{code}", display.unwrap_or_default()) }));
+            }
+        }
+        None => params.push(
+            json!({ "name": "message", "valueString": match t.system(system) {
+            None => format!("`{system}` is not a code system this registry knows"),
+            Some(_) => format!("`{code}` is not a known code of {system}"),
+        } }),
+        ),
+    }
+    json!({ "resourceType": "Parameters", "parameter": params })
+}
+
+fn display_ok(known: Option<&Coded>, display: Option<&str>) -> bool {
+    match (known.and_then(|c| c.display.as_deref()), display) {
+        (Some(k), Some(d)) => k.eq_ignore_ascii_case(d),
+        _ => true,
+    }
+}
