@@ -624,24 +624,53 @@ fn translate_and_lookup_answer_from_the_crosswalks() {
 #[test]
 fn validate_code_for_code_systems_and_option_sets() {
     let app = TestApp::start();
-    let ok = app.get(&format!("CodeSystem/$validate-code?url={ICD11}&code=BA00")).expect(200);
+    let ok = app
+        .get(&format!("CodeSystem/$validate-code?url={ICD11}&code=BA00"))
+        .expect(200);
     assert_eq!(ok["parameter"][0]["valueBoolean"], true);
     assert_eq!(ok["parameter"][1]["valueString"], "Essential hypertension");
-    let bad = app.get(&format!("CodeSystem/$validate-code?url={ICD11}&code=XX99")).expect(200);
+    let bad = app
+        .get(&format!("CodeSystem/$validate-code?url={ICD11}&code=XX99"))
+        .expect(200);
     assert_eq!(bad["parameter"][0]["valueBoolean"], false);
-    let wrong_display = app.get(&format!("CodeSystem/$validate-code?url={ICD11}&code=BA00&display=Diabetes")).expect(200);
+    let wrong_display = app
+        .get(&format!(
+            "CodeSystem/$validate-code?url={ICD11}&code=BA00&display=Diabetes"
+        ))
+        .expect(200);
     assert_eq!(wrong_display["parameter"][0]["valueBoolean"], false);
     // Option sets are ValueSets; codes of another system count when a crosswalk carries them.
     let vs = app.get("ValueSet?name=DIAGNOSIS").expect(200);
-    let url = vs["entry"][0]["resource"]["url"].as_str().unwrap().to_string();
-    assert_eq!(vs["entry"][0]["resource"]["compose"]["include"][0]["system"], ICD11);
-    let v = |q: &str| app.get(&format!("ValueSet/$validate-code?url={url}&{q}")).expect(200)["parameter"][0]["valueBoolean"].as_bool().unwrap();
+    let url = vs["entry"][0]["resource"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        vs["entry"][0]["resource"]["compose"]["include"][0]["system"],
+        ICD11
+    );
+    let v = |q: &str| {
+        app.get(&format!("ValueSet/$validate-code?url={url}&{q}"))
+            .expect(200)["parameter"][0]["valueBoolean"]
+            .as_bool()
+            .unwrap()
+    };
     assert!(v("code=5A11"));
     assert!(v("system=http://hl7.org/fhir/sid/icd-10&code=E11"));
     assert!(!v("system=http://hl7.org/fhir/sid/icd-10&code=Z00"));
     assert!(!v("code=E11"));
     let sex = app.get("ValueSet?name=SEX").expect(200);
-    let sex_url = sex["entry"][0]["resource"]["url"].as_str().unwrap().to_string();
-    assert_eq!(app.get(&format!("ValueSet/$validate-code?url={sex_url}&code=FEMALE")).expect(200)["parameter"][1]["valueString"], "Female");
-    app.get("ValueSet/$validate-code?url=nope&code=x").outcome(404);
+    let sex_url = sex["entry"][0]["resource"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.get(&format!(
+            "ValueSet/$validate-code?url={sex_url}&code=FEMALE"
+        ))
+        .expect(200)["parameter"][1]["valueString"],
+        "Female"
+    );
+    app.get("ValueSet/$validate-code?url=nope&code=x")
+        .outcome(404);
 }

@@ -52,6 +52,11 @@ enum MappingsAction {
         /// Mappings directory (default: the configured one, `mappings`).
         dir: Option<PathBuf>,
     },
+    /// Run the golden cases in DIR/tests (input → tracker values → output); exit 1 on a failure.
+    Test {
+        /// Mappings directory (default: the configured one, `mappings`).
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,9 @@ fn main() -> ExitCode {
         Command::Mappings {
             action: MappingsAction::Check { dir },
         } => check_mappings(config, dir),
+        Command::Mappings {
+            action: MappingsAction::Test { dir },
+        } => test_mappings(config, dir),
         Command::Import {
             paths,
             default_org_unit,
@@ -226,5 +234,41 @@ fn import(
             eprintln!("kiunga: import failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn test_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
+    if let Some(d) = dir {
+        config.mappings_dir = d;
+    }
+    let dir = config.mappings_dir.clone();
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(StartError::Mappings(problems)) => {
+            for p in &problems.0 {
+                println!("{p}");
+            }
+            eprintln!("the mappings have problems; fix them first (`kiunga mappings check`)");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcomes = kiunga::mapping::golden::run(&dir, &state.metadata, &state.mappings());
+    let failed = outcomes.iter().filter(|o| !o.problems.is_empty()).count();
+    for o in &outcomes {
+        if o.problems.is_empty() {
+            println!("PASS {}", o.name);
+        } else {
+            println!("FAIL {}: {}", o.name, o.problems.join("; "));
+        }
+    }
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    if failed > 0 || outcomes.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

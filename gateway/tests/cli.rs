@@ -354,3 +354,61 @@ fn sighup_reloads_the_mappings_and_refuses_a_broken_set() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn mappings_test_runs_the_golden_cases_and_fails_when_a_map_changes() {
+    let db = Db::new();
+    let out = kiunga(&db).args(["mappings", "test"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("PASS observation-diagnosis-icd10"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("5 passed, 0 failed"),
+        "{stdout}"
+    );
+
+    // Change a map: the pinned behaviour no longer holds, and the case says how.
+    let dir = std::env::temp_dir().join(format!("kiunga-golden-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    for sub in ["", "tests"] {
+        for f in std::fs::read_dir(repo().join("mappings").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, dir.join(sub).join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let obs = std::fs::read_to_string(dir.join("observation.toml")).unwrap();
+    std::fs::write(
+        dir.join("observation.toml"),
+        obs.replace(
+            "code = \"29463-7\"\ndisplay = \"Body weight\"\ndata_element = \"WEIGHT\"",
+            "code = \"29463-7\"\ndisplay = \"Body weight\"\ndata_element = \"HEIGHT\"",
+        ),
+    )
+    .unwrap();
+    let out = kiunga(&db)
+        .args(["mappings", "test"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL observation-weight-grams: input refused:")
+            && stdout.contains("cannot be converted to `cm`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with("4 passed, 1 failed"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

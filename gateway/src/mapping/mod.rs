@@ -3,6 +3,7 @@
 //! once, and a set with any problem is refused as a whole.
 
 pub mod encounter;
+pub mod golden;
 pub mod observation;
 pub mod organizations;
 pub mod patient;
