@@ -131,3 +131,53 @@ fn crosswalk_table_problems_name_the_csv_line() {
     assert!(!err.contains("missing"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fhir_concept_maps_and_code_systems_in_the_mappings_directory_are_used() {
+    let dir = support::mappings_copy();
+    let local = "http://example.org/fhir/CodeSystem/local-dx";
+    std::fs::write(
+        dir.join("local-dx.codesystem.json"),
+        serde_json::json!({ "resourceType": "CodeSystem", "url": local, "name": "LocalDx", "status": "active", "content": "complete",
+            "concept": [{ "code": "HTN", "display": "High blood pressure" }, { "code": "DM2", "display": "Sugar disease" }] })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("local-dx-to-icd11.conceptmap.json"),
+        serde_json::json!({ "resourceType": "ConceptMap", "name": "LocalDxToIcd11", "status": "active", "group": [{
+            "source": local, "target": "http://id.who.int/icd/release/11/mms",
+            "element": [{ "code": "HTN", "target": [{ "code": "BA00", "equivalence": "equivalent" }] },
+                        { "code": "DM2", "target": [{ "code": "5A11", "equivalence": "equivalent" }] }] }] })
+        .to_string(),
+    )
+    .unwrap();
+    let app = support::TestApp::start_with(|c| c.mappings_dir = dir.clone());
+    let p = app.get(&format!("ConceptMap/$translate?system={local}&code=HTN&targetsystem=http://hl7.org/fhir/sid/icd-10")).expect(200);
+    assert_eq!(
+        p["parameter"][1]["part"][1]["valueCoding"]["code"], "I10",
+        "the local code joins the crosswalk concept: {p}"
+    );
+    let l = app
+        .get(&format!("CodeSystem/$lookup?system={local}&code=DM2"))
+        .expect(200);
+    assert_eq!(l["parameter"][1]["valueString"], "Sugar disease");
+
+    // A non-equivalent target is named, with the file, and the set is refused.
+    std::fs::write(
+        dir.join("wider.conceptmap.json"),
+        serde_json::json!({ "resourceType": "ConceptMap", "status": "active", "group": [{
+            "source": local, "target": "http://id.who.int/icd/release/11/mms",
+            "element": [{ "code": "HTN", "target": [{ "code": "BA00", "equivalence": "wider" }] }] }] })
+        .to_string(),
+    )
+    .unwrap();
+    let err = app.state.reload_mappings().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "wider.conceptmap.json: ConceptMap.group[0].element[0].target[0]: equivalence `wider`"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         show: usize,
     },
+    /// Re-translate the stored originals under the current mappings and report what changes.
+    Remap {
+        /// Apply the changes (in one transaction); without it nothing is written.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
         Command::Mappings {
             action: MappingsAction::Test { dir },
         } => test_mappings(config, dir),
+        Command::Remap { apply } => remap(config, apply),
         Command::Import {
             paths,
             default_org_unit,
@@ -270,5 +277,65 @@ fn test_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn remap(config: Config, apply: bool) -> ExitCode {
+    use diesel::Connection;
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mappings = state.mappings();
+    let env = kiunga::tracker::Env {
+        md: &state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: state.default_org_unit,
+    };
+    let ctx = kiunga::context::RequestContext::system();
+    let result = state
+        .pool
+        .get()
+        .map_err(kiunga::Error::from)
+        .and_then(|mut conn| {
+            conn.transaction(|c| {
+                let mut s = kiunga::store::Scoped::new(c, &ctx);
+                kiunga::rest::remap::remap(&mut s, &env, apply)
+            })
+        });
+    match result {
+        Ok(changes) => {
+            for c in &changes {
+                let mark = if c.refused {
+                    "REFUSED"
+                } else if apply {
+                    "CHANGED"
+                } else {
+                    "WOULD CHANGE"
+                };
+                println!("{mark} {}: {}", c.resource, c.details.join("; "));
+            }
+            let n = changes.iter().filter(|c| !c.refused).count();
+            let refused = changes.len() - n;
+            println!(
+                "{n} record(s) {} under mappings {}; {refused} original(s) no longer translate{}",
+                if apply { "changed" } else { "would change" },
+                mappings.version,
+                if apply || n == 0 {
+                    ""
+                } else {
+                    " (run with --apply to write the changes)"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiunga: remap failed, nothing was changed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -124,6 +124,7 @@ impl MappingSet {
         let mut problems = Vec::new();
         let mut patient = None;
         let mut observation_src: Option<Source> = None;
+        let mut fhir_files: Vec<Source> = Vec::new();
         let mut encounter = None;
         let mut observation = None;
         let mut terminology = None;
@@ -159,6 +160,10 @@ impl MappingSet {
             hasher.update(text.as_bytes());
             hasher.update([0]);
             let src = Source { name, text };
+            if file_name.ends_with(".json") {
+                fhir_files.push(src);
+                continue;
+            }
             match file_name {
                 "patient.toml" => match patient::load(&src, md) {
                     Ok(m) => patient = Some(m),
@@ -196,6 +201,25 @@ impl MappingSet {
                         KNOWN_FILES.join(", ")
                     ),
                 }),
+            }
+        }
+        // FHIR CodeSystem / ConceptMap files extend the terminology; CodeSystems first, so that
+        // the maps can name their systems.
+        let mut parsed = Vec::new();
+        for src in fhir_files {
+            match kiunga_codec::parse(src.text.as_bytes(), kiunga_codec::Format::Json) {
+                Err(e) => problems.push(Problem {
+                    file: src.name.clone(),
+                    line: 0,
+                    message: format!("not a valid FHIR resource: {}", e.message),
+                }),
+                Ok(r) => parsed.push((src.name, r)),
+            }
+        }
+        parsed.sort_by_key(|(_, r)| r["resourceType"] != "CodeSystem");
+        if let Some(t) = terminology.as_mut() {
+            for (name, r) in &parsed {
+                problems.append(&mut t.add_fhir(name, r));
             }
         }
         // Observations are checked after the terminology they may rely on.

@@ -3,6 +3,7 @@
 //! translate the input (pure), apply the tracker rules and store, render the result.
 
 pub mod bundle;
+pub mod remap;
 pub mod search;
 
 use chrono::{DateTime, Utc};

@@ -315,3 +315,126 @@ pub fn load(
         Err(problems)
     }
 }
+
+impl Terminology {
+    fn add_concept(&mut self, crosswalk: usize, codes: Vec<Coded>) {
+        let i = self.concepts.len();
+        for c in &codes {
+            self.index.insert((c.system.clone(), c.code.clone()), i);
+        }
+        self.concepts.push(Concept { crosswalk, codes });
+    }
+
+    /// Adds a FHIR CodeSystem or ConceptMap (JSON placed in `mappings/`). Only `equivalent` and
+    /// `equal` ConceptMap targets join concepts (they are what storage may translate through);
+    /// the others are reported so nobody believes they are used.
+    pub fn add_fhir(&mut self, file: &str, r: &serde_json::Value) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let problem = |message: String| Problem {
+            file: file.to_string(),
+            line: 0,
+            message,
+        };
+        let s =
+            |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        match r["resourceType"].as_str() {
+            Some("CodeSystem") => {
+                let Some(url) = s(r, "url") else {
+                    return vec![problem("CodeSystem.url is required: it is the system URI codes are sent with".into())];
+                };
+                if self.system(&url).is_none() {
+                    self.systems.push(CodeSystemDef { uri: url.clone(), name: s(r, "name").unwrap_or_else(|| url.clone()), title: s(r, "title") });
+                }
+                let cw = self.crosswalks.len();
+                self.crosswalks.push(Crosswalk { name: s(r, "name").unwrap_or_else(|| file.to_string()), title: s(r, "title"), systems: vec![url.clone()] });
+                for (i, c) in r["concept"].as_array().into_iter().flatten().enumerate() {
+                    let Some(code) = s(c, "code") else {
+                        problems.push(problem(format!("CodeSystem.concept[{i}] has no code")));
+                        continue;
+                    };
+                    if self.concept(&url, &code).is_none() {
+                        self.add_concept(cw, vec![Coded { system: url.clone(), code, display: s(c, "display") }]);
+                    }
+                }
+            }
+            Some("ConceptMap") => {
+                let cw = self.crosswalks.len();
+                let mut systems = Vec::new();
+                for (gi, g) in r["group"].as_array().into_iter().flatten().enumerate() {
+                    let (Some(source), Some(target)) = (s(g, "source"), s(g, "target")) else {
+                        problems.push(problem(format!("ConceptMap.group[{gi}] needs source and target systems")));
+                        continue;
+                    };
+                    for sys in [&source, &target] {
+                        if self.system(sys).is_none() {
+                            problems.push(problem(format!("ConceptMap.group[{gi}]: `{sys}` is not a [[system]] of terminology.toml nor a CodeSystem file")));
+                        }
+                        if !systems.contains(sys) {
+                            systems.push(sys.clone());
+                        }
+                    }
+                    for (ei, e) in g["element"].as_array().into_iter().flatten().enumerate() {
+                        let Some(code) = s(e, "code") else { continue };
+                        for (ti, t) in e["target"].as_array().into_iter().flatten().enumerate() {
+                            let at = format!("ConceptMap.group[{gi}].element[{ei}].target[{ti}]");
+                            let eq = s(t, "equivalence").unwrap_or_default();
+                            if eq != "equivalent" && eq != "equal" {
+                                problems.push(problem(format!("{at}: equivalence `{eq}` cannot be used to store codes; only equivalent/equal targets are (remove it or map to an equivalent code)")));
+                                continue;
+                            }
+                            let Some(tcode) = s(t, "code") else { continue };
+                            let src = self.index.get(&(source.clone(), code.clone())).copied();
+                            let tgt = self.index.get(&(target.clone(), tcode.clone())).copied();
+                            match (src, tgt) {
+                                (Some(a), Some(b)) if a == b => {}
+                                (Some(a), Some(b)) => {
+                                    // A code a CodeSystem file merely declared joins the mapped concept.
+                                    let (lone, into) = if self.concepts[a].codes.len() == 1 {
+                                        (a, b)
+                                    } else if self.concepts[b].codes.len() == 1 {
+                                        (b, a)
+                                    } else {
+                                        problems.push(problem(format!("{at}: {source}|{code} and {target}|{tcode} already belong to different concepts")));
+                                        continue;
+                                    };
+                                    let moved = std::mem::take(&mut self.concepts[lone].codes);
+                                    for c in moved {
+                                        if self.concepts[into].codes.iter().any(|x| x.system == c.system) {
+                                            problems.push(problem(format!("{at}: {}|{} would give a concept two {} codes", c.system, c.code, c.system)));
+                                            continue;
+                                        }
+                                        self.index.insert((c.system.clone(), c.code.clone()), into);
+                                        self.concepts[into].codes.push(c);
+                                    }
+                                }
+                                (Some(i), None) => {
+                                    if self.concepts[i].codes.iter().any(|c| c.system == target) {
+                                        problems.push(problem(format!("{at}: {source}|{code} is already mapped to another {target} code")));
+                                    } else {
+                                        self.concepts[i].codes.push(Coded { system: target.clone(), code: tcode.clone(), display: s(t, "display") });
+                                        self.index.insert((target.clone(), tcode), i);
+                                    }
+                                }
+                                (None, Some(i)) => {
+                                    if self.concepts[i].codes.iter().any(|c| c.system == source) {
+                                        problems.push(problem(format!("{at}: {target}|{tcode} is already mapped to another {source} code")));
+                                    } else {
+                                        self.concepts[i].codes.push(Coded { system: source.clone(), code: code.clone(), display: s(e, "display") });
+                                        self.index.insert((source.clone(), code.clone()), i);
+                                    }
+                                }
+                                (None, None) => self.add_concept(
+                                    cw,
+                                    vec![Coded { system: source.clone(), code: code.clone(), display: s(e, "display") }, Coded { system: target.clone(), code: tcode, display: s(t, "display") }],
+                                ),
+                            }
+                        }
+                    }
+                }
+                self.crosswalks.push(Crosswalk { name: s(r, "name").unwrap_or_else(|| file.to_string()), title: s(r, "title"), systems });
+            }
+            other => problems.push(problem(format!("a JSON file in the mappings directory must be a FHIR CodeSystem or ConceptMap, not {}", other.unwrap_or("something else")))),
+        }
+        problems
+    }
+}
