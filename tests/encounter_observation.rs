@@ -674,3 +674,55 @@ fn validate_code_for_code_systems_and_option_sets() {
     app.get("ValueSet/$validate-code?url=nope&code=x")
         .outcome(404);
 }
+
+#[test]
+fn translate_works_both_ways_for_every_crosswalk_row() {
+    let app = TestApp::start();
+    let csv = std::fs::read_to_string(support::repo().join("mappings/diagnoses.csv")).unwrap();
+    let systems = [
+        (0, ICD11),
+        (2, "http://hl7.org/fhir/sid/icd-10"),
+        (4, "http://snomed.info/sct"),
+    ];
+    let mut checked = 0;
+    let mut reader_lines = csv.lines().skip(1);
+    for line in &mut reader_lines {
+        // Split on commas outside quotes (the source column is quoted).
+        let mut cells = Vec::new();
+        let (mut cur, mut quoted) = (String::new(), false);
+        for ch in line.chars() {
+            match ch {
+                '"' => quoted = !quoted,
+                ',' if !quoted => cells.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        cells.push(cur);
+        for (i, from) in systems {
+            for (j, to) in systems {
+                if i == j || cells[i].is_empty() || cells[j].is_empty() {
+                    continue;
+                }
+                let p = app
+                    .get(&format!(
+                        "ConceptMap/$translate?system={from}&code={}&targetsystem={to}",
+                        cells[i]
+                    ))
+                    .expect(200);
+                assert_eq!(
+                    p["parameter"][0]["valueBoolean"], true,
+                    "{from}|{} → {to}: {p}",
+                    cells[i]
+                );
+                assert_eq!(
+                    p["parameter"][1]["part"][1]["valueCoding"]["code"],
+                    cells[j].as_str(),
+                    "{from}|{} → {to}",
+                    cells[i]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 250, "{checked} translations checked");
+}

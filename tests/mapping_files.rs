@@ -181,3 +181,170 @@ fn fhir_concept_maps_and_code_systems_in_the_mappings_directory_are_used() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts with a copy of the shipped mappings changed by `edit`, and returns the problems.
+fn problems_after(edit: impl FnOnce(&std::path::Path)) -> String {
+    let db = TestDb::new();
+    let dir = support::mappings_copy();
+    edit(&dir);
+    let mut config = test_config(&db);
+    config.mappings_dir = dir.clone();
+    let out = match AppState::start(config) {
+        Err(StartError::Mappings(p)) => p.to_string().replace(&format!("{}/", dir.display()), ""),
+        Err(e) => panic!("{e}"),
+        Ok(_) => String::from("(accepted)"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+fn replace_in(dir: &std::path::Path, file: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert!(text.contains(from), "{file} has no `{from}`");
+    std::fs::write(dir.join(file), text.replacen(from, to, 1)).unwrap();
+}
+
+fn line_of(dir: &std::path::Path, file: &str, needle: &str) -> usize {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap()
+        + 1
+}
+
+#[test]
+fn every_checker_message_names_file_and_line() {
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    // (file, replace, with, line marker in the edited file, expected message after `file:line: `)
+    let cases: &[Case] = &[
+        (
+            "observation.toml",
+            "data_element = \"HEIGHT\"",
+            "data_element = \"HEIGTH\"",
+            "HEIGTH",
+            "unknown data element `HEIGTH` (known: ",
+        ),
+        (
+            "observation.toml",
+            "code = \"8302-2\"",
+            "code = \"29463-7\"",
+            "display = \"Body height\"",
+            "",
+        ),
+        (
+            "observation.toml",
+            "default_stage = \"OPD_VISIT\"",
+            "default_stage = \"OPD\"",
+            "default_stage",
+            "default_stage: unknown program stage `OPD` (known: ",
+        ),
+        (
+            "observation.toml",
+            "category = \"laboratory\"",
+            "category = \"labs\"",
+            "\"labs\"",
+            "category `labs` is not an observation-category code",
+        ),
+        (
+            "observation.toml",
+            "value_system = \"http://id.who.int/icd/release/11/mms\"",
+            "value_system = \"http://example.org/unknown\"",
+            "example.org/unknown",
+            "value_system `http://example.org/unknown` is not a [[system]] of terminology.toml",
+        ),
+        (
+            "encounter.toml",
+            "stage = \"ANC_FIRST\"",
+            "stage = \"ANC_1\"",
+            "ANC_1",
+            "type: unknown program stage `ANC_1` (known: ",
+        ),
+        (
+            "encounter.toml",
+            "in-progress = \"ACTIVE\"",
+            "in-progress = \"RUNNING\"",
+            "RUNNING",
+            "status.in-progress: `RUNNING` is not an event status",
+        ),
+        (
+            "encounter.toml",
+            "code = \"424619006\"",
+            "code = \"424441002\"",
+            "display = \"Prenatal visit\"",
+            "",
+        ),
+        (
+            "terminology.toml",
+            "code = \"icd10\"",
+            "code = \"icd_10\"",
+            "icd_10",
+            "crosswalk PrimaryCareDiagnoses: `diagnoses.csv` has no column `icd_10`",
+        ),
+        (
+            "terminology.toml",
+            "file = \"diagnoses.csv\"",
+            "file = \"dx.csv\"",
+            "dx.csv",
+            "crosswalk PrimaryCareDiagnoses: cannot read `dx.csv`",
+        ),
+        (
+            "organizations.toml",
+            "# [[organization]]\n# name",
+            "[[organization]]\nname = \"X\"\norg_unit = \"KD_NOPE\"\n# name",
+            "KD_NOPE",
+            "unknown org unit `KD_NOPE` (known: ",
+        ),
+    ];
+    for (file, from, to, marker, expected) in cases {
+        let mut line = 0;
+        let out = problems_after(|dir| {
+            replace_in(dir, file, from, to);
+            line = line_of(dir, file, marker);
+        });
+        if expected.is_empty() {
+            // a code mapped twice: the second entry's code line
+            assert!(
+                out.contains(&format!("{file}:")) && out.contains("mapped"),
+                "{file}: {out}"
+            );
+            continue;
+        }
+        let want = format!("{file}:{line}: {expected}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&want)),
+            "wanted `{want}`, got:\n{out}"
+        );
+    }
+    // A table row whose ICD-11 code is not an option of the diagnosis option set.
+    let out = problems_after(|dir| {
+        let csv = std::fs::read_to_string(dir.join("diagnoses.csv")).unwrap();
+        std::fs::write(
+            dir.join("diagnoses.csv"),
+            format!("{csv}ZZ98,Not an option,,,,,test\n"),
+        )
+        .unwrap();
+    });
+    assert!(out.contains(": ICD11MMS code `ZZ98` is not an option of option set DIAGNOSIS_ICD11 (data element DIAGNOSIS)"), "{out}");
+    assert!(out.contains("diagnoses.csv:50:"), "{out}");
+    // Files the gateway does not know, and JSON that is neither a CodeSystem nor a ConceptMap.
+    let out = problems_after(|dir| std::fs::write(dir.join("patients.toml"), "x = 1\n").unwrap());
+    assert!(
+        out.contains("patients.toml: not a known mapping file (known: patient.toml"),
+        "{out}"
+    );
+    let out = problems_after(|dir| {
+        std::fs::write(
+            dir.join("x.json"),
+            r#"{"resourceType": "Basic", "code": {"text": "x"}}"#,
+        )
+        .unwrap()
+    });
+    assert!(out.contains("x.json: a JSON file in the mappings directory must be a FHIR CodeSystem or ConceptMap, not Basic"), "{out}");
+}

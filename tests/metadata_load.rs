@@ -40,7 +40,7 @@ fn demo_metadata_lands_in_the_tracker_tables() {
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM program_stage_data_element"),
-        21
+        22
     );
     assert_eq!(
         db.text("SELECT code FROM relationship_type ORDER BY code"),

@@ -370,7 +370,7 @@ fn mappings_test_runs_the_golden_cases_and_fails_when_a_map_changes() {
         "{stdout}"
     );
     assert!(
-        stdout.trim_end().ends_with("5 passed, 0 failed"),
+        stdout.trim_end().ends_with("6 passed, 0 failed"),
         "{stdout}"
     );
 
@@ -407,7 +407,7 @@ fn mappings_test_runs_the_golden_cases_and_fails_when_a_map_changes() {
         "{stdout}"
     );
     assert!(
-        stdout.trim_end().ends_with("4 passed, 1 failed"),
+        stdout.trim_end().ends_with("5 passed, 1 failed"),
         "{stdout}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -27,6 +27,8 @@ struct RawCode {
     category: Option<Spanned<String>>,
     stage: Option<Spanned<String>>,
     value_system: Option<Spanned<String>>,
+    #[serde(default)]
+    free_codes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct CodeMap {
     pub stage_id: i64,
     /// For coded data elements: the code system of the option codes.
     pub value_system: Option<String>,
+    /// The data element (text, no option set) takes any code of `value_system`.
+    pub free_codes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +188,41 @@ pub fn load(
                 ));
             }
         }
+        // Every code a crosswalk gives in the option set's system must be an option of it, or
+        // storing that concept would fail at run time.
+        if let (Some(vs), Some(t), Some(set)) = (
+            &c.value_system,
+            terminology,
+            de.option_set_id.and_then(|id| md.option_set_by_id(id)),
+        ) {
+            for concept in &t.concepts {
+                for code in concept.codes.iter().filter(|x| &x.system == vs.get_ref()) {
+                    if set.option(&code.code).is_none() {
+                        let (file, line) = match concept.origin.rsplit_once(':') {
+                            Some((f, l)) if l.chars().all(|ch| ch.is_ascii_digit()) => {
+                                (f.to_string(), l.parse().unwrap_or(0))
+                            }
+                            _ => (concept.origin.clone(), 0),
+                        };
+                        problems.push(Problem {
+                            file,
+                            line,
+                            message: format!("{} code `{}` is not an option of option set {} (data element {}); add the option to the metadata or fix the table", t.system(vs.get_ref()).map(|s| s.name.as_str()).unwrap_or(vs.get_ref()), code.code, set.label(), c.data_element.get_ref()),
+                        });
+                    }
+                }
+            }
+        }
+        if c.free_codes
+            && (de.option_set_id.is_some()
+                || c.value_system.is_none()
+                || de.value_type != ValueType::Text)
+        {
+            problems.push(src.problem(
+                c.data_element.span(),
+                format!("free_codes needs a TEXT data element without option set and a value_system (`{}` is not one)", c.data_element.get_ref()),
+            ));
+        }
         if de.option_set_id.is_none()
             && c.value_system.is_some()
             && de.value_type != ValueType::Text
@@ -199,6 +238,7 @@ pub fn load(
             category: c.category.as_ref().map(|c| c.get_ref().clone()),
             stage_id: stage_id.unwrap_or_default(),
             value_system: c.value_system.as_ref().map(|v| v.get_ref().clone()),
+            free_codes: c.free_codes,
         });
     }
     if !problems.is_empty() {

@@ -65,6 +65,8 @@ pub struct Coded {
 pub struct Concept {
     pub crosswalk: usize,
     pub codes: Vec<Coded>,
+    /// Where it was defined (`diagnoses.csv:17`, a JSON file's name), for messages.
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +285,8 @@ pub fn load(
                     display,
                 });
             }
-            if codes.len() >= 2 {
+            // A row with one code still names a known code (for $lookup and displays).
+            if !codes.is_empty() {
                 let i = t.concepts.len();
                 for c in &codes {
                     t.index.insert((c.system.clone(), c.code.clone()), i);
@@ -291,15 +294,7 @@ pub fn load(
                 t.concepts.push(Concept {
                     crosswalk: ci,
                     codes,
-                });
-            } else if !codes.is_empty() {
-                // A row with one code still names a known code (for $lookup and displays).
-                let i = t.concepts.len();
-                t.index
-                    .insert((codes[0].system.clone(), codes[0].code.clone()), i);
-                t.concepts.push(Concept {
-                    crosswalk: ci,
-                    codes,
+                    origin: format!("{file}:{line}"),
                 });
             }
         }
@@ -317,12 +312,16 @@ pub fn load(
 }
 
 impl Terminology {
-    fn add_concept(&mut self, crosswalk: usize, codes: Vec<Coded>) {
+    fn add_concept(&mut self, crosswalk: usize, codes: Vec<Coded>, origin: &str) {
         let i = self.concepts.len();
         for c in &codes {
             self.index.insert((c.system.clone(), c.code.clone()), i);
         }
-        self.concepts.push(Concept { crosswalk, codes });
+        self.concepts.push(Concept {
+            crosswalk,
+            codes,
+            origin: origin.to_string(),
+        });
     }
 
     /// Adds a FHIR CodeSystem or ConceptMap (JSON placed in `mappings/`). Only `equivalent` and
@@ -353,7 +352,7 @@ impl Terminology {
                         continue;
                     };
                     if self.concept(&url, &code).is_none() {
-                        self.add_concept(cw, vec![Coded { system: url.clone(), code, display: s(c, "display") }]);
+                        self.add_concept(cw, vec![Coded { system: url.clone(), code, display: s(c, "display") }], file);
                     }
                 }
             }
@@ -426,6 +425,7 @@ impl Terminology {
                                 (None, None) => self.add_concept(
                                     cw,
                                     vec![Coded { system: source.clone(), code: code.clone(), display: s(e, "display") }, Coded { system: target.clone(), code: tcode, display: s(t, "display") }],
+                                    file,
                                 ),
                             }
                         }

@@ -228,6 +228,28 @@ pub fn to_tracker(
                 }
             }
         }
+    } else if entry.free_codes {
+        // Any code of the system is taken as sent (the data element accepts free codes).
+        let system = entry.value_system.as_deref().unwrap_or_default();
+        let codings = resource
+            .pointer("/valueCodeableConcept/coding")
+            .and_then(Value::as_array);
+        let hit = codings
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, c)| str_at(c, "system") == Some(system) && str_at(c, "code").is_some());
+        match hit {
+            Some((j, c)) => {
+                r.consume(format!("valueCodeableConcept.coding[{j}]"));
+                value = str_at(c, "code").map(str::to_string);
+            }
+            None => problems.push(Issue::error(
+                "code-invalid",
+                format!("{} takes a {system} code in valueCodeableConcept", de.name),
+                Some(expr_value("valueCodeableConcept")),
+            )),
+        }
     } else if de.value_type.is_numeric() {
         let q = resource.get("valueQuantity");
         let raw = q
@@ -397,6 +419,15 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
                 cc["text"] = json!(o.name);
             }
             out.insert("valueCodeableConcept".into(), cc);
+        } else if let Some(system) = entry
+            .filter(|e| e.free_codes)
+            .and_then(|e| e.value_system.as_deref())
+        {
+            let mut coding = json!({ "system": system, "code": d.value });
+            if let Some(disp) = m.terminology.display(system, &d.value) {
+                coding["display"] = json!(disp);
+            }
+            out.insert("valueCodeableConcept".into(), json!({ "coding": [coding] }));
         } else if de.value_type.is_numeric() {
             let n: f64 = d.value.parse().unwrap_or_default();
             let mut q = json!({ "value": n });
