@@ -348,3 +348,52 @@ fn every_checker_message_names_file_and_line() {
     });
     assert!(out.contains("x.json: a JSON file in the mappings directory must be a FHIR CodeSystem or ConceptMap, not Basic"), "{out}");
 }
+
+#[test]
+fn a_unit_without_ucum_conversion_and_an_attribute_outside_the_entity_type_are_named() {
+    let db = TestDb::new();
+    // Metadata with two extra pieces: a data element in shoe sizes, and an attribute that the
+    // Person type does not carry.
+    let md = std::env::temp_dir().join(format!("kiunga-md-extra-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::copy(
+        support::repo().join("fixtures/metadata/demo.json"),
+        md.join("demo.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        md.join("extra.json"),
+        r#"{"attributes": [{"id": "RboIAIAdAEj", "code": "UNIT"}],
+            "dataElements": [{"id": "ShoeSize001", "code": "SHOE_SIZE", "name": "Shoe size", "valueType": "NUMBER",
+              "attributeValues": [{"attribute": {"id": "RboIAIAdAEj"}, "value": "[shoe]"}]}],
+            "trackedEntityAttributes": [{"id": "Loose000001", "code": "LOOSE_ATTR", "name": "Loose", "valueType": "TEXT"}],
+            "programStages": [{"id": "j5zt5PePKl8", "code": "OPD_VISIT", "name": "OPD visit", "program": {"id": "GNcR6EXJfvM"}, "repeatable": true,
+              "programStageDataElements": [{"dataElement": {"id": "ShoeSize001"}}]}]}"#,
+    )
+    .unwrap();
+    let dir = support::mappings_copy();
+    let obs = std::fs::read_to_string(dir.join("observation.toml")).unwrap();
+    std::fs::write(dir.join("observation.toml"), format!("{obs}\n[[code]]\nsystem = \"http://example.org/codes\"\ncode = \"shoe\"\ndata_element = \"SHOE_SIZE\"\n")).unwrap();
+    let pat = std::fs::read_to_string(dir.join("patient.toml")).unwrap();
+    std::fs::write(
+        dir.join("patient.toml"),
+        pat.replace(
+            "[address]\ncity = \"VILLAGE\"",
+            "[address]\ncity = \"VILLAGE\"\ndistrict = \"LOOSE_ATTR\"",
+        ),
+    )
+    .unwrap();
+    let mut config = test_config(&db);
+    config.metadata_dir = md.clone();
+    config.mappings_dir = dir.clone();
+    let err = match AppState::start(config) {
+        Err(StartError::Mappings(p)) => p.to_string().replace(&format!("{}/", dir.display()), ""),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    let obs_line = line_of(&dir, "observation.toml", "data_element = \"SHOE_SIZE\"");
+    assert!(err.contains(&format!("observation.toml:{obs_line}: data element `SHOE_SIZE` has unit `[shoe]`, which has no UCUM conversion here")), "{err}");
+    assert!(err.contains("address.district: attribute `LOOSE_ATTR` is not an attribute of the tracked entity type"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&md);
+}

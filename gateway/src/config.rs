@@ -179,7 +179,7 @@ mod tests {
             "KIUNGA_STRICT_MAPPING" => Some("true".into()),
             _ => None,
         })
-        .unwrap();
+        .expect("test input is valid");
         assert_eq!(c.database_url, "postgres://x/y");
         assert_eq!(c.pool_size, 3);
         assert!(c.strict_mapping);
@@ -201,9 +201,10 @@ mod tests {
     #[test]
     fn file_errors_name_the_line() {
         let dir = std::env::temp_dir().join(format!("kiunga-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test input is valid");
         let p = dir.join("kiunga.toml");
-        std::fs::write(&p, "listen = \"0.0.0.0:80\"\npool_sise = 4\n").unwrap();
+        std::fs::write(&p, "listen = \"0.0.0.0:80\"\npool_sise = 4\n")
+            .expect("test input is valid");
         let err = Config::from_file(&p).unwrap_err().to_string();
         assert!(err.contains("kiunga.toml:2:"), "{err}");
         assert!(err.contains("pool_sise"), "{err}");

@@ -233,7 +233,10 @@ mod tests {
         ]);
         let (status, body) = e.client_outcome("r");
         assert_eq!(status.as_u16(), 422);
-        assert_eq!(body["issue"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            body["issue"].as_array().expect("test input is valid").len(),
+            2
+        );
         assert_eq!(body["issue"][0]["expression"][0], "Patient.a");
     }
 }

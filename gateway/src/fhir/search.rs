@@ -106,7 +106,7 @@ mod tests {
                 value: "Mto Health".into()
             }
         );
-        assert_eq!(paging(&p).unwrap(), (5, 0));
+        assert_eq!(paging(&p).expect("test input is valid"), (5, 0));
         assert!(query_with_offset(&p, 10).ends_with("_offset=10"));
     }
 }

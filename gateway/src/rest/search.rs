@@ -929,10 +929,10 @@ mod tests {
 
     #[test]
     fn date_ranges() {
-        let (lo, hi) = date_range("1995").unwrap();
+        let (lo, hi) = date_range("1995").expect("test input is valid");
         assert_eq!(lo.to_rfc3339(), "1995-01-01T00:00:00+00:00");
         assert_eq!(hi.to_rfc3339(), "1996-01-01T00:00:00+00:00");
-        let (lo, hi) = date_range("2024-02").unwrap();
+        let (lo, hi) = date_range("2024-02").expect("test input is valid");
         assert_eq!((lo.day(), hi.month()), (1, 3));
         assert!(date_range("2024-13").is_none());
         assert!(date_range("tomorrow").is_none());

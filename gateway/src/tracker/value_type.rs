@@ -226,8 +226,18 @@ mod tests {
 
     #[test]
     fn numbers_are_normalised() {
-        assert_eq!(ValueType::Number.normalize("72.50").unwrap(), "72.5");
-        assert_eq!(ValueType::IntegerPositive.normalize("120").unwrap(), "120");
+        assert_eq!(
+            ValueType::Number
+                .normalize("72.50")
+                .expect("test input is valid"),
+            "72.5"
+        );
+        assert_eq!(
+            ValueType::IntegerPositive
+                .normalize("120")
+                .expect("test input is valid"),
+            "120"
+        );
         assert!(ValueType::IntegerPositive.normalize("0").is_err());
         assert!(ValueType::Number.normalize("NaN").is_err());
         assert!(ValueType::PhoneNumber.normalize("+254 700 123456").is_ok());

@@ -127,7 +127,7 @@ mod tests {
         let got: Vec<String> = r
             .unmapped()
             .into_iter()
-            .map(|i| i.expression.unwrap())
+            .map(|i| i.expression.expect("test input is valid"))
             .collect();
         assert_eq!(
             got,

@@ -171,17 +171,38 @@ mod tests {
 
     #[test]
     fn conversions() {
-        assert!(close(convert(72500.0, "g", "kg").unwrap(), 72.5));
         assert!(close(
-            convert(160.0, "[lb_av]", "kg").unwrap(),
+            convert(72500.0, "g", "kg").expect("test input is valid"),
+            72.5
+        ));
+        assert!(close(
+            convert(160.0, "[lb_av]", "kg").expect("test input is valid"),
             72.574_779_2
         ));
-        assert!(close(convert(98.6, "[degF]", "Cel").unwrap(), 37.0));
-        assert!(close(convert(37.0, "Cel", "[degF]").unwrap(), 98.6));
-        assert!(close(convert(68.0, "[in_i]", "cm").unwrap(), 172.72));
-        assert!(close(convert(1.7, "m", "cm").unwrap(), 170.0));
-        assert!(close(convert(120.0, "g/L", "g/dL").unwrap(), 12.0));
-        assert!(close(convert(120.0, "mm[Hg]", "mm[Hg]").unwrap(), 120.0));
+        assert!(close(
+            convert(98.6, "[degF]", "Cel").expect("test input is valid"),
+            37.0
+        ));
+        assert!(close(
+            convert(37.0, "Cel", "[degF]").expect("test input is valid"),
+            98.6
+        ));
+        assert!(close(
+            convert(68.0, "[in_i]", "cm").expect("test input is valid"),
+            172.72
+        ));
+        assert!(close(
+            convert(1.7, "m", "cm").expect("test input is valid"),
+            170.0
+        ));
+        assert!(close(
+            convert(120.0, "g/L", "g/dL").expect("test input is valid"),
+            12.0
+        ));
+        assert!(close(
+            convert(120.0, "mm[Hg]", "mm[Hg]").expect("test input is valid"),
+            120.0
+        ));
         assert!(convert(1.0, "kg", "cm")
             .unwrap_err()
             .contains("cannot be converted"));
