@@ -1028,10 +1028,14 @@ async fn bundle(
     .await
 }
 
-async fn translate(
+type TerminologyOp = fn(&AppState, &[(String, Value)]) -> Result<FhirResponse, Error>;
+
+/// A terminology operation: parameters from the query string and, for POST, a Parameters body.
+async fn terminology_op(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+    op: TerminologyOp,
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |_n| async move {
@@ -1040,9 +1044,17 @@ async fn translate(
             &crate::fhir::search::parse_query(r.query_string()),
             body.as_ref(),
         );
-        terminology::translate(&state, &params)
+        op(&state, &params)
     })
     .await
+}
+
+async fn translate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    terminology_op(req, payload, state, terminology::translate).await
 }
 
 async fn cs_validate(
@@ -1050,16 +1062,7 @@ async fn cs_validate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let r = req.clone();
-    respond(&req, |_n| async move {
-        let body = terminology::body_params(&r, payload, &state).await?;
-        let params = terminology::op_params(
-            &crate::fhir::search::parse_query(r.query_string()),
-            body.as_ref(),
-        );
-        terminology::validate_code(&state, &params)
-    })
-    .await
+    terminology_op(req, payload, state, terminology::validate_code).await
 }
 
 async fn vs_validate(
@@ -1067,16 +1070,7 @@ async fn vs_validate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let r = req.clone();
-    respond(&req, |_n| async move {
-        let body = terminology::body_params(&r, payload, &state).await?;
-        let params = terminology::op_params(
-            &crate::fhir::search::parse_query(r.query_string()),
-            body.as_ref(),
-        );
-        terminology::validate_value_set(&state, &params)
-    })
-    .await
+    terminology_op(req, payload, state, terminology::validate_value_set).await
 }
 
 async fn lookup(
@@ -1084,16 +1078,7 @@ async fn lookup(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let r = req.clone();
-    respond(&req, |_n| async move {
-        let body = terminology::body_params(&r, payload, &state).await?;
-        let params = terminology::op_params(
-            &crate::fhir::search::parse_query(r.query_string()),
-            body.as_ref(),
-        );
-        terminology::lookup(&state, &params)
-    })
-    .await
+    terminology_op(req, payload, state, terminology::lookup).await
 }
 
 /// `Patient/{id}/$everything`: the patient, their Encounters and Observations.

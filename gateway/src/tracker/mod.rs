@@ -24,6 +24,58 @@ pub struct Env<'a> {
     pub default_org_unit: Option<i64>,
 }
 
+/// Rebuilds a record of an earlier version from `(current record, version, time, snapshot)`.
+pub type Rebuild<'a, T> =
+    &'a dyn Fn(&T, i32, chrono::DateTime<chrono::Utc>, Option<serde_json::Value>) -> Option<T>;
+
+/// One version of a record from the change log: 404 when there is no such version, 410 when it
+/// is the deletion.
+pub fn version_of<T>(
+    s: &mut crate::store::Scoped,
+    resource_type: &str,
+    uid: &str,
+    version: i32,
+    current: &T,
+    rebuild: Rebuild<T>,
+) -> Result<T, crate::error::Error> {
+    use crate::error::Error;
+    let (v, op, at, state) = crate::store::logs::version(s.conn, resource_type, uid, version)?
+        .ok_or_else(|| {
+            Error::NotFound(format!("{resource_type}/{uid} has no version {version}"))
+        })?;
+    if op == "delete" {
+        return Err(Error::Gone(format!(
+            "version {version} of {resource_type}/{uid} is its deletion"
+        )));
+    }
+    rebuild(current, v, at, state).ok_or_else(|| {
+        Error::Internal(format!(
+            "unreadable snapshot of {resource_type}/{uid} version {version}"
+        ))
+    })
+}
+
+/// Every version of a record from the change log, newest first (deletions without a record).
+pub fn versions_of<T>(
+    s: &mut crate::store::Scoped,
+    resource_type: &str,
+    uid: &str,
+    current: &T,
+    rebuild: Rebuild<T>,
+) -> Result<Vec<model::VersionOf<T>>, crate::error::Error> {
+    Ok(crate::store::logs::versions(s.conn, resource_type, uid)?
+        .into_iter()
+        .map(|(v, op, at, state)| {
+            let rec = if op == "delete" {
+                None
+            } else {
+                rebuild(current, v, at, state)
+            };
+            (v, op, at, rec)
+        })
+        .collect())
+}
+
 /// A new DHIS2-style UID: a letter then ten letters or digits.
 pub fn new_uid() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -299,17 +299,8 @@ fn from_snapshot(
 
 pub fn vread(s: &mut Scoped, env: &Env, uid: &str, version: i32) -> Result<DataValueRecord, Error> {
     let current = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?
-        .ok_or_else(|| Error::NotFound(format!("Observation/{uid} has no version {version}")))?;
-    if op == "delete" {
-        return Err(Error::Gone(format!(
-            "version {version} of Observation/{uid} is its deletion"
-        )));
-    }
-    from_snapshot(env, &current, v, at, state).ok_or_else(|| {
-        Error::Internal(format!(
-            "unreadable snapshot of Observation/{uid} version {version}"
-        ))
+    super::version_of(s, TYPE, uid, version, &current, &|c, v, at, st| {
+        from_snapshot(env, c, v, at, st)
     })
 }
 
@@ -319,15 +310,7 @@ pub fn history(
     uid: &str,
 ) -> Result<Vec<VersionOf<DataValueRecord>>, Error> {
     let current = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
-    Ok(logs::versions(s.conn, TYPE, uid)?
-        .into_iter()
-        .map(|(v, op, at, state)| {
-            let rec = if op == "delete" {
-                None
-            } else {
-                from_snapshot(env, &current, v, at, state)
-            };
-            (v, op, at, rec)
-        })
-        .collect())
+    super::versions_of(s, TYPE, uid, &current, &|c, v, at, st| {
+        from_snapshot(env, c, v, at, st)
+    })
 }

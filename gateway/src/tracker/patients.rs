@@ -334,17 +334,8 @@ pub fn read(s: &mut Scoped, env: &Env, uid: &str) -> Result<PersonRecord, Error>
 pub fn vread(s: &mut Scoped, env: &Env, uid: &str, version: i32) -> Result<PersonRecord, Error> {
     let current =
         store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
-    let (v, op, at, state) = logs::version(s.conn, TYPE, uid, version)?
-        .ok_or_else(|| Error::NotFound(format!("Patient/{uid} has no version {version}")))?;
-    if op == "delete" {
-        return Err(Error::Gone(format!(
-            "version {version} of Patient/{uid} is its deletion"
-        )));
-    }
-    from_snapshot(env, &current, v, at, state).ok_or_else(|| {
-        Error::Internal(format!(
-            "unreadable snapshot of Patient/{uid} version {version}"
-        ))
+    super::version_of(s, TYPE, uid, version, &current, &|c, v, at, st| {
+        from_snapshot(env, c, v, at, st)
     })
 }
 
@@ -356,15 +347,7 @@ pub fn history(
 ) -> Result<Vec<VersionOf<PersonRecord>>, Error> {
     let current =
         store::find(s, env.mappings.patient.entity_type_id, uid)?.ok_or_else(|| not_found(uid))?;
-    Ok(logs::versions(s.conn, TYPE, uid)?
-        .into_iter()
-        .map(|(v, op, at, state)| {
-            let rec = if op == "delete" {
-                None
-            } else {
-                from_snapshot(env, &current, v, at, state)
-            };
-            (v, op, at, rec)
-        })
-        .collect())
+    super::versions_of(s, TYPE, uid, &current, &|c, v, at, st| {
+        from_snapshot(env, c, v, at, st)
+    })
 }
