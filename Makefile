@@ -27,7 +27,7 @@ run: build ## serve on http://127.0.0.1:8080/fhir against DATABASE_URL or a loca
 test: ## all tests (unit, integration, tests/, doc); TEST_ARGS is passed to cargo test
 	@scripts/ensure-deps
 	@url=$$(scripts/ensure-postgres --db postgres) && \
-	  KIUNGA_TEST_DATABASE_URL="$$url" cargo test --workspace $(TEST_ARGS)
+	  KIUNGA_TEST_DATABASE_URL="$$url" scripts/run-tests $(TEST_ARGS)
 
 check: ## rustfmt and clippy, warnings are errors
 	@scripts/ensure-deps
