@@ -51,6 +51,41 @@ impl Drop for Db {
     }
 }
 
+/// Starts `kiunga serve` on a free port with `envs`, waits until it is ready, and returns it with
+/// its base URL.
+fn serve(db: &Db, envs: &[(&str, &std::ffi::OsStr)]) -> (std::process::Child, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = kiunga(db);
+    cmd.arg("serve")
+        .env("KIUNGA_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let started = Instant::now();
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the gateway did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, base)
+}
+
 fn kiunga(db: &Db) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiunga"));
     c.current_dir(repo())
@@ -102,34 +137,8 @@ fn mappings_check_prints_file_line_problems_and_exits_1() {
 #[test]
 fn the_request_log_carries_no_patient_data() {
     let db = Db::new();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = kiunga(&db)
-        .arg("serve")
-        .env("KIUNGA_LISTEN", format!("127.0.0.1:{port}"))
-        .env("KIUNGA_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = serve(&db, &[("KIUNGA_LOG", std::ffi::OsStr::new("debug"))]);
     let http = reqwest::blocking::Client::new();
-    let started = Instant::now();
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .map(|r| r.status().as_u16() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the gateway did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let org: serde_json::Value = http
         .get(format!("{base}/fhir/Organization?identifier=KD_KAS_MTO"))
         .send()
@@ -260,34 +269,8 @@ fn sighup_reloads_the_mappings_and_refuses_a_broken_set() {
             std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
         }
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = kiunga(&db)
-        .arg("serve")
-        .env("KIUNGA_LISTEN", format!("127.0.0.1:{port}"))
-        .env("KIUNGA_MAPPINGS_DIR", &dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = serve(&db, &[("KIUNGA_MAPPINGS_DIR", dir.as_os_str())]);
     let http = reqwest::blocking::Client::new();
-    let started = Instant::now();
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .map(|r| r.status().as_u16() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the gateway did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let version = || -> String {
         let cs: serde_json::Value = http
             .get(format!("{base}/fhir/metadata"))

@@ -40,6 +40,31 @@ pub fn record_change(
     Ok(())
 }
 
+/// Records the version that deletes a record (no state: nothing is left to render).
+pub fn record_deletion(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    resource_type: &str,
+    uid: &str,
+    version: i32,
+    at: DateTime<Utc>,
+    mapping_version: &str,
+) -> Result<(), Error> {
+    record_change(
+        conn,
+        ctx,
+        Change {
+            resource_type,
+            uid,
+            version,
+            operation: "delete",
+            at,
+            mapping_version,
+            state: None,
+        },
+    )
+}
+
 /// One version as recorded: (version, operation, changed_at, state).
 pub type VersionRow = (i32, String, DateTime<Utc>, Option<Value>);
 

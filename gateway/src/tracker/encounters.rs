@@ -389,18 +389,14 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_event_deleted(s.conn, current.id, version, now)?;
-    logs::record_change(
+    logs::record_deletion(
         s.conn,
         s.ctx,
-        Change {
-            resource_type: TYPE,
-            uid,
-            version,
-            operation: "delete",
-            at: now,
-            mapping_version: &env.mappings.version,
-            state: None,
-        },
+        TYPE,
+        uid,
+        version,
+        now,
+        &env.mappings.version,
     )?;
     Ok(Some(version))
 }
