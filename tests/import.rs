@@ -232,3 +232,44 @@ fn export_organisations_resolve_to_org_units_by_mapping_else_the_default() {
     );
     let _ = std::fs::remove_dir_all(&maps);
 }
+
+#[test]
+fn ndjson_records_without_ids_are_keyed_by_line_and_reimport_updates_them() {
+    let db = TestDb::new();
+    let state = AppState::start(test_config(&db)).expect("start");
+    let dir =
+        std::env::temp_dir().join(format!("kiunga-ndjson-ids-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let who = format!("Patient?identifier={}|ND-OBS-1", support::NID);
+    let weight = |kg: f64, day: &str| {
+        json!({ "resourceType": "Observation", "status": "final", "code": { "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] },
+                "subject": { "reference": who }, "effectiveDateTime": day,
+                "valueQuantity": { "value": kg, "system": "http://unitsofmeasure.org", "code": "kg" } })
+        .to_string()
+    };
+    let lines = [
+        json!({ "resourceType": "Patient", "identifier": [{ "system": support::NID, "value": "ND-OBS-1" }], "name": [{ "family": "Lines" }] }).to_string(),
+        weight(60.0, "2026-01-01"),
+        weight(61.0, "2026-02-01"),
+    ];
+    std::fs::write(dir.join("obs.ndjson"), lines.join("\n")).unwrap();
+    let r = run(&state, std::slice::from_ref(&dir), "KD_KAS_MTO");
+    assert_eq!(r.stored["Observation"].created, 2, "{}", r.summary(5));
+    let again = run(&state, std::slice::from_ref(&dir), "KD_KAS_MTO");
+    assert_eq!(
+        again.stored["Observation"].updated,
+        2,
+        "{}",
+        again.summary(5)
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM event_data_value"), 2);
+    // A file named on the command line that is not JSON/NDJSON is a mistake, not silence.
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    let opts = Options {
+        default_org_unit: None,
+        interrupted: Arc::new(AtomicBool::new(false)),
+        progress: Box::new(|_, _| {}),
+    };
+    assert!(import::run(&state, &[dir.join("notes.txt")], opts).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -333,6 +333,7 @@ fn every_checker_message_names_file_and_line() {
     });
     assert!(out.contains(": ICD11MMS code `ZZ98` is not an option of option set DIAGNOSIS_ICD11 (data element DIAGNOSIS)"), "{out}");
     assert!(out.contains("diagnoses.csv:50:"), "{out}");
+    assert!(!out.contains("missing"), "the files are all there: {out}");
     // Files the gateway does not know, and JSON that is neither a CodeSystem nor a ConceptMap.
     let out = problems_after(|dir| std::fs::write(dir.join("patients.toml"), "x = 1\n").unwrap());
     assert!(

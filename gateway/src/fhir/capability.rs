@@ -80,15 +80,16 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                     v["searchRevInclude"] = json!(revincludes);
                 }
             }
-            let operation = match r.resource_type {
-                "Patient" => Some(("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")),
-                "ConceptMap" => Some(("translate", "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate")),
-                "CodeSystem" => Some(("lookup", "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup")),
-                "ValueSet" => Some(("validate-code", "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code")),
-                _ => None,
+            const HL7: &str = "http://hl7.org/fhir/OperationDefinition/";
+            let operations: &[(&str, &str)] = match r.resource_type {
+                "Patient" => &[("everything", "Patient-everything")],
+                "ConceptMap" => &[("translate", "ConceptMap-translate")],
+                "CodeSystem" => &[("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
+                "ValueSet" => &[("validate-code", "ValueSet-validate-code")],
+                _ => &[],
             };
-            if let Some((name, definition)) = operation {
-                v["operation"] = json!([{ "name": name, "definition": definition }]);
+            if !operations.is_empty() {
+                v["operation"] = operations.iter().map(|(name, def)| json!({ "name": name, "definition": format!("{HL7}{def}") })).collect::<Vec<_>>().into();
             }
             if !r.search_params.is_empty() {
                 v["searchParam"] =

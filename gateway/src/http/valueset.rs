@@ -74,13 +74,17 @@ pub fn search(state: &AppState, params: &[Param]) -> Result<FhirResponse, Error>
     for p in params {
         match p.name.as_str() {
             "_count" | "_format" | "_pretty" => {}
-            "_id" | "url" => sets.retain(|s| find(state, &p.value).is_some_and(|f| f.id == s.id)),
+            // A comma means "or", as in every search.
+            "_id" | "url" => sets.retain(|s| {
+                p.value
+                    .split(',')
+                    .any(|v| find(state, v).is_some_and(|f| f.id == s.id))
+            }),
             "name" => sets.retain(|s| {
-                s.code
-                    .as_deref()
-                    .unwrap_or(&s.name)
-                    .to_lowercase()
-                    .starts_with(&p.value.to_lowercase())
+                let name = s.code.as_deref().unwrap_or(&s.name).to_lowercase();
+                p.value
+                    .split(',')
+                    .any(|v| name.starts_with(&v.to_lowercase()))
             }),
             other => {
                 return Err(Error::invalid(format!(

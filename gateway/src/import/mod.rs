@@ -38,9 +38,20 @@ pub struct Unit {
     pub entries: Vec<Value>,
 }
 
+/// An entry for a resource read alone: keyed by its id when it has one, else by where it was read
+/// (`file#line`), so that importing the same file again finds it.
+fn keyed(resource: Value, place: &str) -> Value {
+    match resource.get("id").and_then(Value::as_str) {
+        Some(_) => serde_json::json!({ "resource": resource }),
+        None => serde_json::json!({ "fullUrl": place, "resource": resource }),
+    }
+}
+
 /// Every JSON/NDJSON file under `paths`, in a stable order.
 pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    // `top`: a path named by the user, where a file of another kind is a mistake (in a
+    // directory such files are simply passed over).
+    fn walk(p: &Path, out: &mut Vec<PathBuf>, top: bool) -> Result<(), Error> {
         if p.is_dir() {
             let mut children: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| Error::invalid(format!("{}: {e}", p.display())))?
@@ -48,11 +59,16 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                 .collect();
             children.sort();
             for c in children {
-                walk(&c, out)?;
+                walk(&c, out, false)?;
             }
         } else if p.is_file() {
             if p.extension().is_some_and(|x| x == "json" || x == "ndjson") {
                 out.push(p.to_path_buf());
+            } else if top {
+                return Err(Error::invalid(format!(
+                    "{}: not a .json or .ndjson file",
+                    p.display()
+                )));
             }
         } else {
             return Err(Error::invalid(format!(
@@ -64,7 +80,7 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     }
     let mut out = Vec::new();
     for p in paths {
-        walk(p, &mut out)?;
+        walk(p, &mut out, true)?;
     }
     Ok(out)
 }
@@ -89,7 +105,7 @@ pub fn units_of(path: &Path, report: &mut Report) -> Vec<Unit> {
                 match kiunga_codec::parse(line.as_bytes(), kiunga_codec::Format::Json) {
                     Ok(r) => Some(Unit {
                         origin: format!("{name}:{}", i + 1),
-                        entries: vec![serde_json::json!({ "resource": r })],
+                        entries: vec![keyed(r, &format!("{name}#{}", i + 1))],
                     }),
                     Err(e) => {
                         report.read += 1;
@@ -120,16 +136,17 @@ pub fn units_of(path: &Path, report: &mut Report) -> Vec<Unit> {
                     entries[i] = Value::Null;
                 }
             }
+            // Refused entries stay as nulls so that every entry keeps its index in the file.
             vec![Unit {
                 origin: name,
-                entries: entries.into_iter().filter(|e| !e.is_null()).collect(),
+                entries,
             }]
         }
         // Not a Bundle: a single resource file.
         Err(_) => match kiunga_codec::parse(&bytes, kiunga_codec::Format::Json) {
             Ok(r) => vec![Unit {
+                entries: vec![keyed(r, &name)],
                 origin: name,
-                entries: vec![serde_json::json!({ "resource": r })],
             }],
             Err(e) => {
                 report.read += 1;
@@ -167,12 +184,12 @@ pub fn run(state: &AppState, paths: &[PathBuf], mut opts: Options) -> Result<Rep
             });
             match result {
                 Ok(()) => report.merge(unit_report),
-                Err(Error::Unavailable(m)) => return Err(Error::Unavailable(m)),
-                Err(e) if opts.interrupted.load(Ordering::SeqCst) => {
-                    let _ = e;
+                // Interrupted mid-unit: that unit is rolled back, the finished ones stay.
+                Err(_) if opts.interrupted.load(Ordering::SeqCst) => {
                     report.interrupted = true;
                     return Ok(report);
                 }
+                Err(Error::Unavailable(m)) => return Err(Error::Unavailable(m)),
                 Err(e) => {
                     report.read += unit_report.read;
                     report.reject(

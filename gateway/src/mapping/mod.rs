@@ -128,8 +128,8 @@ impl MappingSet {
         let mut encounter = None;
         let mut observation = None;
         let mut terminology = None;
-        // Problems in the tables it names are reported under the tables' own names.
-        let mut terminology_failed = false;
+        // Required files that exist (their own problems are reported; "missing" is for absence).
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut orgs = organizations::OrganizationMapping::default();
         for path in &files {
             let name = path.display().to_string();
@@ -137,6 +137,7 @@ impl MappingSet {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
+            seen.insert(file_name.to_string());
             // Tables (CSV) are read through the file that names them.
             if file_name.starts_with('.')
                 || file_name.ends_with(".md")
@@ -187,10 +188,7 @@ impl MappingSet {
                     };
                     match crate::terminology::load(&src, dir, &mut h) {
                         Ok(t) => terminology = Some(t),
-                        Err(mut p) => {
-                            terminology_failed = true;
-                            problems.append(&mut p)
-                        }
+                        Err(mut p) => problems.append(&mut p),
                     }
                 }
                 _ => problems.push(Problem {
@@ -229,16 +227,13 @@ impl MappingSet {
                 Err(mut p) => problems.append(&mut p),
             }
         }
-        for (file, present) in [
-            ("patient.toml", patient.is_some()),
-            ("encounter.toml", encounter.is_some()),
-            ("observation.toml", observation.is_some()),
-            ("terminology.toml", terminology.is_some()),
+        for file in [
+            "patient.toml",
+            "encounter.toml",
+            "observation.toml",
+            "terminology.toml",
         ] {
-            if !present
-                && !problems.iter().any(|p| p.file.ends_with(file))
-                && (file != "terminology.toml" || !terminology_failed)
-            {
+            if !seen.contains(file) {
                 problems.push(Problem {
                     file: dir.join(file).display().to_string(),
                     line: 0,

@@ -312,6 +312,17 @@ pub fn load(
 }
 
 impl Terminology {
+    /// A concept now also has a code in `system`: its crosswalk covers that system from now on
+    /// (so the generated ConceptMaps and `$translate`'s sources include it).
+    fn widen(&mut self, concept: usize, system: &str) {
+        let cw = self.concepts[concept].crosswalk;
+        if let Some(c) = self.crosswalks.get_mut(cw) {
+            if !c.systems.iter().any(|x| x == system) {
+                c.systems.push(system.to_string());
+            }
+        }
+    }
+
     fn add_concept(&mut self, crosswalk: usize, codes: Vec<Coded>, origin: &str) {
         let i = self.concepts.len();
         for c in &codes {
@@ -403,7 +414,9 @@ impl Terminology {
                                             continue;
                                         }
                                         self.index.insert((c.system.clone(), c.code.clone()), into);
+                                        let system = c.system.clone();
                                         self.concepts[into].codes.push(c);
+                                        self.widen(into, &system);
                                     }
                                 }
                                 (Some(i), None) => {
@@ -412,6 +425,7 @@ impl Terminology {
                                     } else {
                                         self.concepts[i].codes.push(Coded { system: target.clone(), code: tcode.clone(), display: s(t, "display") });
                                         self.index.insert((target.clone(), tcode), i);
+                                        self.widen(i, &target);
                                     }
                                 }
                                 (None, Some(i)) => {
@@ -420,6 +434,7 @@ impl Terminology {
                                     } else {
                                         self.concepts[i].codes.push(Coded { system: source.clone(), code: code.clone(), display: s(e, "display") });
                                         self.index.insert((source.clone(), code.clone()), i);
+                                        self.widen(i, &source);
                                     }
                                 }
                                 (None, None) => self.add_concept(
