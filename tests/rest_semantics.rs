@@ -264,3 +264,51 @@ fn capability_statement_lists_interactions_and_search_parameters() {
     );
     assert_eq!(xml.status, 200, "{}", xml.text);
 }
+
+#[test]
+fn every_record_shows_the_mapping_version_that_translated_it() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let version = app.get("metadata").expect(200)["extension"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = app
+        .post("Patient", &patient(&org, &unique("NID")))
+        .expect(201);
+    let tag = |r: &Value| {
+        r["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["system"] == "urn:kiunga:mapping-version")
+            .map(|t| t["code"].as_str().unwrap().to_string())
+    };
+    assert_eq!(tag(&created), Some(version.clone()));
+    let id = created["id"].as_str().unwrap();
+    let read = app.get(&format!("Patient/{id}")).expect(200);
+    assert_eq!(tag(&read), Some(version.clone()));
+    let found = app.get(&format!("Patient?_id={id}")).expect(200);
+    assert_eq!(tag(&found["entry"][0]["resource"]), Some(version.clone()));
+    let hist = app.get(&format!("Patient/{id}/_history")).expect(200);
+    assert_eq!(tag(&hist["entry"][0]["resource"]), Some(version.clone()));
+    // Sending the read resource back loses nothing: the tag is the server's own.
+    let r = app.send(
+        "PUT",
+        &format!("Patient/{id}"),
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Prefer", "return=OperationOutcome"),
+        ],
+        Some(read.to_string().as_bytes()),
+    );
+    let oo = r.expect(200);
+    assert!(
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["severity"] != "warning"),
+        "{oo}"
+    );
+}

@@ -3,6 +3,7 @@
 //! translate the input (pure), apply the tracker rules and store, render the result.
 
 pub mod bundle;
+pub mod provenance;
 pub mod remap;
 pub mod search;
 
@@ -101,6 +102,19 @@ pub fn update(
 }
 
 fn write(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: Option<&str>,
+    if_match: Option<i32>,
+    body: Body,
+) -> Result<Stored, Error> {
+    let mut stored = write_untagged(s, env, resource_type, id, if_match, body)?;
+    provenance::set(&mut stored.resource, &env.mappings.version);
+    Ok(stored)
+}
+
+fn write_untagged(
     s: &mut Scoped,
     env: &Env,
     resource_type: &str,
@@ -267,6 +281,8 @@ fn version_or_current(
             )
         }
     };
+    let mut resource = resource;
+    provenance::tag_all(s, std::iter::once(&mut resource))?;
     Ok(Stored {
         resource_type: t,
         id: id.to_string(),
@@ -279,6 +295,17 @@ fn version_or_current(
 }
 
 pub fn history(
+    s: &mut Scoped,
+    env: &Env,
+    resource_type: &str,
+    id: &str,
+) -> Result<Vec<HistoryEntry>, Error> {
+    let mut entries = history_untagged(s, env, resource_type, id)?;
+    provenance::tag_all(s, entries.iter_mut().filter_map(|e| e.resource.as_mut()))?;
+    Ok(entries)
+}
+
+fn history_untagged(
     s: &mut Scoped,
     env: &Env,
     resource_type: &str,

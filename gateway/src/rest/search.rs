@@ -688,6 +688,7 @@ pub fn render_by_ids(
             .collect(),
     };
     out.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
+    super::provenance::tag_all(s, out.iter_mut().map(|(_, r)| r))?;
     Ok(out)
 }
 
@@ -760,7 +761,12 @@ fn subset(mut v: Value, elements: &[String]) -> Value {
         });
         let tag = json!({ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" });
         if let Some(meta) = map.get_mut("meta").and_then(Value::as_object_mut) {
-            meta.insert("tag".into(), json!([tag]));
+            match meta.get_mut("tag").and_then(Value::as_array_mut) {
+                Some(tags) => tags.push(tag),
+                None => {
+                    meta.insert("tag".into(), json!([tag]));
+                }
+            }
         }
     }
     v

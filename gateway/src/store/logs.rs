@@ -125,3 +125,20 @@ pub fn record_inbound(
         .execute(conn)?;
     Ok(())
 }
+
+/// The mapping version that wrote each (uid, version) of one resource type, in one query.
+pub fn mapping_versions(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    uids: &[String],
+) -> Result<Vec<(String, i32, String)>, Error> {
+    let rows: Vec<(String, i32, Option<String>)> = cl::table
+        .filter(cl::resource_type.eq(resource_type))
+        .filter(cl::resource_uid.eq_any(uids))
+        .select((cl::resource_uid, cl::version, cl::mapping_version))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(u, v, m)| Some((u, v, m?)))
+        .collect())
+}

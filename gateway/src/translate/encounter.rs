@@ -68,8 +68,7 @@ pub fn to_tracker(
 ) -> Result<EncounterWrite, Error> {
     let mut r = Reader::new(resource, "Encounter");
     let mut problems = Vec::new();
-    r.consume("meta.versionId");
-    r.consume("meta.lastUpdated");
+    r.consume_server_meta();
     let patient_uid = subject_uid(&mut r, &mut problems);
     let map = &m.encounter;
 

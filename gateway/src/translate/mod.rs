@@ -30,6 +30,24 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Marks the server-managed `meta` elements as used: the version, the time, and the mapping
+    /// tag the server itself adds (a client sending a read resource back loses nothing).
+    pub fn consume_server_meta(&mut self) {
+        self.consume("meta.versionId");
+        self.consume("meta.lastUpdated");
+        let tags = self
+            .root
+            .pointer("/meta/tag")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, t) in tags.iter().enumerate() {
+            if t["system"] == crate::rest::provenance::MAPPING_TAG_SYSTEM {
+                self.consume(format!("meta.tag[{i}]"));
+            }
+        }
+    }
+
     /// Marks `path` (e.g. `name[0].family`) and everything below it as used.
     pub fn consume(&mut self, path: impl Into<String>) {
         self.consumed.push(path.into());

@@ -39,8 +39,7 @@ pub fn to_tracker(
 ) -> Result<ObservationWrite, Error> {
     let mut r = Reader::new(resource, "Observation");
     let mut problems = Vec::new();
-    r.consume("meta.versionId");
-    r.consume("meta.lastUpdated");
+    r.consume_server_meta();
     let patient_uid = subject_uid(&mut r, &mut problems);
 
     match str_at(resource, "status") {

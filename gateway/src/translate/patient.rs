@@ -34,8 +34,7 @@ pub fn to_tracker(
     let mut r = Reader::new(resource, "Patient");
     let mut values: Vec<AttributeValue> = Vec::new();
     let mut problems: Vec<Issue> = Vec::new();
-    r.consume("meta.versionId");
-    r.consume("meta.lastUpdated");
+    r.consume_server_meta();
 
     let put = |r: &Reader,
                attribute_id: i64,
