@@ -164,12 +164,15 @@ pub fn replace_values(
     rows: &[ValueRow],
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    diesel::delete(
-        teav::table
-            .filter(teav::tracked_entity_id.eq(id))
-            .filter(teav::attribute_id.eq_any(attribute_ids)),
-    )
-    .execute(conn)?;
+    // A new person has nothing to replace: skip the round trip.
+    if !attribute_ids.is_empty() {
+        diesel::delete(
+            teav::table
+                .filter(teav::tracked_entity_id.eq(id))
+                .filter(teav::attribute_id.eq_any(attribute_ids)),
+        )
+        .execute(conn)?;
+    }
     if rows.is_empty() {
         return Ok(());
     }
