@@ -87,14 +87,23 @@ macro_rules! event_select {
     };
 }
 
-/// Events by id with the caller's scope applied (a person's records follow the person's owner).
-pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Error> {
+/// Which records a scoped look-up wants.
+enum Key<'k> {
+    Ids(&'k [i64]),
+    Uid(&'k str),
+}
+
+/// Events with the caller's scope applied (a person's records follow the person's owner).
+fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
     let mut q = ev::table
         .inner_join(te::table)
         .inner_join(en::table)
-        .filter(ev::id.eq_any(ids))
         .select(event_select!())
         .into_boxed();
+    q = match key {
+        Key::Ids(ids) => q.filter(ev::id.eq_any(ids)),
+        Key::Uid(uid) => q.filter(ev::uid.eq(uid)),
+    };
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
@@ -104,17 +113,12 @@ pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Er
         .collect())
 }
 
+pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Error> {
+    scoped_events(s, Key::Ids(ids))
+}
+
 pub fn find_event(s: &mut Scoped, uid: &str) -> Result<Option<EventRecord>, Error> {
-    let mut q = ev::table
-        .inner_join(te::table)
-        .inner_join(en::table)
-        .filter(ev::uid.eq(uid))
-        .select(event_select!())
-        .into_boxed();
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
-    }
-    Ok(q.first::<EventRow>(s.conn).optional()?.map(event_record))
+    Ok(scoped_events(s, Key::Uid(uid))?.into_iter().next())
 }
 
 pub fn lock_event(conn: &mut PgConnection, id: i64) -> Result<EventRecord, Error> {
@@ -397,13 +401,17 @@ macro_rules! value_select {
     };
 }
 
-pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>, Error> {
+/// Data values with the caller's scope applied (they follow their person's owner).
+fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error> {
     let mut q = dv::table
         .inner_join(ev::table)
         .inner_join(te::table)
-        .filter(dv::id.eq_any(ids))
         .select(value_select!())
         .into_boxed();
+    q = match key {
+        Key::Ids(ids) => q.filter(dv::id.eq_any(ids)),
+        Key::Uid(uid) => q.filter(dv::uid.eq(uid)),
+    };
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
@@ -413,17 +421,12 @@ pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>
         .collect())
 }
 
+pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>, Error> {
+    scoped_values(s, Key::Ids(ids))
+}
+
 pub fn find_value(s: &mut Scoped, uid: &str) -> Result<Option<DataValueRecord>, Error> {
-    let mut q = dv::table
-        .inner_join(ev::table)
-        .inner_join(te::table)
-        .filter(dv::uid.eq(uid))
-        .select(value_select!())
-        .into_boxed();
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
-    }
-    Ok(q.first::<ValueRow>(s.conn).optional()?.map(value_record))
+    Ok(scoped_values(s, Key::Uid(uid))?.into_iter().next())
 }
 
 pub fn lock_value(conn: &mut PgConnection, id: i64) -> Result<DataValueRecord, Error> {
