@@ -40,6 +40,19 @@ pub fn record_change(
     Ok(())
 }
 
+/// Records a write: its version in the change log (with the tracker snapshot) and the original
+/// request body in the inbound log, both under the record's uid.
+pub fn record_write<'a>(
+    conn: &mut PgConnection,
+    ctx: &RequestContext,
+    change: Change<'a>,
+    mut inbound: Inbound<'a>,
+) -> Result<(), Error> {
+    inbound.uid = Some(change.uid);
+    record_change(conn, ctx, change)?;
+    record_inbound(conn, ctx, inbound)
+}
+
 /// Records the version that deletes a record (no state: nothing is left to render).
 pub fn record_deletion(
     conn: &mut PgConnection,

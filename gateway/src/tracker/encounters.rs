@@ -176,30 +176,20 @@ fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
 fn record<'a>(
     s: &mut Scoped,
     env: &Env,
-    e: &'a EventRecord,
+    r: &'a EventRecord,
     operation: &str,
-    inbound: Option<Inbound<'a>>,
+    inbound: Inbound<'a>,
 ) -> Result<(), Error> {
-    logs::record_change(
-        s.conn,
-        s.ctx,
-        Change {
-            resource_type: TYPE,
-            uid: &e.uid,
-            version: e.version,
-            operation,
-            at: e.last_updated,
-            mapping_version: &env.mappings.version,
-            state: Some(snapshot(env, e)),
-        },
-    )?;
-    match inbound {
-        Some(mut i) => {
-            i.uid = Some(&e.uid);
-            logs::record_inbound(s.conn, s.ctx, i)
-        }
-        None => Ok(()),
-    }
+    let change = Change {
+        resource_type: TYPE,
+        uid: &r.uid,
+        version: r.version,
+        operation,
+        at: r.last_updated,
+        mapping_version: &env.mappings.version,
+        state: Some(snapshot(env, r)),
+    };
+    logs::record_write(s.conn, s.ctx, change, inbound)
 }
 
 /// Creates an event for a person (used by Encounter create and by Observations without one).
@@ -278,7 +268,7 @@ pub fn create(
         w.completed_at,
         w.enrollment_uid.as_deref(),
     )?;
-    record(s, env, &e, "create", Some(inbound))?;
+    record(s, env, &e, "create", inbound)?;
     Ok(e)
 }
 
@@ -368,7 +358,7 @@ pub fn update(
         deleted: false,
         ..current
     };
-    record(s, env, &e, "update", Some(inbound))?;
+    record(s, env, &e, "update", inbound)?;
     Ok(e)
 }
 

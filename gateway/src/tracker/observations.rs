@@ -110,25 +110,20 @@ fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
 fn record<'a>(
     s: &mut Scoped,
     env: &Env,
-    d: &'a DataValueRecord,
+    r: &'a DataValueRecord,
     operation: &str,
-    mut inbound: Inbound<'a>,
+    inbound: Inbound<'a>,
 ) -> Result<(), Error> {
-    logs::record_change(
-        s.conn,
-        s.ctx,
-        Change {
-            resource_type: TYPE,
-            uid: &d.uid,
-            version: d.version,
-            operation,
-            at: d.last_updated,
-            mapping_version: &env.mappings.version,
-            state: Some(snapshot(env, d)),
-        },
-    )?;
-    inbound.uid = Some(&d.uid);
-    logs::record_inbound(s.conn, s.ctx, inbound)
+    let change = Change {
+        resource_type: TYPE,
+        uid: &r.uid,
+        version: r.version,
+        operation,
+        at: r.last_updated,
+        mapping_version: &env.mappings.version,
+        state: Some(snapshot(env, r)),
+    };
+    logs::record_write(s.conn, s.ctx, change, inbound)
 }
 
 pub fn create(

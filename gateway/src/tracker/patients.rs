@@ -288,25 +288,20 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
 fn finish<'a>(
     s: &mut Scoped,
     env: &Env,
-    record: &'a PersonRecord,
+    r: &'a PersonRecord,
     operation: &str,
-    mut inbound: Inbound<'a>,
+    inbound: Inbound<'a>,
 ) -> Result<(), Error> {
-    logs::record_change(
-        s.conn,
-        s.ctx,
-        Change {
-            resource_type: TYPE,
-            uid: &record.uid,
-            version: record.version,
-            operation,
-            at: record.last_updated,
-            mapping_version: &env.mappings.version,
-            state: Some(snapshot(env, record)),
-        },
-    )?;
-    inbound.uid = Some(&record.uid);
-    logs::record_inbound(s.conn, s.ctx, inbound)
+    let change = Change {
+        resource_type: TYPE,
+        uid: &r.uid,
+        version: r.version,
+        operation,
+        at: r.last_updated,
+        mapping_version: &env.mappings.version,
+        state: Some(snapshot(env, r)),
+    };
+    logs::record_write(s.conn, s.ctx, change, inbound)
 }
 
 fn not_found(uid: &str) -> Error {
