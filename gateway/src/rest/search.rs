@@ -418,29 +418,21 @@ fn patient_plan(
         };
         c.push(cond);
     }
-    let mut order = Vec::new();
-    for key in sort_keys(params) {
-        let (desc, k) = key;
-        let expr = match k.as_str() {
-            "family" | "name" => m.family.map(|a| format!("(SELECT v.search_value FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a})")),
-            "given" => m.given.map(|a| format!("(SELECT v.search_value FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a})")),
-            "birthdate" => m.birth_date.map(|a| format!("(SELECT kiunga_date_lo(v.value) FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a})")),
-            "_lastUpdated" => Some("te.last_updated".into()),
-            "_id" => Some("te.uid".into()),
-            other if lenient => {
-                let _ = other;
-                None
-            }
-            other => return Err(bad(format!("cannot sort Patient by `{other}` (family, given, birthdate, _lastUpdated, _id)"))),
-        };
-        if let Some(e) = expr {
-            order.push(format!(
-                "{e} {} NULLS LAST",
-                if desc { "DESC" } else { "ASC" }
-            ));
-        }
-    }
-    order.push("te.id".into());
+    let attr = |a: Option<i64>, col: &str| {
+        a.map(|a| format!("(SELECT {col} FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a})"))
+    };
+    let keys: Vec<(&str, String)> = [
+        ("family", attr(m.family, "v.search_value")),
+        ("name", attr(m.family, "v.search_value")),
+        ("given", attr(m.given, "v.search_value")),
+        ("birthdate", attr(m.birth_date, "kiunga_date_lo(v.value)")),
+        ("_lastUpdated", Some("te.last_updated".into())),
+        ("_id", Some("te.uid".into())),
+    ]
+    .into_iter()
+    .filter_map(|(k, e)| Some((k, e?)))
+    .collect();
+    let order = order_by(params, lenient, "Patient", &keys, "te.id")?;
     Ok(Plan {
         from: "tracked_entity te",
         id_column: "te.id",
@@ -455,6 +447,36 @@ fn unsupported_modifier(name: &str, modifier: Option<&str>) -> Error {
 
 fn unknown_param(t: &str, name: &str, known: &str) -> Error {
     bad(format!("unknown search parameter `{name}` for {t} (supported: {known}); send `Prefer: handling=lenient` to have unknown parameters ignored"))
+}
+
+/// `ORDER BY` terms for `_sort`, from the type's sortable keys (name → SQL), ending with the
+/// id column so that paging is stable. An unknown key is a 400 unless lenient.
+fn order_by(
+    params: &[Param],
+    lenient: bool,
+    t: &str,
+    keys: &[(&str, String)],
+    tiebreak: &str,
+) -> Result<Vec<String>, Error> {
+    let mut order = Vec::new();
+    for (desc, k) in sort_keys(params) {
+        match keys.iter().find(|(name, _)| *name == k) {
+            Some((_, e)) => order.push(format!(
+                "{e} {} NULLS LAST",
+                if desc { "DESC" } else { "ASC" }
+            )),
+            None if lenient => {}
+            None => {
+                let known: Vec<&str> = keys.iter().map(|(n, _)| *n).collect();
+                return Err(bad(format!(
+                    "cannot sort {t} by `{k}` ({})",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    order.push(tiebreak.to_string());
+    Ok(order)
 }
 
 fn sort_keys(params: &[Param]) -> Vec<(bool, String)> {
@@ -522,26 +544,13 @@ fn encounter_plan(
         };
         c.push(cond);
     }
-    let mut order = Vec::new();
-    for (desc, k) in sort_keys(params) {
-        let e = match k.as_str() {
-            "date" => "e.occurred_at",
-            "_lastUpdated" => "e.last_updated",
-            "_id" => "e.uid",
-            "status" => "e.status",
-            _ if lenient => continue,
-            other => {
-                return Err(bad(format!(
-                    "cannot sort Encounter by `{other}` (date, status, _lastUpdated, _id)"
-                )))
-            }
-        };
-        order.push(format!(
-            "{e} {} NULLS LAST",
-            if desc { "DESC" } else { "ASC" }
-        ));
-    }
-    order.push("e.id".into());
+    let keys = [
+        ("date", "e.occurred_at".to_string()),
+        ("_lastUpdated", "e.last_updated".into()),
+        ("_id", "e.uid".into()),
+        ("status", "e.status".into()),
+    ];
+    let order = order_by(params, lenient, "Encounter", &keys, "e.id")?;
     Ok(Plan {
         from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id",
         id_column: "e.id",
@@ -625,26 +634,13 @@ fn observation_plan(
         };
         c.push(cond);
     }
-    let mut order = Vec::new();
-    for (desc, k) in sort_keys(params) {
-        let e = match k.as_str() {
-            "date" => "d.observed_at",
-            "value-quantity" => "d.value_num",
-            "_lastUpdated" => "d.last_updated",
-            "_id" => "d.uid",
-            _ if lenient => continue,
-            other => {
-                return Err(bad(format!(
-                "cannot sort Observation by `{other}` (date, value-quantity, _lastUpdated, _id)"
-            )))
-            }
-        };
-        order.push(format!(
-            "{e} {} NULLS LAST",
-            if desc { "DESC" } else { "ASC" }
-        ));
-    }
-    order.push("d.id".into());
+    let keys = [
+        ("date", "d.observed_at".to_string()),
+        ("value-quantity", "d.value_num".into()),
+        ("_lastUpdated", "d.last_updated".into()),
+        ("_id", "d.uid".into()),
+    ];
+    let order = order_by(params, lenient, "Observation", &keys, "d.id")?;
     Ok(Plan { from: "event_data_value d JOIN event e ON e.id = d.event_id JOIN tracked_entity te ON te.id = d.tracked_entity_id", id_column: "d.id", conditions: c, order })
 }
 
