@@ -9,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 BASE ?= http://127.0.0.1:8080/fhir
 
-.PHONY: help build run test check conformance clean-db db-url
+.PHONY: help build run test check conformance clean-db db-url bench bench-quick bench-translate
 
 help: ## list the targets
 	@echo "Targets (make TARGET):"
@@ -33,6 +33,16 @@ check: ## rustfmt and clippy, warnings are errors
 	@scripts/ensure-deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: ## gateway vs raw Postgres, 10k and 100k people (~15 min): table + target/bench/latest.json; then bench-translate
+	@scripts/bench $(BENCH_ARGS)
+	@$(MAKE) -s bench-translate
+
+bench-quick: ## the one-minute version of `make bench` (1k and 10k people, short runs)
+	@scripts/bench --quick $(BENCH_ARGS)
+
+bench-translate: ## criterion micro-benchmarks of the translation path alone (no database)
+	cargo bench -p kiunga --bench translate -- --warm-up-time 1 --measurement-time 3
 
 conformance: ## run ../shared/conformance against a running gateway (BASE=URL, default 127.0.0.1:8080/fhir; ARGS=...)
 	@if [ -f ../shared/conformance/run ]; then bash ../shared/conformance/run --base "$(BASE)" $(ARGS); \

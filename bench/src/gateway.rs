@@ -1,0 +1,111 @@
+//! The gateway under test: a child process of the benchmark, so that its memory can be read from
+//! /proc and it is stopped whatever happens to the run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+}
+
+impl Gateway {
+    pub fn start(
+        binary: &Path,
+        database_url: &str,
+        listen: &str,
+        pool_size: u32,
+        log: &Path,
+    ) -> Result<Gateway, String> {
+        let log_file =
+            std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .env("KIUNGA_DATABASE_URL", database_url)
+            .env("KIUNGA_LISTEN", listen)
+            .env("KIUNGA_POOL_SIZE", pool_size.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let mut g = Gateway {
+            child,
+            base: format!("http://{listen}/fhir"),
+        };
+        let ready = format!("http://{listen}/readyz");
+        let client = reqwest::blocking::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                return Err(format!(
+                    "the gateway exited ({status}) before it was ready; see {}",
+                    log.display()
+                ));
+            }
+            if client
+                .get(&ready)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(g);
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                g.stop();
+                return Err(format!(
+                    "the gateway was not ready within 180 s; see {}",
+                    log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident set size so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        proc_status_kib(self.pid(), "VmHWM:").map(|k| k as f64 / 1024.0)
+    }
+
+    pub fn rss_mib(&self) -> Option<f64> {
+        proc_status_kib(self.pid(), "VmRSS:").map(|k| k as f64 / 1024.0)
+    }
+
+    pub fn stop(&mut self) {
+        // SIGTERM first so the gateway drains; SIGKILL if it does not go.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,184 @@
+//! The load generator: N client threads run one operation in a closed loop for a fixed time, and
+//! every operation's latency is kept so that percentiles are exact, not bucketed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What one operation did: how many resources (or logical records) it carried.
+pub type OpResult = Result<u64, String>;
+
+/// Figures of one run (one side of one scenario).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub clients: usize,
+    pub seconds: f64,
+    pub ops: u64,
+    /// Resources carried (1 per op for single-resource scenarios, 700 per transaction Bundle).
+    pub units: u64,
+    pub ops_per_s: f64,
+    pub units_per_s: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn note_failure(slot: &Mutex<Option<String>>, e: String) {
+    if let Ok(mut f) = slot.lock() {
+        f.get_or_insert(e);
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// Runs `op` from `clients` threads: `warmup` first (not counted), then `duration` measured.
+/// `make_client(i)` builds each thread's own state (an HTTP client, a database connection...), so
+/// threads share nothing but the clock. The first failure stops the run and is returned: a
+/// benchmark that counts errors as work would report nonsense.
+pub fn run<C, M, O>(
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    make_client: M,
+    op: O,
+) -> Result<Stats, String>
+where
+    M: Fn(usize) -> Result<C, String> + Sync,
+    O: Fn(&mut C, usize, u64) -> OpResult + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let measuring = AtomicBool::new(false);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let results: Mutex<Vec<(Vec<u64>, u64)>> = Mutex::new(Vec::new());
+    let mut measured = Duration::ZERO;
+    std::thread::scope(|scope| {
+        for t in 0..clients {
+            let (barrier, stop, measuring, failure, results) =
+                (barrier.clone(), &stop, &measuring, &failure, &results);
+            let (make_client, op) = (&make_client, &op);
+            scope.spawn(move || {
+                let client = make_client(t);
+                barrier.wait();
+                let mut client = match client {
+                    Ok(c) => c,
+                    Err(e) => {
+                        note_failure(failure, e);
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                };
+                let mut lat = Vec::with_capacity(1 << 16);
+                let (mut units, mut seq) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let counted = measuring.load(Ordering::Relaxed);
+                    let start = Instant::now();
+                    match op(&mut client, t, seq) {
+                        Ok(n) => {
+                            if counted && !stop.load(Ordering::Relaxed) {
+                                lat.push(start.elapsed().as_micros() as u64);
+                                units += n;
+                            }
+                        }
+                        Err(e) => {
+                            note_failure(failure, e);
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    seq += 1;
+                }
+                results.lock().map(|mut r| r.push((lat, units))).ok();
+            });
+        }
+        barrier.wait();
+        std::thread::sleep(warmup);
+        measuring.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        measured = start.elapsed();
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut all = Vec::new();
+    let mut units = 0;
+    for (lat, u) in results.into_inner().map_err(|_| "a client thread panicked")? {
+        all.extend(lat);
+        units += u;
+    }
+    all.sort_unstable();
+    let secs = measured.as_secs_f64();
+    if all.is_empty() {
+        return Err(format!(
+            "no operation completed within {secs:.1} s; raise --duration"
+        ));
+    }
+    Ok(Stats {
+        clients,
+        seconds: secs,
+        ops: all.len() as u64,
+        units,
+        ops_per_s: all.len() as f64 / secs,
+        units_per_s: units as f64 / secs,
+        p50_ms: percentile(&all, 50.0),
+        p95_ms: percentile(&all, 95.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: percentile(&all, 100.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7000], 95.0), 7.0);
+    }
+
+    #[test]
+    fn a_failing_operation_fails_the_run() {
+        let r = run(
+            2,
+            Duration::ZERO,
+            Duration::from_millis(200),
+            |_| Ok(()),
+            |_, _, seq| if seq > 3 { Err("boom".into()) } else { Ok(1) },
+        );
+        assert_eq!(r.err().as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn counts_units_and_ops() {
+        let s = run(
+            2,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+            |_| Ok(()),
+            |_, _, _| {
+                std::thread::sleep(Duration::from_millis(1));
+                Ok(3)
+            },
+        )
+        .expect("run");
+        assert!(s.ops > 10, "{s:?}");
+        assert_eq!(s.units, s.ops * 3);
+        assert!(s.p50_ms >= 1.0, "{s:?}");
+    }
+}

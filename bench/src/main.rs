@@ -1,0 +1,424 @@
+//! `make bench`: the gateway against a raw-Postgres baseline, side by side in one run.
+//!
+//! Starts the release gateway on a database of its own, loads a synthetic population, and runs each
+//! scenario twice (the raw baseline, then the gateway) with the same number of clients, so that
+//! the ratio gateway ÷ raw is measured under the same machine noise. Read scenarios run at two
+//! population sizes to show how latency grows. Prints one table and writes a JSON file.
+
+mod gateway;
+mod gen;
+mod load;
+mod population;
+mod raw;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use diesel::prelude::*;
+use rand::Rng;
+use serde_json::Value;
+
+use population::{national_id, patient_uid, Ids};
+use report::{Row, Run};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Throughput, latency and memory of the Kiunga gateway against raw Postgres")]
+struct Args {
+    /// Database the benchmark owns: it is wiped (schema `public` dropped) at the start.
+    #[arg(long, env = "KIUNGA_BENCH_DATABASE_URL")]
+    database_url: String,
+    /// The gateway binary (a release build).
+    #[arg(long, default_value = "target/release/kiunga")]
+    gateway: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: String,
+    /// Concurrent clients of the read and Patient-create scenarios.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Concurrent clients sending transaction Bundles.
+    #[arg(long, default_value_t = 2)]
+    bundle_clients: usize,
+    /// People per transaction Bundle (each with 1 Encounter and 5 Observations).
+    #[arg(long, default_value_t = 100)]
+    bundle_people: usize,
+    /// Measured seconds per scenario and side.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Population sizes at which the read scenarios run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    scales: Vec<u64>,
+    /// Connection pool size of both the gateway and the raw baseline.
+    #[arg(long, default_value_t = 10)]
+    pool_size: u32,
+    #[arg(long, default_value = "target/bench/latest.json")]
+    out: PathBuf,
+    /// Where the gateway's own log goes.
+    #[arg(long, default_value = "target/bench/gateway.log")]
+    gateway_log: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("kiunga-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("kiunga-bench: {}", msg.as_ref());
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut scales = args.scales.clone();
+    scales.sort_unstable();
+    scales.dedup();
+    if scales.is_empty() {
+        return Err("--scales needs at least one population size".into());
+    }
+    say("wiping the benchmark database");
+    let mut admin = PgConnection::establish(&args.database_url)
+        .map_err(|e| format!("connecting to the benchmark database: {e}"))?;
+    diesel::sql_query("DROP SCHEMA IF EXISTS public CASCADE")
+        .execute(&mut admin)
+        .and_then(|_| diesel::sql_query("CREATE SCHEMA public").execute(&mut admin))
+        .map_err(|e| format!("wiping the benchmark database: {e}"))?;
+
+    say("starting the gateway (migrations and demo metadata load on start)");
+    let mut gw = gateway::Gateway::start(
+        &args.gateway,
+        &args.database_url,
+        &args.listen,
+        args.pool_size,
+        &args.gateway_log,
+    )?;
+    let pool = raw::pool(&args.database_url, args.pool_size)?;
+    let ids = Ids::load(&mut admin)?;
+    let ctx = Ctx {
+        args: args.clone(),
+        base: gw.base.clone(),
+        ids,
+        pool,
+    };
+
+    let mut rows = Vec::new();
+    for &scale in &scales {
+        let have = population::count(&mut admin)?;
+        if have < scale {
+            say(format!("loading people {}..={scale} (10 Observations each)", have + 1));
+            let t = std::time::Instant::now();
+            population::load(&mut admin, &ctx.ids, have + 1, scale)?;
+            say(format!("  loaded in {:.1} s", t.elapsed().as_secs_f64()));
+        }
+        verify(&ctx, scale)?;
+        rows.extend(read_scenarios(&ctx, scale)?);
+    }
+    let top = *scales.last().unwrap_or(&0);
+    rows.extend(write_scenarios(&ctx, top)?);
+    let peak = gw.peak_rss_mib();
+    let now_rss = gw.rss_mib();
+    gw.stop();
+
+    let run = Run::new(&args_summary(&args), rows, peak, now_rss, &scales);
+    print!("{}", run.table());
+    let json = serde_json::to_string_pretty(&run.to_json()).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, json + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
+    say(format!("figures written to {}", args.out.display()));
+    Ok(())
+}
+
+fn args_summary(a: &Args) -> Value {
+    serde_json::json!({
+        "clients": a.clients,
+        "bundle_clients": a.bundle_clients,
+        "bundle_people": a.bundle_people,
+        "duration_s": a.duration,
+        "warmup_s": a.warmup,
+        "pool_size": a.pool_size,
+    })
+}
+
+struct Ctx {
+    args: Args,
+    base: String,
+    ids: Ids,
+    pool: raw::PgPool,
+}
+
+impl Ctx {
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.args.warmup)
+    }
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.args.duration)
+    }
+}
+
+const JSON: &str = "application/fhir+json";
+const XML: &str = "application/fhir+xml";
+
+fn http_client(_: usize) -> Result<reqwest::blocking::Client, String> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// GET `url` and fail on anything but 200. Bodies are read in full (they are part of the cost)
+/// but parsed only by `verify`, so that the load generator spends as little CPU as it can.
+fn get(c: &reqwest::blocking::Client, url: &str, accept: &str) -> Result<Vec<u8>, String> {
+    let r = c
+        .get(url)
+        .header("Accept", accept)
+        .send()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = r.status();
+    let body = r.bytes().map_err(|e| format!("GET {url}: {e}"))?;
+    if status.as_u16() != 200 {
+        return Err(format!(
+            "GET {url}: {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+fn get_json(c: &reqwest::blocking::Client, url: &str) -> Result<Value, String> {
+    serde_json::from_slice(&get(c, url, JSON)?).map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// Reads a sample of the population back through the gateway: if the generator and the gateway
+/// disagree about the shape of the rows, the run stops here instead of measuring errors.
+fn verify(ctx: &Ctx, scale: u64) -> Result<(), String> {
+    let c = http_client(0)?;
+    for i in [1, scale / 2, scale] {
+        let (uid, nid) = (patient_uid(i), national_id(i));
+        let p = get_json(&c, &format!("{}/Patient/{uid}", ctx.base))?;
+        let got = p["identifier"]
+            .as_array()
+            .and_then(|ids| ids.iter().find_map(|x| x["value"].as_str()));
+        if got != Some(nid.as_str()) || p["name"][0]["family"].as_str().is_none() {
+            return Err(format!(
+                "Patient/{uid} does not read back as generated: {p}"
+            ));
+        }
+        let s = get_json(
+            &c,
+            &format!(
+                "{}/Patient?identifier=http://example.org/national-id|{nid}",
+                ctx.base
+            ),
+        )?;
+        let o = get_json(
+            &c,
+            &format!(
+                "{}/Observation?patient={uid}&code=http://loinc.org|29463-7",
+                ctx.base
+            ),
+        )?;
+        let e = get_json(&c, &format!("{}/Patient/{uid}/$everything", ctx.base))?;
+        let entries = |v: &Value| v["entry"].as_array().map_or(0, Vec::len);
+        if s["total"] != 1 || o["total"] != 2 || entries(&e) < 13 {
+            return Err(format!(
+                "person {i} does not search back as generated: identifier total {}, weight total {}, $everything entries {}",
+                s["total"], o["total"], entries(&e)
+            ));
+        }
+        raw::everything(&ctx.pool, &ctx.ids, &uid)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Read {
+    ById,
+    ByIdentifier,
+    ObservationsByPatientCode,
+    Everything,
+}
+
+impl Read {
+    fn name(self) -> &'static str {
+        match self {
+            Read::ById => "read Patient by id",
+            Read::ByIdentifier => "search Patient by identifier",
+            Read::ObservationsByPatientCode => "search Observation by patient+code",
+            Read::Everything => "Patient $everything",
+        }
+    }
+
+    fn url(self, base: &str, i: u64) -> String {
+        let uid = patient_uid(i);
+        match self {
+            Read::ById => format!("{base}/Patient/{uid}"),
+            Read::ByIdentifier => format!(
+                "{base}/Patient?identifier=http://example.org/national-id|{}",
+                national_id(i)
+            ),
+            Read::ObservationsByPatientCode => {
+                format!("{base}/Observation?patient={uid}&code=http://loinc.org|29463-7")
+            }
+            Read::Everything => format!("{base}/Patient/{uid}/$everything"),
+        }
+    }
+
+    fn raw(self, ctx: &Ctx, i: u64) -> Result<u64, String> {
+        let uid = patient_uid(i);
+        match self {
+            Read::ById => raw::read_person(&ctx.pool, &ctx.ids, &uid),
+            Read::ByIdentifier => raw::search_identifier(&ctx.pool, &ctx.ids, &national_id(i)),
+            Read::ObservationsByPatientCode => {
+                raw::search_observations(&ctx.pool, ctx.ids.weight, &uid)
+            }
+            Read::Everything => raw::everything(&ctx.pool, &ctx.ids, &uid).map(|_| 1),
+        }
+    }
+}
+
+fn read_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let pick = move || rand::thread_rng().gen_range(1..=scale);
+    for read in [
+        Read::ById,
+        Read::ByIdentifier,
+        Read::ObservationsByPatientCode,
+        Read::Everything,
+    ] {
+        say(format!("{} at {scale} people: raw", read.name()));
+        let raw = load::run(
+            ctx.args.clients,
+            ctx.warmup(),
+            ctx.duration(),
+            |_| Ok(()),
+            |_, _, _| read.raw(ctx, pick()),
+        )?;
+        let mut gateway = Vec::new();
+        for (fmt, accept) in [("json", JSON), ("xml", XML)] {
+            say(format!("{} at {scale} people: gateway {fmt}", read.name()));
+            let s = load::run(
+                ctx.args.clients,
+                ctx.warmup(),
+                ctx.duration(),
+                http_client,
+                |c, _, _| get(c, &read.url(&ctx.base, pick()), accept).map(|_| 1),
+            )?;
+            gateway.push((fmt, s));
+        }
+        for (fmt, s) in gateway {
+            rows.push(Row::new(read.name(), "read", Some(scale), fmt, s, Some(raw.clone())));
+        }
+    }
+    Ok(rows)
+}
+
+fn post(c: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let r = c
+        .post(url)
+        .header("Content-Type", JSON)
+        .header("Accept", JSON)
+        .body(body)
+        .send()
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = r.status();
+    let body = r.bytes().map_err(|e| format!("POST {url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "POST {url}: {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(800)])
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
+    let ids = &ctx.ids;
+    let facilities = ids.facilities.len();
+    let uid_base = |client: usize, seq: u64| (client as u64 * 100_000 + seq) * 2_000;
+    let mut rows = Vec::new();
+
+    say("create Patient: raw");
+    let raw = load::run(
+        ctx.args.clients,
+        ctx.warmup(),
+        ctx.duration(),
+        |_| Ok(()),
+        |_, t, seq| {
+            let p = gen::person("RC", t, seq, facilities);
+            raw::write(&ctx.pool, ids, &[p], false, 'r', uid_base(t, seq))
+        },
+    )?;
+    say("create Patient: gateway");
+    let url = format!("{}/Patient", ctx.base);
+    let gw = load::run(
+        ctx.args.clients,
+        ctx.warmup(),
+        ctx.duration(),
+        http_client,
+        |c, t, seq| {
+            let p = gen::person("GC", t, seq, facilities);
+            let body = gen::patient(&p, &ids.facility_uids[p.facility]).to_string();
+            post(c, &url, body.into_bytes()).map(|_| 1)
+        },
+    )?;
+    rows.push(Row::new("create Patient", "write", Some(scale), "json", gw, Some(raw)));
+
+    let people = ctx.args.bundle_people;
+    let batch = |tag: &str, t: usize, seq: u64| -> Vec<gen::Person> {
+        (0..people)
+            .map(|k| gen::person(tag, t, seq * people as u64 + k as u64, facilities))
+            .collect()
+    };
+    say("transaction Bundle ingest: raw");
+    let raw = load::run(
+        ctx.args.bundle_clients,
+        ctx.warmup(),
+        ctx.duration(),
+        |_| Ok(()),
+        |_, t, seq| raw::write(&ctx.pool, ids, &batch("RB", t, seq), true, 'q', uid_base(t, seq)),
+    )?;
+    say("transaction Bundle ingest: gateway");
+    let created = AtomicU64::new(0);
+    let gw = load::run(
+        ctx.args.bundle_clients,
+        ctx.warmup(),
+        ctx.duration(),
+        http_client,
+        |c, t, seq| {
+            let bundle = gen::transaction(&batch("GB", t, seq), &ids.facility_uids);
+            let n = bundle["entry"].as_array().map_or(0, Vec::len) as u64;
+            let answer = post(c, &ctx.base, bundle.to_string().into_bytes())?;
+            if seq == 0 {
+                // Once per client: every entry must have been created.
+                let v: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+                let ok = v["entry"].as_array().map_or(0, |es| {
+                    es.iter()
+                        .filter(|e| e["response"]["status"].as_str().is_some_and(|s| s.starts_with("201")))
+                        .count()
+                });
+                if ok as u64 != n {
+                    return Err(format!("transaction Bundle: {ok} of {n} entries created"));
+                }
+                created.fetch_add(ok as u64, Ordering::Relaxed);
+            }
+            Ok(n)
+        },
+    )?;
+    rows.push(Row::new(
+        "transaction Bundle ingest",
+        "write",
+        Some(scale),
+        "json",
+        gw,
+        Some(raw),
+    ));
+    Ok(rows)
+}
