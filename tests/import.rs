@@ -79,9 +79,9 @@ fn the_synthea_sample_imports_with_exact_counts_and_reimports_without_duplicates
         strict: false,
         default_org_unit: None,
     };
-    let mut s = kiunga::store::Scoped::new(&mut conn, &ctx);
+    kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
     for uid in &people {
-        let p = kiunga::rest::read(&mut s, &env, "Patient", uid)
+        let p = kiunga::rest::read(s, &env, "Patient", uid)
             .expect("read")
             .resource;
         let ident = p["identifier"]
@@ -94,11 +94,14 @@ fn the_synthea_sample_imports_with_exact_counts_and_reimports_without_duplicates
         let birth = p["birthDate"].as_str().unwrap();
         let q = format!("identifier=https://github.com/synthetichealth/synthea|{}&family={family}&birthdate={birth}", ident["value"].as_str().unwrap());
         assert_eq!(
-            kiunga::rest::search::matching_ids(&mut s, &env, "Patient", &q, 5).unwrap(),
+            kiunga::rest::search::matching_ids(s, &env, "Patient", &q, 5).unwrap(),
             vec![uid.clone()],
             "{q}"
         );
     }
+        Ok(())
+    })
+    .expect("read back");
 
     // Re-running the same import stores nothing twice.
     let again = run(&state, &[dir], "KD_KAS_MTO");

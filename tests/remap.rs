@@ -3,7 +3,6 @@
 
 mod support;
 
-use diesel::Connection;
 use serde_json::json;
 use support::{mappings_copy, patient, unique, TestApp};
 
@@ -17,9 +16,8 @@ fn remap(app: &TestApp, apply: bool) -> Vec<kiunga::rest::remap::Change> {
     };
     let ctx = kiunga::context::RequestContext::system();
     let mut conn = app.db.conn();
-    conn.transaction(|c| {
-        let mut s = kiunga::store::Scoped::new(c, &ctx);
-        kiunga::rest::remap::remap(&mut s, &env, apply)
+    kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
+        kiunga::rest::remap::remap(s, &env, apply)
     })
     .expect("remap")
 }

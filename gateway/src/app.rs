@@ -169,10 +169,7 @@ where
             strict: state.config.strict_mapping,
             default_org_unit: state.default_org_unit,
         };
-        conn.transaction(|c| {
-            let mut s = Scoped::new(c, &ctx);
-            f(&mut s, &env)
-        })
+        Scoped::transaction(&mut conn, &ctx, |s| f(s, &env))
     })
     .await?
 }

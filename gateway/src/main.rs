@@ -281,7 +281,6 @@ fn test_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
 }
 
 fn remap(config: Config, apply: bool) -> ExitCode {
-    use diesel::Connection;
     let state = match AppState::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -302,9 +301,8 @@ fn remap(config: Config, apply: bool) -> ExitCode {
         .get()
         .map_err(kiunga::Error::from)
         .and_then(|mut conn| {
-            conn.transaction(|c| {
-                let mut s = kiunga::store::Scoped::new(c, &ctx);
-                kiunga::rest::remap::remap(&mut s, &env, apply)
+            kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
+                kiunga::rest::remap::remap(s, &env, apply)
             })
         });
     match result {

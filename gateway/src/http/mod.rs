@@ -997,14 +997,12 @@ async fn bundle(
             "transaction" => tx(&state, ctx, mappings, move |s, env| rest::bundle::transaction(s, env, &parsed.bundle, &parsed.entry_errors, &opts)).await?,
             "batch" => {
                 crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
-                    use diesel::Connection;
                     let entries = parsed.bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
                     let mut out = Vec::with_capacity(entries.len());
                     for (i, entry) in entries.iter().enumerate() {
                         let error = parsed.entry_errors.get(i).and_then(Option::as_ref);
-                        let answer = conn.transaction(|c| {
-                            let mut s = crate::store::Scoped::new(c, ctx);
-                            rest::bundle::batch_entry(&mut s, env, entry, i, error, &opts)
+                        let answer = crate::store::Scoped::transaction(conn, ctx, |s| {
+                            rest::bundle::batch_entry(s, env, entry, i, error, &opts)
                         });
                         out.push(match answer {
                             Ok(a) => a.to_json(),

@@ -136,7 +136,7 @@ fn external(s: &mut Scoped, source: &str, t: &str) -> Result<Option<String>, Err
         .filter(xr::source.eq(source))
         .filter(xr::resource_type.eq(t))
         .select(xr::uid)
-        .first(s.conn)
+        .first(s.conn()?)
         .optional()?)
 }
 
@@ -209,14 +209,13 @@ pub fn import_unit(
             skipped_urls.insert(full_url);
             continue;
         }
-        let outcome = s.conn.transaction(|c| {
-            let mut s = Scoped::new(c, s.ctx);
-            rewrite_references_lenient(&mut s, env, &mut resource, &map)?;
+        let outcome = s.savepoint(|s| {
+            rewrite_references_lenient(s, env, &mut resource, &map)?;
             let raw = serde_json::to_vec(&resource).unwrap_or_default();
             let existing = match t {
-                "Patient" => find_patient(&mut s, env, &resource)?,
-                _ => match external(&mut s, &full_url, t)? {
-                    Some(uid) if rest::read(&mut s, env, t, &uid).is_ok() => Some(uid),
+                "Patient" => find_patient(s, env, &resource)?,
+                _ => match external(s, &full_url, t)? {
+                    Some(uid) if rest::read(s, env, t, &uid).is_ok() => Some(uid),
                     _ => None,
                 },
             };
@@ -226,8 +225,8 @@ pub fn import_unit(
                 content_type: "application/fhir+json",
             };
             let stored = match &existing {
-                Some(uid) => rest::update(&mut s, env, t, uid, None, body)?,
-                None => rest::create(&mut s, env, t, body)?,
+                Some(uid) => rest::update(s, env, t, uid, None, body)?,
+                None => rest::create(s, env, t, body)?,
             };
             if t != "Patient" && existing.is_none() {
                 diesel::insert_into(xr::table)
@@ -239,7 +238,7 @@ pub fn import_unit(
                     .on_conflict((xr::source, xr::resource_type))
                     .do_update()
                     .set(xr::uid.eq(&stored.id))
-                    .execute(s.conn)?;
+                    .execute(s.conn()?)?;
             }
             Ok::<_, Error>(stored)
         });

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use diesel::Connection;
 use serde_json::Value;
 
 use crate::app::AppState;
@@ -178,9 +177,8 @@ pub fn run(state: &AppState, paths: &[PathBuf], mut opts: Options) -> Result<Rep
                 return Ok(report);
             }
             let mut unit_report = Report::default();
-            let result = conn.transaction(|c| {
-                let mut s = Scoped::new(c, &ctx);
-                group::import_unit(&mut s, &env, &unit, &mut unit_report, &opts.interrupted)
+            let result = Scoped::transaction(&mut conn, &ctx, |s| {
+                group::import_unit(s, &env, &unit, &mut unit_report, &opts.interrupted)
             });
             match result {
                 Ok(()) => report.merge(unit_report),

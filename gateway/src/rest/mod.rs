@@ -372,13 +372,13 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
     let patient = read(s, env, "Patient", id)?;
     let events: Vec<i64> = diesel::sql_query("SELECT e.id FROM event e JOIN tracked_entity te ON te.id = e.tracked_entity_id WHERE te.uid = $1 AND NOT e.deleted ORDER BY e.occurred_at NULLS LAST, e.id")
         .bind::<Text, _>(id)
-        .load::<IdRow>(s.conn)?
+        .load::<IdRow>(s.conn()?)?
         .into_iter()
         .map(|r| r.id)
         .collect();
     let values: Vec<i64> = diesel::sql_query("SELECT d.id FROM event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id WHERE te.uid = $1 AND NOT d.deleted ORDER BY d.observed_at NULLS LAST, d.id")
         .bind::<Text, _>(id)
-        .load::<IdRow>(s.conn)?
+        .load::<IdRow>(s.conn()?)?
         .into_iter()
         .map(|r| r.id)
         .collect();
@@ -452,7 +452,7 @@ pub fn type_history(
     .bind::<BigInt, _>(count)
     .bind::<BigInt, _>(offset)
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(since)
-    .load(s.conn)?;
+    .load(s.conn()?)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let resource = if r.operation == "delete" {

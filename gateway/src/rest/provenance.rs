@@ -44,7 +44,7 @@ pub fn tag_all<'a>(
             .iter()
             .filter_map(|r| r["id"].as_str().map(str::to_string))
             .collect();
-        let found: HashMap<(String, i32), String> = logs::mapping_versions(s.conn, &t, &uids)?
+        let found: HashMap<(String, i32), String> = logs::mapping_versions(s.conn()?, &t, &uids)?
             .into_iter()
             .map(|(u, v, m)| ((u, v), m))
             .collect();

@@ -40,7 +40,7 @@ fn originals(s: &mut Scoped) -> Result<Vec<Original>, Error> {
         "SELECT DISTINCT ON (resource_type, resource_uid) resource_type, resource_uid::text AS resource_uid, content_type, body \
          FROM inbound_log WHERE resource_uid IS NOT NULL ORDER BY resource_type, resource_uid, id DESC",
     )
-    .load(s.conn)?)
+    .load(s.conn()?)?)
 }
 
 fn diff(out: &mut Vec<String>, what: &str, old: Option<&str>, new: Option<&str>) {
@@ -143,10 +143,7 @@ pub fn remap(s: &mut Scoped, env: &Env, apply: bool) -> Result<Vec<Change>, Erro
                 continue;
             }
         };
-        let planned = s.conn.transaction(|c| {
-            let mut inner = Scoped::new(c, s.ctx);
-            compare(&mut inner, env, &o, &resource)
-        });
+        let planned = s.savepoint(|inner| compare(inner, env, &o, &resource));
         match planned {
             // Deleted records are not re-mapped.
             Err(Error::Gone(_)) => {}

@@ -691,7 +691,7 @@ pub fn render_by_ids(
 fn ids(s: &mut Scoped, sql: &Sql, text: String) -> Result<Vec<i64>, Error> {
     Ok(sql
         .query(text)
-        .load::<IdRow>(s.conn)?
+        .load::<IdRow>(s.conn()?)?
         .into_iter()
         .map(|r| r.id)
         .collect())
@@ -743,7 +743,7 @@ fn included(
         };
         let rows: Vec<IdRow> = diesel::sql_query(sql_text)
             .bind::<Array<BigInt>, _>(list.clone())
-            .load(s.conn)?;
+            .load(s.conn()?)?;
         out.push((ty, rows.into_iter().map(|r| r.id).collect()));
     }
     Ok(out)
@@ -803,7 +803,7 @@ pub fn search(
             "SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}",
             plan.from
         ))
-        .get_result::<CountRow>(s.conn)?
+        .get_result::<CountRow>(s.conn()?)?
         .n;
     let self_link = format!("{base}/{t}?{}", query_with_offset(params, offset));
     if summary == Some("count") {
@@ -921,7 +921,7 @@ pub fn matching_ids(
             plan.conditions.join(" AND "),
             plan.id_column
         ))
-        .load(s.conn)?;
+        .load(s.conn()?)?;
     Ok(rows.into_iter().map(|r| r.uid).collect())
 }
 

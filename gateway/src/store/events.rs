@@ -6,10 +6,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Date};
 
-use super::schema::{
-    enrollment as en, event as ev, event_data_value as dv, program_ownership as po,
-    tracked_entity as te,
-};
+use super::schema::{enrollment as en, event as ev, event_data_value as dv, tracked_entity as te};
 use super::Scoped;
 use crate::error::Error;
 use crate::tracker::model::{DataValueRecord, EventRecord};
@@ -107,7 +104,7 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    Ok(q.load::<EventRow>(s.conn)?
+    Ok(q.load::<EventRow>(s.conn()?)?
         .into_iter()
         .map(event_record)
         .collect())
@@ -118,6 +115,9 @@ pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Er
 }
 
 pub fn find_event(s: &mut Scoped, uid: &str) -> Result<Option<EventRecord>, Error> {
+    if let Some(e) = s.cache.event(uid, &s.ctx.search) {
+        return Ok(Some(e.clone()));
+    }
     Ok(scoped_events(s, Key::Uid(uid))?.into_iter().next())
 }
 
@@ -134,37 +134,6 @@ pub fn lock_event(conn: &mut PgConnection, id: i64) -> Result<EventRecord, Error
         .select(event_select!())
         .first::<EventRow>(conn)?;
     Ok(event_record(row))
-}
-
-pub struct NewEvent<'a> {
-    pub uid: &'a str,
-    pub enrollment_id: i64,
-    pub stage_id: i64,
-    pub org_unit_id: i64,
-    pub tracked_entity_id: i64,
-    pub status: &'a str,
-    pub occurred_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub now: DateTime<Utc>,
-}
-
-pub fn insert_event(conn: &mut PgConnection, e: &NewEvent) -> Result<i64, Error> {
-    Ok(diesel::insert_into(ev::table)
-        .values((
-            ev::uid.eq(e.uid),
-            ev::enrollment_id.eq(e.enrollment_id),
-            ev::program_stage_id.eq(e.stage_id),
-            ev::org_unit_id.eq(e.org_unit_id),
-            ev::tracked_entity_id.eq(e.tracked_entity_id),
-            ev::status.eq(e.status),
-            ev::occurred_at.eq(e.occurred_at),
-            ev::completed_at.eq(e.completed_at),
-            ev::version.eq(1),
-            ev::created.eq(e.now),
-            ev::last_updated.eq(e.now),
-        ))
-        .returning(ev::id)
-        .get_result(conn)?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -298,42 +267,6 @@ pub fn any_enrollment(
     .get_result(conn)?)
 }
 
-/// Opens an enrollment and records the owner of the person's record in the program.
-pub fn insert_enrollment(
-    conn: &mut PgConnection,
-    uid: &str,
-    tracked_entity_id: i64,
-    program_id: i64,
-    org_unit_id: i64,
-    enrolled_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<i64, Error> {
-    let id = diesel::insert_into(en::table)
-        .values((
-            en::uid.eq(uid),
-            en::tracked_entity_id.eq(tracked_entity_id),
-            en::program_id.eq(program_id),
-            en::org_unit_id.eq(org_unit_id),
-            en::status.eq("ACTIVE"),
-            en::enrolled_at.eq(enrolled_at),
-            en::occurred_at.eq(enrolled_at),
-            en::created.eq(now),
-            en::last_updated.eq(now),
-        ))
-        .returning(en::id)
-        .get_result(conn)?;
-    diesel::insert_into(po::table)
-        .values((
-            po::tracked_entity_id.eq(tracked_entity_id),
-            po::program_id.eq(program_id),
-            po::org_unit_id.eq(org_unit_id),
-            po::last_updated.eq(now),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)?;
-    Ok(id)
-}
-
 // ---- data values -------------------------------------------------------------------------------
 
 type ValueRow = (
@@ -415,7 +348,7 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    Ok(q.load::<ValueRow>(s.conn)?
+    Ok(q.load::<ValueRow>(s.conn()?)?
         .into_iter()
         .map(value_record)
         .collect())
@@ -453,24 +386,6 @@ pub struct NewValue<'a> {
     pub value_num: Option<f64>,
     pub observed_at: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
-}
-
-pub fn insert_value(conn: &mut PgConnection, v: &NewValue) -> Result<i64, Error> {
-    Ok(diesel::insert_into(dv::table)
-        .values((
-            dv::uid.eq(v.uid),
-            dv::event_id.eq(v.event_id),
-            dv::data_element_id.eq(v.data_element_id),
-            dv::tracked_entity_id.eq(v.tracked_entity_id),
-            dv::value.eq(v.value),
-            dv::value_num.eq(v.value_num),
-            dv::observed_at.eq(v.observed_at),
-            dv::version.eq(1),
-            dv::created.eq(v.now),
-            dv::last_updated.eq(v.now),
-        ))
-        .returning(dv::id)
-        .get_result(conn)?)
 }
 
 pub fn update_value(

@@ -1,12 +1,15 @@
 //! The append-only change log (one row per version) and inbound log (original request bodies).
+//! Both are written at the end of the unit of work ([`super::pending`]); reads go through
+//! [`Scoped::conn`], which writes them first.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::schema::{change_log as cl, inbound_log as il};
-use crate::context::RequestContext;
+use super::pending::{ChangeRow, InboundRow};
+use super::schema::change_log as cl;
+use super::Scoped;
 use crate::error::Error;
 
 pub struct Change<'a> {
@@ -19,53 +22,41 @@ pub struct Change<'a> {
     pub state: Option<Value>,
 }
 
-pub fn record_change(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    c: Change,
-) -> Result<(), Error> {
-    diesel::insert_into(cl::table)
-        .values((
-            cl::resource_type.eq(c.resource_type),
-            cl::resource_uid.eq(c.uid),
-            cl::version.eq(c.version),
-            cl::operation.eq(c.operation),
-            cl::changed_at.eq(c.at),
-            cl::actor.eq(ctx.actor.to_string()),
-            cl::request_id.eq(&ctx.request_id),
-            cl::mapping_version.eq(c.mapping_version),
-            cl::state.eq(c.state),
-        ))
-        .execute(conn)?;
-    Ok(())
+/// Queues one version for the change log (written with the rest of the unit of work).
+pub fn record_change(s: &mut Scoped, c: Change) {
+    let row = ChangeRow {
+        resource_type: c.resource_type.to_string(),
+        uid: c.uid.to_string(),
+        version: c.version,
+        operation: c.operation.to_string(),
+        at: c.at,
+        actor: s.ctx.actor.to_string(),
+        request_id: s.ctx.request_id.clone(),
+        mapping_version: c.mapping_version.to_string(),
+        state: c.state,
+    };
+    s.defer().changes.push(row);
 }
 
 /// Records a write: its version in the change log (with the tracker snapshot) and the original
 /// request body in the inbound log, both under the record's uid.
-pub fn record_write<'a>(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    change: Change<'a>,
-    mut inbound: Inbound<'a>,
-) -> Result<(), Error> {
+pub fn record_write<'a>(s: &mut Scoped, change: Change<'a>, mut inbound: Inbound<'a>) {
     inbound.uid = Some(change.uid);
-    record_change(conn, ctx, change)?;
-    record_inbound(conn, ctx, inbound)
+    record_inbound(s, inbound);
+    record_change(s, change);
 }
 
 /// Records the version that deletes a record (no state: nothing is left to render).
 pub fn record_deletion(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
+    s: &mut Scoped,
     resource_type: &str,
     uid: &str,
     version: i32,
     at: DateTime<Utc>,
     mapping_version: &str,
-) -> Result<(), Error> {
+) {
     record_change(
-        conn,
-        ctx,
+        s,
         Change {
             resource_type,
             uid,
@@ -119,24 +110,18 @@ pub struct Inbound<'a> {
     pub mapping_version: &'a str,
 }
 
-pub fn record_inbound(
-    conn: &mut PgConnection,
-    ctx: &RequestContext,
-    i: Inbound,
-) -> Result<(), Error> {
-    diesel::insert_into(il::table)
-        .values((
-            il::request_id.eq(&ctx.request_id),
-            il::actor.eq(ctx.actor.to_string()),
-            il::interaction.eq(i.interaction),
-            il::resource_type.eq(i.resource_type),
-            il::resource_uid.eq(i.uid),
-            il::content_type.eq(i.content_type),
-            il::body.eq(i.body),
-            il::mapping_version.eq(i.mapping_version),
-        ))
-        .execute(conn)?;
-    Ok(())
+pub fn record_inbound(s: &mut Scoped, i: Inbound) {
+    let row = InboundRow {
+        request_id: s.ctx.request_id.clone(),
+        actor: s.ctx.actor.to_string(),
+        interaction: i.interaction.to_string(),
+        resource_type: i.resource_type.to_string(),
+        uid: i.uid.map(str::to_string),
+        content_type: i.content_type.to_string(),
+        body: i.body.to_vec(),
+        mapping_version: i.mapping_version.to_string(),
+    };
+    s.defer().inbound.push(row);
 }
 
 /// The mapping version that wrote each (uid, version) of one resource type, in one query.

@@ -1,11 +1,13 @@
 //! Postgres through diesel: the connection pool, embedded migrations, the DHIS2 metadata import and
 //! the scoped data access that every request goes through.
 
+pub mod cache;
 pub mod events;
 pub mod logs;
 pub mod metadata_import;
 pub mod orgs;
 pub mod patients;
+pub mod pending;
 pub mod schema;
 mod scoped;
 

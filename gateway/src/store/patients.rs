@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Text, Timestamptz};
 
 use super::schema::{tracked_entity as te, tracked_entity_attribute_value as teav};
 use super::Scoped;
@@ -63,6 +64,9 @@ fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, 
 
 /// The person with `uid` if the caller may see it (deleted ones included, for 410).
 pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<PersonRecord>, Error> {
+    if let Some(p) = s.cache.person(uid, &s.ctx.search) {
+        return Ok(Some(p.clone()));
+    }
     let mut q = te::table
         .filter(te::uid.eq(uid))
         .filter(te::tracked_entity_type_id.eq(entity_type_id))
@@ -71,8 +75,8 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    match q.first::<EntityRow>(s.conn).optional()? {
-        Some(row) => with_values(s.conn, row).map(Some),
+    match q.first::<EntityRow>(s.conn()?).optional()? {
+        Some(row) => with_values(s.conn()?, row).map(Some),
         None => Ok(None),
     }
 }
@@ -84,6 +88,7 @@ pub fn find_for_update(
     entity_type_id: i64,
     uid: &str,
 ) -> Result<Option<PersonRecord>, Error> {
+    s.cache.evict_person(uid);
     let Some(visible) = find(s, entity_type_id, uid)? else {
         return Ok(None);
     };
@@ -91,10 +96,17 @@ pub fn find_for_update(
         .find(visible.id)
         .select(entity_columns())
         .for_update()
-        .first(s.conn)?;
-    with_values(s.conn, row).map(Some)
+        .first(s.conn()?)?;
+    with_values(s.conn()?, row).map(Some)
 }
 
+#[derive(QueryableByName)]
+struct NewId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Inserts a person and its attribute values in one statement (one round trip per Patient).
 pub fn insert(
     conn: &mut PgConnection,
     uid: &str,
@@ -102,19 +114,33 @@ pub fn insert(
     org_unit_id: i64,
     inactive: bool,
     now: DateTime<Utc>,
+    rows: &[ValueRow],
 ) -> Result<i64, Error> {
-    Ok(diesel::insert_into(te::table)
-        .values((
-            te::uid.eq(uid),
-            te::tracked_entity_type_id.eq(entity_type_id),
-            te::org_unit_id.eq(org_unit_id),
-            te::inactive.eq(inactive),
-            te::version.eq(1),
-            te::created.eq(now),
-            te::last_updated.eq(now),
-        ))
-        .returning(te::id)
-        .get_result(conn)?)
+    let attrs: Vec<i64> = rows.iter().map(|r| r.attribute_id).collect();
+    let values: Vec<&str> = rows.iter().map(|r| r.value).collect();
+    let search: Vec<&str> = rows.iter().map(|r| r.search_value.as_str()).collect();
+    let unique: Vec<bool> = rows.iter().map(|r| r.is_unique).collect();
+    let row: NewId = diesel::sql_query(
+        "WITH p AS (
+           INSERT INTO tracked_entity (uid, tracked_entity_type_id, org_unit_id, inactive, version, created, last_updated)
+           VALUES ($1, $2, $3, $4, 1, $5, $5) RETURNING id),
+         v AS (
+           INSERT INTO tracked_entity_attribute_value
+             (tracked_entity_id, attribute_id, value, search_value, is_unique, created, last_updated)
+           SELECT p.id, a, v, s, u, $5, $5 FROM p, unnest($6::int8[], $7::text[], $8::text[], $9::bool[]) AS x(a, v, s, u))
+         SELECT id FROM p",
+    )
+    .bind::<Text, _>(uid)
+    .bind::<BigInt, _>(entity_type_id)
+    .bind::<BigInt, _>(org_unit_id)
+    .bind::<Bool, _>(inactive)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Array<BigInt>, _>(&attrs)
+    .bind::<Array<Text>, _>(&values)
+    .bind::<Array<Text>, _>(&search)
+    .bind::<Array<Bool>, _>(&unique)
+    .get_result(conn)?;
+    Ok(row.id)
 }
 
 pub fn update(
@@ -164,7 +190,7 @@ pub fn replace_values(
     rows: &[ValueRow],
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    // A new person has nothing to replace: skip the round trip.
+    // A mapping with no attributes has nothing to replace.
     if !attribute_ids.is_empty() {
         diesel::delete(
             teav::table
@@ -206,12 +232,12 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    let rows: Vec<EntityRow> = q.load(s.conn)?;
+    let rows: Vec<EntityRow> = q.load(s.conn()?)?;
     let found: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let values: Vec<(i64, i64, String)> = teav::table
         .filter(teav::tracked_entity_id.eq_any(&found))
         .select((teav::tracked_entity_id, teav::attribute_id, teav::value))
-        .load(s.conn)?;
+        .load(s.conn()?)?;
     Ok(rows
         .into_iter()
         .map(

@@ -1,25 +1,105 @@
-//! The one door to patient data: a connection paired with the caller's [`RequestContext`].
-//! Queries for records take their org-unit filter from here, so scope is applied in SQL.
+//! The one door to patient data: a connection paired with the caller's [`RequestContext`], for one
+//! unit of work (a request, a whole transaction Bundle, one entry of a batch).
+//! Queries for records take their org-unit filter from here, so scope is applied in SQL. Inserts
+//! that cannot fail per entry are queued here and written in a few statements ([`Pending`]);
+//! every other statement goes through [`Scoped::conn`], which writes the queue first.
 
 use diesel::dsl::sql;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Bool, Text};
 
+use super::cache::Cache;
+use super::pending::{self, Pending, Seq};
 use super::schema::org_unit;
 use crate::context::{OrgScope, RequestContext};
+use crate::error::Error;
 
 pub struct Scoped<'a> {
-    pub conn: &'a mut PgConnection,
+    conn: &'a mut PgConnection,
     pub ctx: &'a RequestContext,
+    pending: Pending,
+    pub cache: Cache,
+    reserved: Vec<(Seq, Vec<i64>)>,
 }
 
 /// `SELECT id FROM org_unit WHERE <path in scope>`, for `org_unit_id = ANY(...)` filters.
 pub type OrgIdQuery = org_unit::BoxedQuery<'static, Pg, diesel::sql_types::BigInt>;
 
+/// Ids taken from a sequence per round trip when deferred rows need them.
+const RESERVE: i32 = 100;
+
 impl<'a> Scoped<'a> {
-    pub fn new(conn: &'a mut PgConnection, ctx: &'a RequestContext) -> Self {
-        Scoped { conn, ctx }
+    /// Runs `f` as one unit of work in a database transaction (a savepoint when `conn` is already
+    /// in one): the queue is written before the transaction commits, and dropped with it on error.
+    pub fn transaction<T>(
+        conn: &mut PgConnection,
+        ctx: &RequestContext,
+        f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        conn.transaction(|c| {
+            let mut s = Scoped {
+                conn: c,
+                ctx,
+                pending: Pending::default(),
+                cache: Cache::default(),
+                reserved: Vec::new(),
+            };
+            let out = f(&mut s)?;
+            s.flush()?;
+            Ok(out)
+        })
+    }
+
+    /// A nested unit of work in a savepoint: what it does is undone alone if it fails.
+    pub fn savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.flush()?;
+        // The nested unit may change what this one cached; forget it rather than risk a stale read.
+        self.cache.clear();
+        let ctx = self.ctx;
+        Scoped::transaction(self.conn, ctx, f)
+    }
+
+    /// The connection, with every queued insert written first.
+    pub fn conn(&mut self) -> Result<&mut PgConnection, Error> {
+        self.flush()?;
+        Ok(self.conn)
+    }
+
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            self.pending.flush(self.conn)?;
+        }
+        Ok(())
+    }
+
+    /// Queues inserts to be written before the next statement or at commit.
+    pub fn defer(&mut self) -> &mut Pending {
+        &mut self.pending
+    }
+
+    /// A fresh id of `seq`'s table for a deferred insert.
+    pub fn next_id(&mut self, seq: Seq) -> Result<i64, Error> {
+        let at = match self.reserved.iter().position(|(s, _)| *s == seq) {
+            Some(i) => i,
+            None => {
+                self.reserved.push((seq, Vec::new()));
+                self.reserved.len() - 1
+            }
+        };
+        if self.reserved[at].1.is_empty() {
+            // A sequence call reads nothing that is queued, so it need not flush.
+            let mut ids = pending::reserve(self.conn, seq, RESERVE)?;
+            ids.reverse();
+            self.reserved[at].1 = ids;
+        }
+        self.reserved[at]
+            .1
+            .pop()
+            .ok_or_else(|| Error::Internal("the id reservation came back empty".into()))
     }
 
     /// The org units the caller may find and read, or None when that is every org unit.

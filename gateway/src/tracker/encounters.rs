@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use super::model::{EventRecord, EventSnapshot, PersonRecord, VersionOf};
 use super::{new_uid, patients, Env};
 use crate::error::Error;
-use crate::store::events::{self as store, NewEvent};
+use crate::store::events as store;
 use crate::store::logs::{self, Change, Inbound};
+use crate::store::pending::{EnrollmentRow, EventRow, Seq};
 use crate::store::Scoped;
 use crate::translate::encounter::EncounterWrite;
 
@@ -70,7 +71,7 @@ pub fn place(
         .ok_or_else(|| Error::Internal("program missing from metadata".into()))?;
     let (enrollment_id, uid) = match enrollment_uid {
         Some(uid) => {
-            let (id, uid, te, program_id, status) = store::enrollment_by_uid(s.conn, uid)?
+            let (id, uid, te, program_id, status) = store::enrollment_by_uid(s.conn()?, uid)?
                 .ok_or_else(|| {
                     Error::rule(
                         format!("EpisodeOfCare/{uid} is not an enrollment of this registry"),
@@ -100,10 +101,13 @@ pub fn place(
             }
             (id, uid)
         }
-        None => match store::active_enrollment(s.conn, person.id, program.id)? {
-            Some((id, uid, ..)) => (id, uid),
+        None => match active_enrollment(s, person.id, program.id)? {
+            Some(found) => found,
             None => {
-                if program.only_enroll_once && store::any_enrollment(s.conn, person.id, program.id)?
+                // A person created in this unit of work has no enrollment but those opened here.
+                if program.only_enroll_once
+                    && !s.cache.is_new_person(person.id)
+                    && store::any_enrollment(s.conn()?, person.id, program.id)?
                 {
                     return Err(Error::Conflict {
                         message: format!("the person's enrollment in {} is closed and the program allows one enrollment only; reopen it before recording more events", program.name),
@@ -111,18 +115,19 @@ pub fn place(
                     });
                 }
                 let uid = new_uid();
-                let id = store::insert_enrollment(
-                    s.conn,
-                    &uid,
-                    person.id,
-                    program.id,
+                let id = s.next_id(Seq::Enrollment)?;
+                s.defer().enrollments.push(EnrollmentRow {
+                    id,
+                    uid: uid.clone(),
+                    tracked_entity_id: person.id,
+                    program_id: program.id,
                     org_unit_id,
-                    when,
+                    enrolled_at: when,
                     now,
-                )?;
+                });
+                s.cache.add_enrollment(person.id, program.id, id, &uid);
                 logs::record_change(
-                    s.conn,
-                    s.ctx,
+                    s,
                     Change {
                         resource_type: "EpisodeOfCare",
                         uid: &uid,
@@ -132,13 +137,18 @@ pub fn place(
                         mapping_version: &env.mappings.version,
                         state: None,
                     },
-                )?;
+                );
                 (id, uid)
             }
         },
     };
     if !stage.repeatable {
-        if let Some(existing) = store::events_in_stage(s.conn, enrollment_id, stage_id)?.first() {
+        let existing = if s.cache.is_new_enrollment(enrollment_id) {
+            s.cache.events_in_stage(enrollment_id, stage_id)
+        } else {
+            store::events_in_stage(s.conn()?, enrollment_id, stage_id)?
+        };
+        if let Some(existing) = existing.first() {
             return Err(Error::Conflict {
                 message: format!("stage {} happens once per enrollment and EpisodeOfCare/{uid} already has it (Encounter/{existing}); update that Encounter instead", stage.name),
                 expression: Some("Encounter.type".into()),
@@ -189,7 +199,8 @@ fn record<'a>(
         mapping_version: &env.mappings.version,
         state: Some(snapshot(env, r)),
     };
-    logs::record_write(s.conn, s.ctx, change, inbound)
+    logs::record_write(s, change, inbound);
+    Ok(())
 }
 
 /// Creates an event for a person (used by Encounter create and by Observations without one).
@@ -217,21 +228,20 @@ pub fn open_event(
         occurred_at.unwrap_or(now),
     )?;
     let uid = new_uid();
-    let id = store::insert_event(
-        s.conn,
-        &NewEvent {
-            uid: &uid,
-            enrollment_id,
-            stage_id,
-            org_unit_id,
-            tracked_entity_id: person.id,
-            status,
-            occurred_at,
-            completed_at,
-            now,
-        },
-    )?;
-    Ok(EventRecord {
+    let id = s.next_id(Seq::Event)?;
+    s.defer().events.push(EventRow {
+        id,
+        uid: uid.clone(),
+        enrollment_id,
+        stage_id,
+        org_unit_id,
+        tracked_entity_id: person.id,
+        status: status.to_string(),
+        occurred_at,
+        completed_at,
+        now,
+    });
+    let record = EventRecord {
         id,
         uid,
         version: 1,
@@ -246,7 +256,26 @@ pub fn open_event(
         enrollment_id,
         enrollment_uid,
         deleted: false,
-    })
+    };
+    if let Some(ou) = env.md.org_unit_by_id(person.org_unit_id) {
+        s.cache.add_event(&record, &ou.path);
+    }
+    Ok(record)
+}
+
+/// The person's active enrollment in a program: one opened in this unit of work, else the database's.
+fn active_enrollment(
+    s: &mut Scoped,
+    person: i64,
+    program: i64,
+) -> Result<Option<(i64, String)>, Error> {
+    if let Some(found) = s.cache.enrollment(person, program) {
+        return Ok(Some(found.clone()));
+    }
+    if s.cache.is_new_person(person) {
+        return Ok(None);
+    }
+    Ok(store::active_enrollment(s.conn()?, person, program)?.map(|(id, uid, ..)| (id, uid)))
 }
 
 pub fn create(
@@ -285,7 +314,8 @@ pub fn update(
     inbound: Inbound,
 ) -> Result<EventRecord, Error> {
     let visible = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let current = store::lock_event(s.conn, visible.id)?;
+    s.cache.evict_event(uid);
+    let current = store::lock_event(s.conn()?, visible.id)?;
     if let Some(v) = if_match {
         if v != current.version {
             return Err(Error::PreconditionFailed(format!(
@@ -322,7 +352,7 @@ pub fn update(
         let stage = env.md.stages.iter().find(|st| st.id == w.stage_id);
         if let Some(stage) = stage.filter(|st| !st.repeatable) {
             if let Some(existing) =
-                store::events_in_stage(s.conn, current.enrollment_id, w.stage_id)?.first()
+                store::events_in_stage(s.conn()?, current.enrollment_id, w.stage_id)?.first()
             {
                 return Err(Error::Conflict {
                     message: format!("stage {} happens once per enrollment and EpisodeOfCare/{} already has it (Encounter/{existing})", stage.name, current.enrollment_uid),
@@ -337,7 +367,7 @@ pub fn update(
     let now = Utc::now();
     let version = current.version + 1;
     store::update_event(
-        s.conn,
+        s.conn()?,
         current.id,
         w.stage_id,
         org_unit_id,
@@ -364,12 +394,13 @@ pub fn update(
 
 pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error> {
     let visible = store::find_event(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let current = store::lock_event(s.conn, visible.id)?;
+    s.cache.evict_event(uid);
+    let current = store::lock_event(s.conn()?, visible.id)?;
     if current.deleted {
         return Ok(None);
     }
     check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
-    let live = store::live_values_of_event(s.conn, current.id)?;
+    let live = store::live_values_of_event(s.conn()?, current.id)?;
     if live > 0 {
         return Err(Error::Conflict {
             message: format!("Encounter/{uid} still has {live} Observation(s); delete them first"),
@@ -378,16 +409,8 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     }
     let now = Utc::now();
     let version = current.version + 1;
-    store::mark_event_deleted(s.conn, current.id, version, now)?;
-    logs::record_deletion(
-        s.conn,
-        s.ctx,
-        TYPE,
-        uid,
-        version,
-        now,
-        &env.mappings.version,
-    )?;
+    store::mark_event_deleted(s.conn()?, current.id, version, now)?;
+    logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
 }
 

@@ -10,6 +10,7 @@ use super::{new_uid, Env};
 use crate::error::Error;
 use crate::store::events::{self as store, NewValue};
 use crate::store::logs::{self, Change, Inbound};
+use crate::store::pending::{Seq, ValueRow};
 use crate::store::Scoped;
 use crate::translate::observation::ObservationWrite;
 
@@ -48,8 +49,8 @@ fn target_event(
         }
         None => {
             let when = w.observed_at.unwrap_or_else(Utc::now);
-            match store::event_on_day(s.conn, person.id, w.stage_id, when.date_naive())? {
-                Some(id) => store::lock_event(s.conn, id)?,
+            match store::event_on_day(s.conn()?, person.id, w.stage_id, when.date_naive())? {
+                Some(id) => store::lock_event(s.conn()?, id)?,
                 None => open_event(
                     s,
                     env,
@@ -123,7 +124,8 @@ fn record<'a>(
         mapping_version: &env.mappings.version,
         state: Some(snapshot(env, r)),
     };
-    logs::record_write(s.conn, s.ctx, change, inbound)
+    logs::record_write(s, change, inbound);
+    Ok(())
 }
 
 pub fn create(
@@ -137,17 +139,18 @@ pub fn create(
     let now = Utc::now();
     let uid = new_uid();
     let observed_at = w.observed_at.or(event.occurred_at);
-    let nv = NewValue {
-        uid: &uid,
+    let id = s.next_id(Seq::DataValue)?;
+    s.defer().values.push(ValueRow {
+        id,
+        uid: uid.clone(),
         event_id: event.id,
         data_element_id: w.data_element_id,
         tracked_entity_id: person.id,
-        value: &w.value,
+        value: w.value.clone(),
         value_num: w.value_num,
         observed_at,
         now,
-    };
-    let id = store::insert_value(s.conn, &nv)?;
+    });
     let d = DataValueRecord {
         id,
         uid,
@@ -175,7 +178,7 @@ pub fn update(
     inbound: Inbound,
 ) -> Result<DataValueRecord, Error> {
     let visible = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let current = store::lock_value(s.conn, visible.id)?;
+    let current = store::lock_value(s.conn()?, visible.id)?;
     if let Some(v) = if_match {
         if v != current.version {
             return Err(Error::PreconditionFailed(format!("Observation/{uid} is at version {}, not {v}: read it again and reapply your change", current.version)));
@@ -209,7 +212,7 @@ pub fn update(
         observed_at,
         now,
     };
-    store::update_value(s.conn, current.id, &nv, version)?;
+    store::update_value(s.conn()?, current.id, &nv, version)?;
     let d = DataValueRecord {
         version,
         last_updated: now,
@@ -227,11 +230,11 @@ pub fn update(
 
 pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error> {
     let visible = store::find_value(s, uid)?.ok_or_else(|| not_found(uid))?;
-    let current = store::lock_value(s.conn, visible.id)?;
+    let current = store::lock_value(s.conn()?, visible.id)?;
     if current.deleted {
         return Ok(None);
     }
-    let event = store::lock_event(s.conn, current.event_id)?;
+    let event = store::lock_event(s.conn()?, current.event_id)?;
     let ou = env
         .md
         .org_unit_by_id(event.org_unit_id)
@@ -244,16 +247,8 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     }
     let now = Utc::now();
     let version = current.version + 1;
-    store::mark_value_deleted(s.conn, current.id, version, now)?;
-    logs::record_deletion(
-        s.conn,
-        s.ctx,
-        TYPE,
-        uid,
-        version,
-        now,
-        &env.mappings.version,
-    )?;
+    store::mark_value_deleted(s.conn()?, current.id, version, now)?;
+    logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
 }
 

@@ -148,15 +148,15 @@ pub fn create(
     let now = Utc::now();
     let uid = new_uid();
     let id = store::insert(
-        s.conn,
+        s.conn()?,
         &uid,
         env.mappings.patient.entity_type_id,
         org_unit_id,
         input.inactive,
         now,
-    )?;
-    store::replace_values(s.conn, id, &[], &rows(env, input), now)
-        .map_err(|e| unique_conflict(env, input, e))?;
+        &rows(env, input),
+    )
+    .map_err(|e| unique_conflict(env, input, e))?;
     let record = PersonRecord {
         id,
         uid: uid.clone(),
@@ -172,6 +172,9 @@ pub fn create(
             .collect(),
     };
     finish(s, env, &record, "create", inbound)?;
+    if let Some(ou) = env.md.org_unit_by_id(org_unit_id) {
+        s.cache.add_person(&record, &ou.path);
+    }
     Ok(Written {
         record,
         created: true,
@@ -214,7 +217,7 @@ pub fn update(
     let now = Utc::now();
     let version = current.version + 1;
     store::update(
-        s.conn,
+        s.conn()?,
         current.id,
         org_unit_id,
         input.inactive,
@@ -222,7 +225,7 @@ pub fn update(
         now,
     )?;
     let mapped = env.mappings.patient.attribute_ids();
-    store::replace_values(s.conn, current.id, &mapped, &rows(env, input), now)
+    store::replace_values(s.conn()?, current.id, &mapped, &rows(env, input), now)
         .map_err(|e| unique_conflict(env, input, e))?;
     let mut values = current.values.clone();
     values.retain(|k, _| !mapped.contains(k));
@@ -266,22 +269,14 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
             "you may read Patient/{uid} but not delete it: it is owned outside your org units"
         )));
     }
-    let live = crate::store::events::live_events_of_person(s.conn, current.id)?;
+    let live = crate::store::events::live_events_of_person(s.conn()?, current.id)?;
     if live > 0 {
         return Err(Error::Conflict { message: format!("Patient/{uid} still has {live} Encounter(s); delete their Observations and Encounters first"), expression: None });
     }
     let now = Utc::now();
     let version = current.version + 1;
-    store::mark_deleted(s.conn, current.id, version, now)?;
-    logs::record_deletion(
-        s.conn,
-        s.ctx,
-        TYPE,
-        uid,
-        version,
-        now,
-        &env.mappings.version,
-    )?;
+    store::mark_deleted(s.conn()?, current.id, version, now)?;
+    logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
 }
 
@@ -301,7 +296,8 @@ fn finish<'a>(
         mapping_version: &env.mappings.version,
         state: Some(snapshot(env, r)),
     };
-    logs::record_write(s.conn, s.ctx, change, inbound)
+    logs::record_write(s, change, inbound);
+    Ok(())
 }
 
 fn not_found(uid: &str) -> Error {
