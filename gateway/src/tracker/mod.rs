@@ -6,6 +6,7 @@ pub mod encounters;
 pub mod metadata;
 pub mod model;
 pub mod observations;
+pub mod offline;
 pub mod patients;
 pub mod value_type;
 
@@ -39,10 +40,10 @@ pub fn version_of<T>(
     rebuild: Rebuild<T>,
 ) -> Result<T, crate::error::Error> {
     use crate::error::Error;
-    let (v, op, at, state) = crate::store::logs::version(s.conn, resource_type, uid, version)?
+    let (v, op, at, state) = crate::store::logs::version(s.conn()?, resource_type, uid, version)?
         .ok_or_else(|| {
-            Error::NotFound(format!("{resource_type}/{uid} has no version {version}"))
-        })?;
+        Error::NotFound(format!("{resource_type}/{uid} has no version {version}"))
+    })?;
     if op == "delete" {
         return Err(Error::Gone(format!(
             "version {version} of {resource_type}/{uid} is its deletion"
@@ -63,7 +64,7 @@ pub fn versions_of<T>(
     current: &T,
     rebuild: Rebuild<T>,
 ) -> Result<Vec<model::VersionOf<T>>, crate::error::Error> {
-    Ok(crate::store::logs::versions(s.conn, resource_type, uid)?
+    Ok(crate::store::logs::versions(s.conn()?, resource_type, uid)?
         .into_iter()
         .map(|(v, op, at, state)| {
             let rec = if op == "delete" {
