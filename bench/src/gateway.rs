@@ -18,8 +18,7 @@ impl Gateway {
         pool_size: u32,
         log: &Path,
     ) -> Result<Gateway, String> {
-        let log_file =
-            std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(binary)
             .arg("serve")
             .env("KIUNGA_DATABASE_URL", database_url)

@@ -86,7 +86,8 @@ pub const DAY: &str = "2026-03-02";
 /// A transaction Bundle of `people` new people, each with one visit and five vital signs, linked
 /// by `urn:uuid:` references as an EMR's export would be.
 pub fn transaction(people: &[Person], facility_uids: &[String]) -> Value {
-    let urn = |k: usize, slot: usize| format!("urn:uuid:00000000-0000-4000-8000-{:012x}", k * 16 + slot);
+    let urn =
+        |k: usize, slot: usize| format!("urn:uuid:00000000-0000-4000-8000-{:012x}", k * 16 + slot);
     let mut entries = Vec::with_capacity(people.len() * 7);
     for (k, p) in people.iter().enumerate() {
         let fac = &facility_uids[p.facility];

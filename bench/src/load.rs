@@ -114,7 +114,10 @@ where
     }
     let mut all = Vec::new();
     let mut units = 0;
-    for (lat, u) in results.into_inner().map_err(|_| "a client thread panicked")? {
+    for (lat, u) in results
+        .into_inner()
+        .map_err(|_| "a client thread panicked")?
+    {
         all.extend(lat);
         units += u;
     }

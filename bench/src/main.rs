@@ -58,6 +58,13 @@ struct Args {
     pool_size: u32,
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,
+    /// Run only the scenarios whose name contains this text (e.g. "Bundle"; for profiling).
+    #[arg(long)]
+    only: Option<String>,
+    /// Use a gateway that is already running at this base URL (e.g. under perf) instead of starting
+    /// one; the database is then neither wiped nor re-migrated, and memory is not reported.
+    #[arg(long)]
+    external: Option<String>,
     /// Where the gateway's own log goes.
     #[arg(long, default_value = "target/bench/gateway.log")]
     gateway_log: PathBuf,
@@ -85,27 +92,36 @@ fn run(args: Args) -> Result<(), String> {
     if scales.is_empty() {
         return Err("--scales needs at least one population size".into());
     }
-    say("wiping the benchmark database");
     let mut admin = PgConnection::establish(&args.database_url)
         .map_err(|e| format!("connecting to the benchmark database: {e}"))?;
-    diesel::sql_query("DROP SCHEMA IF EXISTS public CASCADE")
-        .execute(&mut admin)
-        .and_then(|_| diesel::sql_query("CREATE SCHEMA public").execute(&mut admin))
-        .map_err(|e| format!("wiping the benchmark database: {e}"))?;
-
-    say("starting the gateway (migrations and demo metadata load on start)");
-    let mut gw = gateway::Gateway::start(
-        &args.gateway,
-        &args.database_url,
-        &args.listen,
-        args.pool_size,
-        &args.gateway_log,
-    )?;
+    let mut gw = match &args.external {
+        Some(_) => None,
+        None => {
+            say("wiping the benchmark database");
+            diesel::sql_query("DROP SCHEMA IF EXISTS public CASCADE")
+                .execute(&mut admin)
+                .and_then(|_| diesel::sql_query("CREATE SCHEMA public").execute(&mut admin))
+                .map_err(|e| format!("wiping the benchmark database: {e}"))?;
+            say("starting the gateway (migrations and demo metadata load on start)");
+            Some(gateway::Gateway::start(
+                &args.gateway,
+                &args.database_url,
+                &args.listen,
+                args.pool_size,
+                &args.gateway_log,
+            )?)
+        }
+    };
     let pool = raw::pool(&args.database_url, args.pool_size)?;
     let ids = Ids::load(&mut admin)?;
+    let base = match (&args.external, &gw) {
+        (Some(url), _) => url.trim_end_matches('/').to_string(),
+        (None, Some(g)) => g.base.clone(),
+        (None, None) => return Err("no gateway".into()),
+    };
     let ctx = Ctx {
         args: args.clone(),
-        base: gw.base.clone(),
+        base,
         ids,
         pool,
     };
@@ -114,7 +130,10 @@ fn run(args: Args) -> Result<(), String> {
     for &scale in &scales {
         let have = population::count(&mut admin)?;
         if have < scale {
-            say(format!("loading people {}..={scale} (10 Observations each)", have + 1));
+            say(format!(
+                "loading people {}..={scale} (10 Observations each)",
+                have + 1
+            ));
             let t = std::time::Instant::now();
             population::load(&mut admin, &ctx.ids, have + 1, scale)?;
             say(format!("  loaded in {:.1} s", t.elapsed().as_secs_f64()));
@@ -124,9 +143,11 @@ fn run(args: Args) -> Result<(), String> {
     }
     let top = *scales.last().unwrap_or(&0);
     rows.extend(write_scenarios(&ctx, top)?);
-    let peak = gw.peak_rss_mib();
-    let now_rss = gw.rss_mib();
-    gw.stop();
+    let peak = gw.as_ref().and_then(|g| g.peak_rss_mib());
+    let now_rss = gw.as_ref().and_then(|g| g.rss_mib());
+    if let Some(g) = gw.as_mut() {
+        g.stop();
+    }
 
     let run = Run::new(&args_summary(&args), rows, peak, now_rss, &scales);
     print!("{}", run.table());
@@ -160,6 +181,12 @@ impl Ctx {
     }
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.args.duration)
+    }
+    fn wanted(&self, scenario: &str) -> bool {
+        self.args
+            .only
+            .as_deref()
+            .is_none_or(|o| scenario.contains(o))
     }
 }
 
@@ -293,6 +320,9 @@ fn read_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         Read::ObservationsByPatientCode,
         Read::Everything,
     ] {
+        if !ctx.wanted(read.name()) {
+            continue;
+        }
         say(format!("{} at {scale} people: raw", read.name()));
         let raw = load::run(
             ctx.args.clients,
@@ -314,7 +344,14 @@ fn read_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
             gateway.push((fmt, s));
         }
         for (fmt, s) in gateway {
-            rows.push(Row::new(read.name(), "read", Some(scale), fmt, s, Some(raw.clone())));
+            rows.push(Row::new(
+                read.name(),
+                "read",
+                Some(scale),
+                fmt,
+                s,
+                Some(raw.clone()),
+            ));
         }
     }
     Ok(rows)
@@ -340,11 +377,28 @@ fn post(c: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<Vec<u
 }
 
 fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    if ctx.wanted("create Patient") {
+        rows.push(create_patient(ctx, scale)?);
+    }
+    if ctx.wanted("transaction Bundle ingest") {
+        rows.push(bundle_ingest(ctx, scale)?);
+    }
+    Ok(rows)
+}
+
+/// A tag unique to this run, in every national ID the write scenarios make, so that runs against
+/// the same database (`--external`) never collide on a unique identifier.
+fn run_tag() -> String {
+    let mut rng = rand::thread_rng();
+    let mut letter = || (b'A' + rng.gen_range(0..26u8)) as char;
+    format!("{}{}{}", letter(), letter(), letter())
+}
+
+fn create_patient(ctx: &Ctx, scale: u64) -> Result<Row, String> {
+    let tag = run_tag();
     let ids = &ctx.ids;
     let facilities = ids.facilities.len();
-    let uid_base = |client: usize, seq: u64| (client as u64 * 100_000 + seq) * 2_000;
-    let mut rows = Vec::new();
-
     say("create Patient: raw");
     let raw = load::run(
         ctx.args.clients,
@@ -352,8 +406,8 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         ctx.duration(),
         |_| Ok(()),
         |_, t, seq| {
-            let p = gen::person("RC", t, seq, facilities);
-            raw::write(&ctx.pool, ids, &[p], false, 'r', uid_base(t, seq))
+            let p = gen::person(&format!("RC{tag}"), t, seq, facilities);
+            raw::write(&ctx.pool, ids, &[p], false, 'r')
         },
     )?;
     say("create Patient: gateway");
@@ -364,13 +418,25 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         ctx.duration(),
         http_client,
         |c, t, seq| {
-            let p = gen::person("GC", t, seq, facilities);
+            let p = gen::person(&format!("GC{tag}"), t, seq, facilities);
             let body = gen::patient(&p, &ids.facility_uids[p.facility]).to_string();
             post(c, &url, body.into_bytes()).map(|_| 1)
         },
     )?;
-    rows.push(Row::new("create Patient", "write", Some(scale), "json", gw, Some(raw)));
+    Ok(Row::new(
+        "create Patient",
+        "write",
+        Some(scale),
+        "json",
+        gw,
+        Some(raw),
+    ))
+}
 
+fn bundle_ingest(ctx: &Ctx, scale: u64) -> Result<Row, String> {
+    let tag = run_tag();
+    let ids = &ctx.ids;
+    let facilities = ids.facilities.len();
     let people = ctx.args.bundle_people;
     let batch = |tag: &str, t: usize, seq: u64| -> Vec<gen::Person> {
         (0..people)
@@ -383,7 +449,15 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         ctx.warmup(),
         ctx.duration(),
         |_| Ok(()),
-        |_, t, seq| raw::write(&ctx.pool, ids, &batch("RB", t, seq), true, 'q', uid_base(t, seq)),
+        |_, t, seq| {
+            raw::write(
+                &ctx.pool,
+                ids,
+                &batch(&format!("RB{tag}"), t, seq),
+                true,
+                'q',
+            )
+        },
     )?;
     say("transaction Bundle ingest: gateway");
     let created = AtomicU64::new(0);
@@ -393,7 +467,7 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         ctx.duration(),
         http_client,
         |c, t, seq| {
-            let bundle = gen::transaction(&batch("GB", t, seq), &ids.facility_uids);
+            let bundle = gen::transaction(&batch(&format!("GB{tag}"), t, seq), &ids.facility_uids);
             let n = bundle["entry"].as_array().map_or(0, Vec::len) as u64;
             let answer = post(c, &ctx.base, bundle.to_string().into_bytes())?;
             if seq == 0 {
@@ -401,7 +475,11 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
                 let v: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
                 let ok = v["entry"].as_array().map_or(0, |es| {
                     es.iter()
-                        .filter(|e| e["response"]["status"].as_str().is_some_and(|s| s.starts_with("201")))
+                        .filter(|e| {
+                            e["response"]["status"]
+                                .as_str()
+                                .is_some_and(|s| s.starts_with("201"))
+                        })
                         .count()
                 });
                 if ok as u64 != n {
@@ -412,13 +490,12 @@ fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
             Ok(n)
         },
     )?;
-    rows.push(Row::new(
+    Ok(Row::new(
         "transaction Bundle ingest",
         "write",
         Some(scale),
         "json",
         gw,
         Some(raw),
-    ));
-    Ok(rows)
+    ))
 }

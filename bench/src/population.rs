@@ -68,7 +68,9 @@ impl Ids {
         .load(conn)
         .map_err(|e| format!("org units: {e}"))?;
         if orgs.is_empty() {
-            return Err("the demo metadata has no facilities (is the gateway's metadata loaded?)".into());
+            return Err(
+                "the demo metadata has no facilities (is the gateway's metadata loaded?)".into(),
+            );
         }
         Ok(Ids {
             person_type: id_of(conn, "tracked_entity_type", "PERSON")?,

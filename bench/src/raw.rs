@@ -87,7 +87,8 @@ struct Id2 {
     uid: String,
 }
 
-const PERSON_COLUMNS: &str = "te.id, te.uid, te.version, te.last_updated, te.org_unit_id, v.attribute_id, v.value";
+const PERSON_COLUMNS: &str =
+    "te.id, te.uid, te.version, te.last_updated, te.org_unit_id, v.attribute_id, v.value";
 
 /// Read Patient by id: the entity and its values in one query.
 pub fn read_person(pool: &PgPool, ids: &Ids, uid: &str) -> Result<u64, String> {
@@ -216,8 +217,23 @@ fn attrs(ids: &Ids, people: &[Person]) -> Attrs {
     a
 }
 
-fn new_uid(prefix: char, n: u64) -> String {
-    format!("{prefix}{n:010}")
+/// A random uid of DHIS2's shape (a letter, then 10 letters or digits), as the gateway makes them.
+fn new_uid(prefix: char) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..10)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+fn ids_by_uid(rows: Vec<Id2>, uids: &[String]) -> Result<Vec<i64>, diesel::result::Error> {
+    let map: std::collections::HashMap<String, i64> =
+        rows.into_iter().map(|r| (r.uid, r.id)).collect();
+    uids.iter()
+        .map(|u| map.get(u).copied().ok_or(diesel::result::Error::NotFound))
+        .collect()
 }
 
 /// Writes `people` (and, with `visits`, one enrollment, one visit and five vital signs each) in one
@@ -229,15 +245,14 @@ pub fn write(
     people: &[Person],
     visits: bool,
     prefix: char,
-    uid_base: u64,
 ) -> Result<u64, String> {
     let mut c = conn(pool)?;
     c.transaction::<_, diesel::result::Error, _>(|c| {
         let te_uids: Vec<String> = (0..people.len())
-            .map(|k| new_uid(prefix, uid_base + k as u64 * 16))
+            .map(|_| new_uid(prefix))
             .collect();
         let te_orgs: Vec<i64> = people.iter().map(|p| ids.facilities[p.facility]).collect();
-        let mut created: Vec<Id2> = diesel::sql_query(
+        let created: Vec<Id2> = diesel::sql_query(
             "INSERT INTO tracked_entity (uid, tracked_entity_type_id, org_unit_id, inactive, version, created, last_updated)
              SELECT u, $3, o, false, 1, now(), now() FROM unnest($1::text[], $2::int8[]) AS x(u, o)
              RETURNING id, uid",
@@ -246,8 +261,7 @@ pub fn write(
         .bind::<Array<BigInt>, _>(&te_orgs)
         .bind::<BigInt, _>(ids.person_type)
         .load(c)?;
-        created.sort_by(|a, b| a.uid.cmp(&b.uid));
-        let te_ids: Vec<i64> = created.iter().map(|r| r.id).collect();
+        let te_ids = ids_by_uid(created, &te_uids)?;
         let a = attrs(ids, people);
         let a_te: Vec<i64> = a.te_index.iter().map(|k| te_ids[*k as usize]).collect();
         diesel::sql_query(
@@ -264,7 +278,7 @@ pub fn write(
         let mut log_uids = te_uids.clone();
         if visits {
             let en_uids: Vec<String> = te_uids.iter().map(|u| format!("n{}", &u[1..])).collect();
-            let mut ens: Vec<Id2> = diesel::sql_query(
+            let ens: Vec<Id2> = diesel::sql_query(
                 "WITH e AS (
                    INSERT INTO enrollment (uid, tracked_entity_id, program_id, org_unit_id, status, enrolled_at, occurred_at, version, created, last_updated)
                    SELECT u, t, $3, o, 'ACTIVE', now(), now(), 1, now(), now() FROM unnest($1::text[], $2::int8[], $4::int8[]) AS x(u, t, o)
@@ -278,11 +292,10 @@ pub fn write(
             .bind::<BigInt, _>(ids.opd)
             .bind::<Array<BigInt>, _>(&te_orgs)
             .load(c)?;
-            ens.sort_by(|a, b| a.uid.cmp(&b.uid));
-            let en_ids: Vec<i64> = ens.iter().map(|r| r.id).collect();
+            let en_ids = ids_by_uid(ens, &en_uids)?;
             let ev_uids: Vec<String> = te_uids.iter().map(|u| format!("v{}", &u[1..])).collect();
             let at = format!("{DAY}T09:00:00Z");
-            let mut evs: Vec<Id2> = diesel::sql_query(
+            let evs: Vec<Id2> = diesel::sql_query(
                 "INSERT INTO event (uid, enrollment_id, program_stage_id, org_unit_id, tracked_entity_id, status, occurred_at, completed_at, version, created, last_updated)
                  SELECT u, e, $4, o, t, 'COMPLETED', $6::timestamptz, $6::timestamptz, 1, now(), now()
                  FROM unnest($1::text[], $2::int8[], $3::int8[], $5::int8[]) AS x(u, e, t, o)
@@ -295,14 +308,14 @@ pub fn write(
             .bind::<Array<BigInt>, _>(&te_orgs)
             .bind::<Text, _>(&at)
             .load(c)?;
-            evs.sort_by(|a, b| a.uid.cmp(&b.uid));
+            let ev_ids = ids_by_uid(evs, &ev_uids)?;
             let des = [ids.weight, ids.height, ids.temperature, ids.systolic, ids.diastolic];
             let (mut dv_uid, mut dv_ev, mut dv_te, mut dv_de, mut dv_val, mut dv_num) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
-            for (k, ev) in evs.iter().enumerate() {
+            for (k, (ev_id, ev_uid)) in ev_ids.iter().zip(&ev_uids).enumerate() {
                 for (i, (_, _, value, _)) in VITALS.iter().enumerate() {
-                    dv_uid.push(format!("o{}{i}", &ev.uid[1..10]));
-                    dv_ev.push(ev.id);
+                    dv_uid.push(format!("o{}{i}", &ev_uid[1..10]));
+                    dv_ev.push(*ev_id);
                     dv_te.push(te_ids[k]);
                     dv_de.push(des[i]);
                     dv_val.push(value.to_string());
@@ -322,10 +335,10 @@ pub fn write(
             .bind::<Array<Double>, _>(&dv_num)
             .bind::<Text, _>(&at)
             .execute(c)?;
-            log_types.extend(std::iter::repeat_n("EpisodeOfCare".to_string(), ens.len()));
-            log_uids.extend(ens.into_iter().map(|e| e.uid));
-            log_types.extend(std::iter::repeat_n("Encounter".to_string(), evs.len()));
-            log_uids.extend(evs.into_iter().map(|e| e.uid));
+            log_types.extend(std::iter::repeat_n("EpisodeOfCare".to_string(), en_uids.len()));
+            log_uids.extend(en_uids);
+            log_types.extend(std::iter::repeat_n("Encounter".to_string(), ev_uids.len()));
+            log_uids.extend(ev_uids);
             log_types.extend(std::iter::repeat_n("Observation".to_string(), dv_uid.len()));
             log_uids.extend(dv_uid);
         }

@@ -154,7 +154,10 @@ impl Run {
             {
                 if let Some(x) = r.ratio() {
                     t.push(Target {
-                        name: format!("{scenario} at {} people, gateway ÷ raw", r.scale.unwrap_or(0)),
+                        name: format!(
+                            "{scenario} at {} people, gateway ÷ raw",
+                            r.scale.unwrap_or(0)
+                        ),
                         goal: format!("≥ {goal}"),
                         value: format!("{x:.2}"),
                         met: x >= goal,
@@ -217,7 +220,18 @@ impl Run {
         ));
         s.push_str(&format!(
             "{:<36} {:>7} {:>4} {:>3} | {:>9} {:>7} {:>7} {:>7} | {:>9} {:>7} {:>7} | {:>6}\n",
-            "scenario", "people", "fmt", "cl", "gw res/s", "p50 ms", "p95 ms", "p99 ms", "raw res/s", "p50 ms", "p99 ms", "gw÷raw"
+            "scenario",
+            "people",
+            "fmt",
+            "cl",
+            "gw res/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "raw res/s",
+            "p50 ms",
+            "p99 ms",
+            "gw÷raw"
         ));
         s.push_str(&format!("{}\n", "-".repeat(130)));
         for r in &self.rows {

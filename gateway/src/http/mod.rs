@@ -636,7 +636,7 @@ async fn read(
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 Ok(current(
-                    tx(&state, ctx, mappings, move |s, env| {
+                    crate::app::read(&state, ctx, mappings, move |s, env| {
                         rest::read(s, env, &t, &id)
                     })
                     .await?,
@@ -660,7 +660,7 @@ async fn vread(
             .map_err(|_| Error::NotFound(format!("{t}/{id} has no version `{vid}`")))?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         Ok(current(
-            tx(&state, ctx, mappings, move |s, env| {
+            crate::app::read(&state, ctx, mappings, move |s, env| {
                 rest::vread(s, env, &t, &id, version)
             })
             .await?,
@@ -830,7 +830,7 @@ async fn history(
         capability(&t, HistoryInstance)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let (t2, id2) = (t.clone(), id.clone());
-        let entries = tx(&state, ctx, mappings, move |s, env| {
+        let entries = crate::app::read(&state, ctx, mappings, move |s, env| {
             rest::history(s, env, &t2, &id2)
         })
         .await?;
@@ -875,7 +875,7 @@ async fn type_history(
         }
         let (ctx, mappings) = tx_inputs(&state, &n);
         let t2 = t.clone();
-        let entries = tx(&state, ctx, mappings, move |s, env| {
+        let entries = crate::app::read(&state, ctx, mappings, move |s, env| {
             rest::type_history(s, env, &t2, since, count, offset)
         })
         .await?;
@@ -959,7 +959,7 @@ async fn run_search(
                 let lenient = n.lenient;
                 let base = state.base.clone();
                 Ok(FhirResponse::ok(
-                    tx(&state, ctx, mappings, move |s, env| {
+                    crate::app::read(&state, ctx, mappings, move |s, env| {
                         rest::search::search(s, env, &t, &params, lenient, &base)
                     })
                     .await?,
@@ -982,7 +982,9 @@ async fn bundle(
         let content_type = r.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
         let format = kiunga_codec::content_format(content_type.as_deref()).map_err(Error::UnsupportedMediaType)?;
         let bytes = read_body(payload, state.config.max_body_bytes).await?;
-        let parsed = kiunga_codec::parse_bundle(&bytes, format)?;
+        // Checking a large Bundle takes tens of milliseconds of CPU: off the worker that serves
+        // other requests.
+        let parsed = web::block(move || kiunga_codec::parse_bundle(&bytes, format)).await??;
         let kind = parsed.bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let count = parsed.bundle.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
         if count > state.config.max_bundle_entries {
@@ -994,7 +996,7 @@ async fn bundle(
         let opts = rest::bundle::Options { lenient: n.lenient, return_pref: n.return_pref, base: state.base.clone() };
         let (ctx, mappings) = tx_inputs(&state, &n);
         let result = match kind.as_str() {
-            "transaction" => tx(&state, ctx, mappings, move |s, env| rest::bundle::transaction(s, env, &parsed.bundle, &parsed.entry_errors, &opts)).await?,
+            "transaction" => tx(&state, ctx, mappings, move |s, env| rest::bundle::transaction(s, env, parsed.bundle, &parsed.entry_errors, &opts)).await?,
             "batch" => {
                 crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
                     let entries = parsed.bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -1005,9 +1007,9 @@ async fn bundle(
                             rest::bundle::batch_entry(s, env, entry, i, error, &opts)
                         });
                         out.push(match answer {
-                            Ok(a) => a.to_json(),
+                            Ok(a) => a.into_json(),
                             Err(e @ Error::Unavailable(_)) => return Err(e),
-                            Err(e) => rest::bundle::Answer::failure(&e, &ctx.request_id).to_json(),
+                            Err(e) => rest::bundle::Answer::failure(&e, &ctx.request_id).into_json(),
                         });
                     }
                     Ok(rest::bundle::response_bundle("batch-response", out))
@@ -1095,7 +1097,7 @@ async fn everything(
         let (ctx, mappings) = tx_inputs(&state, &n);
         let base = state.base.clone();
         Ok(FhirResponse::ok(
-            tx(&state, ctx, mappings, move |s, env| {
+            crate::app::read(&state, ctx, mappings, move |s, env| {
                 rest::everything(s, env, &id, &base)
             })
             .await?,

@@ -53,23 +53,23 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn to_json(&self) -> Value {
+    pub fn into_json(self) -> Value {
         let mut r = json!({ "status": self.status });
-        if let Some(l) = &self.location {
-            r["location"] = json!(l);
+        if let Some(l) = self.location {
+            r["location"] = Value::String(l);
         }
-        if let Some(e) = &self.etag {
-            r["etag"] = json!(e);
+        if let Some(e) = self.etag {
+            r["etag"] = Value::String(e);
         }
-        if let Some(t) = &self.last_modified {
-            r["lastModified"] = json!(t);
+        if let Some(t) = self.last_modified {
+            r["lastModified"] = Value::String(t);
         }
-        if let Some(o) = &self.outcome {
-            r["outcome"] = o.clone();
+        if let Some(o) = self.outcome {
+            r["outcome"] = o;
         }
         let mut entry = json!({ "response": r });
-        if let Some(res) = &self.resource {
-            entry["resource"] = res.clone();
+        if let Some(res) = self.resource {
+            entry["resource"] = res;
         }
         entry
     }
@@ -492,15 +492,15 @@ fn rank(req: &Request) -> (u8, u8) {
 pub fn transaction(
     s: &mut Scoped,
     env: &Env,
-    bundle: &Value,
+    mut bundle: Value,
     entry_errors: &[Option<kiunga_codec::CodecError>],
     opts: &Options,
 ) -> Result<Value, Error> {
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    // Taken, not copied: a Bundle of thousands of entries is not cloned on its way through.
+    let mut entries = match bundle.get_mut("entry").map(Value::take) {
+        Some(Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
     let mut requests = Vec::with_capacity(entries.len());
     let mut skipped = vec![false; entries.len()];
     let mut warnings: Vec<Vec<Issue>> = vec![Vec::new(); entries.len()];
@@ -534,11 +534,11 @@ pub fn transaction(
     for i in order {
         let req = &requests[i];
         let what = format!("{} {}", req.method, req.url);
-        let mut entry = entries[i].clone();
+        let entry = &mut entries[i];
         if let Some(resource) = entry.get_mut("resource") {
             rewrite_references(s, env, resource, &map).map_err(|e| at_entry(e, i, &what))?;
         }
-        let answer = run_entry(s, env, &entry, req, opts).map_err(|e| at_entry(e, i, &what))?;
+        let answer = run_entry(s, env, entry, req, opts).map_err(|e| at_entry(e, i, &what))?;
         if let (Some(full_url), Some(location)) = (str_at(&entries[i], "fullUrl"), &answer.location)
         {
             // `Patient/abc/_history/1` → `Patient/abc`
@@ -551,7 +551,7 @@ pub fn transaction(
         .into_iter()
         .enumerate()
         .map(|(i, a)| match a {
-            Some(a) => a.to_json(),
+            Some(a) => a.into_json(),
             None => Answer {
                 status: status_line(200),
                 location: None,
@@ -560,7 +560,7 @@ pub fn transaction(
                 resource: None,
                 outcome: Some(OperationOutcome::new(warnings[i].clone()).into_json()),
             }
-            .to_json(),
+            .into_json(),
         })
         .collect();
     Ok(response_bundle("transaction-response", response_entries))

@@ -34,7 +34,7 @@ enum Bind {
 }
 
 /// SQL text with `$n` placeholders and their values, built clause by clause.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Sql {
     binds: Vec<Bind>,
 }
@@ -67,6 +67,15 @@ impl Sql {
 struct IdRow {
     #[diesel(sql_type = BigInt)]
     id: i64,
+}
+
+/// One id of a result page, with the size of the whole result (`count(*) OVER ()`).
+#[derive(QueryableByName)]
+struct PageRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 #[derive(QueryableByName)]
@@ -688,15 +697,6 @@ pub fn render_by_ids(
     Ok(out)
 }
 
-fn ids(s: &mut Scoped, sql: &Sql, text: String) -> Result<Vec<i64>, Error> {
-    Ok(sql
-        .query(text)
-        .load::<IdRow>(s.conn()?)?
-        .into_iter()
-        .map(|r| r.id)
-        .collect())
-}
-
 /// `_include` values per searched type, and `_revinclude` values per searched type.
 pub const INCLUDES: &[(&str, &str)] = &[
     ("Observation", "Observation:subject"),
@@ -798,34 +798,42 @@ pub fn search(
         _ => {}
     }
     let where_clause = plan.conditions.join(" AND ");
-    let total: i64 = sql
-        .query(format!(
-            "SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}",
-            plan.from
-        ))
-        .get_result::<CountRow>(s.conn()?)?
-        .n;
+    let count_sql = sql.clone();
+    let count_all = |s: &mut Scoped| -> Result<i64, Error> {
+        Ok(count_sql
+            .query(format!(
+                "SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}",
+                plan.from
+            ))
+            .get_result::<CountRow>(s.conn()?)?
+            .n)
+    };
     let self_link = format!("{base}/{t}?{}", query_with_offset(params, offset));
     if summary == Some("count") {
         return Ok(bundle::searchset(
             base,
             Vec::new(),
-            Some(total),
+            Some(count_all(s)?),
             vec![("self", self_link)],
         ));
     }
+    // The page and the total in one round trip; only a page past the end needs its own count.
     let limit = sql.bind(Bind::Int(count));
     let skip = sql.bind(Bind::Int(offset));
-    let page = ids(
-        s,
-        &sql,
-        format!(
-            "SELECT {} AS id FROM {} WHERE {where_clause} ORDER BY {} LIMIT {limit} OFFSET {skip}",
+    let rows: Vec<PageRow> = sql
+        .query(format!(
+            "SELECT {} AS id, count(*) OVER ()::bigint AS n FROM {} WHERE {where_clause} ORDER BY {} LIMIT {limit} OFFSET {skip}",
             plan.id_column,
             plan.from,
             plan.order.join(", ")
-        ),
-    )?;
+        ))
+        .load(s.conn()?)?;
+    let total = match rows.first() {
+        Some(r) => r.n,
+        None if offset == 0 && count > 0 => 0,
+        None => count_all(s)?,
+    };
+    let page: Vec<i64> = rows.iter().map(|r| r.id).collect();
 
     let elements: Option<Vec<String>> = params
         .iter()

@@ -26,13 +26,13 @@ pub struct Change<'a> {
 pub fn record_change(s: &mut Scoped, c: Change) {
     let row = ChangeRow {
         resource_type: c.resource_type.to_string(),
-        uid: c.uid.to_string(),
+        resource_uid: c.uid.to_string(),
         version: c.version,
         operation: c.operation.to_string(),
-        at: c.at,
+        changed_at: c.at,
         actor: s.ctx.actor.to_string(),
-        request_id: s.ctx.request_id.clone(),
-        mapping_version: c.mapping_version.to_string(),
+        request_id: Some(s.ctx.request_id.clone()),
+        mapping_version: Some(c.mapping_version.to_string()),
         state: c.state,
     };
     s.defer().changes.push(row);
@@ -112,14 +112,14 @@ pub struct Inbound<'a> {
 
 pub fn record_inbound(s: &mut Scoped, i: Inbound) {
     let row = InboundRow {
-        request_id: s.ctx.request_id.clone(),
+        request_id: Some(s.ctx.request_id.clone()),
         actor: s.ctx.actor.to_string(),
         interaction: i.interaction.to_string(),
         resource_type: i.resource_type.to_string(),
-        uid: i.uid.map(str::to_string),
+        resource_uid: i.uid.map(str::to_string),
         content_type: i.content_type.to_string(),
         body: i.body.to_vec(),
-        mapping_version: i.mapping_version.to_string(),
+        mapping_version: Some(i.mapping_version.to_string()),
     };
     s.defer().inbound.push(row);
 }

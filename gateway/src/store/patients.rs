@@ -67,18 +67,35 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
     if let Some(p) = s.cache.person(uid, &s.ctx.search) {
         return Ok(Some(p.clone()));
     }
+    // The entity and its values in one round trip.
     let mut q = te::table
+        .left_join(teav::table)
         .filter(te::uid.eq(uid))
         .filter(te::tracked_entity_type_id.eq(entity_type_id))
-        .select(entity_columns())
+        .select((
+            entity_columns(),
+            (teav::attribute_id, teav::value).nullable(),
+        ))
         .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    match q.first::<EntityRow>(s.conn()?).optional()? {
-        Some(row) => with_values(s.conn()?, row).map(Some),
-        None => Ok(None),
-    }
+    let rows: Vec<(EntityRow, Option<(i64, String)>)> = q.load(s.conn()?)?;
+    let Some(((id, uid, version, last_updated, org_unit_id, inactive, deleted), _)) =
+        rows.first().cloned()
+    else {
+        return Ok(None);
+    };
+    Ok(Some(PersonRecord {
+        id,
+        uid,
+        version,
+        last_updated,
+        org_unit_id,
+        inactive,
+        deleted,
+        values: rows.into_iter().filter_map(|(_, v)| v).collect(),
+    }))
 }
 
 /// Like [`find`], but locks the row until the transaction ends (serialises concurrent updates),
@@ -222,26 +239,26 @@ pub fn replace_values(
     Ok(())
 }
 
-/// People by id (scope applied; deleted ones left out), values included, in one query each.
+/// People by id (scope applied; deleted ones left out), values included, in one query.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     let mut q = te::table
+        .left_join(teav::table)
         .filter(te::id.eq_any(ids))
         .filter(te::deleted.eq(false))
-        .select(entity_columns())
+        .select((
+            entity_columns(),
+            (teav::attribute_id, teav::value).nullable(),
+        ))
+        .order(te::id)
         .into_boxed();
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    let rows: Vec<EntityRow> = q.load(s.conn()?)?;
-    let found: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let values: Vec<(i64, i64, String)> = teav::table
-        .filter(teav::tracked_entity_id.eq_any(&found))
-        .select((teav::tracked_entity_id, teav::attribute_id, teav::value))
-        .load(s.conn()?)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, uid, version, last_updated, org_unit_id, inactive, deleted)| PersonRecord {
+    let rows: Vec<(EntityRow, Option<(i64, String)>)> = q.load(s.conn()?)?;
+    let mut out: Vec<PersonRecord> = Vec::new();
+    for ((id, uid, version, last_updated, org_unit_id, inactive, deleted), value) in rows {
+        if out.last().is_none_or(|p| p.id != id) {
+            out.push(PersonRecord {
                 id,
                 uid,
                 version,
@@ -249,12 +266,12 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
                 org_unit_id,
                 inactive,
                 deleted,
-                values: values
-                    .iter()
-                    .filter(|v| v.0 == id)
-                    .map(|v| (v.1, v.2.clone()))
-                    .collect(),
-            },
-        )
-        .collect())
+                values: BTreeMap::new(),
+            });
+        }
+        if let (Some(p), Some((attribute, v))) = (out.last_mut(), value) {
+            p.values.insert(attribute, v);
+        }
+    }
+    Ok(out)
 }

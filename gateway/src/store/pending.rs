@@ -22,52 +22,69 @@ use super::schema::{
 };
 use crate::error::Error;
 
+// Field names are the column names: each struct is the row as written.
+
+#[derive(Insertable)]
+#[diesel(table_name = cl, treat_none_as_default_value = false)]
 pub struct ChangeRow {
     pub resource_type: String,
-    pub uid: String,
+    pub resource_uid: String,
     pub version: i32,
     pub operation: String,
-    pub at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
     pub actor: String,
-    pub request_id: String,
-    pub mapping_version: String,
+    pub request_id: Option<String>,
+    pub mapping_version: Option<String>,
     pub state: Option<Value>,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = il, treat_none_as_default_value = false)]
 pub struct InboundRow {
-    pub request_id: String,
+    pub request_id: Option<String>,
     pub actor: String,
     pub interaction: String,
     pub resource_type: String,
-    pub uid: Option<String>,
+    pub resource_uid: Option<String>,
     pub content_type: String,
     pub body: Vec<u8>,
-    pub mapping_version: String,
+    pub mapping_version: Option<String>,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = en, treat_none_as_default_value = false)]
 pub struct EnrollmentRow {
     pub id: i64,
     pub uid: String,
     pub tracked_entity_id: i64,
     pub program_id: i64,
     pub org_unit_id: i64,
+    pub status: String,
     pub enrolled_at: DateTime<Utc>,
-    pub now: DateTime<Utc>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = ev, treat_none_as_default_value = false)]
 pub struct EventRow {
     pub id: i64,
     pub uid: String,
     pub enrollment_id: i64,
-    pub stage_id: i64,
+    pub program_stage_id: i64,
     pub org_unit_id: i64,
     pub tracked_entity_id: i64,
     pub status: String,
     pub occurred_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    pub now: DateTime<Utc>,
+    pub version: i32,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = dv, treat_none_as_default_value = false)]
 pub struct ValueRow {
     pub id: i64,
     pub uid: String,
@@ -77,7 +94,9 @@ pub struct ValueRow {
     pub value: String,
     pub value_num: Option<f64>,
     pub observed_at: Option<DateTime<Utc>>,
-    pub now: DateTime<Utc>,
+    pub version: i32,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -89,8 +108,26 @@ pub struct Pending {
     pub values: Vec<ValueRow>,
 }
 
-/// Rows per statement: well under Postgres' 65,535 bind parameters for the widest row (11 columns).
+/// From this many rows on, a table's rows go by binary `COPY` (one prepared statement of any size,
+/// no SQL text to build); fewer go as one multi-row `INSERT`, which costs one round trip less.
+const COPY_FROM: usize = 32;
+/// Rows per `INSERT`: well under Postgres' 65,535 bind parameters for the widest row.
 const CHUNK: usize = 2_000;
+
+macro_rules! write_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        let rows = std::mem::take(&mut $rows);
+        if rows.len() >= COPY_FROM {
+            diesel::copy_from($table)
+                .from_insertable(&rows)
+                .execute($conn)?;
+        } else {
+            for chunk in rows.chunks(CHUNK) {
+                diesel::insert_into($table).values(chunk).execute($conn)?;
+            }
+        }
+    }};
+}
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
@@ -103,26 +140,9 @@ impl Pending {
 
     /// Writes everything queued, parents before children, and empties the queue.
     pub fn flush(&mut self, conn: &mut PgConnection) -> Result<(), Error> {
-        let enrollments = std::mem::take(&mut self.enrollments);
-        for chunk in enrollments.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|r| {
-                    (
-                        en::id.eq(r.id),
-                        en::uid.eq(&r.uid),
-                        en::tracked_entity_id.eq(r.tracked_entity_id),
-                        en::program_id.eq(r.program_id),
-                        en::org_unit_id.eq(r.org_unit_id),
-                        en::status.eq("ACTIVE"),
-                        en::enrolled_at.eq(r.enrolled_at),
-                        en::occurred_at.eq(r.enrolled_at),
-                        en::created.eq(r.now),
-                        en::last_updated.eq(r.now),
-                    )
-                })
-                .collect();
-            diesel::insert_into(en::table).values(&rows).execute(conn)?;
+        // Ownership rows go with their enrollments; an earlier enrollment may already have made the
+        // person's owner row in the program, which stays (transfer is explicit).
+        for chunk in self.enrollments.chunks(CHUNK) {
             let owners: Vec<_> = chunk
                 .iter()
                 .map(|r| {
@@ -130,7 +150,7 @@ impl Pending {
                         po::tracked_entity_id.eq(r.tracked_entity_id),
                         po::program_id.eq(r.program_id),
                         po::org_unit_id.eq(r.org_unit_id),
-                        po::last_updated.eq(r.now),
+                        po::last_updated.eq(r.created),
                     )
                 })
                 .collect();
@@ -139,90 +159,11 @@ impl Pending {
                 .on_conflict_do_nothing()
                 .execute(conn)?;
         }
-        let events = std::mem::take(&mut self.events);
-        for chunk in events.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|e| {
-                    (
-                        ev::id.eq(e.id),
-                        ev::uid.eq(&e.uid),
-                        ev::enrollment_id.eq(e.enrollment_id),
-                        ev::program_stage_id.eq(e.stage_id),
-                        ev::org_unit_id.eq(e.org_unit_id),
-                        ev::tracked_entity_id.eq(e.tracked_entity_id),
-                        ev::status.eq(&e.status),
-                        ev::occurred_at.eq(e.occurred_at),
-                        ev::completed_at.eq(e.completed_at),
-                        ev::version.eq(1),
-                        ev::created.eq(e.now),
-                        ev::last_updated.eq(e.now),
-                    )
-                })
-                .collect();
-            diesel::insert_into(ev::table).values(&rows).execute(conn)?;
-        }
-        let values = std::mem::take(&mut self.values);
-        for chunk in values.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|v| {
-                    (
-                        dv::id.eq(v.id),
-                        dv::uid.eq(&v.uid),
-                        dv::event_id.eq(v.event_id),
-                        dv::data_element_id.eq(v.data_element_id),
-                        dv::tracked_entity_id.eq(v.tracked_entity_id),
-                        dv::value.eq(&v.value),
-                        dv::value_num.eq(v.value_num),
-                        dv::observed_at.eq(v.observed_at),
-                        dv::version.eq(1),
-                        dv::created.eq(v.now),
-                        dv::last_updated.eq(v.now),
-                    )
-                })
-                .collect();
-            diesel::insert_into(dv::table).values(&rows).execute(conn)?;
-        }
-        let changes = std::mem::take(&mut self.changes);
-        for chunk in changes.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|c| {
-                    (
-                        cl::resource_type.eq(&c.resource_type),
-                        cl::resource_uid.eq(&c.uid),
-                        cl::version.eq(c.version),
-                        cl::operation.eq(&c.operation),
-                        cl::changed_at.eq(c.at),
-                        cl::actor.eq(&c.actor),
-                        cl::request_id.eq(&c.request_id),
-                        cl::mapping_version.eq(&c.mapping_version),
-                        cl::state.eq(&c.state),
-                    )
-                })
-                .collect();
-            diesel::insert_into(cl::table).values(&rows).execute(conn)?;
-        }
-        let inbound = std::mem::take(&mut self.inbound);
-        for chunk in inbound.chunks(CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|i| {
-                    (
-                        il::request_id.eq(&i.request_id),
-                        il::actor.eq(&i.actor),
-                        il::interaction.eq(&i.interaction),
-                        il::resource_type.eq(&i.resource_type),
-                        il::resource_uid.eq(&i.uid),
-                        il::content_type.eq(&i.content_type),
-                        il::body.eq(&i.body),
-                        il::mapping_version.eq(&i.mapping_version),
-                    )
-                })
-                .collect();
-            diesel::insert_into(il::table).values(&rows).execute(conn)?;
-        }
+        write_rows!(conn, en::table, self.enrollments);
+        write_rows!(conn, ev::table, self.events);
+        write_rows!(conn, dv::table, self.values);
+        write_rows!(conn, cl::table, self.changes);
+        write_rows!(conn, il::table, self.inbound);
         Ok(())
     }
 }

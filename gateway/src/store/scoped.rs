@@ -51,6 +51,25 @@ impl<'a> Scoped<'a> {
         })
     }
 
+    /// Runs `f` outside a transaction: for units of work that only read. Anything queued is
+    /// still written at the end.
+    pub fn autocommit<T>(
+        conn: &mut PgConnection,
+        ctx: &RequestContext,
+        f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut s = Scoped {
+            conn,
+            ctx,
+            pending: Pending::default(),
+            cache: Cache::default(),
+            reserved: Vec::new(),
+        };
+        let out = f(&mut s)?;
+        s.flush()?;
+        Ok(out)
+    }
+
     /// A nested unit of work in a savepoint: what it does is undone alone if it fails.
     pub fn savepoint<T>(
         &mut self,

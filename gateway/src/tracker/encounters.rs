@@ -122,8 +122,11 @@ pub fn place(
                     tracked_entity_id: person.id,
                     program_id: program.id,
                     org_unit_id,
+                    status: "ACTIVE".into(),
                     enrolled_at: when,
-                    now,
+                    occurred_at: Some(when),
+                    created: now,
+                    last_updated: now,
                 });
                 s.cache.add_enrollment(person.id, program.id, id, &uid);
                 logs::record_change(
@@ -233,13 +236,15 @@ pub fn open_event(
         id,
         uid: uid.clone(),
         enrollment_id,
-        stage_id,
+        program_stage_id: stage_id,
         org_unit_id,
         tracked_entity_id: person.id,
         status: status.to_string(),
         occurred_at,
         completed_at,
-        now,
+        version: 1,
+        created: now,
+        last_updated: now,
     });
     let record = EventRecord {
         id,

@@ -149,7 +149,9 @@ pub fn create(
         value: w.value.clone(),
         value_num: w.value_num,
         observed_at,
-        now,
+        version: 1,
+        created: now,
+        last_updated: now,
     });
     let d = DataValueRecord {
         id,
