@@ -361,42 +361,31 @@ fn history_untagged(
 /// `Patient/{id}/$everything`: the patient with every live Encounter and Observation.
 pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Value, Error> {
     use crate::fhir::bundle::{searchset, SearchEntry};
-    use diesel::prelude::*;
-    use diesel::sql_types::{BigInt, Text};
+    use crate::store::events;
 
-    #[derive(QueryableByName)]
-    struct IdRow {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    let patient = read(s, env, "Patient", id)?;
-    let events: Vec<i64> = diesel::sql_query("SELECT e.id FROM event e JOIN tracked_entity te ON te.id = e.tracked_entity_id WHERE te.uid = $1 AND NOT e.deleted ORDER BY e.occurred_at NULLS LAST, e.id")
-        .bind::<Text, _>(id)
-        .load::<IdRow>(s.conn()?)?
+    let person = patients::read(s, env, id)?;
+    let (md, m) = (env.md, env.mappings);
+    let mut resources = vec![translate::patient::to_fhir(&person, &m.patient, md)];
+    // The person's records in two queries and their mapping tags in one, whatever their number.
+    resources.extend(
+        events::events_of_person(s, person.id)?
+            .iter()
+            .map(|e| translate::encounter::to_fhir(e, m, md)),
+    );
+    resources.extend(
+        events::values_of_person(s, person.id)?
+            .iter()
+            .map(|d| translate::observation::to_fhir(d, m, md)),
+    );
+    provenance::tag_all(s, resources.iter_mut())?;
+    let total = resources.len() as i64;
+    let entries = resources
         .into_iter()
-        .map(|r| r.id)
+        .map(|resource| SearchEntry {
+            resource,
+            mode: "match",
+        })
         .collect();
-    let values: Vec<i64> = diesel::sql_query("SELECT d.id FROM event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id WHERE te.uid = $1 AND NOT d.deleted ORDER BY d.observed_at NULLS LAST, d.id")
-        .bind::<Text, _>(id)
-        .load::<IdRow>(s.conn()?)?
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    let mut entries = vec![SearchEntry {
-        resource: patient.resource,
-        mode: "match",
-    }];
-    for (t, ids) in [("Encounter", &events), ("Observation", &values)] {
-        entries.extend(
-            search::render_by_ids(s, env, t, ids)?
-                .into_iter()
-                .map(|(_, r)| SearchEntry {
-                    resource: r,
-                    mode: "match",
-                }),
-        );
-    }
-    let total = entries.len() as i64;
     Ok(searchset(
         base,
         entries,

@@ -29,36 +29,35 @@ pub fn set(resource: &mut Value, mapping_version: &str) {
 }
 
 /// Tags every resource (any mix of types) with the mapping version of its own version, looked
-/// up in the change log with one query per resource type.
+/// up in the change log with one query.
 pub fn tag_all<'a>(
     s: &mut Scoped,
     resources: impl IntoIterator<Item = &'a mut Value>,
 ) -> Result<(), Error> {
-    let mut by_type: HashMap<String, Vec<&'a mut Value>> = HashMap::new();
-    for r in resources {
-        let t = r["resourceType"].as_str().unwrap_or_default().to_string();
-        by_type.entry(t).or_default().push(r);
+    let list: Vec<&'a mut Value> = resources.into_iter().collect();
+    if list.is_empty() {
+        return Ok(());
     }
-    for (t, list) in by_type {
-        let uids: Vec<String> = list
-            .iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_string))
-            .collect();
-        let found: HashMap<(String, i32), String> = logs::mapping_versions(s.conn()?, &t, &uids)?
-            .into_iter()
-            .map(|(u, v, m)| ((u, v), m))
-            .collect();
-        for r in list {
-            let key = (
-                r["id"].as_str().unwrap_or_default().to_string(),
-                r.pointer("/meta/versionId")
-                    .and_then(Value::as_str)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            );
-            if let Some(m) = found.get(&key) {
-                set(r, m);
-            }
+    let key = |r: &Value| {
+        (
+            r["resourceType"].as_str().unwrap_or_default().to_string(),
+            r["id"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let keys: Vec<(String, String)> = list.iter().map(|r| key(r)).collect();
+    let found: HashMap<(String, String, i32), String> = logs::mapping_versions(s.conn()?, &keys)?
+        .into_iter()
+        .map(|(t, u, v, m)| ((t, u, v), m))
+        .collect();
+    for r in list {
+        let (t, u) = key(r);
+        let version = r
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if let Some(m) = found.get(&(t, u, version)) {
+            set(r, m);
         }
     }
     Ok(())

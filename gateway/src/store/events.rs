@@ -88,6 +88,8 @@ macro_rules! event_select {
 enum Key<'k> {
     Ids(&'k [i64]),
     Uid(&'k str),
+    /// Every live record of one person, oldest first.
+    Person(i64),
 }
 
 /// Events with the caller's scope applied (a person's records follow the person's owner).
@@ -100,6 +102,10 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
     q = match key {
         Key::Ids(ids) => q.filter(ev::id.eq_any(ids)),
         Key::Uid(uid) => q.filter(ev::uid.eq(uid)),
+        Key::Person(id) => q
+            .filter(ev::tracked_entity_id.eq(id))
+            .filter(ev::deleted.eq(false))
+            .order((ev::occurred_at.asc().nulls_last(), ev::id)),
     };
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
@@ -112,6 +118,11 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
 
 pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Error> {
     scoped_events(s, Key::Ids(ids))
+}
+
+/// A person's live events, oldest first (for `$everything`).
+pub fn events_of_person(s: &mut Scoped, person: i64) -> Result<Vec<EventRecord>, Error> {
+    scoped_events(s, Key::Person(person))
 }
 
 pub fn find_event(s: &mut Scoped, uid: &str) -> Result<Option<EventRecord>, Error> {
@@ -344,6 +355,10 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
     q = match key {
         Key::Ids(ids) => q.filter(dv::id.eq_any(ids)),
         Key::Uid(uid) => q.filter(dv::uid.eq(uid)),
+        Key::Person(id) => q
+            .filter(dv::tracked_entity_id.eq(id))
+            .filter(dv::deleted.eq(false))
+            .order((dv::observed_at.asc().nulls_last(), dv::id)),
     };
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
@@ -356,6 +371,11 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
 
 pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>, Error> {
     scoped_values(s, Key::Ids(ids))
+}
+
+/// A person's live data values, oldest first (for `$everything`).
+pub fn values_of_person(s: &mut Scoped, person: i64) -> Result<Vec<DataValueRecord>, Error> {
+    scoped_values(s, Key::Person(person))
 }
 
 pub fn find_value(s: &mut Scoped, uid: &str) -> Result<Option<DataValueRecord>, Error> {

@@ -124,19 +124,33 @@ pub fn record_inbound(s: &mut Scoped, i: Inbound) {
     s.defer().inbound.push(row);
 }
 
-/// The mapping version that wrote each (uid, version) of one resource type, in one query.
+/// The mapping version that wrote each (type, uid, version) asked for, in one query whatever the
+/// mix of types.
 pub fn mapping_versions(
     conn: &mut PgConnection,
-    resource_type: &str,
-    uids: &[String],
-) -> Result<Vec<(String, i32, String)>, Error> {
-    let rows: Vec<(String, i32, Option<String>)> = cl::table
-        .filter(cl::resource_type.eq(resource_type))
-        .filter(cl::resource_uid.eq_any(uids))
-        .select((cl::resource_uid, cl::version, cl::mapping_version))
+    keys: &[(String, String)],
+) -> Result<Vec<(String, String, i32, String)>, Error> {
+    let (types, uids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip();
+    let rows: Vec<(String, String, i32, Option<String>)> = cl::table
+        .filter(
+            diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "(change_log.resource_type, change_log.resource_uid) IN (SELECT * FROM unnest(",
+            )
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(types)
+            .sql(", ")
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(uids)
+            .sql("))"),
+        )
+        .select((
+            cl::resource_type,
+            cl::resource_uid,
+            cl::version,
+            cl::mapping_version,
+        ))
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .filter_map(|(u, v, m)| Some((u, v, m?)))
+        .filter_map(|(t, u, v, m)| Some((t, u, v, m?)))
         .collect())
 }
