@@ -650,7 +650,12 @@ fn observation_plan(
         ("_id", "d.uid".into()),
     ];
     let order = order_by(params, lenient, "Observation", &keys, "d.id")?;
-    Ok(Plan { from: "event_data_value d JOIN event e ON e.id = d.event_id JOIN tracked_entity te ON te.id = d.tracked_entity_id", id_column: "d.id", conditions: c, order })
+    Ok(Plan {
+        from: "event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id",
+        id_column: "d.id",
+        conditions: c,
+        order,
+    })
 }
 
 fn prefix_text(p: Prefix) -> &'static str {

@@ -88,6 +88,14 @@ impl<'a> Scoped<'a> {
         Ok(self.conn)
     }
 
+    /// The connection without writing the queue first: only for a statement that neither reads a
+    /// table with queued rows nor refers to one (inserting a new person and its values). A
+    /// transaction Bundle's Patients come first, and each would otherwise send the logs of the
+    /// one before it: two statements per Patient instead of one COPY at the end.
+    pub fn conn_ignoring_queue(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+
     pub fn flush(&mut self) -> Result<(), Error> {
         if !self.pending.is_empty() {
             self.pending.flush(self.conn)?;

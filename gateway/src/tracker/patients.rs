@@ -148,7 +148,7 @@ pub fn create(
     let now = Utc::now();
     let uid = new_uid();
     let id = store::insert(
-        s.conn()?,
+        s.conn_ignoring_queue(),
         &uid,
         env.mappings.patient.entity_type_id,
         org_unit_id,
