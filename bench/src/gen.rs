@@ -33,7 +33,7 @@ pub fn person(tag: &str, client: usize, seq: u64, facilities: usize) -> Person {
         national_id: format!("{tag}{client:02}{seq:010}"),
         given: GIVEN[n % GIVEN.len()],
         family: FAMILY[(n / 3) % FAMILY.len()],
-        female: seq % 2 == 0,
+        female: seq.is_multiple_of(2),
         birth_date: format!("{}-{:02}-{:02}", 1950 + n % 60, 1 + n % 12, 1 + n % 28),
         phone: format!("+2557{:08}", n % 100_000_000),
         village: format!("Village {}", n % 500),
