@@ -358,3 +358,80 @@ fn a_ten_thousand_entry_transaction() {
     assert!(v["entry"][9999].get("resource").is_none());
     assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), 10_000);
 }
+
+/// Enough records of each kind that the queued rows go by COPY (32 rows and more), then read back
+/// through every path that must see them; and the same Bundle failing at its last entry leaves none.
+#[test]
+fn a_large_transaction_goes_by_copy_and_reads_back() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_KIL");
+    let mut entries = Vec::new();
+    for k in 0..34 {
+        let (pu, eu) = (
+            format!("urn:uuid:5a1c0de0-0000-4000-8000-{:012}", k * 100),
+            format!("urn:uuid:5a1c0de0-0000-4000-8000-{:012}", k * 100 + 1),
+        );
+        entries.push(post(patient(&org, &unique("COPY")), &pu));
+        entries.push(post(encounter(&pu), &eu));
+        // The first person gets 40 weights, the others one each.
+        for i in 0..if k == 0 { 40 } else { 1 } {
+            entries.push(post(
+                weight(&pu, &eu, 50.0 + i as f64),
+                &format!("urn:uuid:5a1c0de0-0000-4000-8000-{:012}", k * 100 + 2 + i),
+            ));
+        }
+    }
+    let before = counts(&app);
+    let mut failing = entries.clone();
+    failing.push(post(
+        weight("Patient/nobody-here", "Encounter/nor-here", 1.0),
+        "urn:uuid:5a1c0de0-0000-4000-8000-999999999999",
+    ));
+    app.post("", &bundle("transaction", failing)).expect(422);
+    assert_eq!(
+        counts(&app),
+        before,
+        "a failed transaction leaves no queued row behind"
+    );
+
+    let v = app.post("", &bundle("transaction", entries)).expect(200);
+    let answers = v["entry"].as_array().unwrap();
+    assert_eq!(answers.len(), 34 * 2 + 40 + 33);
+    assert!(answers
+        .iter()
+        .all(|a| a["response"]["status"] == "201 Created"));
+    let location = |i: usize| {
+        answers[i]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let person = location(0).split('/').nth(1).unwrap().to_string();
+    let visit = location(1).split('/').nth(1).unwrap().to_string();
+
+    let db = &app.db;
+    assert_eq!(db.scalar("SELECT count(*) FROM enrollment"), 34);
+    assert_eq!(db.scalar("SELECT count(*) FROM program_ownership"), 34);
+    assert_eq!(db.scalar("SELECT count(*) FROM event"), 34);
+    assert_eq!(db.scalar("SELECT count(*) FROM event_data_value"), 73);
+    // 34 people, 34 enrollments, 34 visits, 73 values: one change-log version each.
+    assert_eq!(db.scalar("SELECT count(*) FROM change_log"), 34 * 3 + 73);
+    assert_eq!(db.scalar("SELECT count(*) FROM inbound_log"), 34 * 2 + 73);
+
+    let s = app
+        .get(&format!(
+            "Observation?patient={person}&code=http://loinc.org|29463-7&_count=5"
+        ))
+        .expect(200);
+    assert_eq!(s["total"], 40);
+    assert_eq!(s["entry"].as_array().unwrap().len(), 5);
+    let e = app
+        .get(&format!("Patient/{person}/$everything"))
+        .expect(200);
+    assert_eq!(e["total"], 1 + 1 + 40);
+    let h = app
+        .get(&format!("Encounter/{visit}/_history/1"))
+        .expect(200);
+    assert_eq!(h["id"], visit.as_str());
+    assert_eq!(h["subject"]["reference"], format!("Patient/{person}"));
+}
