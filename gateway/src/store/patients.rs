@@ -80,22 +80,30 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    let rows: Vec<(EntityRow, Option<(i64, String)>)> = q.load(s.conn()?)?;
-    let Some(((id, uid, version, last_updated, org_unit_id, inactive, deleted), _)) =
-        rows.first().cloned()
-    else {
-        return Ok(None);
-    };
-    Ok(Some(PersonRecord {
-        id,
-        uid,
-        version,
-        last_updated,
-        org_unit_id,
-        inactive,
-        deleted,
-        values: rows.into_iter().filter_map(|(_, v)| v).collect(),
-    }))
+    Ok(group(q.load(s.conn()?)?).pop())
+}
+
+/// Folds (entity, value) rows of a join ordered by entity into one record per person.
+fn group(rows: Vec<(EntityRow, Option<(i64, String)>)>) -> Vec<PersonRecord> {
+    let mut out: Vec<PersonRecord> = Vec::new();
+    for ((id, uid, version, last_updated, org_unit_id, inactive, deleted), value) in rows {
+        if out.last().is_none_or(|p| p.id != id) {
+            out.push(PersonRecord {
+                id,
+                uid,
+                version,
+                last_updated,
+                org_unit_id,
+                inactive,
+                deleted,
+                values: BTreeMap::new(),
+            });
+        }
+        if let (Some(p), Some((attribute, v))) = (out.last_mut(), value) {
+            p.values.insert(attribute, v);
+        }
+    }
+    out
 }
 
 /// Like [`find`], but locks the row until the transaction ends (serialises concurrent updates),
@@ -254,24 +262,5 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     if let Some(orgs) = s.searchable_org_units() {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    let rows: Vec<(EntityRow, Option<(i64, String)>)> = q.load(s.conn()?)?;
-    let mut out: Vec<PersonRecord> = Vec::new();
-    for ((id, uid, version, last_updated, org_unit_id, inactive, deleted), value) in rows {
-        if out.last().is_none_or(|p| p.id != id) {
-            out.push(PersonRecord {
-                id,
-                uid,
-                version,
-                last_updated,
-                org_unit_id,
-                inactive,
-                deleted,
-                values: BTreeMap::new(),
-            });
-        }
-        if let (Some(p), Some((attribute, v))) = (out.last_mut(), value) {
-            p.values.insert(attribute, v);
-        }
-    }
-    Ok(out)
+    Ok(group(q.load(s.conn()?)?))
 }
