@@ -186,26 +186,6 @@ fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
     .unwrap_or_default()
 }
 
-fn record<'a>(
-    s: &mut Scoped,
-    env: &Env,
-    r: &'a EventRecord,
-    operation: &str,
-    inbound: Inbound<'a>,
-) -> Result<(), Error> {
-    let change = Change {
-        resource_type: TYPE,
-        uid: &r.uid,
-        version: r.version,
-        operation,
-        at: r.last_updated,
-        mapping_version: &env.mappings.version,
-        state: Some(snapshot(env, r)),
-    };
-    logs::record_write(s, change, inbound);
-    Ok(())
-}
-
 /// Creates an event for a person (used by Encounter create and by Observations without one).
 #[allow(clippy::too_many_arguments)]
 pub fn open_event(
@@ -302,7 +282,7 @@ pub fn create(
         w.completed_at,
         w.enrollment_uid.as_deref(),
     )?;
-    record(s, env, &e, "create", inbound)?;
+    super::record_write(s, env, TYPE, &e, "create", snapshot(env, &e), inbound);
     Ok(e)
 }
 
@@ -393,7 +373,7 @@ pub fn update(
         deleted: false,
         ..current
     };
-    record(s, env, &e, "update", inbound)?;
+    super::record_write(s, env, TYPE, &e, "update", snapshot(env, &e), inbound);
     Ok(e)
 }
 

@@ -77,6 +77,53 @@ pub fn versions_of<T>(
         .collect())
 }
 
+/// What the change log needs of a record: its uid, version and time.
+pub trait Stamped {
+    fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>);
+}
+
+impl Stamped for model::PersonRecord {
+    fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>) {
+        (&self.uid, self.version, self.last_updated)
+    }
+}
+
+impl Stamped for model::EventRecord {
+    fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>) {
+        (&self.uid, self.version, self.last_updated)
+    }
+}
+
+impl Stamped for model::DataValueRecord {
+    fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>) {
+        (&self.uid, self.version, self.last_updated)
+    }
+}
+
+/// Records a written version: its tracker snapshot in the change log and the original request in
+/// the inbound log, under the mapping set that translated it.
+pub fn record_write<'a, R: Stamped>(
+    s: &mut crate::store::Scoped,
+    env: &'a Env,
+    resource_type: &'a str,
+    record: &'a R,
+    operation: &'a str,
+    state: serde_json::Value,
+    inbound: crate::store::logs::Inbound<'a>,
+) {
+    let (uid, version, at) = record.stamp();
+    let change = crate::store::logs::Change {
+        resource_type,
+        uid,
+        version,
+        operation,
+        at,
+        mapping_version: &env.mappings.version,
+        state: Some(state),
+    };
+    crate::store::logs::record_write(s, change, inbound);
+}
+
 /// A new DHIS2-style UID: a letter then ten letters or digits.
 pub fn new_uid() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

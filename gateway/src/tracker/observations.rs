@@ -9,7 +9,7 @@ use super::model::{DataValueRecord, DataValueSnapshot, EventRecord, PersonRecord
 use super::{new_uid, Env};
 use crate::error::Error;
 use crate::store::events::{self as store, NewValue};
-use crate::store::logs::{self, Change, Inbound};
+use crate::store::logs::{self, Inbound};
 use crate::store::pending::{Seq, ValueRow};
 use crate::store::Scoped;
 use crate::translate::observation::ObservationWrite;
@@ -108,26 +108,6 @@ fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
     .unwrap_or_default()
 }
 
-fn record<'a>(
-    s: &mut Scoped,
-    env: &Env,
-    r: &'a DataValueRecord,
-    operation: &str,
-    inbound: Inbound<'a>,
-) -> Result<(), Error> {
-    let change = Change {
-        resource_type: TYPE,
-        uid: &r.uid,
-        version: r.version,
-        operation,
-        at: r.last_updated,
-        mapping_version: &env.mappings.version,
-        state: Some(snapshot(env, r)),
-    };
-    logs::record_write(s, change, inbound);
-    Ok(())
-}
-
 pub fn create(
     s: &mut Scoped,
     env: &Env,
@@ -167,7 +147,7 @@ pub fn create(
         observed_at,
         deleted: false,
     };
-    record(s, env, &d, "create", inbound)?;
+    super::record_write(s, env, TYPE, &d, "create", snapshot(env, &d), inbound);
     Ok(d)
 }
 
@@ -226,7 +206,7 @@ pub fn update(
         deleted: false,
         ..current
     };
-    record(s, env, &d, "update", inbound)?;
+    super::record_write(s, env, TYPE, &d, "update", snapshot(env, &d), inbound);
     Ok(d)
 }
 

@@ -7,7 +7,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use super::model::{PersonRecord, PersonSnapshot, VersionOf};
 use super::{new_uid, search_form, Env};
 use crate::error::Error;
-use crate::store::logs::{self, Change, Inbound};
+use crate::store::logs::{self, Inbound};
 use crate::store::patients::{self as store, ValueRow};
 use crate::store::Scoped;
 use crate::translate::patient::PatientWrite;
@@ -171,7 +171,15 @@ pub fn create(
             .map(|v| (v.attribute_id, v.value.clone()))
             .collect(),
     };
-    finish(s, env, &record, "create", inbound)?;
+    super::record_write(
+        s,
+        env,
+        TYPE,
+        &record,
+        "create",
+        snapshot(env, &record),
+        inbound,
+    );
     if let Some(ou) = env.md.org_unit_by_id(org_unit_id) {
         s.cache.add_person(&record, &ou.path);
     }
@@ -245,7 +253,15 @@ pub fn update(
         deleted: false,
         values,
     };
-    finish(s, env, &record, "update", inbound)?;
+    super::record_write(
+        s,
+        env,
+        TYPE,
+        &record,
+        "update",
+        snapshot(env, &record),
+        inbound,
+    );
     Ok(Written {
         record,
         created: false,
@@ -278,26 +294,6 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     store::mark_deleted(s.conn()?, current.id, version, now)?;
     logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
-}
-
-fn finish<'a>(
-    s: &mut Scoped,
-    env: &Env,
-    r: &'a PersonRecord,
-    operation: &str,
-    inbound: Inbound<'a>,
-) -> Result<(), Error> {
-    let change = Change {
-        resource_type: TYPE,
-        uid: &r.uid,
-        version: r.version,
-        operation,
-        at: r.last_updated,
-        mapping_version: &env.mappings.version,
-        state: Some(snapshot(env, r)),
-    };
-    logs::record_write(s, change, inbound);
-    Ok(())
 }
 
 fn not_found(uid: &str) -> Error {
