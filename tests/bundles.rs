@@ -435,3 +435,78 @@ fn a_large_transaction_goes_by_copy_and_reads_back() {
     assert_eq!(h["id"], visit.as_str());
     assert_eq!(h["subject"]["reference"], format!("Patient/{person}"));
 }
+
+/// People are queued and written together at the end (or before the next query), so a national ID
+/// that is already registered, or carried by two new people, is refused when that happens, which
+/// can be while a later entry runs. The refusal still names the entry and element that carried it,
+/// and leaves nothing behind. Small Bundles (one INSERT) and large ones (COPY) alike.
+#[test]
+fn a_taken_national_id_is_refused_in_the_name_of_its_entry() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let taken = unique("NID");
+    app.post("Patient", &patient(&org, &taken)).expect(201);
+    let before = counts(&app);
+    for people in [3usize, 40] {
+        // Already registered: entry 1 carries it; the visits after it run before the flush.
+        let mut entries: Vec<Value> = (0..people)
+            .map(|k| {
+                let nid = if k == 1 { taken.clone() } else { unique("NID") };
+                post(patient(&org, &nid), &format!("urn:uuid:dead0000-0000-4000-8000-{k:012}"))
+            })
+            .collect();
+        entries.push(post(
+            encounter("urn:uuid:dead0000-0000-4000-8000-000000000000"),
+            "urn:uuid:dead0000-0000-4000-8000-999999999999",
+        ));
+        let v = app.post("", &bundle("transaction", entries)).expect(409);
+        let issue = &v["issue"][0];
+        assert_eq!(
+            issue["expression"][0],
+            "Bundle.entry[1].resource.identifier[0].value",
+            "{v}"
+        );
+        let text = issue["diagnostics"].as_str().unwrap();
+        assert!(
+            text.starts_with("Bundle.entry[1] (POST Patient): Patient.identifier[0].value: this National ID is already registered to another person"),
+            "{text}"
+        );
+        assert_eq!(counts(&app), before, "nothing of the failed Bundle stays");
+
+        // Two new people with one national ID: the later entry is refused, naming the earlier.
+        let twin = unique("NID");
+        let entries: Vec<Value> = (0..people)
+            .map(|k| {
+                let nid = if k == 0 || k == people - 1 { twin.clone() } else { unique("NID") };
+                post(patient(&org, &nid), &format!("urn:uuid:beef0000-0000-4000-8000-{k:012}"))
+            })
+            .collect();
+        let v = app.post("", &bundle("transaction", entries)).expect(409);
+        let last = people - 1;
+        assert_eq!(
+            v["issue"][0]["expression"][0],
+            format!("Bundle.entry[{last}].resource.identifier[0].value")
+        );
+        let text = v["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("Bundle.entry[{last}] (POST Patient): Patient.identifier[0].value: this National ID is also carried by Bundle.entry[0] (POST Patient)")),
+            "{text}"
+        );
+        assert_eq!(counts(&app), before);
+    }
+
+    // A batch: the entry with the taken value fails alone, in its own slot.
+    let entries = vec![
+        post(patient(&org, &unique("NID")), "urn:uuid:b0"),
+        post(patient(&org, &taken), "urn:uuid:b1"),
+    ];
+    let v = app.post("", &bundle("batch", entries)).expect(200);
+    assert_eq!(v["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(v["entry"][1]["response"]["status"], "409 Conflict");
+    let issue = &v["entry"][1]["response"]["outcome"]["issue"][0];
+    assert_eq!(
+        issue["expression"][0],
+        "Bundle.entry[1].resource.identifier[0].value"
+    );
+    assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), 2);
+}

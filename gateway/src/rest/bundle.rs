@@ -17,7 +17,7 @@ use crate::fhir::instant;
 use crate::fhir::outcome::{Issue, OperationOutcome};
 use crate::fhir::search::parse_query;
 use crate::fhir::Return;
-use crate::store::Scoped;
+use crate::store::{EntryAt, Scoped};
 use crate::tracker::Env;
 
 /// How the caller asked the Bundle to be handled.
@@ -354,20 +354,25 @@ pub fn not_stored(t: &str) -> Error {
     )])
 }
 
-/// Prefixes an entry's error with where it happened, keeping its status.
+/// Prefixes an entry's error with where it happened, keeping its status. An error that already
+/// names its entry (a unique value refused when the queue was written, see `store::pending`) is
+/// left as it is: it may surface while a later entry runs.
 pub fn at_entry(e: Error, index: usize, what: &str) -> Error {
-    let place = format!("Bundle.entry[{index}]");
-    let say = |m: String| format!("{place} ({what}): {m}");
-    let path = |x: Option<String>| -> Option<String> {
-        Some(match x {
-            None => place.clone(),
-            Some(x) if x.starts_with("Bundle.") => x,
-            Some(x) => match x.split_once('.') {
-                Some((_, rest)) => format!("{place}.resource.{rest}"),
-                None => format!("{place}.resource"),
-            },
-        })
+    if let Error::Conflict {
+        expression: Some(x),
+        ..
+    } = &e
+    {
+        if x.starts_with("Bundle.entry[") {
+            return e;
+        }
+    }
+    let at = EntryAt {
+        index,
+        what: what.to_owned(),
     };
+    let say = |m: String| format!("{}: {m}", at.label());
+    let path = |x: Option<String>| Some(at.path(x.as_deref()));
     match e {
         Error::Invalid {
             message,
@@ -534,6 +539,10 @@ pub fn transaction(
     for i in order {
         let req = &requests[i];
         let what = format!("{} {}", req.method, req.url);
+        s.entry = Some(EntryAt {
+            index: i,
+            what: what.clone(),
+        });
         let entry = &mut entries[i];
         if let Some(resource) = entry.get_mut("resource") {
             rewrite_references(s, env, resource, &map).map_err(|e| at_entry(e, i, &what))?;
@@ -593,6 +602,10 @@ pub fn batch_entry(
     }
     let req = request_of(entry, &opts.base).map_err(|e| at_entry(e, index, "request"))?;
     let what = format!("{} {}", req.method, req.url);
+    s.entry = Some(EntryAt {
+        index,
+        what: what.clone(),
+    });
     let mut entry = entry.clone();
     if let Some(resource) = entry.get_mut("resource") {
         rewrite_references(s, env, resource, &HashMap::new())

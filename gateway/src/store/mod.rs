@@ -17,7 +17,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-pub use scoped::Scoped;
+pub use scoped::{EntryAt, Scoped};
 
 use crate::error::Error;
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Text, Timestamptz};
 
 use super::schema::{tracked_entity as te, tracked_entity_attribute_value as teav};
 use super::Scoped;
@@ -123,49 +122,6 @@ pub fn find_for_update(
         .for_update()
         .first(s.conn()?)?;
     with_values(s.conn()?, row).map(Some)
-}
-
-#[derive(QueryableByName)]
-struct NewId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-/// Inserts a person and its attribute values in one statement (one round trip per Patient).
-pub fn insert(
-    conn: &mut PgConnection,
-    uid: &str,
-    entity_type_id: i64,
-    org_unit_id: i64,
-    inactive: bool,
-    now: DateTime<Utc>,
-    rows: &[ValueRow],
-) -> Result<i64, Error> {
-    let attrs: Vec<i64> = rows.iter().map(|r| r.attribute_id).collect();
-    let values: Vec<&str> = rows.iter().map(|r| r.value).collect();
-    let search: Vec<&str> = rows.iter().map(|r| r.search_value.as_str()).collect();
-    let unique: Vec<bool> = rows.iter().map(|r| r.is_unique).collect();
-    let row: NewId = diesel::sql_query(
-        "WITH p AS (
-           INSERT INTO tracked_entity (uid, tracked_entity_type_id, org_unit_id, inactive, version, created, last_updated)
-           VALUES ($1, $2, $3, $4, 1, $5, $5) RETURNING id),
-         v AS (
-           INSERT INTO tracked_entity_attribute_value
-             (tracked_entity_id, attribute_id, value, search_value, is_unique, created, last_updated)
-           SELECT p.id, a, v, s, u, $5, $5 FROM p, unnest($6::int8[], $7::text[], $8::text[], $9::bool[]) AS x(a, v, s, u))
-         SELECT id FROM p",
-    )
-    .bind::<Text, _>(uid)
-    .bind::<BigInt, _>(entity_type_id)
-    .bind::<BigInt, _>(org_unit_id)
-    .bind::<Bool, _>(inactive)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Array<BigInt>, _>(&attrs)
-    .bind::<Array<Text>, _>(&values)
-    .bind::<Array<Text>, _>(&search)
-    .bind::<Array<Bool>, _>(&unique)
-    .get_result(conn)?;
-    Ok(row.id)
 }
 
 pub fn update(

@@ -1,11 +1,12 @@
 //! Inserts deferred to the end of a unit of work (a request or a whole transaction Bundle) and sent
 //! as a few multi-row statements instead of one round trip each.
 //!
-//! Only rows that cannot fail on a constraint the caller must hear about per entry are deferred:
-//! the change and inbound logs, enrollments with their ownership, events and data values (their ids
-//! are reserved from the sequences up front, their uids are fresh, their references were checked
-//! when they were queued). Tracked entities and attribute values are written at once, because a
-//! unique attribute (a national ID) must be refused naming the entry that carried it.
+//! Queued: new people and their attribute values, the change and inbound logs, enrollments with
+//! their ownership, events and data values. Their ids are reserved from the sequences up front,
+//! their uids are fresh and their references were checked when they were queued, so the one
+//! constraint a flush can break is a unique attribute (a national ID already registered, or
+//! carried by two new people). Each queued unique value keeps a [`UniqueClaim`] saying who
+//! claimed it, so that the refusal still names the entry and element that carried it.
 //!
 //! [`super::Scoped`] flushes before any other statement runs on the connection, so a query
 //! never misses a row that is still queued, and before the transaction commits.
@@ -16,9 +17,11 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 use serde_json::Value;
 
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
 use super::schema::{
     change_log as cl, enrollment as en, event as ev, event_data_value as dv, inbound_log as il,
-    program_ownership as po,
+    program_ownership as po, tracked_entity as te, tracked_entity_attribute_value as teav,
 };
 use crate::error::Error;
 
@@ -49,6 +52,104 @@ pub struct InboundRow {
     pub content_type: String,
     pub body: Vec<u8>,
     pub mapping_version: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = te, treat_none_as_default_value = false)]
+pub struct PersonRow {
+    pub id: i64,
+    pub uid: String,
+    pub tracked_entity_type_id: i64,
+    pub org_unit_id: i64,
+    pub inactive: bool,
+    pub version: i32,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = teav, treat_none_as_default_value = false)]
+pub struct AttributeValueRow {
+    pub tracked_entity_id: i64,
+    pub attribute_id: i64,
+    pub value: String,
+    pub search_value: String,
+    pub is_unique: bool,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// Who queued a unique attribute value, for the message if the flush finds it taken.
+pub struct UniqueClaim {
+    pub attribute_id: i64,
+    pub value: String,
+    /// Where it came from, e.g. `Bundle.entry[3] (POST Patient)`; None outside a Bundle.
+    pub entry: Option<String>,
+    /// FHIRPath of the element, rooted at the entry when there is one
+    /// (`Bundle.entry[3].resource.identifier[0].value`, else `Patient.identifier[0].value`).
+    pub expression: String,
+    /// The element as the resource names it (`Patient.identifier[0].value`).
+    pub element: String,
+    /// The attribute's name (`National ID`).
+    pub attribute: String,
+}
+
+impl UniqueClaim {
+    fn at(&self) -> String {
+        match &self.entry {
+            Some(entry) => format!("{entry}: {}", self.element),
+            None => self.element.clone(),
+        }
+    }
+}
+
+/// The error for a refused unique value: naming the entries that carried it when two new people
+/// in this unit of work did, else saying it belongs to someone already registered.
+fn unique_refusal(claims: &[UniqueClaim], e: DieselError) -> Error {
+    let DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) = &e else {
+        return e.into();
+    };
+    if info.constraint_name() != Some("teav_unique_value_idx") {
+        return e.into();
+    }
+    // Detail reads `Key (attribute_id, value)=(<id>, <value>) already exists.`
+    let key = info.details().and_then(|d| {
+        let inner = d.split_once("=(")?.1.rsplit_once(") already exists")?.0;
+        let (id, value) = inner.split_once(", ")?;
+        Some((id.trim().parse::<i64>().ok()?, value.to_owned()))
+    });
+    let mine: Vec<&UniqueClaim> = match &key {
+        Some((id, value)) => claims
+            .iter()
+            .filter(|c| c.attribute_id == *id && &c.value == value)
+            .collect(),
+        None => Vec::new(),
+    };
+    match mine.as_slice() {
+        [] => Error::Conflict {
+            message: "a value that must be unique is already registered to another person".into(),
+            expression: None,
+        },
+        [one] => Error::Conflict {
+            message: format!(
+                "{}: this {} is already registered to another person; a {} identifies one person only",
+                one.at(),
+                one.attribute,
+                one.attribute
+            ),
+            expression: Some(one.expression.clone()),
+        },
+        [first, .., last] => Error::Conflict {
+            message: format!(
+                "{}: this {} is also carried by {}; a {} identifies one person only",
+                last.at(),
+                last.attribute,
+                first.at(),
+                last.attribute
+            ),
+            expression: Some(last.expression.clone()),
+        },
+    }
 }
 
 #[derive(Insertable)]
@@ -101,6 +202,9 @@ pub struct ValueRow {
 
 #[derive(Default)]
 pub struct Pending {
+    pub persons: Vec<PersonRow>,
+    pub person_values: Vec<AttributeValueRow>,
+    pub unique_claims: Vec<UniqueClaim>,
     pub changes: Vec<ChangeRow>,
     pub inbound: Vec<InboundRow>,
     pub enrollments: Vec<EnrollmentRow>,
@@ -131,7 +235,9 @@ macro_rules! write_rows {
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.persons.is_empty()
+            && self.person_values.is_empty()
+            && self.changes.is_empty()
             && self.inbound.is_empty()
             && self.enrollments.is_empty()
             && self.events.is_empty()
@@ -140,6 +246,10 @@ impl Pending {
 
     /// Writes everything queued, parents before children, and empties the queue.
     pub fn flush(&mut self, conn: &mut PgConnection) -> Result<(), Error> {
+        write_rows!(conn, te::table, self.persons);
+        let claims = std::mem::take(&mut self.unique_claims);
+        let values = std::mem::take(&mut self.person_values);
+        write_values(conn, &values).map_err(|e| unique_refusal(&claims, e))?;
         // Ownership rows go with their enrollments; an earlier enrollment may already have made the
         // person's owner row in the program, which stays (transfer is explicit).
         for chunk in self.enrollments.chunks(CHUNK) {
@@ -168,9 +278,24 @@ impl Pending {
     }
 }
 
+/// Attribute values, apart from [`write_rows!`] so that a unique refusal can be told apart.
+fn write_values(conn: &mut PgConnection, rows: &[AttributeValueRow]) -> Result<(), DieselError> {
+    if rows.len() >= COPY_FROM {
+        diesel::copy_from(teav::table)
+            .from_insertable(rows)
+            .execute(conn)?;
+    } else {
+        for chunk in rows.chunks(CHUNK) {
+            diesel::insert_into(teav::table).values(chunk).execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
 /// Sequences whose ids are handed out ahead of the deferred insert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Seq {
+    Person,
     Enrollment,
     Event,
     DataValue,
@@ -179,6 +304,7 @@ pub enum Seq {
 impl Seq {
     fn table(self) -> &'static str {
         match self {
+            Seq::Person => "tracked_entity",
             Seq::Enrollment => "enrollment",
             Seq::Event => "event",
             Seq::DataValue => "event_data_value",

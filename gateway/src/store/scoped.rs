@@ -1,8 +1,8 @@
 //! The one door to patient data: a connection paired with the caller's [`RequestContext`], for one
 //! unit of work (a request, a whole transaction Bundle, one entry of a batch).
-//! Queries for records take their org-unit filter from here, so scope is applied in SQL. Inserts
-//! that cannot fail per entry are queued here and written in a few statements ([`Pending`]);
-//! every other statement goes through [`Scoped::conn`], which writes the queue first.
+//! Queries for records take their org-unit filter from here, so scope is applied in SQL. New rows
+//! are queued here and written in a few statements ([`Pending`]); every other statement goes
+//! through [`Scoped::conn`], which writes the queue first.
 
 use diesel::dsl::sql;
 use diesel::pg::{Pg, PgConnection};
@@ -21,6 +21,38 @@ pub struct Scoped<'a> {
     pending: Pending,
     pub cache: Cache,
     reserved: Vec<(Seq, Vec<i64>)>,
+    /// The Bundle entry being run, if any: rows queued now are refused later (at a flush) in its
+    /// name.
+    pub entry: Option<EntryAt>,
+}
+
+/// A Bundle entry, as errors name it.
+#[derive(Debug, Clone)]
+pub struct EntryAt {
+    pub index: usize,
+    /// The request, e.g. `POST Patient`.
+    pub what: String,
+}
+
+impl EntryAt {
+    /// `Bundle.entry[3] (POST Patient)`
+    pub fn label(&self) -> String {
+        format!("Bundle.entry[{}] ({})", self.index, self.what)
+    }
+
+    /// An element's FHIRPath rooted at the entry: `Patient.birthDate` becomes
+    /// `Bundle.entry[3].resource.birthDate`; a path already in the Bundle stays as it is.
+    pub fn path(&self, expression: Option<&str>) -> String {
+        let place = format!("Bundle.entry[{}]", self.index);
+        match expression {
+            None => place,
+            Some(x) if x.starts_with("Bundle.") => x.to_owned(),
+            Some(x) => match x.split_once('.') {
+                Some((_, rest)) => format!("{place}.resource.{rest}"),
+                None => format!("{place}.resource"),
+            },
+        }
+    }
 }
 
 /// `SELECT id FROM org_unit WHERE <path in scope>`, for `org_unit_id = ANY(...)` filters.
@@ -37,14 +69,28 @@ impl<'a> Scoped<'a> {
         ctx: &RequestContext,
         f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        Self::transaction_at(conn, ctx, None, f)
+    }
+
+    fn new(conn: &'a mut PgConnection, ctx: &'a RequestContext, entry: Option<EntryAt>) -> Self {
+        Scoped {
+            conn,
+            ctx,
+            pending: Pending::default(),
+            cache: Cache::default(),
+            reserved: Vec::new(),
+            entry,
+        }
+    }
+
+    fn transaction_at<T>(
+        conn: &mut PgConnection,
+        ctx: &RequestContext,
+        entry: Option<EntryAt>,
+        f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         conn.transaction(|c| {
-            let mut s = Scoped {
-                conn: c,
-                ctx,
-                pending: Pending::default(),
-                cache: Cache::default(),
-                reserved: Vec::new(),
-            };
+            let mut s = Scoped::new(c, ctx, entry);
             let out = f(&mut s)?;
             s.flush()?;
             Ok(out)
@@ -58,13 +104,7 @@ impl<'a> Scoped<'a> {
         ctx: &RequestContext,
         f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut s = Scoped {
-            conn,
-            ctx,
-            pending: Pending::default(),
-            cache: Cache::default(),
-            reserved: Vec::new(),
-        };
+        let mut s = Scoped::new(conn, ctx, None);
         let out = f(&mut s)?;
         s.flush()?;
         Ok(out)
@@ -79,21 +119,13 @@ impl<'a> Scoped<'a> {
         // The nested unit may change what this one cached; forget it rather than risk a stale read.
         self.cache.clear();
         let ctx = self.ctx;
-        Scoped::transaction(self.conn, ctx, f)
+        Scoped::transaction_at(self.conn, ctx, self.entry.clone(), f)
     }
 
     /// The connection, with every queued insert written first.
     pub fn conn(&mut self) -> Result<&mut PgConnection, Error> {
         self.flush()?;
         Ok(self.conn)
-    }
-
-    /// The connection without writing the queue first: only for a statement that neither reads a
-    /// table with queued rows nor refers to one (inserting a new person and its values). A
-    /// transaction Bundle's Patients come first, and each would otherwise send the logs of the
-    /// one before it: two statements per Patient instead of one COPY at the end.
-    pub fn conn_ignoring_queue(&mut self) -> &mut PgConnection {
-        self.conn
     }
 
     pub fn flush(&mut self) -> Result<(), Error> {

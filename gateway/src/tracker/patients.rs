@@ -9,7 +9,8 @@ use super::{new_uid, search_form, Env};
 use crate::error::Error;
 use crate::store::logs::{self, Inbound};
 use crate::store::patients::{self as store, ValueRow};
-use crate::store::Scoped;
+use crate::store::pending::{AttributeValueRow, PersonRow, Seq, UniqueClaim};
+use crate::store::{EntryAt, Scoped};
 use crate::translate::patient::PatientWrite;
 
 const TYPE: &str = "Patient";
@@ -147,16 +148,46 @@ pub fn create(
     let org_unit_id = owner(s, env, input, default_org_unit)?;
     let now = Utc::now();
     let uid = new_uid();
-    let id = store::insert(
-        s.conn_ignoring_queue(),
-        &uid,
-        env.mappings.patient.entity_type_id,
+    // Queued, not inserted: a Bundle's people go in one COPY. A unique value someone else holds
+    // is refused at the flush, in this entry's name (see `UniqueClaim`).
+    let id = s.next_id(Seq::Person)?;
+    let entry = s.entry.clone();
+    for v in &input.values {
+        let attribute = env.md.attribute_by_id(v.attribute_id);
+        let is_unique = attribute.is_some_and(|a| a.unique);
+        if let (true, Some(a)) = (is_unique, attribute) {
+            s.defer().unique_claims.push(UniqueClaim {
+                attribute_id: v.attribute_id,
+                value: v.value.clone(),
+                entry: entry.as_ref().map(EntryAt::label),
+                expression: match &entry {
+                    Some(e) => e.path(Some(&v.expression)),
+                    None => v.expression.clone(),
+                },
+                element: v.expression.clone(),
+                attribute: a.name.clone(),
+            });
+        }
+        s.defer().person_values.push(AttributeValueRow {
+            tracked_entity_id: id,
+            attribute_id: v.attribute_id,
+            value: v.value.clone(),
+            search_value: search_form(&v.value),
+            is_unique,
+            created: now,
+            last_updated: now,
+        });
+    }
+    s.defer().persons.push(PersonRow {
+        id,
+        uid: uid.clone(),
+        tracked_entity_type_id: env.mappings.patient.entity_type_id,
         org_unit_id,
-        input.inactive,
-        now,
-        &rows(env, input),
-    )
-    .map_err(|e| unique_conflict(env, input, e))?;
+        inactive: input.inactive,
+        version: 1,
+        created: now,
+        last_updated: now,
+    });
     let record = PersonRecord {
         id,
         uid: uid.clone(),
