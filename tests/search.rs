@@ -103,6 +103,13 @@ fn patient_search_parameters() {
     assert_eq!(q(&format!("_id={a},{c}")), sorted(vec![&a, &c]));
     assert_eq!(q("phone=0700000002"), vec![b.clone()]);
     assert_eq!(q("phone=254700000001"), vec![a.clone()]);
+    assert_eq!(q("telecom=phone|0700000002"), vec![b.clone()]);
+    // A telecom value without digits (an e-mail address) compares whole, not as "no digits".
+    assert_eq!(q("telecom=someone@example.org"), Vec::<String>::new());
+    assert!(app
+        .get("Patient?phone=none")
+        .outcome(400)
+        .contains("has no digits"));
     assert_eq!(
         q(&format!("organization=Organization/{bon}")),
         vec![c.clone()]

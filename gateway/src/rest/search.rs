@@ -184,6 +184,10 @@ fn instant_condition(sql: &mut Sql, column: &str, raw: &str, name: &str) -> Resu
     })
 }
 
+/// The shape of a (partial) date value, exactly as the partial index `teav_date_idx` states it
+/// (migration 4): a query must carry the same predicate for the planner to use that index.
+const DATE_SHAPE: &str = r"^\d{4}(-\d{2}(-\d{2})?)?$";
+
 /// A date condition on a text column holding a (possibly partial) date: a range against a range.
 fn partial_date_condition(
     sql: &mut Sql,
@@ -398,7 +402,7 @@ fn patient_plan(
                 let attr = m.birth_date.ok_or_else(|| bad("birthdate is not mapped in mappings/patient.toml"))?;
                 let a = sql.bind(Bind::Int(attr));
                 let conds = values.iter().map(|v| partial_date_condition(sql, "v.value", v, "birthdate")).collect::<Result<Vec<_>, _>>()?;
-                format!("EXISTS (SELECT 1 FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a} AND {})", any_of(conds))
+                format!("EXISTS (SELECT 1 FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = {a} AND v.value ~ '{DATE_SHAPE}' AND {})", any_of(conds))
             }
             "gender" => {
                 let g = m.gender.as_ref().ok_or_else(|| bad("gender is not mapped in mappings/patient.toml"))?;
@@ -411,8 +415,24 @@ fn patient_plan(
                 let attrs: Vec<i64> = m.telecom.iter().filter(|t| p.name == "telecom" || t.system == "phone").map(|t| t.attribute_id).collect();
                 let a = sql.bind(Bind::Ints(attrs));
                 let digits: Vec<String> = values.iter().map(|v| v.rsplit('|').next().unwrap_or(v).chars().filter(char::is_ascii_digit).collect()).collect();
-                let d = sql.bind(Bind::Texts(digits));
-                format!("EXISTS (SELECT 1 FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = ANY({a}) AND regexp_replace(v.value, '\\D', '', 'g') = ANY({d}))")
+                // Phone numbers compare by their digits; a telecom value without digits (an
+                // e-mail address) compares whole, ignoring case.
+                let (numbers, others): (Vec<_>, Vec<_>) = values.iter().zip(digits).partition(|(_, d)| !d.is_empty());
+                if p.name == "phone" {
+                    if let Some((v, _)) = others.first() {
+                        return Err(bad(format!("phone: `{v}` has no digits; phone numbers are compared by their digits")));
+                    }
+                }
+                let mut any = Vec::new();
+                if !numbers.is_empty() {
+                    let d = sql.bind(Bind::Texts(numbers.into_iter().map(|(_, d)| d).collect()));
+                    any.push(format!("(v.value ~ '\\d' AND regexp_replace(v.value, '\\D', '', 'g') = ANY({d}))"));
+                }
+                if !others.is_empty() {
+                    let o = sql.bind(Bind::Texts(others.into_iter().map(|(v, _)| v.rsplit('|').next().unwrap_or(v).to_lowercase()).collect()));
+                    any.push(format!("lower(v.value) = ANY({o})"));
+                }
+                format!("EXISTS (SELECT 1 FROM tracked_entity_attribute_value v WHERE v.tracked_entity_id = te.id AND v.attribute_id = ANY({a}) AND {})", any_of(any))
             }
             "organization" => {
                 let uids: Vec<String> = values.iter().map(|v| ref_id(v, "Organization").to_string()).collect();
