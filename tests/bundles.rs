@@ -452,7 +452,10 @@ fn a_taken_national_id_is_refused_in_the_name_of_its_entry() {
         let mut entries: Vec<Value> = (0..people)
             .map(|k| {
                 let nid = if k == 1 { taken.clone() } else { unique("NID") };
-                post(patient(&org, &nid), &format!("urn:uuid:dead0000-0000-4000-8000-{k:012}"))
+                post(
+                    patient(&org, &nid),
+                    &format!("urn:uuid:dead0000-0000-4000-8000-{k:012}"),
+                )
             })
             .collect();
         entries.push(post(
@@ -462,8 +465,7 @@ fn a_taken_national_id_is_refused_in_the_name_of_its_entry() {
         let v = app.post("", &bundle("transaction", entries)).expect(409);
         let issue = &v["issue"][0];
         assert_eq!(
-            issue["expression"][0],
-            "Bundle.entry[1].resource.identifier[0].value",
+            issue["expression"][0], "Bundle.entry[1].resource.identifier[0].value",
             "{v}"
         );
         let text = issue["diagnostics"].as_str().unwrap();
@@ -477,8 +479,15 @@ fn a_taken_national_id_is_refused_in_the_name_of_its_entry() {
         let twin = unique("NID");
         let entries: Vec<Value> = (0..people)
             .map(|k| {
-                let nid = if k == 0 || k == people - 1 { twin.clone() } else { unique("NID") };
-                post(patient(&org, &nid), &format!("urn:uuid:beef0000-0000-4000-8000-{k:012}"))
+                let nid = if k == 0 || k == people - 1 {
+                    twin.clone()
+                } else {
+                    unique("NID")
+                };
+                post(
+                    patient(&org, &nid),
+                    &format!("urn:uuid:beef0000-0000-4000-8000-{k:012}"),
+                )
             })
             .collect();
         let v = app.post("", &bundle("transaction", entries)).expect(409);

@@ -398,3 +398,70 @@ fn a_unit_without_ucum_conversion_and_an_attribute_outside_the_entity_type_are_n
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&md);
 }
+
+#[test]
+fn identifier_domain_declarations_are_checked() {
+    let text = r#"tracked_entity_type = "PERSON"
+
+[[identifier]]
+system = "http://example.org/national-id"
+attribute = "NATIONAL_ID"
+unique = false
+ignore = ["0000000000", "", "0000000000"]
+
+[[identifier]]
+system = "http://hospital.smarthealthit.org"
+attribute = "MRN"
+unique = true
+single_valued = false
+"#;
+    let err = start_with_patient_mapping(text).unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:6: identifier system `http://example.org/national-id`: unique = false but attribute `NATIONAL_ID` is unique in the metadata")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:7: identifier system `http://example.org/national-id`: an empty `ignore` value")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:7: identifier system `http://example.org/national-id`: `0000000000` is listed twice in `ignore`")), "{err}");
+    assert!(lines.iter().any(|l| l.starts_with("patient.toml:12: identifier system `http://hospital.smarthealthit.org`: unique = true but attribute `MRN` is not unique in the metadata")), "{err}");
+    assert_eq!(lines.len(), 4, "{err}");
+}
+
+/// The matching rules are checked like every mapping file: each problem with its line.
+#[test]
+fn matching_rule_problems_name_their_line() {
+    type Case = (&'static str, &'static str, &'static str, &'static str);
+    // (replace, with, line marker in the edited file, expected message after `matching.toml:N: `)
+    let cases: &[Case] = &[
+        ("m = 0.97", "m = 1.5", "m = 1.5", "fields.name.m = 1.5: must be a probability strictly between 0 and 1"),
+        ("u = 0.001", "u = 0.99", "m = 0.97", "fields.name: m = 0.97 is not above u = 0.99"),
+        ("comparator = \"jaro_winkler\"", "comparator = \"jaro\"", "comparator = \"jaro\"", "fields.name.comparator: unknown comparator `jaro` (known: jaro_winkler, damerau_levenshtein, exact)"),
+        ("phonetic = \"double_metaphone\"", "phonetic = \"nysiis\"", "phonetic = \"nysiis\"", "fields.name.phonetic: unknown phonetic code `nysiis`"),
+        ("possible = 0.5 ", "possible = 0.9999 ", "certain = 0.9995", "thresholds: need possible < probable < certain"),
+        ("birth_year_window = 1", "birth_year_window = 40", "birth_year_window = 40", "blocking.birth_year_window = 40: use 0 to 10 years"),
+        ("year_tolerance = 1", "year_tolerance = 9", "year_tolerance = 9", "fields.birth_date.year_tolerance = 9: use 0 to 5 years"),
+        ("[fields.gender]", "[fields.sex]", "[fields.sex]", "unknown field `sex`"),
+    ];
+    for (from, to, marker, expected) in cases {
+        let mut line = 0;
+        let out = problems_after(|dir| {
+            replace_in(dir, "matching.toml", from, to);
+            line = line_of(dir, "matching.toml", marker);
+        });
+        let prefix = format!("matching.toml:{line}: {expected}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&prefix)),
+            "expected `{prefix}`, got:\n{out}"
+        );
+    }
+    // A trusted identifier system must be unique.
+    let out = problems_after(|dir| {
+        replace_in(
+            dir,
+            "patient.toml",
+            "type_text = \"Medical record number\"",
+            "type_text = \"Medical record number\"\ntrusted = true",
+        );
+    });
+    assert!(
+        out.contains("trusted = true needs a unique attribute; `MRN` is not unique"),
+        "{out}"
+    );
+}

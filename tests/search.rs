@@ -37,6 +37,7 @@ fn person(
         "gender": gender,
         "birthDate": birth,
         "telecom": [{ "system": "phone", "value": phone }],
+        "address": [{ "city": "Kilima" }],
         "managingOrganization": { "reference": format!("Organization/{org}") },
     });
     app.post("Patient", &p).expect(201)["id"]
@@ -104,6 +105,15 @@ fn patient_search_parameters() {
     assert_eq!(q("phone=0700000002"), vec![b.clone()]);
     assert_eq!(q("phone=254700000001"), vec![a.clone()]);
     assert_eq!(q("telecom=phone|0700000002"), vec![b.clone()]);
+    // PDQm's address parameters; the demo mapping holds the city (village) only.
+    let everyone = q("address=Kilima");
+    assert_eq!(everyone.len(), 3, "every test person lives in Kilima");
+    assert_eq!(q("address-city=kil"), everyone);
+    assert_eq!(q("address-city:exact=kilima"), Vec::<String>::new());
+    assert!(app
+        .get("Patient?address-country=Kenya")
+        .outcome(400)
+        .contains("maps no country"));
     // A telecom value without digits (an e-mail address) compares whole, not as "no digits".
     assert_eq!(q("telecom=someone@example.org"), Vec::<String>::new());
     assert!(app

@@ -21,6 +21,10 @@ pub enum Error {
     /// The caller may not do this (a write outside its capture scope): 403.
     #[error("{0}")]
     Forbidden(String),
+    /// An identifier system (assigning authority) this registry does not know, named where a
+    /// known one is required: 400 for a source domain, 403 for a target domain (IHE PIXm).
+    #[error("{message}")]
+    UnknownSystem { message: String, target: bool },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -87,6 +91,8 @@ impl Error {
         match self {
             Error::Invalid { .. } | Error::Codec(_) => StatusCode::BAD_REQUEST,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::UnknownSystem { target: false, .. } => StatusCode::BAD_REQUEST,
+            Error::UnknownSystem { target: true, .. } => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Gone(_) => StatusCode::GONE,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -125,6 +131,7 @@ impl Error {
                 Issue::error(code, &e.message, e.expression.clone())
             }
             Error::Forbidden(m) => Issue::error("forbidden", m, None),
+            Error::UnknownSystem { message, .. } => Issue::error("code-invalid", message, None),
             Error::NotFound(m) => Issue::error("not-found", m, None),
             Error::Gone(m) => Issue::error("deleted", m, None),
             Error::MethodNotAllowed(m) => Issue::error("not-supported", m, None),

@@ -12,6 +12,7 @@ pub mod fhir;
 pub mod http;
 pub mod import;
 pub mod mapping;
+pub mod matching;
 pub mod rest;
 pub mod store;
 pub mod telemetry;

@@ -81,15 +81,20 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                 }
             }
             const HL7: &str = "http://hl7.org/fhir/OperationDefinition/";
+            // PIXm's operation is defined by IHE, not HL7: its definition is a full URL.
+            const PIXM: &str = "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix";
             let operations: &[(&str, &str)] = match r.resource_type {
-                "Patient" => &[("everything", "Patient-everything")],
+                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM)],
                 "ConceptMap" => &[("translate", "ConceptMap-translate")],
                 "CodeSystem" => &[("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
                 "ValueSet" => &[("validate-code", "ValueSet-validate-code")],
                 _ => &[],
             };
             if !operations.is_empty() {
-                v["operation"] = operations.iter().map(|(name, def)| json!({ "name": name, "definition": format!("{HL7}{def}") })).collect::<Vec<_>>().into();
+                v["operation"] = operations.iter().map(|(name, def)| {
+                    let definition = if def.starts_with("https://") { (*def).to_owned() } else { format!("{HL7}{def}") };
+                    json!({ "name": name, "definition": definition })
+                }).collect::<Vec<_>>().into();
             }
             if !r.search_params.is_empty() {
                 v["searchParam"] =

@@ -1,6 +1,7 @@
 //! HTTP: routes and thin handlers. Handlers negotiate, read the body, call the FHIR/translation
 //! layer and the tracker services, and turn the result into a response; nothing else.
 
+mod identity;
 mod org;
 mod terminology;
 mod valueset;
@@ -106,6 +107,31 @@ const PATIENT_PARAMS: &[SearchParam] = &[
         name: "_lastUpdated",
         kind: "date",
         doc: "Last change, with prefixes",
+    },
+    SearchParam {
+        name: "address",
+        kind: "string",
+        doc: "Any mapped part of Patient.address (string semantics; :exact, :contains)",
+    },
+    SearchParam {
+        name: "address-city",
+        kind: "string",
+        doc: "Patient.address.city, when mapped (string semantics; :exact, :contains)",
+    },
+    SearchParam {
+        name: "address-state",
+        kind: "string",
+        doc: "Patient.address.state, when mapped",
+    },
+    SearchParam {
+        name: "address-postalcode",
+        kind: "string",
+        doc: "Patient.address.postalCode, when mapped",
+    },
+    SearchParam {
+        name: "address-country",
+        kind: "string",
+        doc: "Patient.address.country, when mapped",
     },
 ];
 
@@ -297,7 +323,7 @@ pub static RESOURCES: &[ResourceCapability] = &[
         resource_type: "Patient",
         interactions: CRUD,
         search_params: PATIENT_PARAMS,
-        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml. Operation $everything.",
+        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml. Operations $everything, $match (mappings/matching.toml) and $ihe-pix (IHE PIXm ITI-83) over the identifier systems declared there.",
     },
     ResourceCapability {
         resource_type: "Encounter",
@@ -407,6 +433,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/CodeSystem/$lookup")
                         .route(web::get().to(lookup))
                         .route(web::post().to(lookup))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/Patient/$match")
+                        .route(web::post().to(identity::match_patient))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/Patient/$ihe-pix")
+                        .route(web::get().to(identity::pix))
                         .default_service(web::to(not_allowed)),
                 )
                 .service(

@@ -4,6 +4,7 @@
 
 pub mod encounter;
 pub mod golden;
+pub mod matching;
 pub mod observation;
 pub mod organizations;
 pub mod patient;
@@ -93,6 +94,8 @@ pub struct MappingSet {
     pub observation: ObservationMapping,
     pub terminology: crate::terminology::Terminology,
     pub organizations: organizations::OrganizationMapping,
+    /// `matching.toml`, when present: the rules of `Patient/$match`.
+    pub matching: Option<matching::MatchingRules>,
 }
 
 const KNOWN_FILES: &[&str] = &[
@@ -101,6 +104,7 @@ const KNOWN_FILES: &[&str] = &[
     "observation.toml",
     "terminology.toml",
     "organizations.toml",
+    "matching.toml",
 ];
 
 impl MappingSet {
@@ -131,6 +135,7 @@ impl MappingSet {
         // Required files that exist (their own problems are reported; "missing" is for absence).
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut orgs = organizations::OrganizationMapping::default();
+        let mut matching = None;
         for path in &files {
             let name = path.display().to_string();
             let file_name = path
@@ -175,6 +180,10 @@ impl MappingSet {
                     Err(mut p) => problems.append(&mut p),
                 },
                 "observation.toml" => observation_src = Some(src),
+                "matching.toml" => match matching::load(&src) {
+                    Ok(m) => matching = Some(m),
+                    Err(mut p) => problems.append(&mut p),
+                },
                 "organizations.toml" => match organizations::load(&src, md) {
                     Ok(m) => orgs = m,
                     Err(mut p) => problems.append(&mut p),
@@ -257,6 +266,7 @@ impl MappingSet {
                     observation,
                     terminology,
                     organizations: orgs,
+                    matching,
                 })
             }
             _ => Err(Problems(problems)),

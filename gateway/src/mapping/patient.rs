@@ -31,6 +31,19 @@ struct RawIdentifier {
     system: Spanned<String>,
     attribute: Spanned<String>,
     type_text: Option<String>,
+    /// Whether one value identifies one person; must agree with the attribute's `unique` flag
+    /// in the metadata (the database enforces it). Defaults to the metadata.
+    unique: Option<Spanned<bool>>,
+    /// Whether a person has at most one value in this system (a national ID: true, the default;
+    /// several facilities' record numbers: false).
+    single_valued: Option<bool>,
+    /// Whether `$match` may take the same value as proof of one person (unless sex or birth date
+    /// contradict it). Only for unique systems.
+    trusted: Option<Spanned<bool>>,
+    /// Placeholder values that identify nobody (`0000000000`, `UNKNOWN`): never stored, never
+    /// looked up, reported back when sent.
+    #[serde(default)]
+    ignore: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +92,19 @@ pub struct IdentifierMap {
     pub system: String,
     pub attribute_id: i64,
     pub type_text: Option<String>,
+    pub unique: bool,
+    pub single_valued: bool,
+    pub trusted: bool,
+    /// Placeholder values, compared ignoring case and surrounding spaces.
+    pub ignore: Vec<String>,
+}
+
+impl IdentifierMap {
+    /// Whether `value` is one of the declared placeholders of this system.
+    pub fn is_placeholder(&self, value: &str) -> bool {
+        let v = value.trim();
+        self.ignore.iter().any(|p| p.eq_ignore_ascii_case(v))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -233,10 +259,46 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
             ));
         }
         if let Some(a) = c.attribute(&i.attribute, "identifier") {
+            if let Some(u) = &i.unique {
+                if *u.get_ref() != a.unique {
+                    c.problems.push(src.problem(u.span(), format!(
+                        "identifier system `{system}`: unique = {} but attribute `{}` is {} in the metadata; the database enforces the metadata, so make them agree",
+                        u.get_ref(),
+                        i.attribute.get_ref(),
+                        if a.unique { "unique" } else { "not unique" }
+                    )));
+                }
+            }
+            if let Some(t) = &i.trusted {
+                if *t.get_ref() && !a.unique {
+                    c.problems.push(src.problem(t.span(), format!(
+                        "identifier system `{system}`: trusted = true needs a unique attribute; `{}` is not unique, so one value may name several people",
+                        i.attribute.get_ref()
+                    )));
+                }
+            }
+            let mut ignore: Vec<String> = Vec::new();
+            for p in &i.ignore {
+                let v = p.get_ref().trim();
+                if v.is_empty() {
+                    c.problems.push(src.problem(p.span(), format!("identifier system `{system}`: an empty `ignore` value; list the placeholder values that identify nobody, e.g. \"0000000000\"")));
+                } else if ignore.iter().any(|x| x.eq_ignore_ascii_case(v)) {
+                    c.problems.push(src.problem(
+                        p.span(),
+                        format!("identifier system `{system}`: `{v}` is listed twice in `ignore`"),
+                    ));
+                } else {
+                    ignore.push(v.to_owned());
+                }
+            }
             identifiers.push(IdentifierMap {
                 system,
                 attribute_id: a.id,
                 type_text: i.type_text.clone(),
+                unique: a.unique,
+                single_valued: i.single_valued.unwrap_or(true),
+                trusted: i.trusted.as_ref().is_some_and(|t| *t.get_ref()),
+                ignore,
             });
         }
     }

@@ -17,6 +17,7 @@ use crate::fhir::instant;
 use crate::fhir::outcome::{Issue, OperationOutcome};
 use crate::fhir::search::parse_query;
 use crate::fhir::Return;
+use crate::store::pending::Seq;
 use crate::store::{EntryAt, Scoped};
 use crate::tracker::Env;
 
@@ -531,6 +532,18 @@ pub fn transaction(
         }
         requests.push(req);
     }
+    // New records' ids are reserved per table in one round trip each.
+    let posts = |t: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.resource_type == t)
+            .count()
+    };
+    let (people, visits, values) = (posts("Patient"), posts("Encounter"), posts("Observation"));
+    s.expect(Seq::Person, people);
+    s.expect(Seq::Event, visits);
+    s.expect(Seq::Enrollment, visits.min(people.max(1)));
+    s.expect(Seq::DataValue, values);
     let mut order: Vec<usize> = (0..entries.len()).filter(|i| !skipped[*i]).collect();
     order.sort_by_key(|i| rank(&requests[*i]));
 

@@ -3,6 +3,7 @@
 //! translate the input (pure), apply the tracker rules and store, render the result.
 
 pub mod bundle;
+pub mod identity;
 pub mod provenance;
 pub mod remap;
 pub mod search;

@@ -360,7 +360,17 @@ fn patient_plan(
         let values = split(&p.value);
         let modifier = p.modifier.as_deref();
         if modifier.is_some()
-            && !matches!(p.name.as_str(), "name" | "family" | "given")
+            && !matches!(
+                p.name.as_str(),
+                "name"
+                    | "family"
+                    | "given"
+                    | "address"
+                    | "address-city"
+                    | "address-state"
+                    | "address-postalcode"
+                    | "address-country"
+            )
             && !COMMON.contains(&p.name.as_str())
         {
             if lenient {
@@ -375,6 +385,23 @@ fn patient_plan(
             "name" => any_of(values.iter().map(|v| attr_string(sql, &names, v, modifier, "name")).collect::<Result<_, _>>()?),
             "family" => any_of(values.iter().map(|v| attr_string(sql, &m.family.into_iter().collect::<Vec<_>>(), v, modifier, "family")).collect::<Result<_, _>>()?),
             "given" => any_of(values.iter().map(|v| attr_string(sql, &m.given.into_iter().collect::<Vec<_>>(), v, modifier, "given")).collect::<Result<_, _>>()?),
+            // PDQm's address parameters: any mapped address part, or the one named.
+            a if a == "address" || a.starts_with("address-") => {
+                let part = match a {
+                    "address" => None,
+                    "address-city" => Some("city"),
+                    "address-state" => Some("state"),
+                    "address-postalcode" => Some("postalCode"),
+                    "address-country" => Some("country"),
+                    _ if lenient => continue,
+                    other => return Err(unknown_param("Patient", other, "address, address-city, address-state, address-postalcode, address-country")),
+                };
+                let attrs: Vec<i64> = m.address.iter().filter(|f| part.is_none_or(|p| p == f.json)).map(|f| f.attribute_id).collect();
+                if attrs.is_empty() {
+                    return Err(bad(format!("{a}: mappings/patient.toml maps no {} of Patient.address, so nobody can be found by it", part.unwrap_or("part"))));
+                }
+                any_of(values.iter().map(|v| attr_string(sql, &attrs, v, modifier, a)).collect::<Result<_, _>>()?)
+            }
             "identifier" => {
                 let mut parts = Vec::new();
                 for v in &values {
@@ -443,7 +470,7 @@ fn patient_plan(
                 let _ = other;
                 continue;
             }
-            other => return Err(unknown_param("Patient", other, "_id, identifier, name, family, given, birthdate, gender, organization, phone, telecom, active, _lastUpdated")),
+            other => return Err(unknown_param("Patient", other, "_id, identifier, name, family, given, birthdate, gender, organization, phone, telecom, address, address-city, address-state, address-postalcode, address-country, active, _lastUpdated")),
         };
         c.push(cond);
     }

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod events;
 pub mod logs;
+pub mod match_keys;
 pub mod metadata_import;
 pub mod orgs;
 pub mod patients;

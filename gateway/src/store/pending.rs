@@ -21,7 +21,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::{
     change_log as cl, enrollment as en, event as ev, event_data_value as dv, inbound_log as il,
-    program_ownership as po, tracked_entity as te, tracked_entity_attribute_value as teav,
+    person_match_key as mk, program_ownership as po, tracked_entity as te,
+    tracked_entity_attribute_value as teav,
 };
 use crate::error::Error;
 
@@ -77,6 +78,15 @@ pub struct AttributeValueRow {
     pub is_unique: bool,
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = mk, treat_none_as_default_value = false)]
+pub struct MatchKeyRow {
+    pub tracked_entity_id: i64,
+    pub kind: String,
+    pub code: String,
+    pub year: Option<i32>,
 }
 
 /// Who queued a unique attribute value, for the message if the flush finds it taken.
@@ -205,6 +215,7 @@ pub struct Pending {
     pub persons: Vec<PersonRow>,
     pub person_values: Vec<AttributeValueRow>,
     pub unique_claims: Vec<UniqueClaim>,
+    pub match_keys: Vec<MatchKeyRow>,
     pub changes: Vec<ChangeRow>,
     pub inbound: Vec<InboundRow>,
     pub enrollments: Vec<EnrollmentRow>,
@@ -237,6 +248,7 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.persons.is_empty()
             && self.person_values.is_empty()
+            && self.match_keys.is_empty()
             && self.changes.is_empty()
             && self.inbound.is_empty()
             && self.enrollments.is_empty()
@@ -250,6 +262,7 @@ impl Pending {
         let claims = std::mem::take(&mut self.unique_claims);
         let values = std::mem::take(&mut self.person_values);
         write_values(conn, &values).map_err(|e| unique_refusal(&claims, e))?;
+        write_rows!(conn, mk::table, self.match_keys);
         // Ownership rows go with their enrollments; an earlier enrollment may already have made the
         // person's owner row in the program, which stays (transfer is explicit).
         for chunk in self.enrollments.chunks(CHUNK) {
@@ -286,7 +299,9 @@ fn write_values(conn: &mut PgConnection, rows: &[AttributeValueRow]) -> Result<(
             .execute(conn)?;
     } else {
         for chunk in rows.chunks(CHUNK) {
-            diesel::insert_into(teav::table).values(chunk).execute(conn)?;
+            diesel::insert_into(teav::table)
+                .values(chunk)
+                .execute(conn)?;
         }
     }
     Ok(())

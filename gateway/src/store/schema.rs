@@ -241,6 +241,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// No primary key in the database; diesel needs one named, and these rows are only inserted,
+    /// deleted by person and read by the lookup index.
+    person_match_key (tracked_entity_id, kind, code) {
+        tracked_entity_id -> Int8,
+        kind -> Bpchar,
+        code -> Text,
+        year -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
     program_ownership (tracked_entity_id, program_id) {
         tracked_entity_id -> Int8,
         program_id -> Int8,
@@ -325,6 +336,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     relationship,
     program_ownership,
     program_ownership_history,
+    person_match_key,
     change_log,
     inbound_log,
 );

@@ -20,7 +20,8 @@ pub struct Scoped<'a> {
     pub ctx: &'a RequestContext,
     pending: Pending,
     pub cache: Cache,
-    /// Per sequence: ids taken and not handed out yet, and how many were taken last time.
+    /// Per sequence: ids taken and not handed out yet, and how many were taken last time (or,
+    /// before the first reservation, minus how many are expected).
     reserved: Vec<(Seq, Vec<i64>, i32)>,
     /// The Bundle entry being run, if any: rows queued now are refused later (at a flush) in its
     /// name.
@@ -59,10 +60,10 @@ impl EntryAt {
 /// `SELECT id FROM org_unit WHERE <path in scope>`, for `org_unit_id = ANY(...)` filters.
 pub type OrgIdQuery = org_unit::BoxedQuery<'static, Pg, diesel::sql_types::BigInt>;
 
-/// Ids taken from a sequence by the first round trip of a unit of work; each further one takes
-/// twice as many as the last, up to [`RESERVE_MAX`], so that a Bundle of 500 Observations needs
-/// three round trips instead of five (unused ids are lost at the end, as with any sequence).
-const RESERVE: i32 = 100;
+/// Ids taken from a sequence by the first round trip of a unit of work: as many as it said it
+/// would need ([`Scoped::expect`]), else one (a single create wastes no ids). Each further round
+/// trip takes twice as many as the last, up to [`RESERVE_MAX`]. Ids unused at the end are lost,
+/// as with any sequence.
 const RESERVE_MAX: i32 = 1_600;
 
 impl<'a> Scoped<'a> {
@@ -155,10 +156,10 @@ impl<'a> Scoped<'a> {
         };
         let (_, ids, last) = &mut self.reserved[at];
         if ids.is_empty() {
-            let n = if *last == 0 {
-                RESERVE
-            } else {
-                (*last * 2).min(RESERVE_MAX)
+            let n = match *last {
+                0 => 1,
+                expected if expected < 0 => (-expected).min(RESERVE_MAX),
+                taken => (taken * 2).min(RESERVE_MAX),
             };
             // A sequence call reads nothing that is queued, so it need not flush.
             let mut taken = pending::reserve(self.conn, seq, n)?;
@@ -168,6 +169,20 @@ impl<'a> Scoped<'a> {
         }
         ids.pop()
             .ok_or_else(|| Error::Internal("the id reservation came back empty".into()))
+    }
+
+    /// Says that about `n` ids of `seq` will be needed (a Bundle's new records), so that they are
+    /// reserved in one round trip.
+    pub fn expect(&mut self, seq: Seq, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let n = i32::try_from(n).unwrap_or(RESERVE_MAX).min(RESERVE_MAX);
+        match self.reserved.iter_mut().find(|(s, _, _)| *s == seq) {
+            Some((_, ids, last)) if ids.is_empty() && *last <= 0 => *last = -n,
+            Some(_) => {}
+            None => self.reserved.push((seq, Vec::new(), -n)),
+        }
     }
 
     /// The org units the caller may find and read, or None when that is every org unit.

@@ -61,6 +61,13 @@ pub fn from_snapshot(
     })
 }
 
+/// The blocking keys of `Patient/$match` for a person, when matching is on.
+fn match_keys(env: &Env, p: &PersonRecord) -> Option<Vec<crate::matching::keys::Key>> {
+    env.mappings.matching.as_ref()?;
+    let d = crate::matching::Demographics::from_values(&p.values, &env.mappings.patient);
+    Some(crate::matching::keys::keys(&d))
+}
+
 /// Resolves the owning org unit and checks that the caller may write there.
 fn owner(
     s: &Scoped,
@@ -202,6 +209,11 @@ pub fn create(
             .map(|v| (v.attribute_id, v.value.clone()))
             .collect(),
     };
+    if let Some(keys) = match_keys(env, &record) {
+        s.defer()
+            .match_keys
+            .extend(crate::store::match_keys::rows(id, keys));
+    }
     super::record_write(
         s,
         env,
@@ -284,6 +296,9 @@ pub fn update(
         deleted: false,
         values,
     };
+    if let Some(keys) = match_keys(env, &record) {
+        crate::store::match_keys::replace(s, record.id, keys)?;
+    }
     super::record_write(
         s,
         env,

@@ -59,13 +59,16 @@ pub fn to_tracker(
         }
     };
 
-    // Identifiers: the first identifier of each mapped system.
+    // Identifiers: one value per declared system. A placeholder (`ignore` in the mapping) is
+    // not stored and is reported; a second, different value of a single-valued system (two
+    // national IDs) is refused; of a multi-valued one, the first is held and the rest reported.
     let empty = Vec::new();
     let identifiers = resource
         .get("identifier")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
-    let mut seen_systems: Vec<&str> = Vec::new();
+    let mut first_of: Vec<(&str, &str, usize)> = Vec::new();
+    let mut notes: Vec<Issue> = Vec::new();
     for (i, ident) in identifiers.iter().enumerate() {
         let (Some(system), Some(value)) = (str_at(ident, "system"), str_at(ident, "value")) else {
             continue;
@@ -73,26 +76,30 @@ pub fn to_tracker(
         let Some(m) = map.identifier(system) else {
             continue;
         };
-        if seen_systems.contains(&system) {
+        let name = m.type_text.as_deref().unwrap_or(system);
+        if m.is_placeholder(value) {
+            consume_identifier(&mut r, ident, i, m.type_text.as_deref());
+            notes.push(Issue::warning(
+                "informational",
+                format!("{}: `{value}` is a placeholder {name} (listed under `ignore` in mappings/patient.toml); it identifies nobody and was not stored", r.expr(&format!("identifier[{i}].value"))),
+                Some(r.expr(&format!("identifier[{i}].value"))),
+            ));
             continue;
         }
-        seen_systems.push(system);
-        r.consume(format!("identifier[{i}].system"));
-        r.consume(format!("identifier[{i}].value"));
-        if ident
-            .get("use")
-            .is_some_and(|u| u == "official" || u == "usual")
-        {
-            r.consume(format!("identifier[{i}].use"));
-        }
-        // The type the server renders (text only) is held by the mapping itself.
-        if let (Some(t), Some(text)) = (ident.get("type"), &m.type_text) {
-            if t.as_object().is_some_and(|o| o.len() == 1)
-                && t.get("text").and_then(Value::as_str) == Some(text)
-            {
-                r.consume(format!("identifier[{i}].type"));
+        if let Some((_, first, j)) = first_of.iter().find(|(s, _, _)| *s == system) {
+            if first.trim() == value.trim() {
+                consume_identifier(&mut r, ident, i, m.type_text.as_deref());
+            } else if m.single_valued {
+                problems.push(Issue::error(
+                    "business-rule",
+                    format!("{}: a second {name}, different from identifier[{j}]; a person has one {name} (single_valued in mappings/patient.toml)", r.expr(&format!("identifier[{i}].value"))),
+                    Some(r.expr(&format!("identifier[{i}].value"))),
+                ));
             }
+            continue;
         }
+        first_of.push((system, value, i));
+        consume_identifier(&mut r, ident, i, m.type_text.as_deref());
         put(
             &r,
             m.attribute_id,
@@ -248,12 +255,34 @@ pub fn to_tracker(
     if !problems.is_empty() {
         return Err(Error::Unprocessable(problems));
     }
+    let mut unmapped = r.unmapped();
+    unmapped.extend(notes);
     Ok(PatientWrite {
         org_unit_id,
         inactive,
         values,
-        unmapped: r.unmapped(),
+        unmapped,
     })
+}
+
+/// Marks the parts of a held identifier as read: system, value, a `use` the server renders, and
+/// the type when it is the text the mapping renders.
+fn consume_identifier(r: &mut Reader, ident: &Value, i: usize, type_text: Option<&str>) {
+    r.consume(format!("identifier[{i}].system"));
+    r.consume(format!("identifier[{i}].value"));
+    if ident
+        .get("use")
+        .is_some_and(|u| u == "official" || u == "usual")
+    {
+        r.consume(format!("identifier[{i}].use"));
+    }
+    if let (Some(t), Some(text)) = (ident.get("type"), type_text) {
+        if t.as_object().is_some_and(|o| o.len() == 1)
+            && t.get("text").and_then(Value::as_str) == Some(text)
+        {
+            r.consume(format!("identifier[{i}].type"));
+        }
+    }
 }
 
 /// Renders a Patient from tracker state. Only elements the mapping holds appear.

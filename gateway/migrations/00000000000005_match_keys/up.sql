@@ -1,0 +1,11 @@
+-- Blocking keys for Patient/$match (gateway/src/matching/keys.rs): per person, the phonetic code
+-- of each name token with the birth year (kind n) and the phone's last nine digits (kind t).
+-- A query reads a handful of index ranges instead of comparing every person.
+CREATE TABLE person_match_key (
+  tracked_entity_id bigint NOT NULL REFERENCES tracked_entity (id) ON DELETE CASCADE,
+  kind              char(1) NOT NULL CHECK (kind IN ('n', 't')),
+  code              text NOT NULL,
+  year              integer
+);
+CREATE INDEX person_match_key_lookup_idx ON person_match_key (kind, code, year);
+CREATE INDEX person_match_key_person_idx ON person_match_key (tracked_entity_id);

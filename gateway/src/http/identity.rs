@@ -1,0 +1,160 @@
+//! `GET Patient/$ihe-pix` (IHE PIXm ITI-83) and `POST Patient/$match` (FHIR R4, IHE PDQm
+//! ITI-119): thin handlers over `rest::identity`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::{read_body, respond, tx_inputs};
+use crate::app::AppState;
+use crate::error::Error;
+use crate::fhir::search::parse_query;
+use crate::fhir::FhirResponse;
+use crate::rest::identity::{self, MatchQuery, PixQuery};
+
+pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let query = req.query_string().to_owned();
+    respond(&req, |n| async move {
+        let mut source: Option<String> = None;
+        let mut targets = Vec::new();
+        for p in parse_query(&query) {
+            match p.name.as_str() {
+                "sourceIdentifier" if source.is_some() => {
+                    return Err(Error::invalid_at(
+                        "sourceIdentifier is given twice; $ihe-pix cross-references one identifier",
+                        "sourceIdentifier",
+                    ))
+                }
+                "sourceIdentifier" => source = Some(p.value),
+                "targetSystem" => targets.extend(
+                    p.value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                ),
+                "_format" | "_pretty" => {}
+                other => return Err(Error::invalid(format!(
+                    "$ihe-pix takes sourceIdentifier and targetSystem (and _format), not `{other}`"
+                ))),
+            }
+        }
+        let source = source.ok_or_else(|| {
+            Error::invalid_at(
+                "sourceIdentifier is required: the identifier to cross-reference, as system|value",
+                "sourceIdentifier",
+            )
+        })?;
+        let q = PixQuery { source, targets };
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let base = state.base.clone();
+        Ok(FhirResponse::ok(
+            crate::app::read(&state, ctx, mappings, move |s, env| {
+                identity::pix(s, env, &q, &base)
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+/// `POST Patient/$match`: a `Parameters` body (`resource`, `onlyCertainMatches`, `count`) or a
+/// bare Patient.
+pub async fn match_patient(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |n| async move {
+        let content_type = r
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok());
+        let format =
+            kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
+        let bytes = read_body(payload, state.config.max_body_bytes).await?;
+        let body = kiunga_codec::parse(&bytes, format)?;
+        let q = match_query(body)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        let base = state.base.clone();
+        Ok(FhirResponse::ok(
+            crate::app::read(&state, ctx, mappings, move |s, env| {
+                identity::match_patient(s, env, &q, &base)
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+fn match_query(body: Value) -> Result<MatchQuery, Error> {
+    match body.get("resourceType").and_then(Value::as_str) {
+        Some("Patient") => Ok(MatchQuery {
+            patient: body,
+            only_certain: false,
+            count: None,
+        }),
+        Some("Parameters") => {
+            let mut q = MatchQuery {
+                patient: Value::Null,
+                only_certain: false,
+                count: None,
+            };
+            let params = body
+                .get("parameter")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for (i, p) in params.into_iter().enumerate() {
+                let at = format!("Parameters.parameter[{i}]");
+                match p.get("name").and_then(Value::as_str) {
+                    Some("resource") => match p.get("resource") {
+                        Some(r) if r["resourceType"] == "Patient" => q.patient = r.clone(),
+                        _ => {
+                            return Err(Error::invalid_at(
+                                "the `resource` parameter must hold a Patient",
+                                at,
+                            ))
+                        }
+                    },
+                    Some("onlyCertainMatches") => {
+                        q.only_certain =
+                            p.get("valueBoolean")
+                                .and_then(Value::as_bool)
+                                .ok_or_else(|| {
+                                    Error::invalid_at("onlyCertainMatches is a valueBoolean", &at)
+                                })?
+                    }
+                    Some("count") => {
+                        let n = p.get("valueInteger").and_then(Value::as_i64).unwrap_or(0);
+                        if n < 1 {
+                            return Err(Error::invalid_at(
+                                "count is a valueInteger of at least 1",
+                                at,
+                            ));
+                        }
+                        q.count = Some(n as usize);
+                    }
+                    other => {
+                        return Err(Error::invalid_at(
+                            format!(
+                                "$match takes resource, onlyCertainMatches and count, not `{}`",
+                                other.unwrap_or("(no name)")
+                            ),
+                            at,
+                        ))
+                    }
+                }
+            }
+            if q.patient.is_null() {
+                return Err(Error::invalid(
+                    "$match needs the Patient to match: a `resource` parameter holding a Patient",
+                ));
+            }
+            Ok(q)
+        }
+        _ => Err(Error::invalid(
+            "$match takes a Parameters resource (resource, onlyCertainMatches, count) or a Patient",
+        )),
+    }
+}

@@ -1,0 +1,365 @@
+//! One decision: hard rules of the identifier systems first, then Fellegi–Sunter weights per
+//! field, the score and the grade, with every field's contribution kept for the explanation.
+
+use super::{compare, Demographics};
+use crate::mapping::matching::{FieldRule, MatchingRules};
+use crate::mapping::patient::IdentifierMap;
+
+/// FHIR's match-grade codes (http://terminology.hl7.org/CodeSystem/match-grade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grade {
+    CertainlyNot,
+    /// Below the possible-match threshold: not a candidate.
+    None,
+    Possible,
+    Probable,
+    Certain,
+}
+
+impl Grade {
+    pub fn code(self) -> &'static str {
+        match self {
+            Grade::Certain => "certain",
+            Grade::Probable => "probable",
+            Grade::Possible => "possible",
+            Grade::CertainlyNot | Grade::None => "certainly-not",
+        }
+    }
+}
+
+/// What one field added to the weight, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub field: &'static str,
+    /// log2 weight; 0 when a side has no value.
+    pub weight: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// 0..1: the probability of one person under the rules' prior and weights (1 or 0 when a
+    /// hard rule decided).
+    pub score: f64,
+    pub grade: Grade,
+    /// The prior plus every field's weight.
+    pub weight: f64,
+    pub contributions: Vec<Contribution>,
+    /// The hard rule that decided, if one did.
+    pub rule: Option<String>,
+    /// The rule-set version (`matching.toml`'s version and hash).
+    pub version: String,
+}
+
+/// How common a name is: the share of the registry's people with that family name and with
+/// that given name (`None` when unknown).
+pub trait Frequencies {
+    fn family(&self, name: &str) -> Option<f64>;
+    fn given(&self, name: &str) -> Option<f64>;
+}
+
+/// The weight of a similarity: agreement from `agree` up, disagreement below `partial`, and in
+/// between a straight line from one to the other.
+fn weight(rule: &FieldRule, similarity: f64, agree_weight: f64) -> f64 {
+    let disagree = rule.disagree_weight();
+    if similarity >= rule.agree {
+        agree_weight
+    } else if similarity < rule.partial {
+        disagree
+    } else {
+        let t = (similarity - rule.partial) / (rule.agree - rule.partial);
+        disagree + t * (agree_weight - disagree)
+    }
+}
+
+fn absent(field: &'static str) -> Contribution {
+    Contribution {
+        field,
+        weight: 0.0,
+        detail: "missing on one side: no evidence either way".into(),
+    }
+}
+
+/// Compares `query` with `candidate` (a registered person).
+pub fn decide(
+    rules: &MatchingRules,
+    systems: &[IdentifierMap],
+    query: &Demographics,
+    candidate: &Demographics,
+    freq: &dyn Frequencies,
+) -> Decision {
+    let mut contributions = Vec::new();
+
+    // Fields, Fellegi–Sunter.
+    if let Some(r) = &rules.name {
+        contributions.push(
+            match compare::names(r, &query.name_tokens, &candidate.name_tokens) {
+                None => absent("name"),
+                Some(s) => {
+                    // A common name agreeing by chance is likelier: u is at least the share of
+                    // people carrying it (family × given frequency).
+                    let mut u = r.u;
+                    let mut tf = String::new();
+                    if r.term_frequency && s >= r.agree {
+                        let f = candidate.family.as_deref().and_then(|n| freq.family(n));
+                        let g = candidate.given.as_deref().and_then(|n| freq.given(n));
+                        if let Some(share) = match (f, g) {
+                            (Some(f), Some(g)) => Some(f * g),
+                            (Some(x), None) | (None, Some(x)) => Some(x * r.u.sqrt()),
+                            (None, None) => None,
+                        } {
+                            if share > u {
+                                u = share.min(0.5);
+                                tf = format!("; common name, u raised to {u:.5}");
+                            }
+                        }
+                    }
+                    let w = weight(r, s, (r.m / u).log2());
+                    Contribution {
+                        field: "name",
+                        weight: w,
+                        detail: format!("similarity {s:.3}{tf}"),
+                    }
+                }
+            },
+        );
+    }
+    if let Some(r) = &rules.birth_date {
+        contributions.push(
+            match (query.birth_date.as_deref(), candidate.birth_date.as_deref()) {
+                (Some(a), Some(b)) => {
+                    let (s, p) = compare::dates(r, a, b);
+                    // Agreement on a year alone is likelier by chance than on a day.
+                    let u = (r.u
+                        * match p {
+                            1 => 365.0,
+                            2 => 30.0,
+                            _ => 1.0,
+                        })
+                    .min(0.5);
+                    let at = ["", "year", "month", "day"][p];
+                    Contribution {
+                        field: "birth_date",
+                        weight: weight(r, s, (r.m / u).log2()),
+                        detail: format!("similarity {s:.3} at the {at}"),
+                    }
+                }
+                _ => absent("birth_date"),
+            },
+        );
+    }
+    let exact =
+        |field: &'static str, r: &FieldRule, a: Option<&String>, b: Option<&String>| match (a, b) {
+            (Some(a), Some(b)) if a == b => Contribution {
+                field,
+                weight: r.agree_weight(),
+                detail: "the same".into(),
+            },
+            (Some(_), Some(_)) => Contribution {
+                field,
+                weight: r.disagree_weight(),
+                detail: "different".into(),
+            },
+            _ => absent(field),
+        };
+    if let Some(r) = &rules.gender {
+        contributions.push(exact(
+            "gender",
+            r,
+            query.gender.as_ref(),
+            candidate.gender.as_ref(),
+        ));
+    }
+    if let Some(r) = &rules.phone {
+        contributions.push(exact(
+            "phone",
+            r,
+            query.phone.as_ref(),
+            candidate.phone.as_ref(),
+        ));
+    }
+    if let Some(r) = &rules.village {
+        contributions.push(
+            match (query.village.as_deref(), candidate.village.as_deref()) {
+                (Some(a), Some(b)) => {
+                    let s = compare::strings(r, a, b);
+                    Contribution {
+                        field: "village",
+                        weight: weight(r, s, r.agree_weight()),
+                        detail: format!("similarity {s:.3}"),
+                    }
+                }
+                _ => absent("village"),
+            },
+        );
+    }
+    let weight_sum = rules.prior_log2_odds + contributions.iter().map(|c| c.weight).sum::<f64>();
+    let probability = 1.0 / (1.0 + (-weight_sum).exp2());
+
+    let grade_of = |p: f64| {
+        if p >= rules.certain {
+            Grade::Certain
+        } else if p >= rules.probable {
+            Grade::Probable
+        } else if p >= rules.possible {
+            Grade::Possible
+        } else {
+            Grade::None
+        }
+    };
+    let mut decision = Decision {
+        score: probability,
+        grade: grade_of(probability),
+        weight: weight_sum,
+        contributions,
+        rule: None,
+        version: rules.version.clone(),
+    };
+
+    // Hard rules. Two different values in a single-valued system (two national IDs): certainly
+    // two people, whatever else agrees.
+    for s in systems.iter().filter(|s| s.single_valued) {
+        if let (Some(a), Some(b)) = (query.identifier(&s.system), candidate.identifier(&s.system)) {
+            if a.trim() != b.trim() {
+                decision.score = 0.0;
+                decision.grade = Grade::CertainlyNot;
+                decision.rule = Some(format!(
+                    "two different values of {}, which a person has only one of",
+                    s.type_text.as_deref().unwrap_or(&s.system)
+                ));
+                return decision;
+            }
+        }
+    }
+    // The same value in a trusted unique system: one person, unless sex or birth date says
+    // otherwise (a value typed into the wrong record).
+    for s in systems.iter().filter(|s| s.trusted && s.unique) {
+        if let (Some(a), Some(b)) = (query.identifier(&s.system), candidate.identifier(&s.system)) {
+            if a.trim() != b.trim() {
+                continue;
+            }
+            let name = s.type_text.as_deref().unwrap_or(&s.system);
+            let sex_contradicts =
+                matches!((&query.gender, &candidate.gender), (Some(x), Some(y)) if x != y);
+            let date_contradicts = match (
+                rules.birth_date.as_ref(),
+                query.birth_date.as_deref(),
+                candidate.birth_date.as_deref(),
+            ) {
+                (Some(r), Some(x), Some(y)) => compare::dates(r, x, y).0 < r.partial,
+                _ => false,
+            };
+            if sex_contradicts || date_contradicts {
+                decision.rule = Some(format!(
+                    "the same {name}, but the {} contradicts it: scored on the fields alone",
+                    if sex_contradicts { "sex" } else { "birth date" }
+                ));
+            } else {
+                decision.score = 1.0;
+                decision.grade = Grade::Certain;
+                decision.rule = Some(format!("the same {name}, a trusted unique identifier"));
+            }
+            return decision;
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::matching::{Comparator, Phonetic};
+
+    fn field(m: f64, u: f64) -> FieldRule {
+        FieldRule {
+            m,
+            u,
+            comparator: Comparator::JaroWinkler,
+            phonetic: Phonetic::DoubleMetaphone,
+            agree: 0.92,
+            partial: 0.8,
+            term_frequency: true,
+            year_tolerance: 1,
+        }
+    }
+
+    fn rules() -> MatchingRules {
+        MatchingRules {
+            version: "t+0".into(),
+            prior_log2_odds: -10.0,
+            certain: 0.9995,
+            probable: 0.99,
+            possible: 0.5,
+            birth_year_window: 1,
+            max_candidates: 100,
+            name: Some(field(0.97, 0.001)),
+            birth_date: Some(field(0.9, 0.0001)),
+            gender: Some(field(0.98, 0.5)),
+            phone: Some(field(0.5, 0.005)),
+            village: Some(field(0.8, 0.1)),
+        }
+    }
+
+    struct Common(f64);
+    impl Frequencies for Common {
+        fn family(&self, _: &str) -> Option<f64> {
+            Some(self.0)
+        }
+        fn given(&self, _: &str) -> Option<f64> {
+            Some(self.0)
+        }
+    }
+
+    fn person(family: &str, given: &str, born: &str) -> Demographics {
+        Demographics {
+            name_tokens: vec![family.into(), given.into()],
+            family: Some(family.into()),
+            given: Some(given.into()),
+            birth_date: Some(born.into()),
+            gender: Some("FEMALE".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_common_name_counts_for_less() {
+        let (a, b) = (
+            person("mwangi", "amina", "1990"),
+            person("mwangi", "amina", "1990"),
+        );
+        let rare = decide(&rules(), &[], &a, &b, &Common(0.0001));
+        let common = decide(&rules(), &[], &a, &b, &Common(0.2));
+        let name = |d: &Decision| {
+            d.contributions
+                .iter()
+                .find(|c| c.field == "name")
+                .unwrap()
+                .weight
+        };
+        assert!(name(&common) < name(&rare) - 3.0, "{common:?} {rare:?}");
+        assert!(common.score < rare.score);
+        assert!(common.contributions[0].detail.contains("common name"));
+    }
+
+    #[test]
+    fn grades_follow_the_evidence() {
+        let r = rules();
+        let none = Common(0.0);
+        let full = person("mwangi", "amina", "1990-04-12");
+        let swapped = person("amina", "mwangi", "1990-04-12");
+        assert_eq!(
+            decide(&r, &[], &full, &swapped, &none).grade,
+            Grade::Certain
+        );
+        let twin = person("mwangi", "akinyi", "1990-04-12");
+        let d = decide(&r, &[], &full, &twin, &none);
+        assert!(d.grade < Grade::Certain, "{d:?}");
+        let year_only = person("mwangii", "amina", "1990");
+        assert_eq!(
+            decide(&r, &[], &full, &year_only, &none).grade,
+            Grade::Possible
+        );
+        let stranger = person("otieno", "brian", "1975-09-30");
+        assert_eq!(decide(&r, &[], &full, &stranger, &none).grade, Grade::None);
+    }
+}
