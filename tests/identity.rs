@@ -502,3 +502,53 @@ fn match_explains_each_score_and_refuses_what_it_cannot_read() {
         .outcome(400);
     app.get("Patient/$match").outcome(405);
 }
+
+/// People stored before the blocking keys existed are found by `$match` once `kiunga match-keys`
+/// has written their keys.
+#[test]
+fn match_keys_are_rebuilt_for_people_stored_without_them() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let id = registered(
+        &app,
+        &org,
+        person(
+            "Chebet",
+            "Faith",
+            "female",
+            "1995-02-14",
+            "+254 733 555666",
+            None,
+        ),
+    );
+    let keyed = app.db.scalar("SELECT count(*) FROM person_match_key");
+    assert!(keyed >= 3, "name codes and the phone: {keyed}");
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query("DELETE FROM person_match_key"),
+        &mut app.db.conn(),
+    )
+    .unwrap();
+    let query = person("Chebet", "Faith", "female", "1995-02-14", "", None);
+    assert!(matches(&app, &query).is_empty(), "no keys, no candidates");
+
+    let mappings = app.state.mappings();
+    let env = kiunga::tracker::Env {
+        md: &app.state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: None,
+    };
+    let ctx = kiunga::context::RequestContext::system();
+    let mut conn = app.state.pool.get().unwrap();
+    let n = kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
+        kiunga::rest::identity::rebuild_keys(s, &env)
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM person_match_key"),
+        keyed
+    );
+    let found = matches(&app, &query);
+    assert_eq!(found[0].0, id);
+}

@@ -44,6 +44,9 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// Write the blocking keys of Patient/$match for every person again (after upgrading to a
+    /// version that has them, or loading people by other means than the gateway).
+    MatchKeys,
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             action: MappingsAction::Test { dir },
         } => test_mappings(config, dir),
         Command::Remap { apply } => remap(config, apply),
+        Command::MatchKeys => match_keys(config),
         Command::Import {
             paths,
             default_org_unit,
@@ -277,6 +281,54 @@ fn test_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn match_keys(config: Config) -> ExitCode {
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mappings = state.mappings();
+    if mappings.matching.is_none() {
+        eprintln!("kiunga: matching is off (no mappings/matching.toml); nothing to do");
+        return ExitCode::FAILURE;
+    }
+    let env = kiunga::tracker::Env {
+        md: &state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: state.default_org_unit,
+    };
+    let ctx = kiunga::context::RequestContext::system();
+    let result = state
+        .pool
+        .get()
+        .map_err(kiunga::Error::from)
+        .and_then(|mut conn| {
+            kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
+                kiunga::rest::identity::rebuild_keys(s, &env)
+            })
+        });
+    match result {
+        Ok(n) => {
+            println!(
+                "blocking keys written for {n} people (rules {})",
+                mappings
+                    .matching
+                    .as_ref()
+                    .map(|m| m.version.as_str())
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

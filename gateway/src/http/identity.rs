@@ -33,9 +33,11 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                         .map(str::to_owned),
                 ),
                 "_format" | "_pretty" => {}
-                other => return Err(Error::invalid(format!(
+                other => {
+                    return Err(Error::invalid(format!(
                     "$ihe-pix takes sourceIdentifier and targetSystem (and _format), not `{other}`"
-                ))),
+                )))
+                }
             }
         }
         let source = source.ok_or_else(|| {

@@ -273,3 +273,27 @@ pub fn match_patient(
     bundle["total"] = json!(found.len());
     Ok(bundle)
 }
+
+/// Writes the blocking keys of every person again (`kiunga match-keys`): after the upgrade that
+/// introduced them, or an import that bypassed the gateway. Returns how many people were keyed.
+pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
+    if env.mappings.matching.is_none() {
+        return Ok(0);
+    }
+    let mut after = 0;
+    let mut done = 0;
+    loop {
+        let ids = match_keys::people_after(s, after, 1000)?;
+        let Some(&last) = ids.last() else { break };
+        match_keys::forget(s, &ids)?;
+        for p in patients::by_ids(s, &ids)? {
+            let d = Demographics::from_values(&p.values, &env.mappings.patient);
+            let rows = match_keys::rows(p.id, keys::keys(&d));
+            s.defer().match_keys.extend(rows);
+            done += 1;
+        }
+        after = last;
+    }
+    s.flush()?;
+    Ok(done)
+}

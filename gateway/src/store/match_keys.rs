@@ -128,3 +128,22 @@ pub fn shares(
         .map(|(v, n)| (v, n as f64 / people))
         .collect())
 }
+
+/// Up to `limit` live people with an id above `after`, in id order (for a rebuild in batches).
+pub fn people_after(s: &mut Scoped, after: i64, limit: i64) -> Result<Vec<i64>, Error> {
+    use super::schema::tracked_entity as te;
+    Ok(te::table
+        .filter(te::id.gt(after))
+        .filter(te::deleted.eq(false))
+        .order(te::id)
+        .select(te::id)
+        .limit(limit)
+        .load(s.conn()?)?)
+}
+
+/// Drops the keys of `people`, before they are written again.
+pub fn forget(s: &mut Scoped, people: &[i64]) -> Result<(), Error> {
+    diesel::delete(mk::table.filter(mk::tracked_entity_id.eq_any(people.to_vec())))
+        .execute(s.conn()?)?;
+    Ok(())
+}
