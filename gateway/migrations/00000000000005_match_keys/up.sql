@@ -7,5 +7,6 @@ CREATE TABLE person_match_key (
   code              text NOT NULL,
   year              integer
 );
-CREATE INDEX person_match_key_lookup_idx ON person_match_key (kind, code, year);
+-- The person id is in the index so that a lookup is an index-only scan.
+CREATE INDEX person_match_key_lookup_idx ON person_match_key (kind, code, year, tracked_entity_id);
 CREATE INDEX person_match_key_person_idx ON person_match_key (tracked_entity_id);

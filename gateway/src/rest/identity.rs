@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::fhir::outcome::Issue;
 use crate::mapping::patient::IdentifierMap;
 use crate::matching::score::{self, Decision, Frequencies, Grade};
-use crate::matching::{keys, Demographics};
+use crate::matching::{compare, keys, Demographics};
 use crate::store::{match_keys, patients, Scoped};
 use crate::tracker::model::PersonRecord;
 use crate::tracker::Env;
@@ -107,6 +107,9 @@ pub struct MatchQuery {
     pub only_certain: bool,
     pub count: Option<usize>,
 }
+
+/// Matches returned when the request gives no `count` (the specification leaves it to the server).
+pub const DEFAULT_COUNT: usize = 10;
 
 /// The extension that grades a match (FHIR R4 core).
 pub const MATCH_GRADE: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
@@ -206,9 +209,19 @@ pub fn match_patient(
         .map(|p| Demographics::from_values(&p.values, pm))
         .collect();
 
-    let tf = rules.name.as_ref().is_some_and(|r| r.term_frequency);
+    // Term frequencies are only needed for the names that agree: count those alone.
+    let agreeing: Vec<&Demographics> = match &rules.name {
+        Some(r) if r.term_frequency => demographics
+            .iter()
+            .filter(|d| {
+                compare::names(r, &query.name_tokens, &d.name_tokens).is_some_and(|s| s >= r.agree)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tf = !agreeing.is_empty();
     let distinct = |f: &dyn Fn(&Demographics) -> Option<&String>| {
-        let mut v: Vec<String> = demographics.iter().filter_map(|d| f(d).cloned()).collect();
+        let mut v: Vec<String> = agreeing.iter().filter_map(|d| f(d).cloned()).collect();
         v.sort();
         v.dedup();
         v
@@ -242,9 +255,7 @@ pub fn match_patient(
             found.clear();
         }
     }
-    if let Some(n) = q.count {
-        found.truncate(n);
-    }
+    found.truncate(q.count.unwrap_or(DEFAULT_COUNT));
 
     let mut resources: Vec<Value> = found
         .iter()

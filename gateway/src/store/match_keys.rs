@@ -2,10 +2,11 @@
 //! term-frequency weights.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
 
 use super::pending::MatchKeyRow;
 use super::schema::{person_match_key as mk, tracked_entity_attribute_value as teav};
@@ -36,8 +37,9 @@ pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>) -> Result<(), Error>
 }
 
 /// The people sharing a name code within `window` years of `year` (or with no birth year, or
-/// any year when the query has none), or sharing the phone; at most `max`. Scope is applied
-/// when the candidates are read (`patients::by_ids`).
+/// any year when the query has none), or sharing the phone; at most `max`, those sharing more
+/// keys first (when a block is larger than `max`, the cut keeps the phone and most name codes).
+/// Scope is applied when the candidates are read (`patients::by_ids`).
 pub fn candidates(
     s: &mut Scoped,
     codes: &[String],
@@ -46,22 +48,29 @@ pub fn candidates(
     phone: Option<&str>,
     max: i64,
 ) -> Result<Vec<i64>, Error> {
-    let names = mk::kind.eq("n").and(mk::code.eq_any(codes.to_vec())).and(
-        mk::year.is_null().or(sql::<Bool>("")
-            .bind::<Nullable<Integer>, _>(year)
-            .sql(" IS NULL")
-            .or(mk::year.between(year.unwrap_or(0) - window, year.unwrap_or(0) + window))),
-    );
-    let phones = mk::kind
-        .eq("t")
-        .and(mk::code.eq(phone.unwrap_or_default().to_owned()))
-        .and(sql::<Bool>("").bind::<Bool, _>(phone.is_some()));
-    Ok(mk::table
-        .filter(names.or(phones))
-        .select(mk::tracked_entity_id)
-        .distinct()
-        .limit(max)
-        .load(s.conn()?)?)
+    // Raw SQL: diesel cannot group a boxed query.
+    let rows: Vec<Id> = diesel::sql_query(
+        "SELECT tracked_entity_id AS id FROM person_match_key
+         WHERE (kind = 'n' AND code = ANY($1)
+                AND ($2::int IS NULL OR year IS NULL OR year BETWEEN $2 - $3 AND $2 + $3))
+            OR (kind = 't' AND code = $4)
+         GROUP BY tracked_entity_id
+         ORDER BY count(*) DESC, tracked_entity_id
+         LIMIT $5",
+    )
+    .bind::<Array<Text>, _>(codes)
+    .bind::<Nullable<Integer>, _>(year)
+    .bind::<Integer, _>(window)
+    .bind::<Nullable<Text>, _>(phone)
+    .bind::<BigInt, _>(max)
+    .load(s.conn()?)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
 }
 
 /// The people holding any of `(attribute id, value)`.
@@ -89,8 +98,21 @@ struct Count {
     n: i64,
 }
 
-/// How many people hold each of `values` (in search form) in `attribute`, and how many people
-/// there are: the shares that lower the weight of agreeing on a common name.
+/// Shares counted recently, per (attribute, value): counting a common name reads thousands of
+/// index entries, and how common a name is changes slowly.
+struct ShareCache {
+    at: Instant,
+    shares: HashMap<(i64, String), f64>,
+}
+
+static SHARES: Mutex<Option<ShareCache>> = Mutex::new(None);
+/// How long counted shares are reused.
+const SHARE_TTL: Duration = Duration::from_secs(600);
+/// The cache starts again when it holds this many names.
+const SHARE_CACHE_MAX: usize = 100_000;
+
+/// How common each of `values` (in search form) is in `attribute`: the share of the registry's
+/// people holding it. Empty below [`TF_MIN_PEOPLE`] people, where a count says little.
 pub fn shares(
     s: &mut Scoped,
     attribute: i64,
@@ -99,34 +121,68 @@ pub fn shares(
     if values.is_empty() {
         return Ok(HashMap::new());
     }
-    let counts: Vec<(String, i64)> = teav::table
-        .filter(teav::attribute_id.eq(attribute))
-        .filter(teav::search_value.eq_any(values.to_vec()))
-        .group_by(teav::search_value)
-        .select((teav::search_value, diesel::dsl::count_star()))
-        .load(s.conn()?)?;
     // The planner's estimate is enough for a share, and costs nothing at any size; a table too
     // small or too new to have one is counted.
     let estimate: Count = diesel::sql_query(
         "SELECT GREATEST(reltuples, 0)::int8 AS n FROM pg_class WHERE relname = 'tracked_entity'",
     )
     .get_result(s.conn()?)?;
-    let people = if estimate.n >= 1000 {
+    let people = if estimate.n >= TF_MIN_PEOPLE {
         estimate.n
     } else {
         diesel::sql_query("SELECT count(*) AS n FROM tracked_entity WHERE NOT deleted")
             .get_result::<Count>(s.conn()?)?
             .n
     };
-    // A share counted in a small registry says little about how common a name is.
     if people < TF_MIN_PEOPLE {
         return Ok(HashMap::new());
     }
-    let people = people as f64;
-    Ok(counts
+    let mut out = HashMap::new();
+    let mut missing = Vec::new();
+    {
+        let mut cache = SHARES.lock().unwrap_or_else(|p| p.into_inner());
+        if cache
+            .as_ref()
+            .is_none_or(|c| c.at.elapsed() > SHARE_TTL || c.shares.len() > SHARE_CACHE_MAX)
+        {
+            *cache = Some(ShareCache {
+                at: Instant::now(),
+                shares: HashMap::new(),
+            });
+        }
+        if let Some(c) = cache.as_ref() {
+            for v in values {
+                match c.shares.get(&(attribute, v.clone())) {
+                    Some(share) => {
+                        out.insert(v.clone(), *share);
+                    }
+                    None => missing.push(v.clone()),
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let counts: Vec<(String, i64)> = teav::table
+        .filter(teav::attribute_id.eq(attribute))
+        .filter(teav::search_value.eq_any(&missing))
+        .group_by(teav::search_value)
+        .select((teav::search_value, diesel::dsl::count_star()))
+        .load(s.conn()?)?;
+    let counted: HashMap<String, f64> = counts
         .into_iter()
-        .map(|(v, n)| (v, n as f64 / people))
-        .collect())
+        .map(|(v, n)| (v, n as f64 / people as f64))
+        .collect();
+    let mut cache = SHARES.lock().unwrap_or_else(|p| p.into_inner());
+    for v in missing {
+        let share = counted.get(&v).copied().unwrap_or(0.0);
+        if let Some(c) = cache.as_mut() {
+            c.shares.insert((attribute, v.clone()), share);
+        }
+        out.insert(v, share);
+    }
+    Ok(out)
 }
 
 /// Up to `limit` live people with an id above `after`, in id order (for a rebuild in batches).
