@@ -552,3 +552,44 @@ fn match_keys_are_rebuilt_for_people_stored_without_them() {
     let found = matches(&app, &query);
     assert_eq!(found[0].0, id);
 }
+
+/// The answers of both operations are valid FHIR in XML too (fhirbolt re-checks them on output).
+#[test]
+fn identity_answers_in_xml() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (nid, mrn) = (unique("NID"), unique("MRN"));
+    app.post(
+        "Patient",
+        &with_identifiers(&org, &[(NID, &nid), (MRN, &mrn)]),
+    )
+    .expect(201);
+    let r = app.send(
+        "GET",
+        &format!("Patient/$ihe-pix?sourceIdentifier={NID}|{nid}&_format=xml"),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("<Parameters") && r.text.contains(&mrn),
+        "{}",
+        r.text
+    );
+    let body = patient(&org, &nid).to_string();
+    let r = app.send(
+        "POST",
+        "Patient/$match",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+xml"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("match-grade") && r.text.contains("<score value=\"1.0\"/>"),
+        "{}",
+        r.text
+    );
+}
