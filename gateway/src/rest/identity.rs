@@ -193,6 +193,7 @@ pub fn match_patient(
         query.birth_year(),
         rules.birth_year_window,
         query.phone.as_deref(),
+        &keys::pair_codes(&query),
         rules.max_candidates,
     )?;
     let pairs: Vec<(i64, String)> = query

@@ -37,7 +37,8 @@ pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>) -> Result<(), Error>
 }
 
 /// The people sharing a name code within `window` years of `year` (or with no birth year, or
-/// any year when the query has none), or sharing the phone; at most `max`, those sharing more
+/// any year when the query has none), or the pair of family and given name codes whatever the
+/// year, or the phone; at most `max`, those sharing more
 /// keys first (when a block is larger than `max`, the cut keeps the phone and most name codes).
 /// Scope is applied when the candidates are read (`patients::by_ids`).
 pub fn candidates(
@@ -46,6 +47,7 @@ pub fn candidates(
     year: Option<i32>,
     window: i32,
     phone: Option<&str>,
+    pairs: &[String],
     max: i64,
 ) -> Result<Vec<i64>, Error> {
     // Raw SQL: diesel cannot group a boxed query.
@@ -54,6 +56,7 @@ pub fn candidates(
          WHERE (kind = 'n' AND code = ANY($1)
                 AND ($2::int IS NULL OR year IS NULL OR year BETWEEN $2 - $3 AND $2 + $3))
             OR (kind = 't' AND code = $4)
+            OR (kind = 'p' AND code = ANY($6))
          GROUP BY tracked_entity_id
          ORDER BY count(*) DESC, tracked_entity_id
          LIMIT $5",
@@ -63,6 +66,7 @@ pub fn candidates(
     .bind::<Integer, _>(window)
     .bind::<Nullable<Text>, _>(phone)
     .bind::<BigInt, _>(max)
+    .bind::<Array<Text>, _>(pairs)
     .load(s.conn()?)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
