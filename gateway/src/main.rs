@@ -284,19 +284,16 @@ fn test_mappings(mut config: Config, dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn match_keys(config: Config) -> ExitCode {
-    let state = match AppState::start(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kiunga: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Starts the gateway's state (migrations, metadata, mappings) and runs `f` as one unit of work
+/// of the system actor: what `remap` and `match-keys` share. The mapping set is returned with the
+/// result, for the summary line. The error says whether start-up failed or the unit of work did
+/// (which then changed nothing).
+fn system_unit<T>(
+    config: Config,
+    f: impl FnOnce(&mut kiunga::store::Scoped, &kiunga::tracker::Env) -> Result<T, kiunga::Error>,
+) -> Result<(T, std::sync::Arc<kiunga::mapping::MappingSet>), UnitError> {
+    let state = AppState::start(config).map_err(|e| UnitError::Start(e.to_string()))?;
     let mappings = state.mappings();
-    if mappings.matching.is_none() {
-        eprintln!("kiunga: matching is off (no mappings/matching.toml); nothing to do");
-        return ExitCode::FAILURE;
-    }
     let env = kiunga::tracker::Env {
         md: &state.metadata,
         mappings: &mappings,
@@ -304,17 +301,31 @@ fn match_keys(config: Config) -> ExitCode {
         default_org_unit: state.default_org_unit,
     };
     let ctx = kiunga::context::RequestContext::system();
-    let result = state
+    let out = state
         .pool
         .get()
         .map_err(kiunga::Error::from)
-        .and_then(|mut conn| {
-            kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
-                kiunga::rest::identity::rebuild_keys(s, &env)
-            })
-        });
+        .and_then(|mut conn| kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| f(s, &env)))
+        .map_err(|e| UnitError::Work(e.to_string()))?;
+    Ok((out, mappings))
+}
+
+enum UnitError {
+    Start(String),
+    Work(String),
+}
+
+fn match_keys(config: Config) -> ExitCode {
+    let result = system_unit(config, |s, env| {
+        if env.mappings.matching.is_none() {
+            return Err(kiunga::Error::invalid(
+                "matching is off (no mappings/matching.toml); nothing to do",
+            ));
+        }
+        kiunga::rest::identity::rebuild_keys(s, env)
+    });
     match result {
-        Ok(n) => {
+        Ok((n, mappings)) => {
             println!(
                 "blocking keys written for {n} people (rules {})",
                 mappings
@@ -325,7 +336,7 @@ fn match_keys(config: Config) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(UnitError::Start(e) | UnitError::Work(e)) => {
             eprintln!("kiunga: {e}");
             ExitCode::FAILURE
         }
@@ -333,32 +344,9 @@ fn match_keys(config: Config) -> ExitCode {
 }
 
 fn remap(config: Config, apply: bool) -> ExitCode {
-    let state = match AppState::start(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kiunga: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mappings = state.mappings();
-    let env = kiunga::tracker::Env {
-        md: &state.metadata,
-        mappings: &mappings,
-        strict: false,
-        default_org_unit: state.default_org_unit,
-    };
-    let ctx = kiunga::context::RequestContext::system();
-    let result = state
-        .pool
-        .get()
-        .map_err(kiunga::Error::from)
-        .and_then(|mut conn| {
-            kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
-                kiunga::rest::remap::remap(s, &env, apply)
-            })
-        });
+    let result = system_unit(config, |s, env| kiunga::rest::remap::remap(s, env, apply));
     match result {
-        Ok(changes) => {
+        Ok((changes, mappings)) => {
             for c in &changes {
                 let mark = if c.refused {
                     "REFUSED"
@@ -383,7 +371,11 @@ fn remap(config: Config, apply: bool) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(UnitError::Start(e)) => {
+            eprintln!("kiunga: {e}");
+            ExitCode::FAILURE
+        }
+        Err(UnitError::Work(e)) => {
             eprintln!("kiunga: remap failed, nothing was changed: {e}");
             ExitCode::FAILURE
         }
