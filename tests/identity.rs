@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{patient, unique, TestApp, NID};
+use support::{patient, system_unit, unique, TestApp, NID};
 
 const MRN: &str = "http://hospital.smarthealthit.org";
 const PASSPORT: &str = "http://standardhealthrecord.org/fhir/StructureDefinition/passportNumber";
@@ -321,17 +321,15 @@ fn match_grades_and_orders_hand_made_cases() {
     );
 
     // Names swapped, no identifier: Amina is certain and first; her twin is not certain.
-    let found = matches(
-        &app,
-        &person(
-            "Amina",
-            "Mwangi",
-            "female",
-            "1990-04-12",
-            "0700 123 456",
-            None,
-        ),
+    let swapped = person(
+        "Amina",
+        "Mwangi",
+        "female",
+        "1990-04-12",
+        "0700 123 456",
+        None,
     );
+    let found = matches(&app, &swapped);
     assert_eq!(found[0].0, a, "{found:?}");
     assert_eq!(found[0].1, "certain");
     let twin_grade = found.iter().find(|f| f.0 == twin).map(|f| f.1.as_str());
@@ -409,14 +407,6 @@ fn match_grades_and_orders_hand_made_cases() {
     assert!(v.get("entry").is_none());
 
     // onlyCertainMatches keeps the certain one; count keeps the best.
-    let swapped = person(
-        "Amina",
-        "Mwangi",
-        "female",
-        "1990-04-12",
-        "0700 123 456",
-        None,
-    );
     let found = matches(&app, &params(swapped.clone(), true, None));
     assert_eq!(
         found.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
@@ -531,19 +521,7 @@ fn match_keys_are_rebuilt_for_people_stored_without_them() {
     let query = person("Chebet", "Faith", "female", "1995-02-14", "", None);
     assert!(matches(&app, &query).is_empty(), "no keys, no candidates");
 
-    let mappings = app.state.mappings();
-    let env = kiunga::tracker::Env {
-        md: &app.state.metadata,
-        mappings: &mappings,
-        strict: false,
-        default_org_unit: None,
-    };
-    let ctx = kiunga::context::RequestContext::system();
-    let mut conn = app.state.pool.get().unwrap();
-    let n = kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
-        kiunga::rest::identity::rebuild_keys(s, &env)
-    })
-    .unwrap();
+    let n = system_unit(&app, kiunga::rest::identity::rebuild_keys);
     assert_eq!(n, 1);
     assert_eq!(
         app.db.scalar("SELECT count(*) FROM person_match_key"),

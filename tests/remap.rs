@@ -4,22 +4,10 @@
 mod support;
 
 use serde_json::json;
-use support::{mappings_copy, patient, unique, TestApp};
+use support::{mappings_copy, patient, system_unit, unique, TestApp};
 
 fn remap(app: &TestApp, apply: bool) -> Vec<kiunga::rest::remap::Change> {
-    let mappings = app.state.mappings();
-    let env = kiunga::tracker::Env {
-        md: &app.state.metadata,
-        mappings: &mappings,
-        strict: false,
-        default_org_unit: None,
-    };
-    let ctx = kiunga::context::RequestContext::system();
-    let mut conn = app.db.conn();
-    kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| {
-        kiunga::rest::remap::remap(s, &env, apply)
-    })
-    .expect("remap")
+    system_unit(app, |s, env| kiunga::rest::remap::remap(s, env, apply))
 }
 
 #[test]

@@ -397,6 +397,24 @@ impl Resp {
     }
 }
 
+/// Runs `f` as one unit of work of the system actor on the app's database, with its current
+/// mappings: what the `kiunga remap` and `kiunga match-keys` commands do.
+pub fn system_unit<T>(
+    app: &TestApp,
+    f: impl FnOnce(&mut kiunga::store::Scoped, &kiunga::tracker::Env) -> Result<T, kiunga::Error>,
+) -> T {
+    let mappings = app.state.mappings();
+    let env = kiunga::tracker::Env {
+        md: &app.state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: None,
+    };
+    let ctx = kiunga::context::RequestContext::system();
+    let mut conn = app.db.conn();
+    kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| f(s, &env)).expect("unit of work")
+}
+
 pub const NID: &str = "http://example.org/national-id";
 
 pub fn unique(prefix: &str) -> String {

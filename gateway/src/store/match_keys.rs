@@ -81,12 +81,7 @@ struct Id {
 pub fn holding_any(s: &mut Scoped, pairs: &[(i64, String)]) -> Result<Vec<i64>, Error> {
     let mut out = Vec::new();
     for (attribute, value) in pairs {
-        let mut ids: Vec<i64> = teav::table
-            .filter(teav::attribute_id.eq(attribute))
-            .filter(teav::value.eq(value))
-            .select(teav::tracked_entity_id)
-            .load(s.conn()?)?;
-        out.append(&mut ids);
+        out.append(&mut super::patients::ids_holding(s, *attribute, value)?);
     }
     out.sort_unstable();
     out.dedup();

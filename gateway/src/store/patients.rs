@@ -221,14 +221,20 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     Ok(group(q.load(s.conn()?)?))
 }
 
-/// The people holding `value` in `attribute_id` (an identifier system's attribute), values
-/// included; scope applied and deleted ones left out by [`by_ids`].
-pub fn holding(s: &mut Scoped, attribute_id: i64, value: &str) -> Result<Vec<PersonRecord>, Error> {
-    let ids: Vec<i64> = teav::table
+/// The ids of the people holding `value` in `attribute_id` (an identifier system's attribute),
+/// deleted ones included: callers read them through [`by_ids`], which applies scope.
+pub fn ids_holding(s: &mut Scoped, attribute_id: i64, value: &str) -> Result<Vec<i64>, Error> {
+    Ok(teav::table
         .filter(teav::attribute_id.eq(attribute_id))
         .filter(teav::value.eq(value))
         .select(teav::tracked_entity_id)
-        .load(s.conn()?)?;
+        .load(s.conn()?)?)
+}
+
+/// The people holding `value` in `attribute_id`, values included; scope applied and deleted
+/// ones left out by [`by_ids`].
+pub fn holding(s: &mut Scoped, attribute_id: i64, value: &str) -> Result<Vec<PersonRecord>, Error> {
+    let ids = ids_holding(s, attribute_id, value)?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -229,18 +229,25 @@ const COPY_FROM: usize = 32;
 /// Rows per `INSERT`: well under Postgres' 65,535 bind parameters for the widest row.
 const CHUNK: usize = 2_000;
 
+/// Writes and empties one queue; evaluates to diesel's own result, so that a caller can tell a
+/// unique refusal apart (attribute values).
 macro_rules! write_rows {
     ($conn:expr, $table:expr, $rows:expr) => {{
         let rows = std::mem::take(&mut $rows);
-        if rows.len() >= COPY_FROM {
+        let result: Result<(), DieselError> = if rows.len() >= COPY_FROM {
             diesel::copy_from($table)
                 .from_insertable(&rows)
-                .execute($conn)?;
+                .execute($conn)
+                .map(drop)
         } else {
-            for chunk in rows.chunks(CHUNK) {
-                diesel::insert_into($table).values(chunk).execute($conn)?;
-            }
-        }
+            rows.chunks(CHUNK).try_for_each(|chunk| {
+                diesel::insert_into($table)
+                    .values(chunk)
+                    .execute($conn)
+                    .map(drop)
+            })
+        };
+        result
     }};
 }
 
@@ -258,11 +265,11 @@ impl Pending {
 
     /// Writes everything queued, parents before children, and empties the queue.
     pub fn flush(&mut self, conn: &mut PgConnection) -> Result<(), Error> {
-        write_rows!(conn, te::table, self.persons);
+        write_rows!(conn, te::table, self.persons)?;
         let claims = std::mem::take(&mut self.unique_claims);
-        let values = std::mem::take(&mut self.person_values);
-        write_values(conn, &values).map_err(|e| unique_refusal(&claims, e))?;
-        write_rows!(conn, mk::table, self.match_keys);
+        write_rows!(conn, teav::table, self.person_values)
+            .map_err(|e| unique_refusal(&claims, e))?;
+        write_rows!(conn, mk::table, self.match_keys)?;
         // Ownership rows go with their enrollments; an earlier enrollment may already have made the
         // person's owner row in the program, which stays (transfer is explicit).
         for chunk in self.enrollments.chunks(CHUNK) {
@@ -282,29 +289,13 @@ impl Pending {
                 .on_conflict_do_nothing()
                 .execute(conn)?;
         }
-        write_rows!(conn, en::table, self.enrollments);
-        write_rows!(conn, ev::table, self.events);
-        write_rows!(conn, dv::table, self.values);
-        write_rows!(conn, cl::table, self.changes);
-        write_rows!(conn, il::table, self.inbound);
+        write_rows!(conn, en::table, self.enrollments)?;
+        write_rows!(conn, ev::table, self.events)?;
+        write_rows!(conn, dv::table, self.values)?;
+        write_rows!(conn, cl::table, self.changes)?;
+        write_rows!(conn, il::table, self.inbound)?;
         Ok(())
     }
-}
-
-/// Attribute values, apart from [`write_rows!`] so that a unique refusal can be told apart.
-fn write_values(conn: &mut PgConnection, rows: &[AttributeValueRow]) -> Result<(), DieselError> {
-    if rows.len() >= COPY_FROM {
-        diesel::copy_from(teav::table)
-            .from_insertable(rows)
-            .execute(conn)?;
-    } else {
-        for chunk in rows.chunks(CHUNK) {
-            diesel::insert_into(teav::table)
-                .values(chunk)
-                .execute(conn)?;
-        }
-    }
-    Ok(())
 }
 
 /// Sequences whose ids are handed out ahead of the deferred insert.
