@@ -103,8 +103,8 @@ fn a_patient_is_a_tracked_entity_with_attribute_values_and_no_json_copy() {
     );
     assert_eq!(
         json_columns,
-        vec!["change_log.state"],
-        "only the change log's tracker snapshot is JSON"
+        vec!["change_log.state", "person_link.explanation"],
+        "only the change log's tracker snapshot and a match decision's explanation are JSON"
     );
     assert_eq!(db.scalar(&format!("SELECT count(*) FROM inbound_log WHERE resource_uid = '{id}' AND interaction = 'create'")), 1);
     assert_eq!(

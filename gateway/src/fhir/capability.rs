@@ -123,6 +123,11 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
                 { "code": "transaction", "documentation": "POST /fhir: all entries in one database transaction" },
                 { "code": "batch", "documentation": "POST /fhir: each entry on its own" },
             ],
+            // HAPI MDM's operations over the links matching made (docs/identity.md).
+            "operation": [
+                { "name": "mdm-query-links", "definition": "http://hapifhir.io/fhir/OperationDefinition/mdm-query-links", "documentation": "links and potential duplicates: goldenResourceId, resourceId, matchResult, linkSource, _offset, _count" },
+                { "name": "mdm-update-link", "definition": "http://hapifhir.io/fhir/OperationDefinition/mdm-update-link", "documentation": "a person's decision on a pair: matchResult MATCH or NO_MATCH" },
+            ],
         }],
     })
 }

@@ -1,5 +1,6 @@
-//! `GET Patient/$ihe-pix` (IHE PIXm ITI-83) and `POST Patient/$match` (FHIR R4, IHE PDQm
-//! ITI-119): thin handlers over `rest::identity`.
+//! `GET Patient/$ihe-pix` (IHE PIXm ITI-83), `POST Patient/$match` (FHIR R4, IHE PDQm
+//! ITI-119), and the links matching made (`$mdm-query-links`, `$mdm-update-link`, HAPI MDM's
+//! names): thin handlers over `rest::identity`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -9,7 +10,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::fhir::search::parse_query;
 use crate::fhir::FhirResponse;
-use crate::rest::identity::{self, MatchQuery, PixQuery};
+use crate::rest::identity::{self, LinkQuery, MatchQuery, PixQuery};
 
 pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let query = req.query_string().to_owned();
@@ -159,4 +160,144 @@ fn match_query(body: Value) -> Result<MatchQuery, Error> {
             "$match takes a Parameters resource (resource, onlyCertainMatches, count) or a Patient",
         )),
     }
+}
+
+/// The parameters of a GET query string or a POST `Parameters` body, as (name, value) strings.
+fn operation_params(query: &str, body: Option<Value>) -> Result<Vec<(String, String)>, Error> {
+    let mut out: Vec<(String, String)> = parse_query(query)
+        .into_iter()
+        .map(|p| (p.name, p.value))
+        .collect();
+    if let Some(body) = body {
+        if body["resourceType"] != "Parameters" {
+            return Err(Error::invalid(
+                "this operation takes a Parameters resource in the body",
+            ));
+        }
+        for (i, p) in body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            let value = ["valueString", "valueCode", "valueId", "valueUri"]
+                .iter()
+                .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_owned))
+                .or_else(|| p.get("valueInteger").map(Value::to_string))
+                .ok_or_else(|| {
+                    Error::invalid_at(
+                        format!(
+                            "parameter `{name}` needs a valueString (or valueCode, valueInteger)"
+                        ),
+                        format!("Parameters.parameter[{i}]"),
+                    )
+                })?;
+            out.push((name, value));
+        }
+    }
+    Ok(out)
+}
+
+async fn optional_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Option<Value>, Error> {
+    if req.method() != actix_web::http::Method::POST {
+        return Ok(None);
+    }
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok());
+    let bytes = read_body(payload, state.config.max_body_bytes).await?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let format = kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
+    Ok(Some(kiunga_codec::parse(&bytes, format)?))
+}
+
+fn number(name: &str, v: &str) -> Result<i64, Error> {
+    v.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::invalid_at(format!("{name} is a whole number, not `{v}`"), name))
+}
+
+/// `GET|POST $mdm-query-links`: the links and potential duplicates (HAPI MDM's parameters).
+pub async fn query_links(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |n| async move {
+        let body = optional_body(&r, payload, &state).await?;
+        let mut q = LinkQuery::default();
+        for (name, value) in operation_params(r.query_string(), body)? {
+            match name.as_str() {
+                "goldenResourceId" => q.golden = Some(value),
+                "resourceId" => q.resource = Some(value),
+                "matchResult" => q.match_result = Some(value),
+                "linkSource" => q.link_source = Some(value),
+                "_offset" => q.offset = number("_offset", &value)?,
+                "_count" => q.count = Some(number("_count", &value)?),
+                "_format" | "_pretty" => {}
+                other => return Err(Error::invalid(format!(
+                    "$mdm-query-links takes goldenResourceId, resourceId, matchResult, linkSource, _offset and _count, not `{other}`"
+                ))),
+            }
+        }
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(FhirResponse::ok(
+            crate::app::read(&state, ctx, mappings, move |s, env| {
+                identity::query_links(s, env, &q)
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+/// `POST $mdm-update-link`: goldenResourceId, resourceId, matchResult (MATCH or NO_MATCH).
+pub async fn update_link(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |n| async move {
+        let body = optional_body(&r, payload, &state).await?;
+        let (mut golden, mut resource, mut result) = (None, None, None);
+        for (name, value) in operation_params(r.query_string(), body)? {
+            match name.as_str() {
+                "goldenResourceId" => golden = Some(value),
+                "resourceId" => resource = Some(value),
+                "matchResult" => result = Some(value),
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(Error::invalid(format!(
+                    "$mdm-update-link takes goldenResourceId, resourceId and matchResult, not `{other}`"
+                )))
+                }
+            }
+        }
+        let need = |v: Option<String>, name: &str| {
+            v.ok_or_else(|| Error::invalid_at(format!("$mdm-update-link needs {name}"), name))
+        };
+        let golden = need(golden, "goldenResourceId")?;
+        let resource = need(resource, "resourceId")?;
+        let result = need(result, "matchResult")?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(FhirResponse::ok(
+            crate::app::tx(&state, ctx, mappings, move |s, env| {
+                identity::update_link(s, env, &golden, &resource, &result)
+            })
+            .await?,
+        ))
+    })
+    .await
 }

@@ -441,6 +441,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
+                    web::resource("/$mdm-query-links")
+                        .route(web::get().to(identity::query_links))
+                        .route(web::post().to(identity::query_links))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/$mdm-update-link")
+                        .route(web::post().to(identity::update_link))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
                     web::resource("/Patient/$ihe-pix")
                         .route(web::get().to(identity::pix))
                         .default_service(web::to(not_allowed)),

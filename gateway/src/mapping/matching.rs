@@ -17,6 +17,13 @@ struct Raw {
     thresholds: RawThresholds,
     blocking: RawBlocking,
     fields: RawFields,
+    linking: Option<RawLinking>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinking {
+    on_write: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +118,9 @@ pub struct MatchingRules {
     pub possible: f64,
     pub birth_year_window: i32,
     pub max_candidates: i64,
+    /// Whether every Patient create and update is matched against the registry (links and
+    /// potential duplicates, `tracker::identity`).
+    pub link_on_write: bool,
     pub name: Option<FieldRule>,
     pub birth_date: Option<FieldRule>,
     pub gender: Option<FieldRule>,
@@ -293,6 +303,7 @@ pub fn load(src: &Source) -> Result<MatchingRules, Vec<Problem>> {
         possible,
         birth_year_window: window as i32,
         max_candidates: max,
+        link_on_write: raw.linking.as_ref().is_none_or(|l| l.on_write),
         name,
         birth_date,
         gender,

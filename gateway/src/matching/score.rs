@@ -81,6 +81,18 @@ fn absent(field: &'static str) -> Contribution {
 }
 
 /// Compares `query` with `candidate` (a registered person).
+/// The single-valued system in which the two hold different values, if any: then they are two
+/// people, whatever else agrees.
+pub fn two_people<'s>(
+    systems: &'s [IdentifierMap],
+    a: &Demographics,
+    b: &Demographics,
+) -> Option<&'s IdentifierMap> {
+    systems.iter().filter(|s| s.single_valued).find(|s| {
+        matches!((a.identifier(&s.system), b.identifier(&s.system)), (Some(x), Some(y)) if x.trim() != y.trim())
+    })
+}
+
 pub fn decide(
     rules: &MatchingRules,
     systems: &[IdentifierMap],
@@ -218,18 +230,14 @@ pub fn decide(
 
     // Hard rules. Two different values in a single-valued system (two national IDs): certainly
     // two people, whatever else agrees.
-    for s in systems.iter().filter(|s| s.single_valued) {
-        if let (Some(a), Some(b)) = (query.identifier(&s.system), candidate.identifier(&s.system)) {
-            if a.trim() != b.trim() {
-                decision.score = 0.0;
-                decision.grade = Grade::CertainlyNot;
-                decision.rule = Some(format!(
-                    "two different values of {}, which a person has only one of",
-                    s.type_text.as_deref().unwrap_or(&s.system)
-                ));
-                return decision;
-            }
-        }
+    if let Some(s) = two_people(systems, query, candidate) {
+        decision.score = 0.0;
+        decision.grade = Grade::CertainlyNot;
+        decision.rule = Some(format!(
+            "two different values of {}, which a person has only one of",
+            s.type_text.as_deref().unwrap_or(&s.system)
+        ));
+        return decision;
     }
     // The same value in a trusted unique system: one person, unless sex or birth date says
     // otherwise (a value typed into the wrong record).
@@ -292,6 +300,7 @@ mod tests {
             possible: 0.5,
             birth_year_window: 1,
             max_candidates: 100,
+            link_on_write: true,
             name: Some(field(0.97, 0.001)),
             birth_date: Some(field(0.9, 0.0001)),
             gender: Some(field(0.98, 0.5)),

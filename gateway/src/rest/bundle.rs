@@ -19,7 +19,8 @@ use crate::fhir::search::parse_query;
 use crate::fhir::Return;
 use crate::store::pending::Seq;
 use crate::store::{EntryAt, Scoped};
-use crate::tracker::Env;
+use crate::tracker::{identity, Env};
+use crate::translate;
 
 /// How the caller asked the Bundle to be handled.
 #[derive(Debug, Clone)]
@@ -544,6 +545,23 @@ pub fn transaction(
     s.expect(Seq::Event, visits);
     s.expect(Seq::Enrollment, visits.min(people.max(1)));
     s.expect(Seq::DataValue, values);
+    // Matching on write: the Bundle's people lock their blocking keys and read their candidates
+    // in one round trip each, before the first entry runs (an entry that fails to translate
+    // fails in its own turn).
+    let to_match: Vec<_> = requests
+        .iter()
+        .zip(&entries)
+        .enumerate()
+        .filter(|(i, (r, _))| {
+            !skipped[*i]
+                && r.resource_type == "Patient"
+                && matches!(r.method.as_str(), "POST" | "PUT")
+        })
+        .filter_map(|(_, (_, e))| e.get("resource"))
+        .filter_map(|res| translate::patient::to_tracker(res, &env.mappings.patient, env.md).ok())
+        .map(|w| identity::demographics(env, &w))
+        .collect();
+    identity::prepare(s, env, &to_match)?;
     let mut order: Vec<usize> = (0..entries.len()).filter(|i| !skipped[*i]).collect();
     order.sort_by_key(|i| rank(&requests[*i]));
 

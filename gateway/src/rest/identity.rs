@@ -7,18 +7,18 @@
 //! answer never repeats the source identifier: it names the person (`targetId`) and their
 //! identifiers in the other (or the requested) domains (`targetIdentifier`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::fhir::outcome::Issue;
 use crate::mapping::patient::IdentifierMap;
-use crate::matching::score::{self, Decision, Frequencies, Grade};
-use crate::matching::{compare, keys, Demographics};
-use crate::store::{match_keys, patients, Scoped};
+use crate::matching::score::Grade;
+use crate::matching::{keys, Demographics};
+use crate::store::{links, match_keys, patients, Scoped};
 use crate::tracker::model::PersonRecord;
-use crate::tracker::Env;
+use crate::tracker::{identity, Env};
 use crate::translate;
 
 /// What `$ihe-pix` was asked: `sourceIdentifier` as sent (`system|value`) and every
@@ -116,43 +116,6 @@ pub const MATCH_GRADE: &str = "http://hl7.org/fhir/StructureDefinition/match-gra
 /// Our extension that explains a score field by field (docs/identity.md).
 pub const MATCH_EXPLANATION: &str = "urn:kiunga:fhir:StructureDefinition:match-explanation";
 
-struct Shares {
-    family: HashMap<String, f64>,
-    given: HashMap<String, f64>,
-}
-
-impl Frequencies for Shares {
-    fn family(&self, name: &str) -> Option<f64> {
-        self.family.get(name).copied()
-    }
-    fn given(&self, name: &str) -> Option<f64> {
-        self.given.get(name).copied()
-    }
-}
-
-fn explanation(d: &Decision) -> Value {
-    let mut parts = vec![json!({ "url": "ruleset", "valueString": d.version })];
-    if let Some(rule) = &d.rule {
-        parts.push(json!({ "url": "rule", "valueString": rule }));
-    }
-    parts.push(json!({ "url": "weight", "valueDecimal": round(d.weight) }));
-    for c in &d.contributions {
-        parts.push(json!({
-            "url": "field",
-            "extension": [
-                { "url": "name", "valueString": c.field },
-                { "url": "weight", "valueDecimal": round(c.weight) },
-                { "url": "detail", "valueString": c.detail },
-            ],
-        }));
-    }
-    json!({ "url": MATCH_EXPLANATION, "extension": parts })
-}
-
-fn round(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 /// Finds the registered people who may be the person described, best first.
 pub fn match_patient(
     s: &mut Scoped,
@@ -169,86 +132,15 @@ pub fn match_patient(
     })?;
     let pm = &env.mappings.patient;
     let w = translate::patient::to_tracker(&q.patient, pm, env.md)?;
-    let values: BTreeMap<i64, String> = w
-        .values
-        .iter()
-        .map(|v| (v.attribute_id, v.value.clone()))
-        .collect();
-    let query = Demographics::from_values(&values, pm);
-    if query.name_tokens.is_empty()
-        && query.birth_date.is_none()
-        && query.phone.is_none()
-        && query.identifiers.is_empty()
-    {
+    let query = identity::demographics(env, &w);
+    if !identity::matchable(&query) {
         return Err(Error::invalid_at(
             "the Patient to match has nothing to match on: give at least a name, a birth date, a phone number or an identifier of a system this registry knows",
             "resource",
         ));
     }
 
-    // Candidates: blocking keys and identifier values, both on indexes.
-    let mut ids = match_keys::candidates(
-        s,
-        &keys::name_codes(&query),
-        query.birth_year(),
-        rules.birth_year_window,
-        query.phone.as_deref(),
-        &keys::pair_codes(&query),
-        rules.max_candidates,
-    )?;
-    let pairs: Vec<(i64, String)> = query
-        .identifiers
-        .iter()
-        .filter_map(|(sys, v)| Some((pm.identifier(sys)?.attribute_id, v.clone())))
-        .collect();
-    ids.extend(match_keys::holding_any(s, &pairs)?);
-    ids.sort_unstable();
-    ids.dedup();
-    let people = patients::by_ids(s, &ids)?;
-    let demographics: Vec<Demographics> = people
-        .iter()
-        .map(|p| Demographics::from_values(&p.values, pm))
-        .collect();
-
-    // Term frequencies are only needed for the names that agree: count those alone.
-    let agreeing: Vec<&Demographics> = match &rules.name {
-        Some(r) if r.term_frequency => demographics
-            .iter()
-            .filter(|d| {
-                compare::names(r, &query.name_tokens, &d.name_tokens).is_some_and(|s| s >= r.agree)
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let tf = !agreeing.is_empty();
-    let distinct = |f: &dyn Fn(&Demographics) -> Option<&String>| {
-        let mut v: Vec<String> = agreeing.iter().filter_map(|d| f(d).cloned()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let shares = Shares {
-        family: match (tf, pm.family) {
-            (true, Some(a)) => match_keys::shares(s, a, &distinct(&|d| d.family.as_ref()))?,
-            _ => HashMap::new(),
-        },
-        given: match (tf, pm.given) {
-            (true, Some(a)) => match_keys::shares(s, a, &distinct(&|d| d.given.as_ref()))?,
-            _ => HashMap::new(),
-        },
-    };
-
-    let mut found: Vec<(Decision, &PersonRecord)> = people
-        .iter()
-        .zip(&demographics)
-        .map(|(p, d)| (score::decide(rules, &pm.identifiers, &query, d, &shares), p))
-        .filter(|(d, _)| d.grade >= Grade::Possible)
-        .collect();
-    found.sort_by(|(a, pa), (b, pb)| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| pa.uid.cmp(&pb.uid))
-    });
+    let mut found = identity::find(s, env, rules, &query)?;
     if q.only_certain {
         found.retain(|(d, _)| d.grade == Grade::Certain);
         // Several "certain" people is no certain answer: say nothing rather than guess.
@@ -262,7 +154,7 @@ pub fn match_patient(
         .iter()
         .map(|(_, p)| translate::patient::to_fhir(p, pm, env.md))
         .collect();
-    super::provenance::tag_all(s, resources.iter_mut())?;
+    super::decorate(s, env, resources.iter_mut())?;
     let entries: Vec<Value> = found
         .iter()
         .zip(resources)
@@ -273,10 +165,10 @@ pub fn match_patient(
                 "search": {
                     "extension": [
                         { "url": MATCH_GRADE, "valueCode": d.grade.code() },
-                        explanation(d),
+                        { "url": MATCH_EXPLANATION, "extension": identity::explanation(d) },
                     ],
                     "mode": "match",
-                    "score": round(d.score),
+                    "score": identity::round(d.score),
                 },
             })
         })
@@ -308,4 +200,270 @@ pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
     }
     s.flush()?;
     Ok(done)
+}
+
+/// Shows in `Patient.link` (type `seealso`, as R4 allows between two Patients of one person) the
+/// records this one is LINKED to, those the caller may see.
+pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity::Linked]) {
+    let mut others: Vec<&str> = linked
+        .iter()
+        .filter(|(_, org)| {
+            env.md
+                .org_unit_by_id(*org)
+                .is_some_and(|o| s.ctx.search.contains(&o.path))
+        })
+        .map(|(uid, _)| uid.as_str())
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if others.is_empty() {
+        return;
+    }
+    let links: Vec<Value> = others
+        .into_iter()
+        .map(|uid| json!({ "other": { "reference": format!("Patient/{uid}") }, "type": "seealso" }))
+        .collect();
+    if let Some(o) = resource.as_object_mut() {
+        o.insert("link".into(), Value::Array(links));
+    }
+}
+
+/// [`set_links`] for rendered resources of any mix of types, in one query.
+pub fn show_links<'a>(
+    s: &mut Scoped,
+    env: &Env,
+    resources: impl IntoIterator<Item = &'a mut Value>,
+) -> Result<(), Error> {
+    let patients: Vec<&'a mut Value> = resources
+        .into_iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .collect();
+    if patients.is_empty() || env.mappings.matching.is_none() {
+        return Ok(());
+    }
+    let uids: Vec<String> = patients
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
+    let mut by_uid: HashMap<String, Vec<identity::Linked>> = HashMap::new();
+    for (uid, other, org) in links::linked(s.conn()?, &refs)? {
+        by_uid.entry(uid).or_default().push((other, org));
+    }
+    for r in patients {
+        let uid = r["id"].as_str().unwrap_or_default().to_owned();
+        if let Some(l) = by_uid.get(&uid) {
+            set_links(s, env, r, l);
+        }
+    }
+    Ok(())
+}
+
+/// `$mdm-query-links` (HAPI MDM's names): which decisions to list.
+#[derive(Default)]
+pub struct LinkQuery {
+    /// `Patient/<uid>` or `<uid>`: the record matched (the earlier one).
+    pub golden: Option<String>,
+    /// Either record of the pair.
+    pub resource: Option<String>,
+    /// MATCH, POSSIBLE_MATCH, NO_MATCH (HAPI) or LINKED, OPEN, INVALID, MERGED (DHIS2-style).
+    pub match_result: Option<String>,
+    /// AUTO or MANUAL.
+    pub link_source: Option<String>,
+    pub offset: i64,
+    pub count: Option<i64>,
+}
+
+/// Decisions listed per page when `_count` is not given, and at most.
+pub const LINKS_PAGE: i64 = 20;
+pub const LINKS_PAGE_MAX: i64 = 1000;
+
+/// HAPI MDM's matchResult for each of our statuses.
+fn match_result(status: &str) -> &'static str {
+    match status {
+        "LINKED" => "MATCH",
+        "OPEN" => "POSSIBLE_MATCH",
+        "INVALID" => "NO_MATCH",
+        _ => "MERGED",
+    }
+}
+
+fn statuses(result: &str) -> Result<Vec<&'static str>, Error> {
+    Ok(match result {
+        "MATCH" | "LINKED" => vec!["LINKED"],
+        "POSSIBLE_MATCH" | "POSSIBLE_DUPLICATE" | "OPEN" => vec!["OPEN"],
+        "NO_MATCH" | "INVALID" => vec!["INVALID"],
+        "MERGED" => vec!["MERGED"],
+        other => return Err(Error::invalid_at(
+            format!("matchResult `{other}` is not known: use MATCH, POSSIBLE_MATCH or NO_MATCH (or the potential-duplicate statuses LINKED, OPEN, INVALID, MERGED)"),
+            "matchResult",
+        )),
+    })
+}
+
+/// The person `Patient/<uid>` (or `<uid>`) names, if the caller may see it.
+fn person_named(
+    s: &mut Scoped,
+    env: &Env,
+    param: &str,
+    value: &str,
+) -> Result<PersonRecord, Error> {
+    let uid = value.strip_prefix("Patient/").unwrap_or(value);
+    if uid.is_empty() || uid.contains('/') {
+        return Err(Error::invalid_at(
+            format!("{param} names a Patient, as Patient/<id> or <id>; `{value}` is neither"),
+            param,
+        ));
+    }
+    match patients::find(s, env.mappings.patient.entity_type_id, uid)? {
+        Some(p) if !p.deleted => Ok(p),
+        _ => Err(Error::NotFound(format!(
+            "{param}: Patient/{uid} is not known to this registry"
+        ))),
+    }
+}
+
+/// The stored explanation (extension-shaped) as Parameters parts.
+fn as_parts(explanation: &Value) -> Vec<Value> {
+    explanation
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|e| {
+                    let mut p = serde_json::Map::new();
+                    p.insert("name".into(), e["url"].clone());
+                    for (k, v) in e.as_object().into_iter().flatten() {
+                        if k.starts_with("value") {
+                            p.insert(k.clone(), v.clone());
+                        }
+                    }
+                    if e.get("extension").is_some() {
+                        p.insert("part".into(), Value::Array(as_parts(&e["extension"])));
+                    }
+                    Value::Object(p)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn link_parameter(l: &links::Link, source_uid: &str, target_uid: &str) -> Value {
+    json!({
+        "name": "link",
+        "part": [
+            { "name": "goldenResourceId", "valueString": format!("Patient/{target_uid}") },
+            { "name": "sourceResourceId", "valueString": format!("Patient/{source_uid}") },
+            { "name": "matchResult", "valueString": match_result(&l.status) },
+            { "name": "linkSource", "valueString": l.origin },
+            { "name": "eidMatch", "valueBoolean": l.explanation.to_string().contains("\"rule\"") },
+            { "name": "hadToCreateNewResource", "valueBoolean": false },
+            { "name": "score", "valueDecimal": identity::round(l.score) },
+            { "name": "linkCreated", "valueDecimal": l.created.timestamp_millis() },
+            { "name": "linkUpdated", "valueDecimal": l.last_updated.timestamp_millis() },
+            { "name": "status", "valueCode": l.status },
+            { "name": "grade", "valueCode": l.grade },
+            { "name": "ruleset", "valueString": l.ruleset },
+            { "name": "explanation", "part": as_parts(&l.explanation) },
+        ],
+    })
+}
+
+/// `$mdm-query-links`: the decisions about records the caller may see, oldest first, paged.
+pub fn query_links(s: &mut Scoped, env: &Env, q: &LinkQuery) -> Result<Value, Error> {
+    let mut f = links::LinkFilter {
+        offset: q.offset.max(0),
+        count: q.count.unwrap_or(LINKS_PAGE).clamp(1, LINKS_PAGE_MAX),
+        ..Default::default()
+    };
+    if let Some(g) = &q.golden {
+        f.golden = Some(person_named(s, env, "goldenResourceId", g)?.id);
+    }
+    if let Some(r) = &q.resource {
+        f.resource = Some(person_named(s, env, "resourceId", r)?.id);
+    }
+    if let Some(m) = &q.match_result {
+        f.statuses = statuses(m)?;
+    }
+    f.origin = match q.link_source.as_deref() {
+        None => None,
+        Some("AUTO") => Some("AUTO"),
+        Some("MANUAL") => Some("MANUAL"),
+        Some(other) => {
+            return Err(Error::invalid_at(
+                format!("linkSource `{other}` is not known: use AUTO or MANUAL"),
+                "linkSource",
+            ))
+        }
+    };
+    let (rows, total) = links::query(s, &f)?;
+    let mut parameter = vec![json!({ "name": "total", "valueInteger": total })];
+    parameter.extend(rows.iter().map(|(l, su, tu)| link_parameter(l, su, tu)));
+    Ok(json!({ "resourceType": "Parameters", "parameter": parameter }))
+}
+
+/// `$mdm-update-link`: a person's decision on a pair the engine proposed or linked: MATCH (one
+/// person) or NO_MATCH (two people, never proposed again). Sticky: the engine does not change it.
+pub fn update_link(
+    s: &mut Scoped,
+    env: &Env,
+    golden: &str,
+    resource: &str,
+    result: &str,
+) -> Result<Value, Error> {
+    let status = match result {
+        "MATCH" => "LINKED",
+        "NO_MATCH" => "INVALID",
+        other => {
+            return Err(Error::invalid_at(
+                format!("matchResult `{other}` cannot be set: a person decides MATCH or NO_MATCH"),
+                "matchResult",
+            ))
+        }
+    };
+    let g = person_named(s, env, "goldenResourceId", golden)?;
+    let r = person_named(s, env, "resourceId", resource)?;
+    for p in [&g, &r] {
+        let path = env
+            .md
+            .org_unit_by_id(p.org_unit_id)
+            .map(|o| o.path.as_str())
+            .unwrap_or_default();
+        if !s.ctx.capture.contains(path) {
+            return Err(Error::Forbidden(format!(
+                "you may read Patient/{} but not decide about it: it is owned outside your org units",
+                p.uid
+            )));
+        }
+    }
+    let link = links::pair_for_update(s.conn()?, g.id, r.id)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no link between Patient/{} and Patient/{}: the matching engine proposed nothing for this pair",
+            g.uid, r.uid
+        ))
+    })?;
+    if link.status == "MERGED" {
+        return Err(Error::Conflict {
+            message: format!(
+                "Patient/{} and Patient/{} were merged; undo the merge instead",
+                g.uid, r.uid
+            ),
+            expression: None,
+        });
+    }
+    let actor = s.ctx.actor.to_string();
+    links::decide(s.conn()?, link.id, status, &actor, chrono::Utc::now())?;
+    let decided = links::pair_for_update(s.conn()?, g.id, r.id)?
+        .ok_or_else(|| Error::Internal("a decided link vanished".into()))?;
+    let uid = |id: i64| {
+        if id == g.id {
+            g.uid.as_str()
+        } else {
+            r.uid.as_str()
+        }
+    };
+    Ok(json!({
+        "resourceType": "Parameters",
+        "parameter": [link_parameter(&decided, uid(decided.source_id), uid(decided.target_id))],
+    }))
 }

@@ -87,6 +87,18 @@ fn inbound<'a>(
     }
 }
 
+/// What every rendered record carries besides its data: the mapping tag of its version, and for a
+/// Patient the records it is linked to. Any mix of types, a few queries whatever their number.
+pub fn decorate<'a>(
+    s: &mut Scoped,
+    env: &Env,
+    resources: impl IntoIterator<Item = &'a mut Value>,
+) -> Result<(), Error> {
+    let mut list: Vec<&'a mut Value> = resources.into_iter().collect();
+    provenance::tag_all(s, list.iter_mut().map(|r| &mut **r))?;
+    identity::show_links(s, env, list)
+}
+
 pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {
     write(s, env, resource_type, None, None, body)
 }
@@ -149,12 +161,14 @@ fn write_untagged(
                 )?,
             };
             let r = written.record;
+            let mut resource = translate::patient::to_fhir(&r, &m.patient, md);
+            identity::set_links(s, env, &mut resource, &written.linked);
             Ok(Stored {
                 resource_type: t,
                 id: r.uid.clone(),
                 version: r.version,
                 last_updated: r.last_updated,
-                resource: translate::patient::to_fhir(&r, &m.patient, md),
+                resource,
                 created: written.created,
                 warnings: w.unmapped,
             })
@@ -283,7 +297,7 @@ fn version_or_current(
         }
     };
     let mut resource = resource;
-    provenance::tag_all(s, std::iter::once(&mut resource))?;
+    decorate(s, env, std::iter::once(&mut resource))?;
     Ok(Stored {
         resource_type: t,
         id: id.to_string(),
@@ -378,7 +392,7 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
             .iter()
             .map(|d| translate::observation::to_fhir(d, m, md)),
     );
-    provenance::tag_all(s, resources.iter_mut())?;
+    decorate(s, env, resources.iter_mut())?;
     let total = resources.len() as i64;
     let entries = resources
         .into_iter()

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+use diesel::sql_types::BigInt;
 
 use super::pending::MatchKeyRow;
 use super::schema::{person_match_key as mk, tracked_entity_attribute_value as teav};
@@ -36,58 +36,6 @@ pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>) -> Result<(), Error>
     Ok(())
 }
 
-/// The people sharing a name code within `window` years of `year` (or with no birth year, or
-/// any year when the query has none), or the pair of family and given name codes whatever the
-/// year, or the phone; at most `max`, those sharing more
-/// keys first (when a block is larger than `max`, the cut keeps the phone and most name codes).
-/// Scope is applied when the candidates are read (`patients::by_ids`).
-pub fn candidates(
-    s: &mut Scoped,
-    codes: &[String],
-    year: Option<i32>,
-    window: i32,
-    phone: Option<&str>,
-    pairs: &[String],
-    max: i64,
-) -> Result<Vec<i64>, Error> {
-    // Raw SQL: diesel cannot group a boxed query.
-    let rows: Vec<Id> = diesel::sql_query(
-        "SELECT tracked_entity_id AS id FROM person_match_key
-         WHERE (kind = 'n' AND code = ANY($1)
-                AND ($2::int IS NULL OR year IS NULL OR year BETWEEN $2 - $3 AND $2 + $3))
-            OR (kind = 't' AND code = $4)
-            OR (kind = 'p' AND code = ANY($6))
-         GROUP BY tracked_entity_id
-         ORDER BY count(*) DESC, tracked_entity_id
-         LIMIT $5",
-    )
-    .bind::<Array<Text>, _>(codes)
-    .bind::<Nullable<Integer>, _>(year)
-    .bind::<Integer, _>(window)
-    .bind::<Nullable<Text>, _>(phone)
-    .bind::<BigInt, _>(max)
-    .bind::<Array<Text>, _>(pairs)
-    .load(s.conn()?)?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
-}
-
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-/// The people holding any of `(attribute id, value)`.
-pub fn holding_any(s: &mut Scoped, pairs: &[(i64, String)]) -> Result<Vec<i64>, Error> {
-    let mut out = Vec::new();
-    for (attribute, value) in pairs {
-        out.append(&mut super::patients::ids_holding(s, *attribute, value)?);
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
-
 /// Below this many people, names get no term-frequency adjustment.
 pub const TF_MIN_PEOPLE: i64 = 1000;
 
@@ -113,7 +61,7 @@ const SHARE_CACHE_MAX: usize = 100_000;
 /// How common each of `values` (in search form) is in `attribute`: the share of the registry's
 /// people holding it. Empty below [`TF_MIN_PEOPLE`] people, where a count says little.
 pub fn shares(
-    s: &mut Scoped,
+    conn: &mut diesel::PgConnection,
     attribute: i64,
     values: &[String],
 ) -> Result<HashMap<String, f64>, Error> {
@@ -125,12 +73,12 @@ pub fn shares(
     let estimate: Count = diesel::sql_query(
         "SELECT GREATEST(reltuples, 0)::int8 AS n FROM pg_class WHERE relname = 'tracked_entity'",
     )
-    .get_result(s.conn()?)?;
+    .get_result(conn)?;
     let people = if estimate.n >= TF_MIN_PEOPLE {
         estimate.n
     } else {
         diesel::sql_query("SELECT count(*) AS n FROM tracked_entity WHERE NOT deleted")
-            .get_result::<Count>(s.conn()?)?
+            .get_result::<Count>(conn)?
             .n
     };
     if people < TF_MIN_PEOPLE {
@@ -168,7 +116,7 @@ pub fn shares(
         .filter(teav::search_value.eq_any(&missing))
         .group_by(teav::search_value)
         .select((teav::search_value, diesel::dsl::count_star()))
-        .load(s.conn()?)?;
+        .load(conn)?;
     let counted: HashMap<String, f64> = counts
         .into_iter()
         .map(|(v, n)| (v, n as f64 / people as f64))

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod events;
+pub mod links;
 pub mod logs;
 pub mod match_keys;
 pub mod metadata_import;

@@ -221,6 +221,22 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     Ok(group(q.load(s.conn()?)?))
 }
 
+/// People by id whatever the caller's scope (deleted ones left out), for matching on write:
+/// a person registered elsewhere is still the same person. Never shown as such: what a caller
+/// sees of the decisions is filtered by scope where it is read.
+pub fn by_ids_for_matching(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
+    let q = te::table
+        .left_join(teav::table)
+        .filter(te::id.eq_any(ids))
+        .filter(te::deleted.eq(false))
+        .select((
+            entity_columns(),
+            (teav::attribute_id, teav::value).nullable(),
+        ))
+        .order(te::id);
+    Ok(group(q.load(s.conn_unflushed())?))
+}
+
 /// The ids of the people holding `value` in `attribute_id` (an identifier system's attribute),
 /// deleted ones included: callers read them through [`by_ids`], which applies scope.
 pub fn ids_holding(s: &mut Scoped, attribute_id: i64, value: &str) -> Result<Vec<i64>, Error> {

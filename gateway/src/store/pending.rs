@@ -21,7 +21,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::{
     change_log as cl, enrollment as en, event as ev, event_data_value as dv, inbound_log as il,
-    person_match_key as mk, program_ownership as po, tracked_entity as te,
+    person_link as pl, person_match_key as mk, program_ownership as po, tracked_entity as te,
     tracked_entity_attribute_value as teav,
 };
 use crate::error::Error;
@@ -87,6 +87,22 @@ pub struct MatchKeyRow {
     pub kind: String,
     pub code: String,
     pub year: Option<i32>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = pl, treat_none_as_default_value = false)]
+pub struct LinkRow {
+    pub source_id: i64,
+    pub target_id: i64,
+    pub status: String,
+    pub origin: String,
+    pub score: f64,
+    pub grade: String,
+    pub ruleset: String,
+    pub explanation: Value,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub decided_by: Option<String>,
 }
 
 /// Who queued a unique attribute value, for the message if the flush finds it taken.
@@ -216,6 +232,7 @@ pub struct Pending {
     pub person_values: Vec<AttributeValueRow>,
     pub unique_claims: Vec<UniqueClaim>,
     pub match_keys: Vec<MatchKeyRow>,
+    pub links: Vec<LinkRow>,
     pub changes: Vec<ChangeRow>,
     pub inbound: Vec<InboundRow>,
     pub enrollments: Vec<EnrollmentRow>,
@@ -256,6 +273,7 @@ impl Pending {
         self.persons.is_empty()
             && self.person_values.is_empty()
             && self.match_keys.is_empty()
+            && self.links.is_empty()
             && self.changes.is_empty()
             && self.inbound.is_empty()
             && self.enrollments.is_empty()
@@ -270,6 +288,7 @@ impl Pending {
         write_rows!(conn, teav::table, self.person_values)
             .map_err(|e| unique_refusal(&claims, e))?;
         write_rows!(conn, mk::table, self.match_keys)?;
+        write_rows!(conn, pl::table, self.links)?;
         // Ownership rows go with their enrollments; an earlier enrollment may already have made the
         // person's owner row in the program, which stays (transfer is explicit).
         for chunk in self.enrollments.chunks(CHUNK) {

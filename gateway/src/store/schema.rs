@@ -252,6 +252,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    person_link (id) {
+        id -> Int8,
+        source_id -> Int8,
+        target_id -> Int8,
+        status -> Text,
+        origin -> Text,
+        score -> Float8,
+        grade -> Text,
+        ruleset -> Text,
+        explanation -> Jsonb,
+        created -> Timestamptz,
+        last_updated -> Timestamptz,
+        decided_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     program_ownership (tracked_entity_id, program_id) {
         tracked_entity_id -> Int8,
         program_id -> Int8,
@@ -337,6 +354,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     program_ownership,
     program_ownership_history,
     person_match_key,
+    person_link,
     change_log,
     inbound_log,
 );

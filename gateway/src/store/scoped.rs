@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Bool, Text};
 
 use super::cache::Cache;
+use super::links::LinkPool;
 use super::pending::{self, Pending, Seq};
 use super::schema::org_unit;
 use crate::context::{OrgScope, RequestContext};
@@ -20,6 +21,8 @@ pub struct Scoped<'a> {
     pub ctx: &'a RequestContext,
     pending: Pending,
     pub cache: Cache,
+    /// Matching on write: locks held, candidates read, people written (see `tracker::identity`).
+    pub links: LinkPool,
     /// Per sequence: ids taken and not handed out yet, and how many were taken last time (or,
     /// before the first reservation, minus how many are expected).
     reserved: Vec<(Seq, Vec<i64>, i32)>,
@@ -83,6 +86,7 @@ impl<'a> Scoped<'a> {
             ctx,
             pending: Pending::default(),
             cache: Cache::default(),
+            links: LinkPool::default(),
             reserved: Vec::new(),
             entry,
         }
@@ -123,8 +127,18 @@ impl<'a> Scoped<'a> {
         self.flush()?;
         // The nested unit may change what this one cached; forget it rather than risk a stale read.
         self.cache.clear();
+        self.links = LinkPool {
+            locked: std::mem::take(&mut self.links.locked),
+            ..LinkPool::default()
+        };
         let ctx = self.ctx;
         Scoped::transaction_at(self.conn, ctx, self.entry.clone(), f)
+    }
+
+    /// The connection without writing the queue first: only for reads that need nothing queued
+    /// (what other units of work committed), so that a Bundle's rows still go in one COPY.
+    pub fn conn_unflushed(&mut self) -> &mut PgConnection {
+        self.conn
     }
 
     /// The connection, with every queued insert written first.

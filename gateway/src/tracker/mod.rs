@@ -3,6 +3,7 @@
 //! always inside the caller's transaction.
 
 pub mod encounters;
+pub mod identity;
 pub mod metadata;
 pub mod model;
 pub mod observations;

@@ -143,6 +143,8 @@ fn unique_conflict(env: &Env, input: &PatientWrite, e: Error) -> Error {
 pub struct Written {
     pub record: PersonRecord,
     pub created: bool,
+    /// The records matching linked this one to (uid, owning org unit).
+    pub linked: Vec<super::identity::Linked>,
 }
 
 pub fn create(
@@ -226,9 +228,11 @@ pub fn create(
     if let Some(ou) = env.md.org_unit_by_id(org_unit_id) {
         s.cache.add_person(&record, &ou.path);
     }
+    let linked = super::identity::link(s, env, &record, false)?;
     Ok(Written {
         record,
         created: true,
+        linked,
     })
 }
 
@@ -299,6 +303,7 @@ pub fn update(
     if let Some(keys) = match_keys(env, &record) {
         crate::store::match_keys::replace(s, record.id, keys)?;
     }
+    let linked = super::identity::link(s, env, &record, true)?;
     super::record_write(
         s,
         env,
@@ -311,6 +316,7 @@ pub fn update(
     Ok(Written {
         record,
         created: false,
+        linked,
     })
 }
 

@@ -1,0 +1,377 @@
+//! What the matching engine and people decided about pairs of person records (`person_link`),
+//! the candidates the engine compares, and the locks that make two concurrent writes of one
+//! person meet. The decisions themselves are made in `tracker::identity`.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Text};
+use serde_json::Value;
+
+use super::schema::{person_link as pl, tracked_entity as te};
+use super::Scoped;
+use crate::error::Error;
+use crate::matching::Demographics;
+use crate::tracker::model::PersonRecord;
+
+/// What a unit of work holds for matching on write: the locks it took, the candidates it read,
+/// and the people it wrote (not visible to the candidate query until the queue is written).
+#[derive(Default)]
+pub struct LinkPool {
+    /// Advisory lock keys held by the transaction.
+    pub locked: HashSet<i64>,
+    /// Candidates read, by id (scope not applied: matching sees the whole registry).
+    pub people: HashMap<i64, (PersonRecord, Demographics)>,
+    /// The candidate ids read for a person, under the person's lock keys.
+    pub found: HashMap<Vec<i64>, Vec<i64>>,
+    /// People written in this unit of work (the latest version of each), by id.
+    pub written: HashMap<i64, (PersonRecord, Demographics, Vec<i64>)>,
+    /// Who of `written` holds each lock key (the key stands for a blocking key).
+    pub written_by_key: HashMap<i64, Vec<i64>>,
+}
+
+impl LinkPool {
+    /// Up to `max` people written here sharing a lock key with `keys`, those sharing more first.
+    pub fn written_near(&self, keys: &[i64], max: usize) -> Vec<i64> {
+        let mut shared: HashMap<i64, usize> = HashMap::new();
+        for k in keys {
+            // The latest `max` under each key: a Bundle of thousands of look-alikes stays linear.
+            for id in self
+                .written_by_key
+                .get(k)
+                .into_iter()
+                .flatten()
+                .rev()
+                .take(max)
+            {
+                *shared.entry(*id).or_default() += 1;
+            }
+        }
+        let mut ids: Vec<(i64, usize)> = shared.into_iter().collect();
+        // Most keys shared first, then the latest written.
+        ids.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        ids.truncate(max);
+        ids.into_iter().map(|(id, _)| id).collect()
+    }
+
+    pub fn add_written(&mut self, p: PersonRecord, d: Demographics, keys: Vec<i64>) {
+        if let Some((_, _, old)) = self.written.get(&p.id) {
+            for k in old {
+                if let Some(v) = self.written_by_key.get_mut(k) {
+                    v.retain(|x| *x != p.id);
+                }
+            }
+        }
+        for k in &keys {
+            self.written_by_key.entry(*k).or_default().push(p.id);
+        }
+        self.written.insert(p.id, (p, d, keys));
+    }
+}
+
+/// Whether `ids` are all one person already: LINKED to each other, directly or through others,
+/// by what is committed or by `queued` (source, target) links of this unit of work.
+pub fn all_linked(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    queued: &[(i64, i64)],
+) -> Result<bool, Error> {
+    if ids.len() < 2 {
+        return Ok(true);
+    }
+    let mut pairs: Vec<(i64, i64)> = pl::table
+        .filter(pl::status.eq("LINKED"))
+        .filter(pl::source_id.eq_any(ids).or(pl::target_id.eq_any(ids)))
+        .select((pl::source_id, pl::target_id))
+        .load(conn)?;
+    pairs.extend_from_slice(queued);
+    // Union–find over the pairs.
+    let mut parent: HashMap<i64, i64> = HashMap::new();
+    fn root(parent: &mut HashMap<i64, i64>, x: i64) -> i64 {
+        let p = *parent.get(&x).unwrap_or(&x);
+        if p == x {
+            return x;
+        }
+        let r = root(parent, p);
+        parent.insert(x, r);
+        r
+    }
+    for (a, b) in pairs {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        if ra != rb {
+            parent.insert(ra, rb);
+        }
+    }
+    let first = root(&mut parent, ids[0]);
+    Ok(ids.iter().all(|&x| root(&mut parent, x) == first))
+}
+
+/// Takes the transaction-scoped advisory locks `keys` (those not held yet), in order, so that
+/// two units of work locking overlapping sets cannot wait on each other in a cycle.
+pub fn lock(s: &mut Scoped, keys: &[i64]) -> Result<(), Error> {
+    let mut wanted: Vec<i64> = keys
+        .iter()
+        .copied()
+        .filter(|k| !s.links.locked.contains(k))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    diesel::sql_query("SELECT count(pg_advisory_xact_lock(k)) AS n FROM unnest($1::int8[]) AS k")
+        .bind::<Array<BigInt>, _>(&wanted)
+        .execute(s.conn()?)?;
+    s.links.locked.extend(wanted);
+    Ok(())
+}
+
+/// One blocking look-up: person `query` (an index into the caller's list) under a key.
+pub struct KeyQuery<'a> {
+    pub query: i32,
+    pub kind: &'a str,
+    pub code: &'a str,
+    pub year: Option<i32>,
+}
+
+#[derive(QueryableByName)]
+struct Hit {
+    #[diesel(sql_type = Integer)]
+    q: i32,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// For every query person, the ids of the people sharing a blocking key with it (name codes
+/// within `window` years of birth, or the name pair, or the phone: at most `max`, those sharing
+/// more keys first) or holding one of its identifier values. One round trip for any number of
+/// query people (a whole Bundle). `exclude[q]` is the query person's own id, if it has one.
+/// Scope is not applied: callers decide what they may show.
+pub fn candidates(
+    s: &mut Scoped,
+    keys: &[KeyQuery],
+    identifiers: &[(i32, i64, String)],
+    exclude: &[i64],
+    window: i32,
+    max: i64,
+) -> Result<Vec<(usize, i64)>, Error> {
+    let (kq, kk, kc, ky) = keys.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |mut a, k| {
+            a.0.push(k.query);
+            a.1.push(k.kind);
+            a.2.push(k.code);
+            a.3.push(k.year.map_or(-1, |y| y));
+            a
+        },
+    );
+    let (iq, ia, iv) = identifiers.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |mut a, (q, attribute, value)| {
+            a.0.push(*q);
+            a.1.push(*attribute);
+            a.2.push(value.as_str());
+            a
+        },
+    );
+    // Raw SQL: a ranked group per query person is beyond diesel's builder. Years travel as -1
+    // for "none" because unnest cannot carry a typed NULL array element through diesel's binds.
+    let hits: Vec<Hit> = diesel::sql_query(
+        "WITH q AS (
+           SELECT t.q, t.kind, t.code, NULLIF(t.year, -1) AS year
+           FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[]) AS t(q, kind, code, year)
+         ), hits AS (
+           SELECT q.q, k.tracked_entity_id AS id, count(*) AS n
+           FROM q JOIN person_match_key k ON k.kind = q.kind AND k.code = q.code
+            AND (q.kind <> 'n' OR q.year IS NULL OR k.year IS NULL
+                 OR k.year BETWEEN q.year - $5 AND q.year + $5)
+           WHERE k.tracked_entity_id <> ($9::int8[])[q.q + 1]
+           GROUP BY q.q, k.tracked_entity_id
+         ), ranked AS (
+           SELECT q, id, row_number() OVER (PARTITION BY q ORDER BY n DESC, id) AS r FROM hits
+         )
+         SELECT q, id FROM ranked WHERE r <= $6
+         UNION
+         SELECT h.q, v.tracked_entity_id AS id
+         FROM unnest($7::int4[], $8::int8[], $10::text[]) AS h(q, attribute_id, value)
+         JOIN tracked_entity_attribute_value v
+           ON v.attribute_id = h.attribute_id AND v.value = h.value
+         WHERE v.tracked_entity_id <> ($9::int8[])[h.q + 1]",
+    )
+    .bind::<Array<Integer>, _>(&kq)
+    .bind::<Array<Text>, _>(&kk)
+    .bind::<Array<Text>, _>(&kc)
+    .bind::<Array<Integer>, _>(&ky)
+    .bind::<Integer, _>(window)
+    .bind::<BigInt, _>(max)
+    .bind::<Array<Integer>, _>(&iq)
+    .bind::<Array<BigInt>, _>(&ia)
+    .bind::<Array<BigInt>, _>(exclude)
+    .bind::<Array<Text>, _>(&iv)
+    .load(s.conn()?)?;
+    Ok(hits.into_iter().map(|h| (h.q as usize, h.id)).collect())
+}
+
+/// One stored decision about a pair.
+#[derive(Debug, Clone, Queryable)]
+pub struct Link {
+    pub id: i64,
+    pub source_id: i64,
+    pub target_id: i64,
+    pub status: String,
+    pub origin: String,
+    pub score: f64,
+    pub grade: String,
+    pub ruleset: String,
+    pub explanation: Value,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub decided_by: Option<String>,
+}
+
+/// The decisions that involve `person`.
+pub fn of_person(conn: &mut PgConnection, person: i64) -> Result<Vec<Link>, Error> {
+    Ok(pl::table
+        .filter(pl::source_id.eq(person).or(pl::target_id.eq(person)))
+        .load(conn)?)
+}
+
+/// Drops the engine's own decisions about `person` (before it is matched again after an update);
+/// people's decisions and merges stay.
+pub fn forget_automatic(conn: &mut PgConnection, person: i64) -> Result<(), Error> {
+    diesel::delete(
+        pl::table
+            .filter(pl::source_id.eq(person).or(pl::target_id.eq(person)))
+            .filter(pl::origin.eq("AUTO"))
+            .filter(pl::status.eq_any(["LINKED", "OPEN"])),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// For each of `uids` (people): the uid and org unit of every live record LINKED to it.
+pub fn linked(conn: &mut PgConnection, uids: &[&str]) -> Result<Vec<(String, String, i64)>, Error> {
+    let (a, b) = diesel::alias!(te as a, te as b);
+    let rows: Vec<(String, i64, String, i64)> = pl::table
+        .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
+        .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
+        .filter(pl::status.eq("LINKED"))
+        .filter(
+            a.field(te::uid)
+                .eq_any(uids)
+                .or(b.field(te::uid).eq_any(uids)),
+        )
+        .filter(a.field(te::deleted).eq(false))
+        .filter(b.field(te::deleted).eq(false))
+        .select((
+            a.field(te::uid),
+            a.field(te::org_unit_id),
+            b.field(te::uid),
+            b.field(te::org_unit_id),
+        ))
+        .load(conn)?;
+    let wanted: HashSet<&str> = uids.iter().copied().collect();
+    let mut out = Vec::new();
+    for (x, x_org, y, y_org) in rows {
+        if wanted.contains(x.as_str()) {
+            out.push((x.clone(), y.clone(), y_org));
+        }
+        if wanted.contains(y.as_str()) {
+            out.push((y, x, x_org));
+        }
+    }
+    Ok(out)
+}
+
+/// A filter over decisions, as `$mdm-query-links` takes it (ids are tracked-entity ids).
+#[derive(Default)]
+pub struct LinkFilter {
+    pub golden: Option<i64>,
+    pub resource: Option<i64>,
+    pub statuses: Vec<&'static str>,
+    pub origin: Option<&'static str>,
+    pub offset: i64,
+    pub count: i64,
+}
+
+/// Decisions matching `f`, oldest first, with both records' uids, whose records the caller may
+/// see (`visible` org units; None for all), and how many there are in all.
+/// A decision with the uids of its source and target records.
+pub type LinkOf = (Link, String, String);
+
+pub fn query(s: &mut Scoped, f: &LinkFilter) -> Result<(Vec<LinkOf>, i64), Error> {
+    let (a, b) = diesel::alias!(te as a, te as b);
+    let mut q = pl::table
+        .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
+        .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
+        .into_boxed();
+    if let Some(orgs) = s.searchable_org_units() {
+        q = q.filter(a.field(te::org_unit_id).eq_any(orgs));
+    }
+    if let Some(orgs) = s.searchable_org_units() {
+        q = q.filter(b.field(te::org_unit_id).eq_any(orgs));
+    }
+    if let Some(g) = f.golden {
+        q = q.filter(pl::target_id.eq(g));
+    }
+    if let Some(r) = f.resource {
+        q = q.filter(pl::source_id.eq(r).or(pl::target_id.eq(r)));
+    }
+    if !f.statuses.is_empty() {
+        q = q.filter(pl::status.eq_any(f.statuses.clone()));
+    }
+    if let Some(o) = f.origin {
+        q = q.filter(pl::origin.eq(o));
+    }
+    let rows: Vec<(Link, String, String, i64)> = q
+        .select((
+            pl::all_columns,
+            a.field(te::uid),
+            b.field(te::uid),
+            diesel::dsl::sql::<BigInt>("count(*) OVER ()"),
+        ))
+        .order((pl::created, pl::id))
+        .offset(f.offset)
+        .limit(f.count)
+        .load(s.conn()?)?;
+    let total = rows.first().map_or(0, |r| r.3);
+    Ok((
+        rows.into_iter().map(|(l, s, t, _)| (l, s, t)).collect(),
+        total,
+    ))
+}
+
+/// The decision about the pair (either order), locked until the transaction ends.
+pub fn pair_for_update(conn: &mut PgConnection, x: i64, y: i64) -> Result<Option<Link>, Error> {
+    Ok(pl::table
+        .filter(
+            pl::source_id
+                .eq(x)
+                .and(pl::target_id.eq(y))
+                .or(pl::source_id.eq(y).and(pl::target_id.eq(x))),
+        )
+        .for_update()
+        .first(conn)
+        .optional()?)
+}
+
+/// Records a person's decision on an existing pair.
+pub fn decide(
+    conn: &mut PgConnection,
+    id: i64,
+    status: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    diesel::update(pl::table.find(id))
+        .set((
+            pl::status.eq(status),
+            pl::origin.eq("MANUAL"),
+            pl::decided_by.eq(actor),
+            pl::last_updated.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Matching on write: a certain match links two records of one person, a possible one becomes a
+//! potential duplicate for a person to decide ($mdm-query-links, $mdm-update-link), people's
+//! decisions stick, and concurrent writes of one person meet.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::TestApp;
+
+/// A person as an EMR sends them: demographics, no identifier the registry can compare.
+fn person(org: &str, family: &str, given: &str, born: &str, phone: &str) -> Value {
+    let mut p = json!({
+        "resourceType": "Patient",
+        "name": [{ "family": family, "given": [given] }],
+        "gender": "female",
+        "birthDate": born,
+        "telecom": [{ "system": "phone", "value": phone }],
+        "address": [{ "city": "Kilima" }],
+        "managingOrganization": { "reference": format!("Organization/{org}") },
+    });
+    if phone.is_empty() {
+        p.as_object_mut().unwrap().remove("telecom");
+    }
+    p
+}
+
+fn links_of(v: &Value) -> Vec<String> {
+    v["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            assert_eq!(l["type"], "seealso", "{v}");
+            l["other"]["reference"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// `$mdm-query-links` as (golden, source, matchResult, linkSource) per link.
+fn query_links(app: &TestApp, query: &str) -> Vec<(String, String, String, String)> {
+    let v = app.get(&format!("$mdm-query-links?{query}")).expect(200);
+    assert_eq!(v["resourceType"], "Parameters");
+    v["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "link")
+        .map(|l| {
+            let part = |name: &str| {
+                l["part"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == name)
+                    .and_then(|p| p["valueString"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (
+                part("goldenResourceId"),
+                part("sourceResourceId"),
+                part("matchResult"),
+                part("linkSource"),
+            )
+        })
+        .collect()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_certain_match_links_the_records_and_a_possible_one_waits_for_a_person() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let first = app
+        .post(
+            "Patient",
+            &person(&org, "Mwangi", "Amina", "1990-04-12", "+254 700 123456"),
+        )
+        .expect(201);
+    assert!(links_of(&first).is_empty(), "{first}");
+    let a = id(&first);
+
+    // The same woman from another EMR, names swapped: the answer says whom she was linked to.
+    let second = app
+        .post(
+            "Patient",
+            &person(&org, "Amina", "Mwangi", "1990-04-12", "0700 123 456"),
+        )
+        .expect(201);
+    let b = id(&second);
+    assert_ne!(a, b, "both records are kept");
+    assert_eq!(links_of(&second), vec![format!("Patient/{a}")]);
+    // Either side reaches the other, on read and in searches.
+    let read = app.get(&format!("Patient/{a}")).expect(200);
+    assert_eq!(links_of(&read), vec![format!("Patient/{b}")]);
+    let found = app.get(&format!("Patient?_id={b}")).expect(200);
+    assert_eq!(
+        links_of(&found["entry"][0]["resource"]),
+        vec![format!("Patient/{a}")]
+    );
+    let links = query_links(&app, &format!("resourceId=Patient/{b}"));
+    assert_eq!(
+        links,
+        vec![(
+            format!("Patient/{a}"),
+            format!("Patient/{b}"),
+            "MATCH".into(),
+            "AUTO".into()
+        )]
+    );
+    // The decision records the rule set, the score and each field's contribution.
+    let (ruleset, explained): (String, i64) = (
+        app.db
+            .text("SELECT ruleset FROM person_link")
+            .pop()
+            .unwrap(),
+        app.db
+            .scalar("SELECT jsonb_array_length(explanation)::int8 FROM person_link"),
+    );
+    assert!(ruleset.starts_with("demo-2026-11+"), "{ruleset}");
+    assert!(explained >= 4, "{explained}");
+
+    // A typo and a year-only birth date: possible, not certain. A potential duplicate, no link.
+    let third = app
+        .post("Patient", &person(&org, "Mwangii", "Amina", "1990", ""))
+        .expect(201);
+    let c = id(&third);
+    assert!(links_of(&third).is_empty(), "{third}");
+    let open = query_links(&app, "matchResult=POSSIBLE_MATCH");
+    assert!(!open.is_empty());
+    assert!(
+        open.iter()
+            .all(|(_, source, r, s)| source == &format!("Patient/{c}")
+                && r == "POSSIBLE_MATCH"
+                && s == "AUTO"),
+        "{open:?}"
+    );
+    // Paged, with the total.
+    let page = app
+        .get("$mdm-query-links?matchResult=POSSIBLE_MATCH&_count=1")
+        .expect(200);
+    assert_eq!(page["parameter"][0]["name"], "total");
+    assert_eq!(page["parameter"][0]["valueInteger"], open.len());
+    assert_eq!(
+        page["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "link")
+            .count(),
+        1
+    );
+
+    // A person confirms: the records are linked, by a person's decision.
+    let decided = app
+        .post(
+            "$mdm-update-link",
+            &json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "goldenResourceId", "valueString": format!("Patient/{a}") },
+                { "name": "resourceId", "valueString": format!("Patient/{c}") },
+                { "name": "matchResult", "valueString": "MATCH" },
+            ]}),
+        )
+        .expect(200);
+    let parts = decided["parameter"][0]["part"].as_array().unwrap();
+    assert!(parts.contains(&json!({ "name": "matchResult", "valueString": "MATCH" })));
+    assert!(parts.contains(&json!({ "name": "linkSource", "valueString": "MANUAL" })));
+    let read = app.get(&format!("Patient/{c}")).expect(200);
+    assert_eq!(links_of(&read), vec![format!("Patient/{a}")]);
+
+    // Errors a person can act on.
+    let bad = app.post(
+        "$mdm-update-link",
+        &json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "goldenResourceId", "valueString": format!("Patient/{a}") },
+            { "name": "resourceId", "valueString": format!("Patient/{c}") },
+            { "name": "matchResult", "valueString": "POSSIBLE_MATCH" },
+        ]}),
+    );
+    assert!(bad.outcome(400).contains("MATCH or NO_MATCH"));
+    assert!(app
+        .get("$mdm-query-links?matchResult=MAYBE")
+        .outcome(400)
+        .contains("MAYBE"));
+    assert!(app
+        .get("$mdm-query-links?resourceId=Patient/nobody00001")
+        .outcome(404)
+        .contains("nobody00001"));
+}
+
+#[test]
+fn a_rejected_duplicate_is_never_proposed_again() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let a = id(&app
+        .post(
+            "Patient",
+            &person(&org, "Otieno", "Grace", "1984-07-01", ""),
+        )
+        .expect(201));
+    let mut later = person(&org, "Otieno", "Grace", "1984", "");
+    let b = id(&app.post("Patient", &later).expect(201));
+    let pair = format!("resourceId=Patient/{b}");
+    let open = query_links(&app, &pair);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].2, "POSSIBLE_MATCH");
+
+    app.post(
+        "$mdm-update-link",
+        &json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "goldenResourceId", "valueString": a },
+            { "name": "resourceId", "valueString": b },
+            { "name": "matchResult", "valueString": "NO_MATCH" },
+        ]}),
+    )
+    .expect(200);
+
+    // Updated twice, even to agree more: the engine does not propose the pair again.
+    later["id"] = json!(b);
+    later["birthDate"] = json!("1984-07-01");
+    app.put(&format!("Patient/{b}"), &later).expect(200);
+    let again = app.put(&format!("Patient/{b}"), &later).expect(200);
+    assert!(links_of(&again).is_empty(), "{again}");
+    let links = query_links(&app, &pair);
+    assert_eq!(
+        links,
+        vec![(
+            format!("Patient/{a}"),
+            format!("Patient/{b}"),
+            "NO_MATCH".into(),
+            "MANUAL".into()
+        )]
+    );
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM person_link"),
+        1,
+        "one row per pair"
+    );
+}
+
+#[test]
+fn an_update_rematches_and_replaces_only_the_engines_own_decisions() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let a = id(&app
+        .post(
+            "Patient",
+            &person(&org, "Kamau", "John", "1975-03-03", "+254 722 111222"),
+        )
+        .expect(201));
+    let mut p = person(&org, "Kamau", "John", "1975-03-03", "+254 722 111222");
+    let created = app.post("Patient", &p).expect(201);
+    let b = id(&created);
+    assert_eq!(links_of(&created), vec![format!("Patient/{a}")]);
+
+    // Corrected to someone else: the automatic link goes.
+    p["id"] = json!(b);
+    p["name"] = json!([{ "family": "Wekesa", "given": ["Peter"] }]);
+    p["birthDate"] = json!("2001-09-09");
+    p["telecom"] = json!([{ "system": "phone", "value": "+254 733 999888" }]);
+    let updated = app.put(&format!("Patient/{b}"), &p).expect(200);
+    assert!(links_of(&updated).is_empty(), "{updated}");
+    assert!(links_of(&app.get(&format!("Patient/{a}")).expect(200)).is_empty());
+    assert_eq!(app.db.scalar("SELECT count(*) FROM person_link"), 0);
+}
+
+#[test]
+fn one_person_twice_in_a_bundle_is_linked_atomically() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let entry =
+        |p: Value| json!({ "resource": p, "request": { "method": "POST", "url": "Patient" } });
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(person(&org, "Njeri", "Wanjiku", "2002-02-02", "+254 711 222333")),
+        entry(person(&org, "Wanjiku", "Njeri", "2002-02-02", "+254 711 222333")),
+    ]});
+    let v = app.post("", &bundle).expect(200);
+    let ids: Vec<String> = v["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["response"]["location"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let second = app.get(&format!("Patient/{}", ids[1])).expect(200);
+    assert_eq!(links_of(&second), vec![format!("Patient/{}", ids[0])]);
+
+    // A failed Bundle leaves no decision behind.
+    let before = app.db.scalar("SELECT count(*) FROM person_link");
+    let failing = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(person(&org, "Njeri", "Wanjiku", "2002-02-02", "+254 711 222333")),
+        { "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "?" } },
+          "request": { "method": "POST", "url": "Observation" } },
+    ]});
+    assert!(app.post("", &failing).status >= 400);
+    assert_eq!(app.db.scalar("SELECT count(*) FROM person_link"), before);
+}
+
+#[test]
+fn concurrent_creates_of_one_person_link_once() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    for round in 0..3 {
+        let family = format!("Achieng{}", ["", "o", "i"][round]);
+        let phone = format!("+254 700 55500{round}");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let p = person(&org, &family, "Mercy", "1999-12-01", &phone);
+                    let app = &app;
+                    scope.spawn(move || id(&app.post("Patient", &p).expect(201)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let linked = app.db.scalar(&format!(
+            "SELECT count(*) FROM person_link l
+             JOIN tracked_entity a ON a.id = l.source_id JOIN tracked_entity b ON b.id = l.target_id
+             WHERE l.status = 'LINKED' AND a.uid IN ('{0}', '{1}') AND b.uid IN ('{0}', '{1}')",
+            ids[0], ids[1]
+        ));
+        assert_eq!(linked, 1, "round {round}: {ids:?}");
+    }
+}
