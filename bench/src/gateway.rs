@@ -16,6 +16,7 @@ impl Gateway {
         database_url: &str,
         listen: &str,
         pool_size: u32,
+        mappings: &Path,
         log: &Path,
     ) -> Result<Gateway, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -24,6 +25,7 @@ impl Gateway {
             .env("KIUNGA_DATABASE_URL", database_url)
             .env("KIUNGA_LISTEN", listen)
             .env("KIUNGA_POOL_SIZE", pool_size.to_string())
+            .env("KIUNGA_MAPPINGS_DIR", mappings)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -57,6 +59,21 @@ impl Gateway {
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Asks the gateway to reload its mapping files (SIGHUP), as an operator would.
+    pub fn reload_mappings(&self) -> Result<(), String> {
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(|e| format!("kill -HUP: {e}"))?
+            .success();
+        if ok {
+            Ok(())
+        } else {
+            Err("kill -HUP failed".into())
         }
     }
 

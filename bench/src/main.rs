@@ -12,7 +12,7 @@ mod population;
 mod raw;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use diesel::prelude::*;
 use rand::Rng;
 use serde_json::Value;
 
+use load::Stats;
 use population::{national_id, patient_uid, Ids};
 use report::{Row, Run};
 
@@ -103,11 +104,13 @@ fn run(args: Args) -> Result<(), String> {
                 .and_then(|_| diesel::sql_query("CREATE SCHEMA public").execute(&mut admin))
                 .map_err(|e| format!("wiping the benchmark database: {e}"))?;
             say("starting the gateway (migrations and demo metadata load on start)");
+            copy_mappings(&bench_mappings())?;
             Some(gateway::Gateway::start(
                 &args.gateway,
                 &args.database_url,
                 &args.listen,
                 args.pool_size,
+                &bench_mappings(),
                 &args.gateway_log,
             )?)
         }
@@ -124,6 +127,7 @@ fn run(args: Args) -> Result<(), String> {
         base,
         ids,
         pool,
+        gateway: gw.take(),
     };
 
     let mut rows = Vec::new();
@@ -137,12 +141,16 @@ fn run(args: Args) -> Result<(), String> {
             let t = std::time::Instant::now();
             population::load(&mut admin, &ctx.ids, have + 1, scale)?;
             say(format!("  loaded in {:.1} s", t.elapsed().as_secs_f64()));
+            if ctx.args.external.is_none() {
+                match_keys(&ctx)?;
+            }
         }
         verify(&ctx, scale)?;
         rows.extend(read_scenarios(&ctx, scale)?);
     }
     let top = *scales.last().unwrap_or(&0);
     rows.extend(write_scenarios(&ctx, top)?);
+    let mut gw = ctx.gateway;
     let peak = gw.as_ref().and_then(|g| g.peak_rss_mib());
     let now_rss = gw.as_ref().and_then(|g| g.rss_mib());
     if let Some(g) = gw.as_mut() {
@@ -173,6 +181,92 @@ struct Ctx {
     base: String,
     ids: Ids,
     pool: raw::PgPool,
+    /// The gateway this run started (None with --external).
+    gateway: Option<gateway::Gateway>,
+}
+
+/// The gateway's mapping files for this run: a copy of mappings/, so that the matching-off
+/// scenario can switch linking off and back (SIGHUP) without touching the repository.
+fn bench_mappings() -> PathBuf {
+    PathBuf::from("target/bench/mappings")
+}
+
+fn copy_mappings(to: &Path) -> Result<(), String> {
+    let from = Path::new("mappings");
+    let _ = std::fs::remove_dir_all(to);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        std::fs::create_dir_all(to.join(&rel)).map_err(|e| format!("{}: {e}", to.display()))?;
+        for entry in std::fs::read_dir(from.join(&rel)).map_err(|e| format!("mappings/: {e}"))? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let name = rel.join(entry.file_name());
+            if entry.path().is_dir() {
+                stack.push(name);
+            } else {
+                std::fs::copy(entry.path(), to.join(&name))
+                    .map_err(|e| format!("{}: {e}", name.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes every person's blocking keys (`kiunga match-keys`): the population is loaded in SQL,
+/// and a registry filled through the gateway would have them.
+fn match_keys(ctx: &Ctx) -> Result<(), String> {
+    let t = std::time::Instant::now();
+    let status = std::process::Command::new(&ctx.args.gateway)
+        .arg("match-keys")
+        .env("KIUNGA_DATABASE_URL", &ctx.args.database_url)
+        .env("KIUNGA_MAPPINGS_DIR", bench_mappings())
+        .env("KIUNGA_LOG", "warn")
+        .status()
+        .map_err(|e| format!("kiunga match-keys: {e}"))?;
+    if !status.success() {
+        return Err(format!("kiunga match-keys failed: {status}"));
+    }
+    say(format!(
+        "  blocking keys written in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Switches matching on write on or off in the run's mapping copy and waits until the gateway
+/// has reloaded it.
+fn set_linking(ctx: &Ctx, on: bool) -> Result<(), String> {
+    let Some(g) = &ctx.gateway else {
+        return Err("the matching-off scenario needs a gateway this run started".into());
+    };
+    let file = bench_mappings().join("matching.toml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (from, to) = if on {
+        ("on_write = false", "on_write = true")
+    } else {
+        ("on_write = true", "on_write = false")
+    };
+    if !text.contains(from) {
+        return Err(format!("{}: no `{from}` to switch", file.display()));
+    }
+    std::fs::write(&file, text.replace(from, to)).map_err(|e| e.to_string())?;
+    let version = || -> Result<String, String> {
+        let v: Value = reqwest::blocking::get(format!("{}/metadata", ctx.base))
+            .and_then(|r| r.json())
+            .map_err(|e| format!("GET metadata: {e}"))?;
+        Ok(v["extension"][0]["valueString"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let before = version()?;
+    g.reload_mappings()?;
+    for _ in 0..100 {
+        if version()? != before {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the gateway did not reload its mappings within 10 s".into())
 }
 
 impl Ctx {
@@ -379,7 +473,22 @@ fn post(c: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<Vec<u
 fn write_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     if ctx.wanted("create Patient") {
-        rows.push(create_patient(ctx, scale)?);
+        let on = create_patient(ctx, scale)?;
+        if ctx.gateway.is_some() {
+            // The same creates with matching on write switched off, to price matching.
+            set_linking(ctx, false)?;
+            let off = create_patient_gateway(ctx, "GO");
+            set_linking(ctx, true)?;
+            rows.push(Row::new(
+                "create Patient, matching off",
+                "write",
+                Some(scale),
+                "json",
+                off?,
+                on.raw.clone(),
+            ));
+        }
+        rows.insert(0, on);
     }
     if ctx.wanted("transaction Bundle ingest") {
         rows.push(bundle_ingest(ctx, scale)?);
@@ -410,19 +519,7 @@ fn create_patient(ctx: &Ctx, scale: u64) -> Result<Row, String> {
             raw::write(&ctx.pool, ids, &[p], false, 'r')
         },
     )?;
-    say("create Patient: gateway");
-    let url = format!("{}/Patient", ctx.base);
-    let gw = load::run(
-        ctx.args.clients,
-        ctx.warmup(),
-        ctx.duration(),
-        http_client,
-        |c, t, seq| {
-            let p = gen::person(&format!("GC{tag}"), t, seq, facilities);
-            let body = gen::patient(&p, &ids.facility_uids[p.facility]).to_string();
-            post(c, &url, body.into_bytes()).map(|_| 1)
-        },
-    )?;
+    let gw = create_patient_gateway(ctx, "GC")?;
     Ok(Row::new(
         "create Patient",
         "write",
@@ -431,6 +528,26 @@ fn create_patient(ctx: &Ctx, scale: u64) -> Result<Row, String> {
         gw,
         Some(raw),
     ))
+}
+
+/// Patients created through the gateway by the read clients, each with a new national ID.
+fn create_patient_gateway(ctx: &Ctx, prefix: &str) -> Result<Stats, String> {
+    let tag = format!("{prefix}{}", run_tag());
+    let ids = &ctx.ids;
+    let facilities = ids.facilities.len();
+    say(format!("create Patient: gateway ({prefix})"));
+    let url = format!("{}/Patient", ctx.base);
+    load::run(
+        ctx.args.clients,
+        ctx.warmup(),
+        ctx.duration(),
+        http_client,
+        |c, t, seq| {
+            let p = gen::person(&tag, t, seq, facilities);
+            let body = gen::patient(&p, &ids.facility_uids[p.facility]).to_string();
+            post(c, &url, body.into_bytes()).map(|_| 1)
+        },
+    )
 }
 
 fn bundle_ingest(ctx: &Ctx, scale: u64) -> Result<Row, String> {

@@ -168,6 +168,21 @@ impl Run {
         ratio_target("create Patient", 0.5);
         ratio_target("read Patient by id", 0.4);
         ratio_target("search Patient by identifier", 0.25);
+        // Issue 8: matching on write may cost at most half again a create without it.
+        let on = self.rows.iter().find(|r| r.scenario == "create Patient");
+        let off = self
+            .rows
+            .iter()
+            .find(|r| r.scenario == "create Patient, matching off");
+        if let (Some(on), Some(off)) = (on, off) {
+            let cost = off.gateway.units_per_s / on.gateway.units_per_s.max(f64::MIN_POSITIVE);
+            t.push(Target {
+                name: "create Patient, cost of matching on write (off ÷ on throughput)".into(),
+                goal: "≤ 1.5×".into(),
+                value: format!("{cost:.2}×"),
+                met: cost <= 1.5,
+            });
+        }
         if let Some(r) = self.find("transaction Bundle ingest", None, "json") {
             let v = r.gateway.units_per_s;
             t.push(Target {

@@ -101,6 +101,26 @@ impl Demographics {
         self.birth_date.as_deref()?.get(..4)?.parse().ok()
     }
 
+    /// The values held in single-valued systems, as `system|value`: two people differing in one
+    /// of them are certainly two people (stored with the blocking keys to drop such candidates
+    /// early).
+    pub fn single_valued(&self, map: &PatientMapping) -> Vec<String> {
+        let mut out: Vec<String> = map
+            .identifiers
+            .iter()
+            .filter(|i| i.single_valued)
+            .filter_map(|i| {
+                Some(format!(
+                    "{}|{}",
+                    i.system,
+                    self.identifier(&i.system)?.trim()
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn identifier(&self, system: &str) -> Option<&str> {
         self.identifiers
             .iter()

@@ -191,8 +191,9 @@ pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
         let Some(&last) = ids.last() else { break };
         match_keys::forget(s, &ids)?;
         for p in patients::by_ids(s, &ids)? {
-            let d = Demographics::from_values(&p.values, &env.mappings.patient);
-            let rows = match_keys::rows(p.id, keys::keys(&d));
+            let pm = &env.mappings.patient;
+            let d = Demographics::from_values(&p.values, pm);
+            let rows = match_keys::rows(p.id, keys::keys(&d), &d.single_valued(pm));
             s.defer().match_keys.extend(rows);
             done += 1;
         }

@@ -147,12 +147,18 @@ struct Hit {
 /// For every query person, the ids of the people sharing a blocking key with it (name codes
 /// within `window` years of birth, or the name pair, or the phone: at most `max`, those sharing
 /// more keys first) or holding one of its identifier values. One round trip for any number of
-/// query people (a whole Bundle). `exclude[q]` is the query person's own id, if it has one.
-/// Scope is not applied: callers decide what they may show.
+/// query people (a whole Bundle), through `kiunga_match_candidates` (migration 7).
+/// `exclude[q]` is the query person's own id, if it has one. Scope is not applied: callers
+/// decide what they may show.
+///
+/// `single_valued` are the query people's values in single-valued systems (`system|value`): a
+/// person holding another value there is two people with the query person (a hard rule of the
+/// engine), so they are left out while the keys are read rather than loaded and compared.
 pub fn candidates(
     s: &mut Scoped,
     keys: &[KeyQuery],
     identifiers: &[(i32, i64, String)],
+    single_valued: &[(i32, String)],
     exclude: &[i64],
     window: i32,
     max: i64,
@@ -163,6 +169,7 @@ pub fn candidates(
             a.0.push(k.query);
             a.1.push(k.kind);
             a.2.push(k.code);
+            // -1 for "no year": unnest cannot carry a NULL element through diesel's array binds.
             a.3.push(k.year.map_or(-1, |y| y));
             a
         },
@@ -176,29 +183,10 @@ pub fn candidates(
             a
         },
     );
-    // Raw SQL: a ranked group per query person is beyond diesel's builder. Years travel as -1
-    // for "none" because unnest cannot carry a typed NULL array element through diesel's binds.
+    let (sq, sv): (Vec<i32>, Vec<&str>) =
+        single_valued.iter().map(|(q, v)| (*q, v.as_str())).unzip();
     let hits: Vec<Hit> = diesel::sql_query(
-        "WITH q AS (
-           SELECT t.q, t.kind, t.code, NULLIF(t.year, -1) AS year
-           FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[]) AS t(q, kind, code, year)
-         ), hits AS (
-           SELECT q.q, k.tracked_entity_id AS id, count(*) AS n
-           FROM q JOIN person_match_key k ON k.kind = q.kind AND k.code = q.code
-            AND (q.kind <> 'n' OR q.year IS NULL OR k.year IS NULL
-                 OR k.year BETWEEN q.year - $5 AND q.year + $5)
-           WHERE k.tracked_entity_id <> ($9::int8[])[q.q + 1]
-           GROUP BY q.q, k.tracked_entity_id
-         ), ranked AS (
-           SELECT q, id, row_number() OVER (PARTITION BY q ORDER BY n DESC, id) AS r FROM hits
-         )
-         SELECT q, id FROM ranked WHERE r <= $6
-         UNION
-         SELECT h.q, v.tracked_entity_id AS id
-         FROM unnest($7::int4[], $8::int8[], $10::text[]) AS h(q, attribute_id, value)
-         JOIN tracked_entity_attribute_value v
-           ON v.attribute_id = h.attribute_id AND v.value = h.value
-         WHERE v.tracked_entity_id <> ($9::int8[])[h.q + 1]",
+        "SELECT q, id FROM kiunga_match_candidates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind::<Array<Integer>, _>(&kq)
     .bind::<Array<Text>, _>(&kk)
@@ -208,8 +196,10 @@ pub fn candidates(
     .bind::<BigInt, _>(max)
     .bind::<Array<Integer>, _>(&iq)
     .bind::<Array<BigInt>, _>(&ia)
-    .bind::<Array<BigInt>, _>(exclude)
     .bind::<Array<Text>, _>(&iv)
+    .bind::<Array<BigInt>, _>(exclude)
+    .bind::<Array<Integer>, _>(&sq)
+    .bind::<Array<Text>, _>(&sv)
     .load(s.conn()?)?;
     Ok(hits.into_iter().map(|h| (h.q as usize, h.id)).collect())
 }

@@ -14,22 +14,25 @@ use super::Scoped;
 use crate::error::Error;
 use crate::matching::keys::Key;
 
-pub fn rows(person: i64, keys: Vec<Key>) -> Vec<MatchKeyRow> {
+/// The rows of a person's keys; `sv` are their single-valued identifiers (`system|value`).
+pub fn rows(person: i64, keys: Vec<Key>, sv: &[String]) -> Vec<MatchKeyRow> {
+    let sv = (!sv.is_empty()).then(|| sv.to_vec());
     keys.into_iter()
         .map(|k| MatchKeyRow {
             tracked_entity_id: person,
             kind: k.kind.to_owned(),
             code: k.code,
             year: k.year,
+            sv: sv.clone(),
         })
         .collect()
 }
 
 /// Replaces a person's keys (after an update changed their names, birth date or phone).
-pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>) -> Result<(), Error> {
+pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>, sv: &[String]) -> Result<(), Error> {
     let conn = s.conn()?;
     diesel::delete(mk::table.filter(mk::tracked_entity_id.eq(person))).execute(conn)?;
-    let rows = rows(person, keys);
+    let rows = rows(person, keys, sv);
     if !rows.is_empty() {
         diesel::insert_into(mk::table).values(&rows).execute(conn)?;
     }

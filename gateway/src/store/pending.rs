@@ -87,6 +87,8 @@ pub struct MatchKeyRow {
     pub kind: String,
     pub code: String,
     pub year: Option<i32>,
+    /// The person's single-valued identifiers as `system|value` (see migration 7).
+    pub sv: Option<Vec<String>>,
 }
 
 #[derive(Insertable)]

@@ -248,6 +248,7 @@ diesel::table! {
         kind -> Bpchar,
         code -> Text,
         year -> Nullable<Int4>,
+        sv -> Nullable<Array<Text>>,
     }
 }
 

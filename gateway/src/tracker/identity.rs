@@ -28,6 +28,7 @@ use super::model::PersonRecord;
 use super::Env;
 use crate::error::Error;
 use crate::mapping::matching::MatchingRules;
+use crate::mapping::patient::IdentifierMap;
 use crate::matching::score::{self, Decision, Frequencies, Grade};
 use crate::matching::{compare, keys, Demographics};
 use crate::store::links::{self, KeyQuery};
@@ -115,9 +116,11 @@ pub fn prepare(s: &mut Scoped, env: &Env, people: &[Demographics]) -> Result<(),
 
     let mut key_queries = Vec::new();
     let mut identifiers = Vec::new();
+    let mut single_valued = Vec::new();
     let per_query: Vec<(Vec<keys::Key>, &Demographics)> =
         wanted.iter().map(|(_, d)| (keys::keys(d), *d)).collect();
     for (q, (ks, d)) in per_query.iter().enumerate() {
+        single_valued.extend(d.single_valued(pm).into_iter().map(|v| (q as i32, v)));
         for k in ks {
             key_queries.push(KeyQuery {
                 query: q as i32,
@@ -137,6 +140,7 @@ pub fn prepare(s: &mut Scoped, env: &Env, people: &[Demographics]) -> Result<(),
         s,
         &key_queries,
         &identifiers,
+        &single_valued,
         &exclude,
         rules.birth_year_window,
         rules.max_candidates,
@@ -249,15 +253,26 @@ pub fn find(
             year: k.year,
         })
         .collect();
-    let identifiers: Vec<(i32, i64, String)> = query
+    let declared: Vec<(&IdentifierMap, &String)> = query
         .identifiers
         .iter()
-        .filter_map(|(sys, v)| Some((0, pm.identifier(sys)?.attribute_id, v.clone())))
+        .filter_map(|(sys, v)| Some((pm.identifier(sys)?, v)))
+        .collect();
+    let identifiers: Vec<(i32, i64, String)> = declared
+        .iter()
+        .map(|(m, v)| (0, m.attribute_id, (*v).clone()))
+        .collect();
+    // Certainly-not matches are never answered: those with another national ID are not read.
+    let single_valued: Vec<(i32, String)> = query
+        .single_valued(pm)
+        .into_iter()
+        .map(|v| (0, v))
         .collect();
     let mut ids: Vec<i64> = links::candidates(
         s,
         &key_queries,
         &identifiers,
+        &single_valued,
         &[0],
         rules.birth_year_window,
         rules.max_candidates,

@@ -62,10 +62,14 @@ pub fn from_snapshot(
 }
 
 /// The blocking keys of `Patient/$match` for a person, when matching is on.
-fn match_keys(env: &Env, p: &PersonRecord) -> Option<Vec<crate::matching::keys::Key>> {
+fn match_keys(
+    env: &Env,
+    p: &PersonRecord,
+) -> Option<(Vec<crate::matching::keys::Key>, Vec<String>)> {
     env.mappings.matching.as_ref()?;
-    let d = crate::matching::Demographics::from_values(&p.values, &env.mappings.patient);
-    Some(crate::matching::keys::keys(&d))
+    let pm = &env.mappings.patient;
+    let d = crate::matching::Demographics::from_values(&p.values, pm);
+    Some((crate::matching::keys::keys(&d), d.single_valued(pm)))
 }
 
 /// Resolves the owning org unit and checks that the caller may write there.
@@ -211,10 +215,10 @@ pub fn create(
             .map(|v| (v.attribute_id, v.value.clone()))
             .collect(),
     };
-    if let Some(keys) = match_keys(env, &record) {
+    if let Some((keys, sv)) = match_keys(env, &record) {
         s.defer()
             .match_keys
-            .extend(crate::store::match_keys::rows(id, keys));
+            .extend(crate::store::match_keys::rows(id, keys, &sv));
     }
     super::record_write(
         s,
@@ -300,8 +304,8 @@ pub fn update(
         deleted: false,
         values,
     };
-    if let Some(keys) = match_keys(env, &record) {
-        crate::store::match_keys::replace(s, record.id, keys)?;
+    if let Some((keys, sv)) = match_keys(env, &record) {
+        crate::store::match_keys::replace(s, record.id, keys, &sv)?;
     }
     let linked = super::identity::link(s, env, &record, true)?;
     super::record_write(
