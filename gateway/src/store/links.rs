@@ -241,38 +241,36 @@ pub fn forget_automatic(conn: &mut PgConnection, person: i64) -> Result<(), Erro
     Ok(())
 }
 
-/// For each of `uids` (people): the uid and org unit of every live record LINKED to it.
+#[derive(QueryableByName)]
+struct LinkedRow {
+    #[diesel(sql_type = Text)]
+    uid: String,
+    #[diesel(sql_type = Text)]
+    other: String,
+    #[diesel(sql_type = BigInt)]
+    other_org: i64,
+}
+
+/// For each of `uids` (people): the uid and org unit of every live record LINKED to it. One
+/// round trip; each side is found through its own index (an OR across the two would scan).
 pub fn linked(conn: &mut PgConnection, uids: &[&str]) -> Result<Vec<(String, String, i64)>, Error> {
-    let (a, b) = diesel::alias!(te as a, te as b);
-    let rows: Vec<(String, i64, String, i64)> = pl::table
-        .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
-        .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
-        .filter(pl::status.eq("LINKED"))
-        .filter(
-            a.field(te::uid)
-                .eq_any(uids)
-                .or(b.field(te::uid).eq_any(uids)),
-        )
-        .filter(a.field(te::deleted).eq(false))
-        .filter(b.field(te::deleted).eq(false))
-        .select((
-            a.field(te::uid),
-            a.field(te::org_unit_id),
-            b.field(te::uid),
-            b.field(te::org_unit_id),
-        ))
-        .load(conn)?;
-    let wanted: HashSet<&str> = uids.iter().copied().collect();
-    let mut out = Vec::new();
-    for (x, x_org, y, y_org) in rows {
-        if wanted.contains(x.as_str()) {
-            out.push((x.clone(), y.clone(), y_org));
-        }
-        if wanted.contains(y.as_str()) {
-            out.push((y, x, x_org));
-        }
-    }
-    Ok(out)
+    let rows: Vec<LinkedRow> = diesel::sql_query(
+        "SELECT a.uid::text AS uid, b.uid::text AS other, b.org_unit_id AS other_org
+         FROM tracked_entity a JOIN person_link l ON l.source_id = a.id
+         JOIN tracked_entity b ON b.id = l.target_id
+         WHERE a.uid = ANY($1) AND l.status = 'LINKED' AND NOT a.deleted AND NOT b.deleted
+         UNION ALL
+         SELECT b.uid::text, a.uid::text, a.org_unit_id
+         FROM tracked_entity b JOIN person_link l ON l.target_id = b.id
+         JOIN tracked_entity a ON a.id = l.source_id
+         WHERE b.uid = ANY($1) AND l.status = 'LINKED' AND NOT a.deleted AND NOT b.deleted",
+    )
+    .bind::<Array<Text>, _>(uids)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.uid, r.other, r.other_org))
+        .collect())
 }
 
 /// A filter over decisions, as `$mdm-query-links` takes it (ids are tracked-entity ids).

@@ -61,30 +61,33 @@ const SHARE_TTL: Duration = Duration::from_secs(600);
 /// The cache starts again when it holds this many names.
 const SHARE_CACHE_MAX: usize = 100_000;
 
-/// How common each of `values` (in search form) is in `attribute`: the share of the registry's
-/// people holding it. Empty below [`TF_MIN_PEOPLE`] people, where a count says little.
-pub fn shares(
-    conn: &mut diesel::PgConnection,
-    attribute: i64,
-    values: &[String],
-) -> Result<HashMap<String, f64>, Error> {
-    if values.is_empty() {
-        return Ok(HashMap::new());
-    }
-    // The planner's estimate is enough for a share, and costs nothing at any size; a table too
-    // small or too new to have one is counted.
+/// How many people the registry holds, for term frequencies. The planner's estimate is enough
+/// for a share, and costs nothing at any size; a table too small or too new to have one is
+/// counted.
+pub fn people(conn: &mut diesel::PgConnection) -> Result<i64, Error> {
     let estimate: Count = diesel::sql_query(
         "SELECT GREATEST(reltuples, 0)::int8 AS n FROM pg_class WHERE relname = 'tracked_entity'",
     )
     .get_result(conn)?;
-    let people = if estimate.n >= TF_MIN_PEOPLE {
-        estimate.n
-    } else {
+    if estimate.n >= TF_MIN_PEOPLE {
+        return Ok(estimate.n);
+    }
+    Ok(
         diesel::sql_query("SELECT count(*) AS n FROM tracked_entity WHERE NOT deleted")
             .get_result::<Count>(conn)?
-            .n
-    };
-    if people < TF_MIN_PEOPLE {
+            .n,
+    )
+}
+
+/// How common each of `values` (in search form) is in `attribute`: the share of the registry's
+/// `people` holding it. Empty below [`TF_MIN_PEOPLE`] people, where a count says little.
+pub fn shares(
+    conn: &mut diesel::PgConnection,
+    people: i64,
+    attribute: i64,
+    values: &[String],
+) -> Result<HashMap<String, f64>, Error> {
+    if values.is_empty() || people < TF_MIN_PEOPLE {
         return Ok(HashMap::new());
     }
     let mut out = HashMap::new();

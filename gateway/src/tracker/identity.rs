@@ -212,11 +212,15 @@ fn decide_all<'p>(
         v.dedup();
         v
     };
-    let tf = !agreeing.is_empty();
     // Counting reads only what other units committed: the queue need not be written for it.
-    let mut count = |attribute: Option<i64>, names: Vec<String>| match (tf, attribute) {
-        (true, Some(a)) => match_keys::shares(s.conn_unflushed(), a, &names),
-        _ => Ok(HashMap::new()),
+    let registry = if agreeing.is_empty() {
+        0
+    } else {
+        match_keys::people(s.conn_unflushed())?
+    };
+    let mut count = |attribute: Option<i64>, names: Vec<String>| match attribute {
+        Some(a) => match_keys::shares(s.conn_unflushed(), registry, a, &names),
+        None => Ok(HashMap::new()),
     };
     let shares = Shares {
         family: count(pm.family, distinct(&|d| d.family.as_ref()))?,
