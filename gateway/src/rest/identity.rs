@@ -357,7 +357,9 @@ fn link_parameter(l: &links::Link, source_uid: &str, target_uid: &str) -> Value 
             { "name": "sourceResourceId", "valueString": format!("Patient/{source_uid}") },
             { "name": "matchResult", "valueString": match_result(&l.status) },
             { "name": "linkSource", "valueString": l.origin },
-            { "name": "eidMatch", "valueBoolean": l.explanation.to_string().contains("\"rule\"") },
+            // A hard identifier rule decided (HAPI: matched on an enterprise identifier); a rule
+            // overruled by sex or birth date leaves the score to the fields.
+            { "name": "eidMatch", "valueBoolean": (l.score >= 1.0 || l.score <= 0.0) && l.explanation.as_array().is_some_and(|parts| parts.iter().any(|p| p["url"] == "rule")) },
             { "name": "hadToCreateNewResource", "valueBoolean": false },
             { "name": "score", "valueDecimal": identity::round(l.score) },
             { "name": "linkCreated", "valueDecimal": l.created.timestamp_millis() },

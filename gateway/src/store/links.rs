@@ -241,36 +241,29 @@ pub fn forget_automatic(conn: &mut PgConnection, person: i64) -> Result<(), Erro
     Ok(())
 }
 
-#[derive(QueryableByName)]
-struct LinkedRow {
-    #[diesel(sql_type = Text)]
-    uid: String,
-    #[diesel(sql_type = Text)]
-    other: String,
-    #[diesel(sql_type = BigInt)]
-    other_org: i64,
-}
-
 /// For each of `uids` (people): the uid and org unit of every live record LINKED to it. One
-/// round trip; each side is found through its own index (an OR across the two would scan).
+/// round trip, a statement diesel prepares once per connection (reads pay no planning); each
+/// side of a pair is found through its own index (an OR across the two would scan).
 pub fn linked(conn: &mut PgConnection, uids: &[&str]) -> Result<Vec<(String, String, i64)>, Error> {
-    let rows: Vec<LinkedRow> = diesel::sql_query(
-        "SELECT a.uid::text AS uid, b.uid::text AS other, b.org_unit_id AS other_org
-         FROM tracked_entity a JOIN person_link l ON l.source_id = a.id
-         JOIN tracked_entity b ON b.id = l.target_id
-         WHERE a.uid = ANY($1) AND l.status = 'LINKED' AND NOT a.deleted AND NOT b.deleted
-         UNION ALL
-         SELECT b.uid::text, a.uid::text, a.org_unit_id
-         FROM tracked_entity b JOIN person_link l ON l.target_id = b.id
-         JOIN tracked_entity a ON a.id = l.source_id
-         WHERE b.uid = ANY($1) AND l.status = 'LINKED' AND NOT a.deleted AND NOT b.deleted",
-    )
-    .bind::<Array<Text>, _>(uids)
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.uid, r.other, r.other_org))
-        .collect())
+    let (a, b) = diesel::alias!(te as a, te as b);
+    let owned: Vec<String> = uids.iter().map(|u| (*u).to_owned()).collect();
+    let as_source = a
+        .inner_join(pl::table.on(pl::source_id.eq(a.field(te::id))))
+        .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
+        .filter(a.field(te::uid).eq_any(owned.clone()))
+        .filter(pl::status.eq("LINKED"))
+        .filter(a.field(te::deleted).eq(false))
+        .filter(b.field(te::deleted).eq(false))
+        .select((a.field(te::uid), b.field(te::uid), b.field(te::org_unit_id)));
+    let as_target = b
+        .inner_join(pl::table.on(pl::target_id.eq(b.field(te::id))))
+        .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
+        .filter(b.field(te::uid).eq_any(owned))
+        .filter(pl::status.eq("LINKED"))
+        .filter(a.field(te::deleted).eq(false))
+        .filter(b.field(te::deleted).eq(false))
+        .select((b.field(te::uid), a.field(te::uid), a.field(te::org_unit_id)));
+    Ok(as_source.union_all(as_target).load(conn)?)
 }
 
 /// A filter over decisions, as `$mdm-query-links` takes it (ids are tracked-entity ids).
