@@ -1,12 +1,14 @@
 //! Inserts deferred to the end of a unit of work (a request or a whole transaction Bundle) and sent
 //! as a few multi-row statements instead of one round trip each.
 //!
-//! Queued: new people and their attribute values, the change and inbound logs, enrollments with
-//! their ownership, events and data values. Their ids are reserved from the sequences up front,
-//! their uids are fresh and their references were checked when they were queued, so the one
-//! constraint a flush can break is a unique attribute (a national ID already registered, or
-//! carried by two new people). Each queued unique value keeps a [`UniqueClaim`] saying who
-//! claimed it, so that the refusal still names the entry and element that carried it.
+//! Queued: new people with their attribute values, blocking keys and matching decisions, the
+//! change and inbound logs, enrollments with their ownership, events and data values. Their ids
+//! are reserved from the sequences up front, their uids are fresh and their references were
+//! checked when they were queued, so the one constraint a flush can break is a unique attribute (a
+//! national ID already registered, or carried by two new people). Each queued unique value keeps
+//! a [`UniqueClaim`] saying who claimed it, so that the refusal still names the entry and element
+//! that carried it. (A decision's pair is unique too; an update deletes the engine's decisions
+//! about its record before it queues new ones.)
 //!
 //! [`super::Scoped`] flushes before any other statement runs on the connection, so a query
 //! never misses a row that is still queued, and before the transaction commits.
