@@ -162,61 +162,25 @@ fn match_query(body: Value) -> Result<MatchQuery, Error> {
     }
 }
 
-/// The parameters of a GET query string or a POST `Parameters` body, as (name, value) strings.
-fn operation_params(query: &str, body: Option<Value>) -> Result<Vec<(String, String)>, Error> {
-    let mut out: Vec<(String, String)> = parse_query(query)
-        .into_iter()
-        .map(|p| (p.name, p.value))
-        .collect();
-    if let Some(body) = body {
-        if body["resourceType"] != "Parameters" {
-            return Err(Error::invalid(
-                "this operation takes a Parameters resource in the body",
-            ));
-        }
-        for (i, p) in body["parameter"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let name = p["name"].as_str().unwrap_or_default().to_owned();
-            let value = ["valueString", "valueCode", "valueId", "valueUri"]
-                .iter()
-                .find_map(|k| p.get(*k).and_then(Value::as_str).map(str::to_owned))
-                .or_else(|| p.get("valueInteger").map(Value::to_string))
-                .ok_or_else(|| {
-                    Error::invalid_at(
-                        format!(
-                            "parameter `{name}` needs a valueString (or valueCode, valueInteger)"
-                        ),
-                        format!("Parameters.parameter[{i}]"),
-                    )
-                })?;
-            out.push((name, value));
-        }
-    }
-    Ok(out)
-}
-
-async fn optional_body(
+/// The parameters of the query string and, for POST, of the `Parameters` body (read as the
+/// terminology operations read them), each value as text.
+async fn operation_params(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<Option<Value>, Error> {
-    if req.method() != actix_web::http::Method::POST {
-        return Ok(None);
-    }
-    let content_type = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok());
-    let bytes = read_body(payload, state.config.max_body_bytes).await?;
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let format = kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
-    Ok(Some(kiunga_codec::parse(&bytes, format)?))
+) -> Result<Vec<(String, String)>, Error> {
+    let body = super::terminology::body_params(req, payload, state).await?;
+    super::terminology::op_params(&parse_query(req.query_string()), body.as_ref())
+        .into_iter()
+        .map(|(name, value)| match value {
+            Value::String(s) => Ok((name, s)),
+            Value::Number(n) => Ok((name, n.to_string())),
+            _ => Err(Error::invalid_at(
+                format!("parameter `{name}` needs a valueString (or valueCode, valueInteger)"),
+                name,
+            )),
+        })
+        .collect()
 }
 
 fn number(name: &str, v: &str) -> Result<i64, Error> {
@@ -235,9 +199,8 @@ pub async fn query_links(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
-        let body = optional_body(&r, payload, &state).await?;
         let mut q = LinkQuery::default();
-        for (name, value) in operation_params(r.query_string(), body)? {
+        for (name, value) in operation_params(&r, payload, &state).await? {
             match name.as_str() {
                 "goldenResourceId" => q.golden = Some(value),
                 "resourceId" => q.resource = Some(value),
@@ -270,9 +233,8 @@ pub async fn update_link(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
-        let body = optional_body(&r, payload, &state).await?;
         let (mut golden, mut resource, mut result) = (None, None, None);
-        for (name, value) in operation_params(r.query_string(), body)? {
+        for (name, value) in operation_params(&r, payload, &state).await? {
             match name.as_str() {
                 "goldenResourceId" => golden = Some(value),
                 "resourceId" => resource = Some(value),

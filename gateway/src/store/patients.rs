@@ -205,6 +205,16 @@ pub fn replace_values(
 
 /// People by id (scope applied; deleted ones left out), values included, in one query.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
+    let scope = s.searchable_org_units();
+    live_by_ids(s.conn()?, ids, scope)
+}
+
+/// Live people with their values, in id order, within `scope` when there is one.
+fn live_by_ids(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    scope: Option<super::scoped::OrgIdQuery>,
+) -> Result<Vec<PersonRecord>, Error> {
     let mut q = te::table
         .left_join(teav::table)
         .filter(te::id.eq_any(ids))
@@ -215,26 +225,17 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
         ))
         .order(te::id)
         .into_boxed();
-    if let Some(orgs) = s.searchable_org_units() {
+    if let Some(orgs) = scope {
         q = q.filter(te::org_unit_id.eq_any(orgs));
     }
-    Ok(group(q.load(s.conn()?)?))
+    Ok(group(q.load(conn)?))
 }
 
 /// People by id whatever the caller's scope (deleted ones left out), for matching on write:
 /// a person registered elsewhere is still the same person. Never shown as such: what a caller
 /// sees of the decisions is filtered by scope where it is read.
 pub fn by_ids_for_matching(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
-    let q = te::table
-        .left_join(teav::table)
-        .filter(te::id.eq_any(ids))
-        .filter(te::deleted.eq(false))
-        .select((
-            entity_columns(),
-            (teav::attribute_id, teav::value).nullable(),
-        ))
-        .order(te::id);
-    Ok(group(q.load(s.conn_unflushed())?))
+    live_by_ids(s.conn_unflushed(), ids, None)
 }
 
 /// The ids of the people holding `value` in `attribute_id` (an identifier system's attribute),
