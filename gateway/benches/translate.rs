@@ -94,6 +94,7 @@ fn person_record(w: &PatientWrite) -> PersonRecord {
             .expect("the benchmark Patient names its managingOrganization"),
         inactive: w.inactive,
         deleted: false,
+        merged_into: None,
         values: w
             .values
             .iter()

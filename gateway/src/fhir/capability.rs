@@ -83,8 +83,10 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             const HL7: &str = "http://hl7.org/fhir/OperationDefinition/";
             // PIXm's operation is defined by IHE, not HL7: its definition is a full URL.
             const PIXM: &str = "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix";
+            // Ours (docs/api.md): R5's $merge has no undo; this one puts back what a merge moved.
+            const UNMERGE: &str = "urn:kiunga:fhir:OperationDefinition:Patient-unmerge";
             let operations: &[(&str, &str)] = match r.resource_type {
-                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM)],
+                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM), ("merge", "Patient-merge"), ("unmerge", UNMERGE)],
                 "ConceptMap" => &[("translate", "ConceptMap-translate")],
                 "CodeSystem" => &[("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
                 "ValueSet" => &[("validate-code", "ValueSet-validate-code")],
@@ -92,7 +94,7 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             };
             if !operations.is_empty() {
                 v["operation"] = operations.iter().map(|(name, def)| {
-                    let definition = if def.starts_with("https://") { (*def).to_owned() } else { format!("{HL7}{def}") };
+                    let definition = if def.contains(':') { (*def).to_owned() } else { format!("{HL7}{def}") };
                     json!({ "name": name, "definition": definition })
                 }).collect::<Vec<_>>().into();
             }

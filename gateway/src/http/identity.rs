@@ -1,6 +1,7 @@
 //! `GET Patient/$ihe-pix` (IHE PIXm ITI-83), `POST Patient/$match` (FHIR R4, IHE PDQm
-//! ITI-119), and the links matching made (`$mdm-query-links`, `$mdm-update-link`, HAPI MDM's
-//! names): thin handlers over `rest::identity`.
+//! ITI-119), the links matching made (`$mdm-query-links`, `$mdm-update-link`, HAPI MDM's
+//! names), and `POST Patient/$merge` / `$unmerge`: thin handlers over `rest::identity` and
+//! `rest::merge`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -262,4 +263,53 @@ pub async fn update_link(
         ))
     })
     .await
+}
+
+/// `POST Patient/$merge` (R5's parameters) and `POST Patient/$unmerge`.
+async fn merge_op(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    undo: bool,
+) -> HttpResponse {
+    let r = req.clone();
+    respond(&req, |n| async move {
+        let content_type = r
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok());
+        let format =
+            kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
+        let bytes = read_body(payload, state.config.max_body_bytes).await?;
+        let op = if undo { "$unmerge" } else { "$merge" };
+        let p = crate::rest::merge::params(kiunga_codec::parse(&bytes, format)?, op)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(FhirResponse::ok(
+            crate::app::tx(&state, ctx, mappings, move |s, env| {
+                if undo {
+                    crate::rest::merge::unmerge(s, env, &p)
+                } else {
+                    crate::rest::merge::merge(s, env, &p)
+                }
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+pub async fn merge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    merge_op(req, payload, state, false).await
+}
+
+pub async fn unmerge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    merge_op(req, payload, state, true).await
 }

@@ -323,7 +323,7 @@ pub static RESOURCES: &[ResourceCapability] = &[
         resource_type: "Patient",
         interactions: CRUD,
         search_params: PATIENT_PARAMS,
-        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml. Operations $everything, $match (mappings/matching.toml) and $ihe-pix (IHE PIXm ITI-83) over the identifier systems declared there.",
+        documentation: "A tracked entity (Person) with attribute values, mapped by mappings/patient.toml. Operations $everything, $match (mappings/matching.toml), $ihe-pix (IHE PIXm ITI-83) over the identifier systems declared there, $merge (R5 semantics) and $unmerge.",
     },
     ResourceCapability {
         resource_type: "Encounter",
@@ -438,6 +438,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/Patient/$match")
                         .route(web::post().to(identity::match_patient))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/Patient/$merge")
+                        .route(web::post().to(identity::merge))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/Patient/$unmerge")
+                        .route(web::post().to(identity::unmerge))
                         .default_service(web::to(not_allowed)),
                 )
                 .service(

@@ -121,6 +121,7 @@ fn check(case: &Case, md: &Metadata, m: &MappingSet) -> Vec<String> {
                 org_unit_id: w.org_unit_id.unwrap_or_default(),
                 inactive: w.inactive,
                 deleted: false,
+                merged_into: None,
                 values: w
                     .values
                     .iter()

@@ -203,18 +203,20 @@ pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
     Ok(done)
 }
 
-/// Shows in `Patient.link` (type `seealso`, as R4 allows between two Patients of one person) the
-/// records this one is LINKED to, those the caller may see.
+/// Shows in `Patient.link` the records this one is LINKED to (type `seealso`, as R4 allows
+/// between two Patients of one person) and merged with (`replaced-by` on the record merged away,
+/// `replaces` on the survivor), those the caller may see.
 pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity::Linked]) {
-    let mut others: Vec<&str> = linked
+    let mut others: Vec<(links::Shown, &str)> = linked
         .iter()
-        .filter(|(_, org)| {
+        .filter(|(_, org, _)| {
             env.md
                 .org_unit_by_id(*org)
                 .is_some_and(|o| s.ctx.search.contains(&o.path))
         })
-        .map(|(uid, _)| uid.as_str())
+        .map(|(uid, _, shown)| (*shown, uid.as_str()))
         .collect();
+    // The survivor first: a reader follows `replaced-by` before anything else.
     others.sort_unstable();
     others.dedup();
     if others.is_empty() {
@@ -222,7 +224,7 @@ pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity
     }
     let links: Vec<Value> = others
         .into_iter()
-        .map(|uid| json!({ "other": { "reference": format!("Patient/{uid}") }, "type": "seealso" }))
+        .map(|(shown, uid)| json!({ "other": { "reference": format!("Patient/{uid}") }, "type": shown.code() }))
         .collect();
     if let Some(o) = resource.as_object_mut() {
         o.insert("link".into(), Value::Array(links));
@@ -239,7 +241,8 @@ pub fn show_links<'a>(
         .into_iter()
         .filter(|r| r["resourceType"] == "Patient")
         .collect();
-    if patients.is_empty() || env.mappings.matching.is_none() {
+    // Merges show whether matching is on or not.
+    if patients.is_empty() {
         return Ok(());
     }
     let uids: Vec<String> = patients
@@ -248,8 +251,8 @@ pub fn show_links<'a>(
         .collect();
     let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
     let mut by_uid: HashMap<String, Vec<identity::Linked>> = HashMap::new();
-    for (uid, other, org) in links::linked(s.conn()?, &refs)? {
-        by_uid.entry(uid).or_default().push((other, org));
+    for (uid, other, org, shown) in links::linked(s.conn()?, &refs)? {
+        by_uid.entry(uid).or_default().push((other, org, shown));
     }
     for r in patients {
         let uid = r["id"].as_str().unwrap_or_default().to_owned();

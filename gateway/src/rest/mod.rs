@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod identity;
+pub mod merge;
 pub mod provenance;
 pub mod remap;
 pub mod search;

@@ -349,6 +349,8 @@ fn patient_plan(
     let m = &env.mappings.patient;
     let mut c = vec![
         "NOT te.deleted".to_string(),
+        // A merged record is found through its survivor only.
+        "te.merged_into_id IS NULL".to_string(),
         format!(
             "te.tracked_entity_type_id = {}",
             sql.bind(Bind::Int(m.entity_type_id))

@@ -241,29 +241,126 @@ pub fn forget_automatic(conn: &mut PgConnection, person: i64) -> Result<(), Erro
     Ok(())
 }
 
-/// For each of `uids` (people): the uid and org unit of every live record LINKED to it. One
-/// round trip, a statement diesel prepares once per connection (reads pay no planning); each
-/// side of a pair is found through its own index (an OR across the two would scan).
-pub fn linked(conn: &mut PgConnection, uids: &[&str]) -> Result<Vec<(String, String, i64)>, Error> {
+/// How a record shows another in `Patient.link`, in the order they are listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shown {
+    /// This record was merged into the other (`replaced-by`).
+    ReplacedBy,
+    /// The other record was merged into this one (`replaces`).
+    Replaces,
+    /// LINKED: two records of one person (`seealso`).
+    SeeAlso,
+}
+
+impl Shown {
+    pub fn code(self) -> &'static str {
+        match self {
+            Shown::SeeAlso => "seealso",
+            Shown::ReplacedBy => "replaced-by",
+            Shown::Replaces => "replaces",
+        }
+    }
+}
+
+/// For each of `uids` (people): the uid and org unit of every live record LINKED to it or merged
+/// with it, and how. One round trip, a statement diesel prepares once per connection (reads pay
+/// no planning); each side of a pair is found through its own index (an OR across the two would
+/// scan). A MERGED pair's source is the record merged away.
+pub fn linked(
+    conn: &mut PgConnection,
+    uids: &[&str],
+) -> Result<Vec<(String, String, i64, Shown)>, Error> {
     let (a, b) = diesel::alias!(te as a, te as b);
     let owned: Vec<String> = uids.iter().map(|u| (*u).to_owned()).collect();
     let as_source = a
         .inner_join(pl::table.on(pl::source_id.eq(a.field(te::id))))
         .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
         .filter(a.field(te::uid).eq_any(owned.clone()))
-        .filter(pl::status.eq("LINKED"))
+        .filter(pl::status.eq_any(["LINKED", "MERGED"]))
         .filter(a.field(te::deleted).eq(false))
         .filter(b.field(te::deleted).eq(false))
-        .select((a.field(te::uid), b.field(te::uid), b.field(te::org_unit_id)));
+        .select((
+            a.field(te::uid),
+            b.field(te::uid),
+            b.field(te::org_unit_id),
+            pl::status,
+            a.field(te::id),
+            pl::source_id,
+        ));
     let as_target = b
         .inner_join(pl::table.on(pl::target_id.eq(b.field(te::id))))
         .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
         .filter(b.field(te::uid).eq_any(owned))
-        .filter(pl::status.eq("LINKED"))
+        .filter(pl::status.eq_any(["LINKED", "MERGED"]))
         .filter(a.field(te::deleted).eq(false))
         .filter(b.field(te::deleted).eq(false))
-        .select((b.field(te::uid), a.field(te::uid), a.field(te::org_unit_id)));
-    Ok(as_source.union_all(as_target).load(conn)?)
+        .select((
+            b.field(te::uid),
+            a.field(te::uid),
+            a.field(te::org_unit_id),
+            pl::status,
+            b.field(te::id),
+            pl::source_id,
+        ));
+    let rows: Vec<(String, String, i64, String, i64, i64)> =
+        as_source.union_all(as_target).load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(uid, other, org, status, id, source)| {
+            let shown = match (status.as_str(), id == source) {
+                ("MERGED", true) => Shown::ReplacedBy,
+                ("MERGED", false) => Shown::Replaces,
+                _ => Shown::SeeAlso,
+            };
+            (uid, other, org, shown)
+        })
+        .collect())
+}
+
+/// Records that `source` was merged into `target`: the pair's decision becomes MERGED, a
+/// person's, turned so that its source is the record merged away. A pair the engine never
+/// compared gets a decision of its own, saying a person made it.
+pub fn set_merged(
+    conn: &mut PgConnection,
+    source: i64,
+    target: i64,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    match pair_for_update(conn, source, target)? {
+        Some(l) => {
+            diesel::update(pl::table.find(l.id))
+                .set((
+                    pl::source_id.eq(source),
+                    pl::target_id.eq(target),
+                    pl::status.eq("MERGED"),
+                    pl::origin.eq("MANUAL"),
+                    pl::decided_by.eq(actor),
+                    pl::last_updated.eq(now),
+                ))
+                .execute(conn)?;
+        }
+        None => {
+            diesel::insert_into(pl::table)
+                .values((
+                    pl::source_id.eq(source),
+                    pl::target_id.eq(target),
+                    pl::status.eq("MERGED"),
+                    pl::origin.eq("MANUAL"),
+                    pl::score.eq(1.0),
+                    pl::grade.eq("certain"),
+                    pl::ruleset.eq("merge"),
+                    pl::explanation.eq(serde_json::json!([
+                        { "url": "rule", "valueString": "merged by a person (Patient/$merge)" }
+                    ])),
+                    pl::created.eq(now),
+                    pl::last_updated.eq(now),
+                    pl::decided_by.eq(actor),
+                ))
+                .execute(conn)?;
+        }
+    }
+    Ok(())
 }
 
 /// A filter over decisions, as `$mdm-query-links` takes it (ids are tracked-entity ids).

@@ -6,6 +6,7 @@ pub mod events;
 pub mod links;
 pub mod logs;
 pub mod match_keys;
+pub mod merge;
 pub mod metadata_import;
 pub mod orgs;
 pub mod patients;

@@ -19,7 +19,16 @@ pub struct ValueRow<'a> {
     pub is_unique: bool,
 }
 
-type EntityRow = (i64, String, i32, DateTime<Utc>, i64, bool, bool);
+type EntityRow = (
+    i64,
+    String,
+    i32,
+    DateTime<Utc>,
+    i64,
+    bool,
+    bool,
+    Option<i64>,
+);
 
 fn entity_columns() -> (
     te::id,
@@ -29,6 +38,7 @@ fn entity_columns() -> (
     te::org_unit_id,
     te::inactive,
     te::deleted,
+    te::merged_into_id,
 ) {
     (
         te::id,
@@ -38,11 +48,12 @@ fn entity_columns() -> (
         te::org_unit_id,
         te::inactive,
         te::deleted,
+        te::merged_into_id,
     )
 }
 
 fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, Error> {
-    let (id, uid, version, last_updated, org_unit_id, inactive, deleted) = row;
+    let (id, uid, version, last_updated, org_unit_id, inactive, deleted, merged_into) = row;
     let values: BTreeMap<i64, String> = teav::table
         .filter(teav::tracked_entity_id.eq(id))
         .select((teav::attribute_id, teav::value))
@@ -57,6 +68,7 @@ fn with_values(conn: &mut PgConnection, row: EntityRow) -> Result<PersonRecord, 
         org_unit_id,
         inactive,
         deleted,
+        merged_into,
         values,
     })
 }
@@ -85,7 +97,9 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
 /// Folds (entity, value) rows of a join ordered by entity into one record per person.
 fn group(rows: Vec<(EntityRow, Option<(i64, String)>)>) -> Vec<PersonRecord> {
     let mut out: Vec<PersonRecord> = Vec::new();
-    for ((id, uid, version, last_updated, org_unit_id, inactive, deleted), value) in rows {
+    for ((id, uid, version, last_updated, org_unit_id, inactive, deleted, merged_into), value) in
+        rows
+    {
         if out.last().is_none_or(|p| p.id != id) {
             out.push(PersonRecord {
                 id,
@@ -95,6 +109,7 @@ fn group(rows: Vec<(EntityRow, Option<(i64, String)>)>) -> Vec<PersonRecord> {
                 org_unit_id,
                 inactive,
                 deleted,
+                merged_into,
                 values: BTreeMap::new(),
             });
         }
@@ -203,7 +218,7 @@ pub fn replace_values(
     Ok(())
 }
 
-/// People by id (scope applied; deleted ones left out), values included, in one query.
+/// People by id (scope applied; deleted and merged ones left out), values included, in one query.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     let scope = s.searchable_org_units();
     live_by_ids(s.conn()?, ids, scope)
@@ -219,6 +234,7 @@ fn live_by_ids(
         .left_join(teav::table)
         .filter(te::id.eq_any(ids))
         .filter(te::deleted.eq(false))
+        .filter(te::merged_into_id.is_null())
         .select((
             entity_columns(),
             (teav::attribute_id, teav::value).nullable(),

@@ -157,6 +157,7 @@ diesel::table! {
         version -> Int4,
         created -> Timestamptz,
         last_updated -> Timestamptz,
+        merged_into_id -> Nullable<Int8>,
     }
 }
 
@@ -270,6 +271,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    person_merge (id) {
+        id -> Int8,
+        source_id -> Int8,
+        target_id -> Int8,
+        merged_at -> Timestamptz,
+        merged_by -> Text,
+        undone_at -> Nullable<Timestamptz>,
+        undone_by -> Nullable<Text>,
+        moved -> Jsonb,
+    }
+}
+
+diesel::table! {
     program_ownership (tracked_entity_id, program_id) {
         tracked_entity_id -> Int8,
         program_id -> Int8,
@@ -356,6 +370,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     program_ownership_history,
     person_match_key,
     person_link,
+    person_merge,
     change_log,
     inbound_log,
 );

@@ -22,6 +22,16 @@ pub fn subject(
     uid: &str,
 ) -> Result<PersonRecord, Error> {
     match patients::read(s, env, uid) {
+        Ok(p) if p.merged_into.is_some() => {
+            super::patients::refuse_merged(s, &p, "record against").map_err(|e| match e {
+                Error::Conflict { message, .. } => Error::rule(
+                    format!("{resource_type}.subject: {message}"),
+                    Some(format!("{resource_type}.subject")),
+                ),
+                e => e,
+            })?;
+            Ok(p)
+        }
         Ok(p) => Ok(p),
         Err(Error::NotFound(_)) | Err(Error::Gone(_)) => Err(Error::rule(
             format!("{resource_type}.subject: Patient/{uid} is not a person in this registry (or not one you may see)"),
@@ -161,7 +171,7 @@ pub fn place(
     Ok((enrollment_id, uid))
 }
 
-fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
+pub(super) fn snapshot(env: &Env, e: &EventRecord) -> serde_json::Value {
     let stage = env
         .md
         .stages

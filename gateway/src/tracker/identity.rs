@@ -322,8 +322,9 @@ pub fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// A record LINKED to another: its uid and owning org unit (for the caller's scope).
-pub type Linked = (String, i64);
+/// A record LINKED to another (or merged with it): its uid, owning org unit (for the caller's
+/// scope) and how it is shown in `Patient.link`.
+pub type Linked = (String, i64, links::Shown);
 
 /// Matches a person just written (created, or updated when `updated`) and queues the decisions.
 /// Returns the records it is now LINKED to.
@@ -429,11 +430,11 @@ pub fn link(
         .iter()
         .zip(&rows)
         .filter(|(_, r)| r.status == "LINKED")
-        .map(|((_, p), _)| (p.uid.clone(), p.org_unit_id))
+        .map(|((_, p), _)| (p.uid.clone(), p.org_unit_id, links::Shown::SeeAlso))
         .collect();
     if !linked_by_people.is_empty() {
         for p in patients::by_ids_for_matching(s, &linked_by_people)? {
-            linked.push((p.uid, p.org_unit_id));
+            linked.push((p.uid, p.org_unit_id, links::Shown::SeeAlso));
         }
     }
     s.defer().links.extend(rows);

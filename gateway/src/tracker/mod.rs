@@ -4,6 +4,7 @@
 
 pub mod encounters;
 pub mod identity;
+pub mod merge;
 pub mod metadata;
 pub mod model;
 pub mod observations;

@@ -23,6 +23,8 @@ pub struct PersonRecord {
     pub org_unit_id: i64,
     pub inactive: bool,
     pub deleted: bool,
+    /// The survivor this record was merged into (`Patient/$merge`), while the merge stands.
+    pub merged_into: Option<i64>,
     /// attribute id → stored value
     pub values: BTreeMap<i64, String>,
 }

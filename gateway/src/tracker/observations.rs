@@ -91,7 +91,7 @@ fn target_event(
     Ok(event)
 }
 
-fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
+pub(super) fn snapshot(env: &Env, d: &DataValueRecord) -> serde_json::Value {
     serde_json::to_value(DataValueSnapshot {
         event: d.event_uid.clone(),
         data_element: env

@@ -15,7 +15,7 @@ use crate::translate::patient::PatientWrite;
 
 const TYPE: &str = "Patient";
 
-fn snapshot(env: &Env, p: &PersonRecord) -> serde_json::Value {
+pub(super) fn snapshot(env: &Env, p: &PersonRecord) -> serde_json::Value {
     let s = PersonSnapshot {
         org_unit: env
             .md
@@ -53,6 +53,7 @@ pub fn from_snapshot(
             .unwrap_or(current.org_unit_id),
         inactive: s.inactive,
         deleted: false,
+        merged_into: None,
         values: s
             .attributes
             .iter()
@@ -209,6 +210,7 @@ pub fn create(
         org_unit_id,
         inactive: input.inactive,
         deleted: false,
+        merged_into: None,
         values: input
             .values
             .iter()
@@ -252,6 +254,7 @@ pub fn update(
 ) -> Result<Written, Error> {
     let current = store::find_for_update(s, env.mappings.patient.entity_type_id, uid)?
         .ok_or_else(|| not_found(uid))?;
+    refuse_merged(s, &current, "change")?;
     if let Some(expected) = if_match {
         if expected != current.version {
             return Err(Error::PreconditionFailed(format!("Patient/{uid} is at version {}, not {expected}: read it again and reapply your change", current.version)));
@@ -302,6 +305,7 @@ pub fn update(
         org_unit_id,
         inactive: input.inactive,
         deleted: false,
+        merged_into: None,
         values,
     };
     if let Some((keys, sv)) = match_keys(env, &record) {
@@ -331,6 +335,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     if current.deleted {
         return Ok(None);
     }
+    refuse_merged(s, &current, "delete")?;
     let path = env
         .md
         .org_unit_by_id(current.org_unit_id)
@@ -350,6 +355,21 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     store::mark_deleted(s.conn()?, current.id, version, now)?;
     logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
+}
+
+/// A merged record keeps its history but takes no new data: that goes to the survivor.
+pub fn refuse_merged(s: &mut Scoped, p: &PersonRecord, what: &str) -> Result<(), Error> {
+    let Some(survivor) = p.merged_into else {
+        return Ok(());
+    };
+    let survivor = crate::store::merge::uid_of(s.conn()?, survivor)?;
+    Err(Error::Conflict {
+        message: format!(
+            "Patient/{} was merged into Patient/{survivor}: {what} Patient/{survivor} instead, or undo the merge first (Patient/$unmerge)",
+            p.uid
+        ),
+        expression: None,
+    })
 }
 
 fn not_found(uid: &str) -> Error {
