@@ -47,6 +47,15 @@ enum Command {
     /// Write the blocking keys of Patient/$match for every person again (after upgrading to a
     /// version that has them, or loading people by other means than the gateway).
     MatchKeys,
+    /// Match every person again under the current rules (mappings/matching.toml), after the
+    /// rules changed: the engine's own links and potential duplicates are made again; people's
+    /// decisions (MANUAL links, merges) are never changed. Runs in batches, each its own
+    /// transaction, so the gateway may keep serving.
+    Rematch {
+        /// People per transaction.
+        #[arg(long, default_value_t = 50)]
+        batch: i64,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
         } => test_mappings(config, dir),
         Command::Remap { apply } => remap(config, apply),
         Command::MatchKeys => match_keys(config),
+        Command::Rematch { batch } => rematch(config, batch),
         Command::Import {
             paths,
             default_org_unit,
@@ -338,6 +348,92 @@ fn match_keys(config: Config) -> ExitCode {
         }
         Err(UnitError::Start(e) | UnitError::Work(e)) => {
             eprintln!("kiunga: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `step` (one batch after an id, in its own transaction) until it says there is no more.
+fn in_batches(
+    state: &AppState,
+    step: impl Fn(
+        &mut kiunga::store::Scoped,
+        &kiunga::tracker::Env,
+        i64,
+    ) -> Result<Option<(i64, usize)>, kiunga::Error>,
+) -> Result<usize, kiunga::Error> {
+    let mappings = state.mappings();
+    let env = kiunga::tracker::Env {
+        md: &state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: state.default_org_unit,
+    };
+    let ctx = kiunga::context::RequestContext::system();
+    let mut conn = state.pool.get()?;
+    let (mut after, mut done) = (0, 0);
+    while let Some((last, n)) =
+        kiunga::store::Scoped::transaction(&mut conn, &ctx, |s| step(s, &env, after))?
+    {
+        after = last;
+        done += n;
+    }
+    Ok(done)
+}
+
+fn rematch(config: Config, batch: i64) -> ExitCode {
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mappings = state.mappings();
+    let Some(rules) = mappings.matching.as_ref() else {
+        eprintln!("kiunga: matching is off (no mappings/matching.toml); nothing to re-match");
+        return ExitCode::FAILURE;
+    };
+    let batch = batch.max(1);
+    let counts = |state: &AppState| -> Result<Vec<(String, String, i64)>, kiunga::Error> {
+        kiunga::store::links::counts(&mut *state.pool.get()?)
+    };
+    let run = || -> Result<(usize, Vec<(String, String, i64)>, Vec<(String, String, i64)>), kiunga::Error> {
+        let before = counts(&state)?;
+        // Keys first, for everyone: a person matched early must find those matched later.
+        in_batches(&state, |s, env, after| {
+            kiunga::rest::identity::rebuild_keys_after(s, env, after, 1000)
+        })?;
+        let n = in_batches(&state, |s, env, after| {
+            kiunga::rest::identity::rematch_after(s, env, after, batch)
+        })?;
+        Ok((n, before, counts(&state)?))
+    };
+    match run() {
+        Ok((n, before, after)) => {
+            println!("{n} people matched again under rules {}", rules.version);
+            let get = |rows: &[(String, String, i64)], status: &str, origin: &str| {
+                rows.iter()
+                    .find(|(s, o, _)| s == status && o == origin)
+                    .map_or(0, |r| r.2)
+            };
+            for (status, origin) in [
+                ("LINKED", "AUTO"),
+                ("OPEN", "AUTO"),
+                ("LINKED", "MANUAL"),
+                ("INVALID", "MANUAL"),
+                ("MERGED", "MANUAL"),
+            ] {
+                println!(
+                    "  {status:<8} {origin:<6} {:>8} -> {}",
+                    get(&before, status, origin),
+                    get(&after, status, origin)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiunga: rematch stopped: {e} (batches already done stay done; running it again is safe)");
             ExitCode::FAILURE
         }
     }

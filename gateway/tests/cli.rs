@@ -395,3 +395,137 @@ fn mappings_test_runs_the_golden_cases_and_fails_when_a_map_changes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kiunga rematch` after the rules changed: the engine's own decisions are made again under the
+/// new rules; a person's decision is left exactly as it was.
+#[test]
+fn rematch_redecides_the_engines_links_and_keeps_peoples_decisions() {
+    let db = Db::new();
+    let dir = std::env::temp_dir().join(format!("kiunga-rematch-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let envs = [("KIUNGA_MAPPINGS_DIR", dir.as_os_str())];
+    let (mut child, base) = serve(&db, &envs);
+    let http = reqwest::blocking::Client::new();
+    let mut conn = PgConnection::establish(&db.url).unwrap();
+    let org: String = {
+        #[derive(diesel::QueryableByName)]
+        struct U {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            uid: String,
+        }
+        let u: U = diesel::sql_query("SELECT uid FROM org_unit WHERE code = 'KD_KAS_MTO'")
+            .get_result(&mut conn)
+            .unwrap();
+        u.uid
+    };
+    let create = |family: &str, given: &str, born: &str, phone: Option<&str>| -> String {
+        let mut p = serde_json::json!({
+            "resourceType": "Patient",
+            "name": [{ "family": family, "given": [given] }],
+            "gender": "female",
+            "birthDate": born,
+            "address": [{ "city": "Kilima" }],
+            "managingOrganization": { "reference": format!("Organization/{org}") },
+        });
+        if let Some(phone) = phone {
+            p["telecom"] = serde_json::json!([{ "system": "phone", "value": phone }]);
+        }
+        let r: serde_json::Value = http
+            .post(format!("{base}/fhir/Patient"))
+            .header("Content-Type", "application/fhir+json")
+            .body(p.to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["id"].as_str().unwrap().to_string()
+    };
+    // a and b: one woman, certain (LINKED by the engine); c: a possible duplicate of both, which a
+    // person rejects for a.
+    let a = create("Mwangi", "Amina", "1990-04-12", Some("+254 700 123456"));
+    let b = create("Amina", "Mwangi", "1990-04-12", Some("0700 123 456"));
+    let c = create("Mwangii", "Amina", "1990", None);
+    let decided = http
+        .post(format!("{base}/fhir/$mdm-update-link"))
+        .header("Content-Type", "application/fhir+json")
+        .body(
+            serde_json::json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "goldenResourceId", "valueString": format!("Patient/{a}") },
+                { "name": "resourceId", "valueString": format!("Patient/{c}") },
+                { "name": "matchResult", "valueString": "NO_MATCH" },
+            ]})
+            .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(decided.status().as_u16(), 200);
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    let pair = |conn: &mut PgConnection, x: &str, y: &str| -> String {
+        #[derive(diesel::QueryableByName)]
+        struct L {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            l: String,
+        }
+        diesel::sql_query(format!(
+            "SELECT l.status || ' ' || l.origin || ' ' || split_part(l.ruleset, '+', 1) || ' ' || l.last_updated AS l
+             FROM person_link l JOIN tracked_entity s ON s.id = l.source_id JOIN tracked_entity t ON t.id = l.target_id
+             WHERE (s.uid = '{x}' AND t.uid = '{y}') OR (s.uid = '{y}' AND t.uid = '{x}')"
+        ))
+        .load::<L>(conn)
+        .unwrap()
+        .pop()
+        .map(|l| l.l)
+        .unwrap_or_default()
+    };
+    let ab = pair(&mut conn, &a, &b);
+    assert!(ab.starts_with("LINKED AUTO demo-2026-11 "), "{ab}");
+    let ac = pair(&mut conn, &a, &c);
+    assert!(ac.starts_with("INVALID MANUAL "), "{ac}");
+
+    // Stricter rules: what was certain is now only probable, so a person should confirm it.
+    let rules = dir.join("matching.toml");
+    let text = std::fs::read_to_string(&rules)
+        .unwrap()
+        .replace("version = \"demo-2026-11\"", "version = \"stricter\"")
+        .replace("certain = 0.9995 ", "certain = 0.99999999 ");
+    assert!(
+        text.contains("certain = 0.99999999 "),
+        "the test edits the rules it expects"
+    );
+    std::fs::write(&rules, text).unwrap();
+
+    let out = kiunga(&db)
+        .args(["rematch", "--batch", "2"])
+        .env("KIUNGA_MAPPINGS_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 people matched again under rules stricter"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("INVALID  MANUAL        1 -> 1"), "{stdout}");
+    let ab = pair(&mut conn, &a, &b);
+    assert!(ab.starts_with("OPEN AUTO stricter "), "{ab}");
+    assert_eq!(
+        pair(&mut conn, &a, &c),
+        ac,
+        "a person's decision is untouched"
+    );
+    let bc = pair(&mut conn, &b, &c);
+    assert!(bc.starts_with("OPEN AUTO stricter "), "{bc}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

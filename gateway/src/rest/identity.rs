@@ -181,26 +181,72 @@ pub fn match_patient(
 /// Writes the blocking keys of every person again (`kiunga match-keys`): after the upgrade that
 /// introduced them, or an import that bypassed the gateway. Returns how many people were keyed.
 pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
-    if env.mappings.matching.is_none() {
-        return Ok(0);
-    }
     let mut after = 0;
     let mut done = 0;
-    loop {
-        let ids = match_keys::people_after(s, after, 1000)?;
-        let Some(&last) = ids.last() else { break };
-        match_keys::forget(s, &ids)?;
-        for p in patients::by_ids(s, &ids)? {
-            let pm = &env.mappings.patient;
-            let d = Demographics::from_values(&p.values, pm);
-            let rows = match_keys::rows(p.id, keys::keys(&d), &d.single_valued(pm));
-            s.defer().match_keys.extend(rows);
-            done += 1;
-        }
+    while let Some((last, n)) = rebuild_keys_after(s, env, after, 1000)? {
         after = last;
+        done += n;
     }
     s.flush()?;
     Ok(done)
+}
+
+/// [`rebuild_keys`] for up to `limit` people with an id above `after`: the last id read and how
+/// many people got keys, or None when there are no more.
+pub fn rebuild_keys_after(
+    s: &mut Scoped,
+    env: &Env,
+    after: i64,
+    limit: i64,
+) -> Result<Option<(i64, usize)>, Error> {
+    if env.mappings.matching.is_none() {
+        return Ok(None);
+    }
+    let ids = match_keys::people_after(s, after, limit)?;
+    let Some(&last) = ids.last() else {
+        return Ok(None);
+    };
+    match_keys::forget(s, &ids)?;
+    let mut done = 0;
+    for p in patients::by_ids(s, &ids)? {
+        let pm = &env.mappings.patient;
+        let d = Demographics::from_values(&p.values, pm);
+        let rows = match_keys::rows(p.id, keys::keys(&d), &d.single_valued(pm));
+        s.defer().match_keys.extend(rows);
+        done += 1;
+    }
+    Ok(Some((last, done)))
+}
+
+/// `kiunga rematch`, one batch: the people with an id above `after` (up to `limit`) matched
+/// again under the current rules, as an update matches them: the engine's own links are made
+/// again, people's decisions (MANUAL, and merges) stand. Run after [`rebuild_keys`], so that
+/// every person is found under the new rules' keys. Returns the last id read and how many
+/// people were matched, or None when there are no more.
+pub fn rematch_after(
+    s: &mut Scoped,
+    env: &Env,
+    after: i64,
+    limit: i64,
+) -> Result<Option<(i64, usize)>, Error> {
+    let rules = env.mappings.matching.as_ref().ok_or_else(|| {
+        Error::invalid("matching is off (no mappings/matching.toml); nothing to re-match")
+    })?;
+    let ids = match_keys::people_after(s, after, limit)?;
+    let Some(&last) = ids.last() else {
+        return Ok(None);
+    };
+    let people = patients::by_ids(s, &ids)?;
+    let pm = &env.mappings.patient;
+    let all: Vec<Demographics> = people
+        .iter()
+        .map(|p| Demographics::from_values(&p.values, pm))
+        .collect();
+    identity::prepare_with(s, env, rules, &all)?;
+    for p in &people {
+        identity::link_with(s, env, rules, p, true)?;
+    }
+    Ok(Some((last, people.len())))
 }
 
 /// Shows in `Patient.link` the records this one is LINKED to (type `seealso`, as R4 allows

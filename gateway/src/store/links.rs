@@ -453,3 +453,12 @@ pub fn decide(
         .execute(conn)?;
     Ok(())
 }
+
+/// How many decisions there are per (status, origin), for `kiunga rematch`'s report.
+pub fn counts(conn: &mut PgConnection) -> Result<Vec<(String, String, i64)>, Error> {
+    Ok(pl::table
+        .group_by((pl::status, pl::origin))
+        .select((pl::status, pl::origin, diesel::dsl::count_star()))
+        .order((pl::status, pl::origin))
+        .load(conn)?)
+}

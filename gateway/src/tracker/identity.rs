@@ -98,9 +98,19 @@ pub fn lock_keys(d: &Demographics, window: i32) -> Vec<i64> {
 /// this unit of work: a transaction Bundle calls it once with every Patient it carries, so that
 /// its entries are matched without another round trip (and its queue stays one COPY).
 pub fn prepare(s: &mut Scoped, env: &Env, people: &[Demographics]) -> Result<(), Error> {
-    let Some(rules) = on_write(env) else {
-        return Ok(());
-    };
+    match on_write(env) {
+        Some(rules) => prepare_with(s, env, rules, people),
+        None => Ok(()),
+    }
+}
+
+/// [`prepare`] under `rules` whether matching on write is on or not (`kiunga rematch`).
+pub fn prepare_with(
+    s: &mut Scoped,
+    env: &Env,
+    rules: &MatchingRules,
+    people: &[Demographics],
+) -> Result<(), Error> {
     let pm = &env.mappings.patient;
     let wanted: Vec<(Vec<i64>, &Demographics)> = people
         .iter()
@@ -334,16 +344,27 @@ pub fn link(
     record: &PersonRecord,
     updated: bool,
 ) -> Result<Vec<Linked>, Error> {
-    let Some(rules) = on_write(env) else {
-        return Ok(Vec::new());
-    };
+    match on_write(env) {
+        Some(rules) => link_with(s, env, rules, record, updated),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// [`link`] under `rules` whether matching on write is on or not (`kiunga rematch`).
+pub fn link_with(
+    s: &mut Scoped,
+    env: &Env,
+    rules: &MatchingRules,
+    record: &PersonRecord,
+    updated: bool,
+) -> Result<Vec<Linked>, Error> {
     let pm = &env.mappings.patient;
     let d = Demographics::from_values(&record.values, pm);
     let lock = lock_keys(&d, rules.birth_year_window);
     if !matchable(&d) {
         return Ok(Vec::new());
     }
-    prepare(s, env, std::slice::from_ref(&d))?;
+    prepare_with(s, env, rules, std::slice::from_ref(&d))?;
 
     // People's decisions about this record stand; the engine's own are made again.
     let mut decided: HashSet<i64> = HashSet::new();
