@@ -395,10 +395,11 @@ fn rematch(config: Config, batch: i64) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let batch = batch.max(1);
-    let counts = |state: &AppState| -> Result<Vec<(String, String, i64)>, kiunga::Error> {
+    type Counts = Vec<(String, String, i64)>;
+    let counts = |state: &AppState| -> Result<Counts, kiunga::Error> {
         kiunga::store::links::counts(&mut *state.pool.get()?)
     };
-    let run = || -> Result<(usize, Vec<(String, String, i64)>, Vec<(String, String, i64)>), kiunga::Error> {
+    let run = || -> Result<(usize, Counts, Counts), kiunga::Error> {
         let before = counts(&state)?;
         // Keys first, for everyone: a person matched early must find those matched later.
         in_batches(&state, |s, env, after| {
