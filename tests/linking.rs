@@ -332,3 +332,68 @@ fn concurrent_creates_of_one_person_link_once() {
         assert_eq!(linked, 1, "round {round}: {ids:?}");
     }
 }
+
+/// `$mdm-create-link`: a person records a decision the engine never proposed; it sticks.
+#[test]
+fn a_person_links_two_records_the_engine_never_compared() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    // Two records of one woman the engine cannot see as one: a new surname after marriage and
+    // no shared phone.
+    let a = id(&app
+        .post(
+            "Patient",
+            &person(&org, "Wanjiku", "Grace", "1985-02-20", "+254 722 000001"),
+        )
+        .expect(201));
+    let b = id(&app
+        .post(
+            "Patient",
+            &person(&org, "Kamau", "Grace", "1986", "+254 733 000002"),
+        )
+        .expect(201));
+    assert!(query_links(&app, &format!("resourceId=Patient/{b}")).is_empty());
+    let create = |golden: &str, resource: &str, result: Option<&str>| {
+        let mut parameter = vec![
+            json!({ "name": "goldenResourceId", "valueString": format!("Patient/{golden}") }),
+            json!({ "name": "resourceId", "valueString": format!("Patient/{resource}") }),
+        ];
+        if let Some(r) = result {
+            parameter.push(json!({ "name": "matchResult", "valueString": r }));
+        }
+        app.post(
+            "$mdm-create-link",
+            &json!({ "resourceType": "Parameters", "parameter": parameter }),
+        )
+    };
+    let made = create(&a, &b, None).expect(200);
+    let parts = made["parameter"][0]["part"].as_array().unwrap();
+    assert!(parts.contains(&json!({ "name": "matchResult", "valueString": "MATCH" })));
+    assert!(parts.contains(&json!({ "name": "linkSource", "valueString": "MANUAL" })));
+    assert!(parts.contains(&json!({ "name": "eidMatch", "valueBoolean": false })));
+    let read = app.get(&format!("Patient/{a}")).expect(200);
+    assert_eq!(links_of(&read), vec![format!("Patient/{b}")]);
+    // An update re-matches b, and a person's link stays.
+    let current = app.get(&format!("Patient/{b}")).expect(200);
+    app.put(&format!("Patient/{b}"), &current).expect(200);
+    assert_eq!(
+        query_links(&app, &format!("resourceId=Patient/{b}")),
+        vec![(
+            format!("Patient/{a}"),
+            format!("Patient/{b}"),
+            "MATCH".into(),
+            "MANUAL".into()
+        )]
+    );
+    // A second decision about the pair is an update, not a creation.
+    assert!(create(&a, &b, Some("NO_MATCH"))
+        .outcome(409)
+        .contains("$mdm-update-link"));
+    assert!(create(&a, &a, None).outcome(422).contains("same record"));
+    assert!(create(&a, &b, Some("MERGED"))
+        .outcome(400)
+        .contains("MERGED"));
+    assert!(create(&a, "nobody00001", None)
+        .outcome(404)
+        .contains("nobody00001"));
+}

@@ -129,6 +129,7 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             "operation": [
                 { "name": "mdm-query-links", "definition": "http://hapifhir.io/fhir/OperationDefinition/mdm-query-links", "documentation": "links and potential duplicates: goldenResourceId, resourceId, matchResult, linkSource, _offset, _count" },
                 { "name": "mdm-update-link", "definition": "http://hapifhir.io/fhir/OperationDefinition/mdm-update-link", "documentation": "a person's decision on a pair: matchResult MATCH or NO_MATCH" },
+                { "name": "mdm-create-link", "definition": "http://hapifhir.io/fhir/OperationDefinition/mdm-create-link", "documentation": "a person's decision on a pair the engine proposed nothing for: matchResult MATCH (default), NO_MATCH or POSSIBLE_MATCH" },
             ],
         }],
     })

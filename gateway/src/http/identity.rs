@@ -226,13 +226,19 @@ pub async fn query_links(
     .await
 }
 
-/// `POST $mdm-update-link`: goldenResourceId, resourceId, matchResult (MATCH or NO_MATCH).
-pub async fn update_link(
+/// `POST $mdm-update-link` and `$mdm-create-link`: goldenResourceId, resourceId, matchResult.
+async fn decide_link(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+    create: bool,
 ) -> HttpResponse {
     let r = req.clone();
+    let op = if create {
+        "$mdm-create-link"
+    } else {
+        "$mdm-update-link"
+    };
     respond(&req, |n| async move {
         let (mut golden, mut resource, mut result) = (None, None, None);
         for (name, value) in operation_params(&r, payload, &state).await? {
@@ -243,26 +249,50 @@ pub async fn update_link(
                 "_format" | "_pretty" => {}
                 other => {
                     return Err(Error::invalid(format!(
-                    "$mdm-update-link takes goldenResourceId, resourceId and matchResult, not `{other}`"
-                )))
+                        "{op} takes goldenResourceId, resourceId and matchResult, not `{other}`"
+                    )))
                 }
             }
         }
         let need = |v: Option<String>, name: &str| {
-            v.ok_or_else(|| Error::invalid_at(format!("$mdm-update-link needs {name}"), name))
+            v.ok_or_else(|| Error::invalid_at(format!("{op} needs {name}"), name))
         };
         let golden = need(golden, "goldenResourceId")?;
         let resource = need(resource, "resourceId")?;
-        let result = need(result, "matchResult")?;
+        // HAPI MDM: a created link is a MATCH unless said otherwise.
+        let result = match (create, result) {
+            (true, None) => "MATCH".to_string(),
+            (_, r) => need(r, "matchResult")?,
+        };
         let (ctx, mappings) = tx_inputs(&state, &n);
         Ok(FhirResponse::ok(
             crate::app::tx(&state, ctx, mappings, move |s, env| {
-                identity::update_link(s, env, &golden, &resource, &result)
+                if create {
+                    identity::create_link(s, env, &golden, &resource, &result)
+                } else {
+                    identity::update_link(s, env, &golden, &resource, &result)
+                }
             })
             .await?,
         ))
     })
     .await
+}
+
+pub async fn update_link(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    decide_link(req, payload, state, false).await
+}
+
+pub async fn create_link(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    decide_link(req, payload, state, true).await
 }
 
 /// `POST Patient/$merge` (R5's parameters) and `POST Patient/$unmerge`.

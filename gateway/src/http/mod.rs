@@ -462,6 +462,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
+                    web::resource("/$mdm-create-link")
+                        .route(web::post().to(identity::create_link))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
                     web::resource("/Patient/$ihe-pix")
                         .route(web::get().to(identity::pix))
                         .default_service(web::to(not_allowed)),

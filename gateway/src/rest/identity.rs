@@ -408,7 +408,7 @@ fn link_parameter(l: &links::Link, source_uid: &str, target_uid: &str) -> Value 
             { "name": "linkSource", "valueString": l.origin },
             // A hard identifier rule decided (HAPI: matched on an enterprise identifier); a rule
             // overruled by sex or birth date leaves the score to the fields.
-            { "name": "eidMatch", "valueBoolean": (l.score >= 1.0 || l.score <= 0.0) && l.explanation.as_array().is_some_and(|parts| parts.iter().any(|p| p["url"] == "rule")) },
+            { "name": "eidMatch", "valueBoolean": l.ruleset != links::MANUAL_RULESET && (l.score >= 1.0 || l.score <= 0.0) && l.explanation.as_array().is_some_and(|parts| parts.iter().any(|p| p["url"] == "rule")) },
             { "name": "hadToCreateNewResource", "valueBoolean": false },
             { "name": "score", "valueDecimal": identity::round(l.score) },
             { "name": "linkCreated", "valueDecimal": l.created.timestamp_millis() },
@@ -454,6 +454,48 @@ pub fn query_links(s: &mut Scoped, env: &Env, q: &LinkQuery) -> Result<Value, Er
     Ok(json!({ "resourceType": "Parameters", "parameter": parameter }))
 }
 
+/// The two records a person decides about, both of which the caller must be able to write.
+fn pair_to_decide(
+    s: &mut Scoped,
+    env: &Env,
+    golden: &str,
+    resource: &str,
+) -> Result<(PersonRecord, PersonRecord), Error> {
+    let g = person_named(s, env, "goldenResourceId", golden)?;
+    let r = person_named(s, env, "resourceId", resource)?;
+    for p in [&g, &r] {
+        let path = env
+            .md
+            .org_unit_by_id(p.org_unit_id)
+            .map(|o| o.path.as_str())
+            .unwrap_or_default();
+        if !s.ctx.capture.contains(path) {
+            return Err(Error::Forbidden(format!(
+                "you may read Patient/{} but not decide about it: it is owned outside your org units",
+                p.uid
+            )));
+        }
+    }
+    Ok((g, r))
+}
+
+/// The pair's decision as `$mdm-update-link` and `$mdm-create-link` answer it.
+fn decided(s: &mut Scoped, g: &PersonRecord, r: &PersonRecord) -> Result<Value, Error> {
+    let decided = links::pair_for_update(s.conn()?, g.id, r.id)?
+        .ok_or_else(|| Error::Internal("a decided link vanished".into()))?;
+    let uid = |id: i64| {
+        if id == g.id {
+            g.uid.as_str()
+        } else {
+            r.uid.as_str()
+        }
+    };
+    Ok(json!({
+        "resourceType": "Parameters",
+        "parameter": [link_parameter(&decided, uid(decided.source_id), uid(decided.target_id))],
+    }))
+}
+
 /// `$mdm-update-link`: a person's decision on a pair the engine proposed or linked: MATCH (one
 /// person) or NO_MATCH (two people, never proposed again). Sticky: the engine does not change it.
 pub fn update_link(
@@ -473,24 +515,10 @@ pub fn update_link(
             ))
         }
     };
-    let g = person_named(s, env, "goldenResourceId", golden)?;
-    let r = person_named(s, env, "resourceId", resource)?;
-    for p in [&g, &r] {
-        let path = env
-            .md
-            .org_unit_by_id(p.org_unit_id)
-            .map(|o| o.path.as_str())
-            .unwrap_or_default();
-        if !s.ctx.capture.contains(path) {
-            return Err(Error::Forbidden(format!(
-                "you may read Patient/{} but not decide about it: it is owned outside your org units",
-                p.uid
-            )));
-        }
-    }
+    let (g, r) = pair_to_decide(s, env, golden, resource)?;
     let link = links::pair_for_update(s.conn()?, g.id, r.id)?.ok_or_else(|| {
         Error::NotFound(format!(
-            "no link between Patient/{} and Patient/{}: the matching engine proposed nothing for this pair",
+            "no link between Patient/{} and Patient/{}: the matching engine proposed nothing for this pair (a person can record one with $mdm-create-link)",
             g.uid, r.uid
         ))
     })?;
@@ -505,17 +533,67 @@ pub fn update_link(
     }
     let actor = s.ctx.actor.to_string();
     links::decide(s.conn()?, link.id, status, &actor, chrono::Utc::now())?;
-    let decided = links::pair_for_update(s.conn()?, g.id, r.id)?
-        .ok_or_else(|| Error::Internal("a decided link vanished".into()))?;
-    let uid = |id: i64| {
-        if id == g.id {
-            g.uid.as_str()
-        } else {
-            r.uid.as_str()
-        }
+    decided(s, &g, &r)
+}
+
+/// `$mdm-create-link`: a person's decision about a pair the engine proposed nothing for (HAPI
+/// MDM's name): MATCH (linked), NO_MATCH (two people, never proposed) or POSSIBLE_MATCH (a
+/// potential duplicate for someone to look at). Sticky like every person's decision.
+pub fn create_link(
+    s: &mut Scoped,
+    env: &Env,
+    golden: &str,
+    resource: &str,
+    result: &str,
+) -> Result<Value, Error> {
+    let status = match result {
+        "MATCH" => "LINKED",
+        "NO_MATCH" => "INVALID",
+        "POSSIBLE_MATCH" => "OPEN",
+        other => return Err(Error::invalid_at(
+            format!(
+                "matchResult `{other}` cannot be created: use MATCH, NO_MATCH or POSSIBLE_MATCH"
+            ),
+            "matchResult",
+        )),
     };
-    Ok(json!({
-        "resourceType": "Parameters",
-        "parameter": [link_parameter(&decided, uid(decided.source_id), uid(decided.target_id))],
-    }))
+    let (g, r) = pair_to_decide(s, env, golden, resource)?;
+    if g.id == r.id {
+        return Err(Error::rule(
+            format!("goldenResourceId and resourceId are the same record (Patient/{}): a link joins two", g.uid),
+            Some("resourceId".into()),
+        ));
+    }
+    for (p, param) in [(&g, "goldenResourceId"), (&r, "resourceId")] {
+        if p.merged_into.is_some() {
+            return Err(Error::rule(
+                format!(
+                    "{param}: Patient/{} was merged into another record; link the survivor instead",
+                    p.uid
+                ),
+                Some(param.into()),
+            ));
+        }
+    }
+    if let Some(existing) = links::pair_for_update(s.conn()?, g.id, r.id)? {
+        return Err(Error::Conflict {
+            message: format!(
+                "Patient/{} and Patient/{} already have a decision ({}): change it with $mdm-update-link",
+                g.uid,
+                r.uid,
+                match_result(&existing.status)
+            ),
+            expression: None,
+        });
+    }
+    let actor = s.ctx.actor.to_string();
+    links::insert_manual(
+        s.conn()?,
+        (r.id, g.id),
+        status,
+        &actor,
+        chrono::Utc::now(),
+        "decided by a person ($mdm-create-link)",
+    )?;
+    decided(s, &g, &r)
 }

@@ -317,6 +317,10 @@ pub fn linked(
         .collect())
 }
 
+/// The rule set named by decisions a person made without the engine (`$mdm-create-link`, a
+/// merge of a pair the engine never compared).
+pub const MANUAL_RULESET: &str = "manual";
+
 /// Records that `source` was merged into `target`: the pair's decision becomes MERGED, a
 /// person's, turned so that its source is the record merged away. A pair the engine never
 /// compared gets a decision of its own, saying a person made it.
@@ -339,27 +343,49 @@ pub fn set_merged(
                     pl::last_updated.eq(now),
                 ))
                 .execute(conn)?;
+            Ok(())
         }
-        None => {
-            diesel::insert_into(pl::table)
-                .values((
-                    pl::source_id.eq(source),
-                    pl::target_id.eq(target),
-                    pl::status.eq("MERGED"),
-                    pl::origin.eq("MANUAL"),
-                    pl::score.eq(1.0),
-                    pl::grade.eq("certain"),
-                    pl::ruleset.eq("merge"),
-                    pl::explanation.eq(serde_json::json!([
-                        { "url": "rule", "valueString": "merged by a person (Patient/$merge)" }
-                    ])),
-                    pl::created.eq(now),
-                    pl::last_updated.eq(now),
-                    pl::decided_by.eq(actor),
-                ))
-                .execute(conn)?;
-        }
+        None => insert_manual(
+            conn,
+            (source, target),
+            "MERGED",
+            actor,
+            now,
+            "merged by a person (Patient/$merge)",
+        ),
     }
+}
+
+/// A person's decision about a pair the engine has no decision about: LINKED (score 1, certain),
+/// INVALID (score 0, certainly not), OPEN or MERGED. `why` is kept as the explanation's rule.
+pub fn insert_manual(
+    conn: &mut PgConnection,
+    (source, target): (i64, i64),
+    status: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<(), Error> {
+    let (score, grade) = match status {
+        "INVALID" => (0.0, "certainly-not"),
+        "OPEN" => (0.5, "possible"),
+        _ => (1.0, "certain"),
+    };
+    diesel::insert_into(pl::table)
+        .values((
+            pl::source_id.eq(source),
+            pl::target_id.eq(target),
+            pl::status.eq(status),
+            pl::origin.eq("MANUAL"),
+            pl::score.eq(score),
+            pl::grade.eq(grade),
+            pl::ruleset.eq(MANUAL_RULESET),
+            pl::explanation.eq(serde_json::json!([{ "url": "rule", "valueString": why }])),
+            pl::created.eq(now),
+            pl::last_updated.eq(now),
+            pl::decided_by.eq(actor),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
