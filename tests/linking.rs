@@ -397,3 +397,41 @@ fn a_person_links_two_records_the_engine_never_compared() {
         .outcome(404)
         .contains("nobody00001"));
 }
+
+/// A record with a national ID is matched against the people without one (they may be the same
+/// person), never against holders of another national ID (certainly two people); a record
+/// without one is matched against both (migration 9 keeps the two apart).
+#[test]
+fn national_id_holders_are_matched_with_those_without_one() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let with_nid = |nid: &str| {
+        let mut p = person(&org, "Mwangi", "Amina", "1990-04-12", "+254 700 123456");
+        p["identifier"] = json!([{ "system": support::NID, "value": nid }]);
+        p
+    };
+    let first = id(&app
+        .post("Patient", &with_nid(&support::unique("NID")))
+        .expect(201));
+    // No national ID: compared with the holder, and linked to her.
+    let second = app
+        .post(
+            "Patient",
+            &person(&org, "Mwangi", "Amina", "1990-04-12", "+254 700 123456"),
+        )
+        .expect(201);
+    assert_eq!(links_of(&second), vec![format!("Patient/{first}")]);
+    let second = id(&second);
+    // Another national ID: linked to the record without one, not to the other holder.
+    let third = app
+        .post("Patient", &with_nid(&support::unique("NID")))
+        .expect(201);
+    assert_eq!(links_of(&third), vec![format!("Patient/{second}")]);
+    let third = id(&third);
+    let pairs: Vec<(String, String)> = query_links(&app, "")
+        .into_iter()
+        .map(|(g, s, _, _)| (g, s))
+        .collect();
+    assert!(!pairs.contains(&(format!("Patient/{first}"), format!("Patient/{third}"))));
+    assert_eq!(pairs.len(), 2, "{pairs:?}");
+}

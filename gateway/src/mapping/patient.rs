@@ -141,6 +141,14 @@ pub struct PatientMapping {
 }
 
 impl PatientMapping {
+    /// The primary single-valued system: the first declared that is single-valued and unique
+    /// (the national ID). Its holders' blocking keys are kept apart (migration 9).
+    pub fn primary(&self) -> Option<&IdentifierMap> {
+        self.identifiers
+            .iter()
+            .find(|i| i.single_valued && i.unique)
+    }
+
     pub fn identifier(&self, system: &str) -> Option<&IdentifierMap> {
         self.identifiers.iter().find(|i| i.system == system)
     }

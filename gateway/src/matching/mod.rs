@@ -104,6 +104,13 @@ impl Demographics {
     /// The values held in single-valued systems, as `system|value`: two people differing in one
     /// of them are certainly two people (stored with the blocking keys to drop such candidates
     /// early).
+    /// Whether the person holds a value of the primary single-valued system
+    /// (`PatientMapping::primary`): then nobody holding another value there can be them.
+    pub fn holds_primary(&self, map: &PatientMapping) -> bool {
+        map.primary()
+            .is_some_and(|p| self.identifier(&p.system).is_some())
+    }
+
     pub fn single_valued(&self, map: &PatientMapping) -> Vec<String> {
         let mut out: Vec<String> = map
             .identifiers

@@ -211,7 +211,12 @@ pub fn rebuild_keys_after(
     for p in patients::by_ids(s, &ids)? {
         let pm = &env.mappings.patient;
         let d = Demographics::from_values(&p.values, pm);
-        let rows = match_keys::rows(p.id, keys::keys(&d), &d.single_valued(pm));
+        let rows = match_keys::rows(
+            p.id,
+            keys::keys(&d),
+            &d.single_valued(pm),
+            d.holds_primary(pm),
+        );
         s.defer().match_keys.extend(rows);
         done += 1;
     }
@@ -550,12 +555,14 @@ pub fn create_link(
         "MATCH" => "LINKED",
         "NO_MATCH" => "INVALID",
         "POSSIBLE_MATCH" => "OPEN",
-        other => return Err(Error::invalid_at(
-            format!(
+        other => {
+            return Err(Error::invalid_at(
+                format!(
                 "matchResult `{other}` cannot be created: use MATCH, NO_MATCH or POSSIBLE_MATCH"
             ),
-            "matchResult",
-        )),
+                "matchResult",
+            ))
+        }
     };
     let (g, r) = pair_to_decide(s, env, golden, resource)?;
     if g.id == r.id {

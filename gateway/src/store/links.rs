@@ -148,21 +148,25 @@ struct Hit {
 /// within `window` years of birth, or the name pair, or the phone: at most `max`, those sharing
 /// more keys first) or holding one of its identifier values. One round trip for any number of
 /// query people (a whole Bundle), through `kiunga_match_candidates` (migration 7).
-/// `exclude[q]` is the query person's own id, if it has one. Scope is not applied: callers
-/// decide what they may show.
+/// `people[q]` says who query person `q` is. Scope is not applied: callers decide what they may
+/// show.
 ///
 /// `single_valued` are the query people's values in single-valued systems (`system|value`): a
 /// person holding another value there is two people with the query person (a hard rule of the
 /// engine), so they are left out while the keys are read rather than loaded and compared.
+/// A query person holding a value of the primary system never reads the keys of people holding
+/// one (migration 9).
 pub fn candidates(
     s: &mut Scoped,
     keys: &[KeyQuery],
     identifiers: &[(i32, i64, String)],
     single_valued: &[(i32, String)],
-    exclude: &[i64],
+    people: &[QueryPerson],
     window: i32,
     max: i64,
 ) -> Result<Vec<(usize, i64)>, Error> {
+    let exclude: Vec<i64> = people.iter().map(|p| p.id).collect();
+    let holds_primary: Vec<bool> = people.iter().map(|p| p.holds_primary).collect();
     let (kq, kk, kc, ky) = keys.iter().fold(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         |mut a, k| {
@@ -186,7 +190,7 @@ pub fn candidates(
     let (sq, sv): (Vec<i32>, Vec<&str>) =
         single_valued.iter().map(|(q, v)| (*q, v.as_str())).unzip();
     let hits: Vec<Hit> = diesel::sql_query(
-        "SELECT q, id FROM kiunga_match_candidates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "SELECT q, id FROM kiunga_match_candidates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind::<Array<Integer>, _>(&kq)
     .bind::<Array<Text>, _>(&kk)
@@ -197,11 +201,19 @@ pub fn candidates(
     .bind::<Array<Integer>, _>(&iq)
     .bind::<Array<BigInt>, _>(&ia)
     .bind::<Array<Text>, _>(&iv)
-    .bind::<Array<BigInt>, _>(exclude)
+    .bind::<Array<BigInt>, _>(&exclude)
     .bind::<Array<Integer>, _>(&sq)
     .bind::<Array<Text>, _>(&sv)
+    .bind::<Array<diesel::sql_types::Bool>, _>(&holds_primary)
     .load(s.conn()?)?;
     Ok(hits.into_iter().map(|h| (h.q as usize, h.id)).collect())
+}
+
+/// A query person of [`candidates`]: their own id (0 when not stored yet), never a candidate of
+/// theirs, and whether they hold a value of the primary single-valued system.
+pub struct QueryPerson {
+    pub id: i64,
+    pub holds_primary: bool,
 }
 
 /// One stored decision about a pair.

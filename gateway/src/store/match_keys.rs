@@ -14,8 +14,9 @@ use super::Scoped;
 use crate::error::Error;
 use crate::matching::keys::Key;
 
-/// The rows of a person's keys; `sv` are their single-valued identifiers (`system|value`).
-pub fn rows(person: i64, keys: Vec<Key>, sv: &[String]) -> Vec<MatchKeyRow> {
+/// The rows of a person's keys; `sv` are their single-valued identifiers (`system|value`), `hard`
+/// whether one of them is of the primary system (`Demographics::holds_primary`).
+pub fn rows(person: i64, keys: Vec<Key>, sv: &[String], hard: bool) -> Vec<MatchKeyRow> {
     let sv = (!sv.is_empty()).then(|| sv.to_vec());
     keys.into_iter()
         .map(|k| MatchKeyRow {
@@ -24,15 +25,22 @@ pub fn rows(person: i64, keys: Vec<Key>, sv: &[String]) -> Vec<MatchKeyRow> {
             code: k.code,
             year: k.year,
             sv: sv.clone(),
+            hard: Some(hard),
         })
         .collect()
 }
 
 /// Replaces a person's keys (after an update changed their names, birth date or phone).
-pub fn replace(s: &mut Scoped, person: i64, keys: Vec<Key>, sv: &[String]) -> Result<(), Error> {
+pub fn replace(
+    s: &mut Scoped,
+    person: i64,
+    keys: Vec<Key>,
+    sv: &[String],
+    hard: bool,
+) -> Result<(), Error> {
     let conn = s.conn()?;
     diesel::delete(mk::table.filter(mk::tracked_entity_id.eq(person))).execute(conn)?;
-    let rows = rows(person, keys, sv);
+    let rows = rows(person, keys, sv, hard);
     if !rows.is_empty() {
         diesel::insert_into(mk::table).values(&rows).execute(conn)?;
     }

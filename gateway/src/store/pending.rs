@@ -91,6 +91,8 @@ pub struct MatchKeyRow {
     pub year: Option<i32>,
     /// The person's single-valued identifiers as `system|value` (see migration 7).
     pub sv: Option<Vec<String>>,
+    /// Whether the person holds a value of the primary single-valued system (migration 9).
+    pub hard: Option<bool>,
 }
 
 #[derive(Insertable)]

@@ -250,6 +250,7 @@ diesel::table! {
         code -> Text,
         year -> Nullable<Int4>,
         sv -> Nullable<Array<Text>>,
+        hard -> Nullable<Bool>,
     }
 }
 

@@ -145,13 +145,19 @@ pub fn prepare_with(
             }
         }
     }
-    let exclude = vec![0; wanted.len()];
+    let people: Vec<links::QueryPerson> = wanted
+        .iter()
+        .map(|(_, d)| links::QueryPerson {
+            id: 0,
+            holds_primary: d.holds_primary(pm),
+        })
+        .collect();
     let hits = links::candidates(
         s,
         &key_queries,
         &identifiers,
         &single_valued,
-        &exclude,
+        &people,
         rules.birth_year_window,
         rules.max_candidates,
     )?;
@@ -287,7 +293,10 @@ pub fn find(
         &key_queries,
         &identifiers,
         &single_valued,
-        &[0],
+        &[links::QueryPerson {
+            id: 0,
+            holds_primary: query.holds_primary(pm),
+        }],
         rules.birth_year_window,
         rules.max_candidates,
     )?

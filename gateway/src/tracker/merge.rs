@@ -279,6 +279,7 @@ fn new_version(
                 p.id,
                 crate::matching::keys::keys(&d),
                 &d.single_valued(pm),
+                d.holds_primary(pm),
             )?;
         }
     }

@@ -66,11 +66,15 @@ pub fn from_snapshot(
 fn match_keys(
     env: &Env,
     p: &PersonRecord,
-) -> Option<(Vec<crate::matching::keys::Key>, Vec<String>)> {
+) -> Option<(Vec<crate::matching::keys::Key>, Vec<String>, bool)> {
     env.mappings.matching.as_ref()?;
     let pm = &env.mappings.patient;
     let d = crate::matching::Demographics::from_values(&p.values, pm);
-    Some((crate::matching::keys::keys(&d), d.single_valued(pm)))
+    Some((
+        crate::matching::keys::keys(&d),
+        d.single_valued(pm),
+        d.holds_primary(pm),
+    ))
 }
 
 /// Resolves the owning org unit and checks that the caller may write there.
@@ -217,10 +221,10 @@ pub fn create(
             .map(|v| (v.attribute_id, v.value.clone()))
             .collect(),
     };
-    if let Some((keys, sv)) = match_keys(env, &record) {
+    if let Some((keys, sv, hard)) = match_keys(env, &record) {
         s.defer()
             .match_keys
-            .extend(crate::store::match_keys::rows(id, keys, &sv));
+            .extend(crate::store::match_keys::rows(id, keys, &sv, hard));
     }
     super::record_write(
         s,
@@ -308,8 +312,8 @@ pub fn update(
         merged_into: None,
         values,
     };
-    if let Some((keys, sv)) = match_keys(env, &record) {
-        crate::store::match_keys::replace(s, record.id, keys, &sv)?;
+    if let Some((keys, sv, hard)) = match_keys(env, &record) {
+        crate::store::match_keys::replace(s, record.id, keys, &sv, hard)?;
     }
     let linked = super::identity::link(s, env, &record, true)?;
     super::record_write(
