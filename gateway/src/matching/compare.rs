@@ -1,9 +1,5 @@
 //! Field comparators: each returns a similarity in 0..1 that `score` turns into a weight.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-
 use rphonetic::{DoubleMetaphone, Encoder, Soundex};
 
 use crate::mapping::matching::{Comparator, FieldRule, Phonetic};
@@ -49,63 +45,15 @@ fn token(rule: &FieldRule, a: &str, b: &str) -> f64 {
     }
     // Two spellings of one name (Mohamed / Muhammad, Wanjiku / Wanjikũ) sound alike: count them
     // as agreeing, which Jaro–Winkler alone does not always do for short African and Asian names.
-    if sounds_alike(rule.phonetic, a, b) {
+    let (ca, cb) = (
+        phonetic_codes(rule.phonetic, a),
+        phonetic_codes(rule.phonetic, b),
+    );
+    if ca.iter().any(|c| cb.contains(c)) {
         rule.agree
     } else {
         s
     }
-}
-
-/// A token's phonetic codes packed into numbers (0: none), so that comparing two costs nothing.
-type Packed = [u64; 2];
-
-thread_local! {
-    /// Codes already computed on this thread, per phonetic kind: matching one person compares
-    /// the same few hundred names with every candidate, and encoding a name costs far more than
-    /// looking it up (profiled: it was most of the time matching on write took).
-    static CODES: RefCell<[HashMap<String, Packed>; 2]> = RefCell::new(Default::default());
-}
-
-/// The memo starts again when it holds this many names.
-const CODES_MAX: usize = 50_000;
-
-fn pack(code: &str) -> u64 {
-    if code.len() <= 8 {
-        code.bytes().fold(0u64, |n, b| (n << 8) | u64::from(b))
-    } else {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        code.hash(&mut h);
-        h.finish() | (1 << 63)
-    }
-}
-
-fn packed(p: Phonetic, token: &str) -> Packed {
-    let slot = match p {
-        Phonetic::DoubleMetaphone => 0,
-        Phonetic::Soundex => 1,
-        Phonetic::None => return [0, 0],
-    };
-    CODES.with(|memo| {
-        let mut memo = memo.borrow_mut();
-        if let Some(c) = memo[slot].get(token) {
-            return *c;
-        }
-        let mut c = [0, 0];
-        for (i, code) in phonetic_codes(p, token).iter().take(2).enumerate() {
-            c[i] = pack(code);
-        }
-        if memo[slot].len() >= CODES_MAX {
-            memo[slot].clear();
-        }
-        memo[slot].insert(token.to_owned(), c);
-        c
-    })
-}
-
-/// Whether two tokens share a phonetic code.
-pub fn sounds_alike(p: Phonetic, a: &str, b: &str) -> bool {
-    let (ca, cb) = (packed(p, a), packed(p, b));
-    ca.iter().any(|c| *c != 0 && cb.contains(c))
 }
 
 /// Names compared token by token in any order (family and given names swapped, a middle name
@@ -189,29 +137,6 @@ mod tests {
 
     fn toks(s: &str) -> Vec<String> {
         s.split(' ').map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn remembered_codes_agree_with_encoding_afresh() {
-        let names = [
-            "mohamed", "muhammad", "wanjiku", "wanjikuu", "nguyen", "nwin", "amina", "aminah",
-            "otieno", "achieng", "thompson", "tomson", "xiong", "zhong", "",
-        ];
-        for p in [Phonetic::DoubleMetaphone, Phonetic::Soundex, Phonetic::None] {
-            // Twice: the second round reads the memo.
-            for _ in 0..2 {
-                for a in names {
-                    for b in names {
-                        let (ca, cb) = (phonetic_codes(p, a), phonetic_codes(p, b));
-                        assert_eq!(
-                            sounds_alike(p, a, b),
-                            ca.iter().any(|c| cb.contains(c)),
-                            "{p:?} {a} {b}"
-                        );
-                    }
-                }
-            }
-        }
     }
 
     #[test]
