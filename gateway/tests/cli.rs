@@ -86,6 +86,19 @@ fn serve(db: &Db, envs: &[(&str, &std::ffi::OsStr)]) -> (std::process::Child, St
     (child, base)
 }
 
+/// A private copy of the shipped mapping files (files only), to change in a test.
+fn mappings_copy(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiunga-{tag}-{}", kiunga::tracker::new_uid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
 fn kiunga(db: &Db) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiunga"));
     c.current_dir(repo())
@@ -105,14 +118,7 @@ fn mappings_check_prints_file_line_problems_and_exits_1() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("OK (mappings version "));
 
-    let dir = std::env::temp_dir().join(format!("kiunga-cli-{}", kiunga::tracker::new_uid()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = mappings_copy("cli");
     let broken = std::fs::read_to_string(dir.join("observation.toml"))
         .unwrap()
         .replace("data_element = \"HEIGHT\"", "data_element = \"HIEGHT\"");
@@ -261,14 +267,7 @@ fn import_prints_a_summary_and_writes_the_report() {
 #[test]
 fn sighup_reloads_the_mappings_and_refuses_a_broken_set() {
     let db = Db::new();
-    let dir = std::env::temp_dir().join(format!("kiunga-hup-{}", kiunga::tracker::new_uid()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = mappings_copy("hup");
     let (mut child, base) = serve(&db, &[("KIUNGA_MAPPINGS_DIR", dir.as_os_str())]);
     let http = reqwest::blocking::Client::new();
     let version = || -> String {
@@ -401,14 +400,7 @@ fn mappings_test_runs_the_golden_cases_and_fails_when_a_map_changes() {
 #[test]
 fn rematch_redecides_the_engines_links_and_keeps_peoples_decisions() {
     let db = Db::new();
-    let dir = std::env::temp_dir().join(format!("kiunga-rematch-{}", kiunga::tracker::new_uid()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(repo().join("mappings")).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = mappings_copy("rematch");
     let envs = [("KIUNGA_MAPPINGS_DIR", dir.as_os_str())];
     let (mut child, base) = serve(&db, &envs);
     let http = reqwest::blocking::Client::new();

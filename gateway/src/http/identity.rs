@@ -61,6 +61,21 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     .await
 }
 
+/// The request body as a resource (JSON or XML, as its Content-Type says).
+async fn resource_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Value, Error> {
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok());
+    let format = kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
+    let bytes = read_body(payload, state.config.max_body_bytes).await?;
+    Ok(kiunga_codec::parse(&bytes, format)?)
+}
+
 /// `POST Patient/$match`: a `Parameters` body (`resource`, `onlyCertainMatches`, `count`) or a
 /// bare Patient.
 pub async fn match_patient(
@@ -70,15 +85,7 @@ pub async fn match_patient(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
-        let content_type = r
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|h| h.to_str().ok());
-        let format =
-            kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
-        let bytes = read_body(payload, state.config.max_body_bytes).await?;
-        let body = kiunga_codec::parse(&bytes, format)?;
-        let q = match_query(body)?;
+        let q = match_query(resource_body(&r, payload, &state).await?)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let base = state.base.clone();
         Ok(FhirResponse::ok(
@@ -304,15 +311,8 @@ async fn merge_op(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
-        let content_type = r
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|h| h.to_str().ok());
-        let format =
-            kiunga_codec::content_format(content_type).map_err(Error::UnsupportedMediaType)?;
-        let bytes = read_body(payload, state.config.max_body_bytes).await?;
         let op = if undo { "$unmerge" } else { "$merge" };
-        let p = crate::rest::merge::params(kiunga_codec::parse(&bytes, format)?, op)?;
+        let p = crate::rest::merge::params(resource_body(&r, payload, &state).await?, op)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         Ok(FhirResponse::ok(
             crate::app::tx(&state, ctx, mappings, move |s, env| {
