@@ -469,17 +469,7 @@ fn pair_to_decide(
     let g = person_named(s, env, "goldenResourceId", golden)?;
     let r = person_named(s, env, "resourceId", resource)?;
     for p in [&g, &r] {
-        let path = env
-            .md
-            .org_unit_by_id(p.org_unit_id)
-            .map(|o| o.path.as_str())
-            .unwrap_or_default();
-        if !s.ctx.capture.contains(path) {
-            return Err(Error::Forbidden(format!(
-                "you may read Patient/{} but not decide about it: it is owned outside your org units",
-                p.uid
-            )));
-        }
+        crate::tracker::patients::check_capture(s, env, p, "decide about")?;
     }
     Ok((g, r))
 }

@@ -45,6 +45,45 @@ pub struct MergeDone {
     pub warnings: Vec<Issue>,
 }
 
+/// The source and the target, in that order.
+type Pair = (PersonRecord, PersonRecord);
+
+impl MergeDone {
+    fn of(
+        m: &Moved,
+        (source, target): Pair,
+        (events, observations): (usize, usize),
+        identifiers: usize,
+        warnings: Vec<Issue>,
+    ) -> Self {
+        MergeDone {
+            source,
+            target,
+            enrollments: m.enrollments.len(),
+            events,
+            observations,
+            relationships: m.relationships_from.len() + m.relationships_to.len(),
+            identifiers,
+            warnings,
+        }
+    }
+}
+
+/// `values` with `changes` applied (None removes the attribute).
+fn with_changes(
+    values: &BTreeMap<i64, String>,
+    changes: &BTreeMap<i64, Option<String>>,
+) -> BTreeMap<i64, String> {
+    let mut out = values.clone();
+    for (a, v) in changes {
+        match v {
+            Some(v) => out.insert(*a, v.clone()),
+            None => out.remove(a),
+        };
+    }
+    out
+}
+
 fn not_a_person(param: &str, uid: &str, why: &str) -> Error {
     Error::rule(
         format!("{param}: Patient/{uid} {why}"),
@@ -80,21 +119,6 @@ fn lock_pair(
         let b = lock(target_param, target)?;
         Ok((lock(source_param, source)?, b))
     }
-}
-
-fn check_capture(s: &Scoped, env: &Env, p: &PersonRecord, what: &str) -> Result<(), Error> {
-    let path = env
-        .md
-        .org_unit_by_id(p.org_unit_id)
-        .map(|o| o.path.as_str())
-        .unwrap_or_default();
-    if !s.ctx.capture.contains(path) {
-        return Err(Error::Forbidden(format!(
-            "you may read Patient/{} but not {what} it: it is owned outside your org units",
-            p.uid
-        )));
-    }
-    Ok(())
 }
 
 fn attribute_name(env: &Env, id: i64) -> String {
@@ -341,6 +365,25 @@ fn log_moved(
     Ok((evs.len(), vals.len()))
 }
 
+/// The new versions of both records (with these values) and of every moved Encounter and
+/// Observation: the records, and how many Encounters and Observations moved.
+fn finish(
+    s: &mut Scoped,
+    env: &Env,
+    (source, source_values): (PersonRecord, BTreeMap<i64, String>),
+    (target, target_values): (PersonRecord, BTreeMap<i64, String>),
+    rows: (Vec<i64>, Vec<i64>),
+    now: DateTime<Utc>,
+) -> Result<(Pair, (usize, usize)), Error> {
+    let (source_uid, target_uid) = (source.uid.clone(), target.uid.clone());
+    let source = new_version(s, env, source, source_values, now)?;
+    let target = new_version(s, env, target, target_values, now)?;
+    let moved = log_moved(s, env, rows, now)?;
+    s.cache.evict_person(&source_uid);
+    s.cache.evict_person(&target_uid);
+    Ok(((source, target), moved))
+}
+
 pub fn merge(s: &mut Scoped, env: &Env, req: &MergeRequest) -> Result<MergeDone, Error> {
     if req.source == req.target {
         return Err(Error::rule(
@@ -373,8 +416,8 @@ pub fn merge(s: &mut Scoped, env: &Env, req: &MergeRequest) -> Result<MergeDone,
             &format!("was merged into Patient/{into}: merge into Patient/{into} instead"),
         ));
     }
-    check_capture(s, env, &source, "merge")?;
-    check_capture(s, env, &target, "merge")?;
+    patients::check_capture(s, env, &source, "merge")?;
+    patients::check_capture(s, env, &target, "merge")?;
 
     let sh = store::holdings(s.conn()?, source.id, target.id)?;
     let th = store::holdings(s.conn()?, target.id, source.id)?;
@@ -382,45 +425,35 @@ pub fn merge(s: &mut Scoped, env: &Env, req: &MergeRequest) -> Result<MergeDone,
     let m = plan(env, &source, &target, &sh, &th, req.result, &mut warnings);
     let moved_ids = moved_identifiers(&m);
 
-    let mut source_after = source.values.clone();
-    source_after.retain(|a, _| !moved_ids.contains(a));
-    let mut target_after = target.values.clone();
-    for (a, (_, after)) in &m.target_changes {
-        match after {
-            Some(v) => target_after.insert(*a, v.clone()),
-            None => target_after.remove(a),
-        };
-    }
-    if req.preview {
-        let events = events::events_of_person(s, source.id)?.len();
-        let observations = events::values_of_person(s, source.id)?.len();
-        let mut s_rec = source.clone();
-        s_rec.values = source_after;
-        s_rec.inactive = true;
-        s_rec.merged_into = Some(target.id);
-        let mut t_rec = target.clone();
-        t_rec.values = target_after;
-        return Ok(MergeDone {
-            source: s_rec,
-            target: t_rec,
-            enrollments: m.enrollments.len(),
-            events,
-            observations,
-            relationships: m.relationships_from.len() + m.relationships_to.len(),
-            identifiers: moved_ids.len(),
-            warnings,
-        });
-    }
-
-    let now = Utc::now();
-    // The source lets go of what moves before the target takes it (unique values).
     let leaving: BTreeMap<i64, Option<String>> = moved_ids.iter().map(|a| (*a, None)).collect();
-    write_values(s, env, source.id, &leaving, now)?;
     let changes: BTreeMap<i64, Option<String>> = m
         .target_changes
         .iter()
         .map(|(a, (_, after))| (*a, after.clone()))
         .collect();
+    let source_after = with_changes(&source.values, &leaving);
+    let target_after = with_changes(&target.values, &changes);
+    let mut merged = source.clone();
+    merged.inactive = true;
+    merged.merged_into = Some(target.id);
+    if req.preview {
+        let events = events::events_of_person(s, source.id)?.len();
+        let observations = events::values_of_person(s, source.id)?.len();
+        merged.values = source_after;
+        let mut t_rec = target.clone();
+        t_rec.values = target_after;
+        return Ok(MergeDone::of(
+            &m,
+            (merged, t_rec),
+            (events, observations),
+            moved_ids.len(),
+            warnings,
+        ));
+    }
+
+    let now = Utc::now();
+    // The source lets go of what moves before the target takes it (unique values).
+    write_values(s, env, source.id, &leaving, now)?;
     write_values(s, env, target.id, &changes, now)?;
     let rows = store::move_rows(s.conn()?, source.id, target.id, &m, now)?;
     store::set_merged_into(
@@ -436,24 +469,15 @@ pub fn merge(s: &mut Scoped, env: &Env, req: &MergeRequest) -> Result<MergeDone,
     links::set_merged(s.conn()?, source.id, target.id, &actor, now)?;
     store::record(s.conn()?, source.id, target.id, &actor, &m, now)?;
 
-    let mut s_rec = source.clone();
-    s_rec.inactive = true;
-    s_rec.merged_into = Some(target.id);
-    let s_rec = new_version(s, env, s_rec, source_after, now)?;
-    let t_rec = new_version(s, env, target.clone(), target_after, now)?;
-    let (events, observations) = log_moved(s, env, rows, now)?;
-    s.cache.evict_person(&source.uid);
-    s.cache.evict_person(&target.uid);
-    Ok(MergeDone {
-        source: s_rec,
-        target: t_rec,
-        enrollments: m.enrollments.len(),
-        events,
-        observations,
-        relationships: m.relationships_from.len() + m.relationships_to.len(),
-        identifiers: moved_ids.len(),
-        warnings,
-    })
+    let (records, moved) = finish(
+        s,
+        env,
+        (merged, source_after),
+        (target, target_after),
+        rows,
+        now,
+    )?;
+    Ok(MergeDone::of(&m, records, moved, moved_ids.len(), warnings))
 }
 
 /// Undoes the standing merge of `source` (into `target`, when given, which must be the one).
@@ -496,8 +520,8 @@ pub fn unmerge(
         ("source-patient", source),
         ("target-patient", &survivor),
     )?;
-    check_capture(s, env, &src, "unmerge")?;
-    check_capture(s, env, &tgt, "unmerge")?;
+    patients::check_capture(s, env, &src, "unmerge")?;
+    patients::check_capture(s, env, &tgt, "unmerge")?;
     let (merge_id, m) = store::standing_for_update(s.conn()?, src.id)?
         .ok_or_else(|| Error::Internal("a merged record has no standing merge".into()))?;
 
@@ -544,34 +568,22 @@ pub fn unmerge(
         links::decide(s.conn()?, l.id, "INVALID", &actor, now)?;
     }
 
-    let mut target_after = tgt.values.clone();
-    for (a, v) in &target_back {
-        match v {
-            Some(v) => target_after.insert(*a, v.clone()),
-            None => target_after.remove(a),
-        };
-    }
+    let target_after = with_changes(&tgt.values, &target_back);
     let identifiers = m
         .source_values
         .keys()
         .filter(|a| target_back.contains_key(a))
         .count();
-    let mut s_rec = src.clone();
-    s_rec.inactive = m.source_inactive;
-    s_rec.merged_into = None;
-    let s_rec = new_version(s, env, s_rec, m.source_values.clone(), now)?;
-    let t_rec = new_version(s, env, tgt.clone(), target_after, now)?;
-    let (events, observations) = log_moved(s, env, rows, now)?;
-    s.cache.evict_person(&src.uid);
-    s.cache.evict_person(&tgt.uid);
-    Ok(MergeDone {
-        source: s_rec,
-        target: t_rec,
-        enrollments: m.enrollments.len(),
-        events,
-        observations,
-        relationships: m.relationships_from.len() + m.relationships_to.len(),
-        identifiers,
-        warnings,
-    })
+    let mut restored = src;
+    restored.inactive = m.source_inactive;
+    restored.merged_into = None;
+    let (records, moved) = finish(
+        s,
+        env,
+        (restored, m.source_values.clone()),
+        (tgt, target_after),
+        rows,
+        now,
+    )?;
+    Ok(MergeDone::of(&m, records, moved, identifiers, warnings))
 }

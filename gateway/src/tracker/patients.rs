@@ -264,16 +264,7 @@ pub fn update(
             return Err(Error::PreconditionFailed(format!("Patient/{uid} is at version {}, not {expected}: read it again and reapply your change", current.version)));
         }
     }
-    let current_ou = env
-        .md
-        .org_unit_by_id(current.org_unit_id)
-        .map(|o| o.path.as_str())
-        .unwrap_or_default();
-    if !s.ctx.capture.contains(current_ou) {
-        return Err(Error::Forbidden(format!(
-            "you may read Patient/{uid} but not change it: it is owned outside your org units"
-        )));
-    }
+    check_capture(s, env, &current, "change")?;
     let org_unit_id = owner(
         s,
         env,
@@ -340,16 +331,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
         return Ok(None);
     }
     refuse_merged(s, &current, "delete")?;
-    let path = env
-        .md
-        .org_unit_by_id(current.org_unit_id)
-        .map(|o| o.path.as_str())
-        .unwrap_or_default();
-    if !s.ctx.capture.contains(path) {
-        return Err(Error::Forbidden(format!(
-            "you may read Patient/{uid} but not delete it: it is owned outside your org units"
-        )));
-    }
+    check_capture(s, env, &current, "delete")?;
     let live = crate::store::events::live_events_of_person(s.conn()?, current.id)?;
     if live > 0 {
         return Err(Error::Conflict { message: format!("Patient/{uid} still has {live} Encounter(s); delete their Observations and Encounters first"), expression: None });
@@ -359,6 +341,23 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     store::mark_deleted(s.conn()?, current.id, version, now)?;
     logs::record_deletion(s, TYPE, uid, version, now, &env.mappings.version);
     Ok(Some(version))
+}
+
+/// 403 unless the caller may write where `p` is owned (their capture scope); `what` they tried,
+/// as a verb ("change", "delete", "merge").
+pub fn check_capture(s: &Scoped, env: &Env, p: &PersonRecord, what: &str) -> Result<(), Error> {
+    let path = env
+        .md
+        .org_unit_by_id(p.org_unit_id)
+        .map(|o| o.path.as_str())
+        .unwrap_or_default();
+    if !s.ctx.capture.contains(path) {
+        return Err(Error::Forbidden(format!(
+            "you may read Patient/{} but not {what} it: it is owned outside your org units",
+            p.uid
+        )));
+    }
+    Ok(())
 }
 
 /// A merged record keeps its history but takes no new data: that goes to the survivor.
