@@ -85,8 +85,10 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             const PIXM: &str = "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix";
             // Ours (docs/api.md): R5's $merge has no undo; this one puts back what a merge moved.
             const UNMERGE: &str = "urn:kiunga:fhir:OperationDefinition:Patient-unmerge";
+            // Ours (docs/api.md): moves the ownership of a person's record in a program.
+            const TRANSFER: &str = "urn:kiunga:fhir:OperationDefinition:Patient-transfer";
             let operations: &[(&str, &str)] = match r.resource_type {
-                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM), ("merge", "Patient-merge"), ("unmerge", UNMERGE)],
+                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM), ("merge", "Patient-merge"), ("unmerge", UNMERGE), ("transfer", TRANSFER)],
                 "ConceptMap" => &[("translate", "ConceptMap-translate")],
                 "CodeSystem" => &[("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
                 "ValueSet" => &[("validate-code", "ValueSet-validate-code")],

@@ -62,7 +62,7 @@ pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The request body as a resource (JSON or XML, as its Content-Type says).
-async fn resource_body(
+pub(super) async fn resource_body(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,

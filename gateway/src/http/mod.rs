@@ -236,6 +236,73 @@ const OBSERVATION_PARAMS: &[SearchParam] = &[
     },
 ];
 
+const RELATED_PERSON_PARAMS: &[SearchParam] = &[
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Relationship UID",
+    },
+    SearchParam {
+        name: "patient",
+        kind: "reference",
+        doc: "The person this one is related to",
+    },
+    SearchParam {
+        name: "identifier",
+        kind: "token",
+        doc:
+            "system|value of the related person's own identifier (systems of mappings/patient.toml)",
+    },
+    SearchParam {
+        name: "relationship",
+        kind: "token",
+        doc: "system|code of the role (mappings/care.toml)",
+    },
+    SearchParam {
+        name: "_lastUpdated",
+        kind: "date",
+        doc: "Last change, with prefixes",
+    },
+];
+
+const EPISODE_PARAMS: &[SearchParam] = &[
+    SearchParam {
+        name: "_id",
+        kind: "token",
+        doc: "Enrollment UID",
+    },
+    SearchParam {
+        name: "patient",
+        kind: "reference",
+        doc: "The enrolled person",
+    },
+    SearchParam {
+        name: "status",
+        kind: "token",
+        doc: "active, finished or cancelled",
+    },
+    SearchParam {
+        name: "type",
+        kind: "token",
+        doc: "system|code of the program (mappings/care.toml, else urn:kiunga:program|<code>)",
+    },
+    SearchParam {
+        name: "organization",
+        kind: "reference",
+        doc: "The org unit that owns the record in the program",
+    },
+    SearchParam {
+        name: "date",
+        kind: "date",
+        doc: "Enrollment date, with prefixes",
+    },
+    SearchParam {
+        name: "_lastUpdated",
+        kind: "date",
+        doc: "Last change, with prefixes",
+    },
+];
+
 const CODESYSTEM_PARAMS: &[SearchParam] = &[
     SearchParam {
         name: "_id",
@@ -336,6 +403,18 @@ pub static RESOURCES: &[ResourceCapability] = &[
         interactions: CRUD,
         search_params: OBSERVATION_PARAMS,
         documentation: "A data value of an event, mapped by mappings/observation.toml; quantities converted to the data element's unit.",
+    },
+    ResourceCapability {
+        resource_type: "RelatedPerson",
+        interactions: CRUD,
+        search_params: RELATED_PERSON_PARAMS,
+        documentation: "A relationship between two people (mother-child, caregiver-child), typed by the registry's relationship types through mappings/care.toml. The related person is a registered person of her own (extension urn:kiunga:fhir:StructureDefinition:related-person-record), whose Patient links back (seealso).",
+    },
+    ResourceCapability {
+        resource_type: "EpisodeOfCare",
+        interactions: CRUD,
+        search_params: EPISODE_PARAMS,
+        documentation: "An enrollment in a program; managingOrganization is the org unit that owns the person's record in the program (Patient/{id}/$transfer moves it; each move is a new version in _history with the ownership-transfer extension).",
     },
     ResourceCapability {
         resource_type: "CodeSystem",
@@ -500,6 +579,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/{type}/{id}/$everything")
                         .route(web::get().to(everything))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
+                    web::resource("/{type}/{id}/$transfer")
+                        .route(web::post().to(transfer))
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
@@ -1161,6 +1245,34 @@ async fn everything(
         Ok(FhirResponse::ok(
             crate::app::read(&state, ctx, mappings, move |s, env| {
                 rest::everything(s, env, &id, &base)
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+/// `POST Patient/{id}/$transfer`: moves the ownership of the person's record in a program.
+async fn transfer(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (t, id) = path.into_inner();
+    let r = req.clone();
+    respond(&req, |n| async move {
+        if t != "Patient" {
+            return Err(Error::NotFound(format!(
+                "$transfer is defined on Patient, not {t}"
+            )));
+        }
+        let body = identity::resource_body(&r, payload, &state).await?;
+        let p = rest::care::transfer_params(body)?;
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(FhirResponse::ok(
+            crate::app::tx(&state, ctx, mappings, move |s, env| {
+                rest::care::transfer(s, env, &id, &p)
             })
             .await?,
         ))

@@ -2,6 +2,7 @@
 //! They are edited by people, so every problem is reported as `file:line: what is wrong`, all at
 //! once, and a set with any problem is refused as a whole.
 
+pub mod care;
 pub mod encounter;
 pub mod golden;
 pub mod matching;
@@ -96,6 +97,8 @@ pub struct MappingSet {
     pub organizations: organizations::OrganizationMapping,
     /// `matching.toml`, when present: the rules of `Patient/$match`.
     pub matching: Option<matching::MatchingRules>,
+    /// `care.toml`: RelatedPerson roles, EpisodeOfCare types, transfer on PUT (defaults when absent).
+    pub care: care::CareMapping,
 }
 
 const KNOWN_FILES: &[&str] = &[
@@ -105,6 +108,7 @@ const KNOWN_FILES: &[&str] = &[
     "terminology.toml",
     "organizations.toml",
     "matching.toml",
+    "care.toml",
 ];
 
 impl MappingSet {
@@ -136,6 +140,7 @@ impl MappingSet {
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut orgs = organizations::OrganizationMapping::default();
         let mut matching = None;
+        let mut care = care::CareMapping::default();
         for path in &files {
             let name = path.display().to_string();
             let file_name = path
@@ -182,6 +187,10 @@ impl MappingSet {
                 "observation.toml" => observation_src = Some(src),
                 "matching.toml" => match matching::load(&src) {
                     Ok(m) => matching = Some(m),
+                    Err(mut p) => problems.append(&mut p),
+                },
+                "care.toml" => match care::load(&src, md) {
+                    Ok(m) => care = m,
                     Err(mut p) => problems.append(&mut p),
                 },
                 "organizations.toml" => match organizations::load(&src, md) {
@@ -267,6 +276,7 @@ impl MappingSet {
                     terminology,
                     organizations: orgs,
                     matching,
+                    care,
                 })
             }
             _ => Err(Problems(problems)),

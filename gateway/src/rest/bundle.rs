@@ -1,8 +1,8 @@
 //! Transaction and batch Bundles (FHIR http.html#transaction).
 //!
 //! A transaction runs every entry in the caller's one database transaction, in the order the spec
-//! gives (DELETE, POST, PUT/PATCH, GET/HEAD; POSTs of Patients before Encounters before
-//! Observations, so that references between new records resolve), rewrites `urn:uuid:`/`urn:oid:`
+//! gives (DELETE, POST, PUT/PATCH, GET/HEAD; POSTs of Patients before RelatedPersons and
+//! EpisodesOfCare, before Encounters before Observations, so that references between new records resolve), rewrites `urn:uuid:`/`urn:oid:`
 //! references to the new ids and resolves conditional references. Any failure fails the whole
 //! Bundle, naming the entry. A batch runs each entry on its own (see [`batch_entry`]).
 
@@ -487,9 +487,11 @@ fn rank(req: &Request) -> (u8, u8) {
     };
     let ty = match req.resource_type.as_str() {
         "Patient" => 0,
-        "Encounter" => 1,
-        "Observation" => 2,
-        _ => 3,
+        "RelatedPerson" => 1,
+        "EpisodeOfCare" => 1,
+        "Encounter" => 2,
+        "Observation" => 3,
+        _ => 4,
     };
     (method, ty)
 }

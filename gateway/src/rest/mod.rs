@@ -3,6 +3,7 @@
 //! translate the input (pure), apply the tracker rules and store, render the result.
 
 pub mod bundle;
+pub mod care;
 pub mod identity;
 pub mod merge;
 pub mod provenance;
@@ -17,11 +18,17 @@ use crate::fhir::bundle::HistoryEntry;
 use crate::fhir::outcome::Issue;
 use crate::store::logs::Inbound;
 use crate::store::Scoped;
-use crate::tracker::{encounters, observations, patients, Env};
+use crate::tracker::{encounters, episodes, observations, patients, relationships, Env};
 use crate::translate;
 
 /// The resource types stored in the tracker (as opposed to org units, which are read-only).
-pub const STORED_TYPES: &[&str] = &["Patient", "Encounter", "Observation"];
+pub const STORED_TYPES: &[&str] = &[
+    "Patient",
+    "Encounter",
+    "Observation",
+    "RelatedPerson",
+    "EpisodeOfCare",
+];
 
 /// An incoming resource with its original bytes (kept in the inbound log).
 pub struct Body<'a> {
@@ -97,7 +104,8 @@ pub fn decorate<'a>(
 ) -> Result<(), Error> {
     let mut list: Vec<&'a mut Value> = resources.into_iter().collect();
     provenance::tag_all(s, list.iter_mut().map(|r| &mut **r))?;
-    identity::show_links(s, env, list)
+    identity::show_links(s, env, list.iter_mut().map(|r| &mut **r))?;
+    care::show_related_links(s, list)
 }
 
 pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {
@@ -151,15 +159,31 @@ fn write_untagged(
                     env.default_org_unit,
                     inbound(interaction, t, &body, env),
                 )?,
-                Some(id) => patients::update(
-                    s,
-                    env,
-                    id,
-                    if_match,
-                    &w,
-                    env.default_org_unit,
-                    inbound(interaction, t, &body, env),
-                )?,
+                Some(id) => {
+                    let before = patients::read(s, env, id).map(|p| p.org_unit_id).ok();
+                    let written = patients::update(
+                        s,
+                        env,
+                        id,
+                        if_match,
+                        &w,
+                        env.default_org_unit,
+                        inbound(interaction, t, &body, env),
+                    )?;
+                    // A new managingOrganization moves the person's programs, as care.toml says.
+                    if env.mappings.care.transfer_on_managing_organization
+                        && w.org_unit_id.is_some()
+                        && before != Some(written.record.org_unit_id)
+                    {
+                        episodes::transfer_all(
+                            s,
+                            env,
+                            &written.record,
+                            written.record.org_unit_id,
+                        )?;
+                    }
+                    written
+                }
             };
             let r = written.record;
             let mut resource = translate::patient::to_fhir(&r, &m.patient, md);
@@ -194,6 +218,57 @@ fn write_untagged(
                 version: e.version,
                 last_updated: e.last_updated,
                 resource: translate::encounter::to_fhir(&e, m, md),
+                created: id.is_none(),
+                warnings: w.unmapped,
+            })
+        }
+        "RelatedPerson" => {
+            let w = translate::related_person::to_tracker(body.resource, m, md)?;
+            strict_check(env, &w.unmapped)?;
+            let written = match id {
+                None => relationships::create(s, env, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => relationships::update(
+                    s,
+                    env,
+                    id,
+                    if_match,
+                    &w,
+                    inbound(interaction, t, &body, env),
+                )?,
+            };
+            let r = written.record;
+            let mut warnings = w.unmapped;
+            warnings.extend(written.warnings);
+            Ok(Stored {
+                resource_type: t,
+                id: r.uid.clone(),
+                version: r.version,
+                last_updated: r.last_updated,
+                resource: translate::related_person::to_fhir(&r, Some(&written.related), m, md),
+                created: id.is_none(),
+                warnings,
+            })
+        }
+        "EpisodeOfCare" => {
+            let w = translate::episode::to_tracker(body.resource, m, md)?;
+            strict_check(env, &w.unmapped)?;
+            let e = match id {
+                None => episodes::create(s, env, &w, inbound(interaction, t, &body, env))?,
+                Some(id) => episodes::update(
+                    s,
+                    env,
+                    id,
+                    if_match,
+                    &w,
+                    inbound(interaction, t, &body, env),
+                )?,
+            };
+            Ok(Stored {
+                resource_type: t,
+                id: e.uid.clone(),
+                version: e.version,
+                last_updated: e.last_updated,
+                resource: care::render_episode(env, &e),
                 created: id.is_none(),
                 warnings: w.unmapped,
             })
@@ -235,6 +310,8 @@ pub fn delete(
     match static_type(resource_type)? {
         "Patient" => patients::delete(s, env, id),
         "Encounter" => encounters::delete(s, env, id),
+        "RelatedPerson" => relationships::delete(s, env, id),
+        "EpisodeOfCare" => episodes::delete(s, env, id),
         _ => observations::delete(s, env, id),
     }
 }
@@ -284,6 +361,24 @@ fn version_or_current(
                 e.last_updated,
                 translate::encounter::to_fhir(&e, m, md),
             )
+        }
+        "RelatedPerson" => {
+            let r = match version {
+                None => relationships::read(s, id)?,
+                Some(v) => relationships::vread(s, env, id, v)?,
+            };
+            (
+                r.version,
+                r.last_updated,
+                care::render_related_version(s, env, &r)?,
+            )
+        }
+        "EpisodeOfCare" => {
+            let e = match version {
+                None => episodes::read(s, id)?,
+                Some(v) => episodes::vread(s, env, id, v)?,
+            };
+            (e.version, e.last_updated, care::render_episode(env, &e))
         }
         _ => {
             let d = match version {
@@ -360,6 +455,21 @@ fn history_untagged(
                 )
             })
             .collect(),
+        "RelatedPerson" => {
+            let mut out = Vec::new();
+            for (v, op, at, r) in relationships::history(s, env, id)? {
+                let resource = match r {
+                    Some(r) => Some(care::render_related_version(s, env, &r)?),
+                    None => None,
+                };
+                out.push(entry(v, op, at, resource));
+            }
+            out
+        }
+        "EpisodeOfCare" => episodes::history(s, env, id)?
+            .into_iter()
+            .map(|(v, op, at, r)| entry(v, op, at, r.map(|r| care::render_episode(env, &r))))
+            .collect(),
         _ => observations::history(s, env, id)?
             .into_iter()
             .map(|(v, op, at, r)| {
@@ -393,6 +503,13 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
             .iter()
             .map(|d| translate::observation::to_fhir(d, m, md)),
     );
+    resources.extend(
+        crate::store::enrollments::of_person(s, person.id)?
+            .iter()
+            .map(|e| care::render_episode(env, e)),
+    );
+    let related = crate::store::relationships::of_patients(s, &[person.id])?;
+    resources.extend(care::render_related(s, env, &related)?);
     decorate(s, env, resources.iter_mut())?;
     let total = resources.len() as i64;
     let entries = resources
@@ -437,6 +554,8 @@ pub fn type_history(
     let join = match t {
         "Patient" => "JOIN tracked_entity te ON te.uid = cl.resource_uid",
         "Encounter" => "JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
+        "EpisodeOfCare" => "JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
+        "RelatedPerson" => "JOIN relationship x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = CASE WHEN x.related_is_from THEN x.to_tracked_entity_id ELSE x.from_tracked_entity_id END",
         _ => "JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
     };
     let (roots, patterns) = s

@@ -1,4 +1,4 @@
-//! Search for Patient, Encounter and Observation: every parameter becomes SQL on indexed tracker
+//! Search for Patient, Encounter, Observation, RelatedPerson and EpisodeOfCare: every parameter becomes SQL on indexed tracker
 //! columns (never a filter in Rust), the caller's scope included; then the page's records are
 //! loaded, rendered, and `_include` / `_revinclude` added once each.
 
@@ -707,6 +707,227 @@ fn observation_plan(
     })
 }
 
+/// The related end of a relationship `r` (the RelatedPerson herself).
+const RELATED_END: &str =
+    "(CASE WHEN r.related_is_from THEN r.from_tracked_entity_id ELSE r.to_tracked_entity_id END)";
+
+fn related_person_plan(
+    s: &Scoped,
+    env: &Env,
+    params: &[Param],
+    lenient: bool,
+    sql: &mut Sql,
+) -> Result<Plan, Error> {
+    let mut c = vec!["NOT r.deleted".to_string(), "NOT te.deleted".to_string()];
+    c.extend(scope_condition(s, sql));
+    if let Some((roots, patterns)) = s.ctx.search.sql_filter() {
+        let r = sql.bind(Bind::Texts(roots));
+        let p = sql.bind(Bind::Texts(patterns));
+        c.push(format!("EXISTS (SELECT 1 FROM tracked_entity o WHERE o.id = {RELATED_END} AND o.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({r}) OR ou.path LIKE ANY({p})))"));
+    }
+    for p in params {
+        let values = split(&p.value);
+        if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
+            if lenient {
+                continue;
+            }
+            return Err(unsupported_modifier(&p.name, p.modifier.as_deref()));
+        }
+        let cond = match p.name.as_str() {
+            n if COMMON.contains(&n) => continue,
+            "_id" => format!(
+                "r.uid = ANY({})",
+                sql.bind(Bind::Texts(values.iter().map(|v| v.to_string()).collect()))
+            ),
+            "_lastUpdated" => any_of(
+                values
+                    .iter()
+                    .map(|v| instant_condition(sql, "r.last_updated", v, "_lastUpdated"))
+                    .collect::<Result<_, _>>()?,
+            ),
+            "patient" => {
+                let people = sql.bind(Bind::Texts(
+                    values
+                        .iter()
+                        .map(|v| ref_id(v, "Patient").to_string())
+                        .collect(),
+                ));
+                format!("((r.related_is_from AND r.to_tracked_entity_id IN (SELECT id FROM tracked_entity WHERE uid = ANY({people}))) OR (NOT r.related_is_from AND r.from_tracked_entity_id IN (SELECT id FROM tracked_entity WHERE uid = ANY({people}))))")
+            }
+            "identifier" => {
+                let mut parts = Vec::new();
+                for v in &values {
+                    let (system, value) = match v.split_once('|') {
+                        Some((s, val)) => (Some(s), val),
+                        None => (None, *v),
+                    };
+                    let attrs: Vec<i64> = env
+                        .mappings
+                        .patient
+                        .identifiers
+                        .iter()
+                        .filter(|i| system.is_none_or(|s| s == i.system))
+                        .map(|i| i.attribute_id)
+                        .collect();
+                    if attrs.is_empty() || value.is_empty() {
+                        parts.push("false".to_string());
+                        continue;
+                    }
+                    let a = sql.bind(Bind::Ints(attrs));
+                    let val = sql.bind(Bind::Text(value.to_string()));
+                    parts.push(format!("{RELATED_END} IN (SELECT v.tracked_entity_id FROM tracked_entity_attribute_value v WHERE v.attribute_id = ANY({a}) AND v.value = {val})"));
+                }
+                any_of(parts)
+            }
+            "relationship" => {
+                let mut parts = Vec::new();
+                for v in &values {
+                    let (system, code) = v
+                        .split_once('|')
+                        .map(|(s, c)| (Some(s), c))
+                        .unwrap_or((None, v));
+                    let code = sql.bind(Bind::Text(code.to_string()));
+                    parts.push(match system.filter(|s| !s.is_empty()) {
+                        Some(system) => format!(
+                            "(r.role_code = {code} AND r.role_system = {})",
+                            sql.bind(Bind::Text(system.to_string()))
+                        ),
+                        None => format!("r.role_code = {code}"),
+                    });
+                }
+                any_of(parts)
+            }
+            _ if lenient => continue,
+            other => {
+                return Err(unknown_param(
+                    "RelatedPerson",
+                    other,
+                    "_id, patient, identifier, relationship, _lastUpdated",
+                ))
+            }
+        };
+        c.push(cond);
+    }
+    let keys = [
+        ("_lastUpdated", "r.last_updated".to_string()),
+        ("_id", "r.uid".into()),
+    ];
+    let order = order_by(params, lenient, "RelatedPerson", &keys, "r.id")?;
+    Ok(Plan {
+        from: "relationship r JOIN tracked_entity te ON te.id = (CASE WHEN r.related_is_from THEN r.to_tracked_entity_id ELSE r.from_tracked_entity_id END)",
+        id_column: "r.id",
+        conditions: c,
+        order,
+    })
+}
+
+fn episode_plan(
+    s: &Scoped,
+    env: &Env,
+    params: &[Param],
+    lenient: bool,
+    sql: &mut Sql,
+) -> Result<Plan, Error> {
+    let mut c = vec!["NOT en.deleted".to_string(), "NOT te.deleted".to_string()];
+    c.extend(scope_condition(s, sql));
+    for p in params {
+        let values = split(&p.value);
+        if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
+            if lenient {
+                continue;
+            }
+            return Err(unsupported_modifier(&p.name, p.modifier.as_deref()));
+        }
+        let cond = match p.name.as_str() {
+            n if COMMON.contains(&n) => continue,
+            "_id" => format!(
+                "en.uid = ANY({})",
+                sql.bind(Bind::Texts(values.iter().map(|v| v.to_string()).collect()))
+            ),
+            "_lastUpdated" => any_of(
+                values
+                    .iter()
+                    .map(|v| instant_condition(sql, "en.last_updated", v, "_lastUpdated"))
+                    .collect::<Result<_, _>>()?,
+            ),
+            "patient" => format!(
+                "te.uid = ANY({})",
+                sql.bind(Bind::Texts(
+                    values
+                        .iter()
+                        .map(|v| ref_id(v, "Patient").to_string())
+                        .collect()
+                ))
+            ),
+            "status" => {
+                let mut statuses = Vec::new();
+                for v in &values {
+                    match translate::episode::enrollment_status(v) {
+                        Some(st) => statuses.push(st.to_string()),
+                        None if lenient => {}
+                        None => return Err(bad(format!("status: `{v}` is not an EpisodeOfCare status kept here (active, finished, cancelled)"))),
+                    }
+                }
+                format!("en.status = ANY({})", sql.bind(Bind::Texts(statuses)))
+            }
+            "type" => {
+                let mut programs = Vec::new();
+                for v in &values {
+                    let (system, code) = v
+                        .split_once('|')
+                        .map(|(s, c)| (Some(s), c))
+                        .unwrap_or((None, v));
+                    for pr in &env.md.programs {
+                        if let Some(coding) = env.mappings.care.type_of_program(env.md, pr.id) {
+                            if coding.code == code
+                                && system.is_none_or(|s| s.is_empty() || s == coding.system)
+                            {
+                                programs.push(pr.id);
+                            }
+                        }
+                    }
+                }
+                format!("en.program_id = ANY({})", sql.bind(Bind::Ints(programs)))
+            }
+            "organization" => {
+                let uids: Vec<String> = values
+                    .iter()
+                    .map(|v| ref_id(v, "Organization").to_string())
+                    .collect();
+                format!("COALESCE(po.org_unit_id, en.org_unit_id) IN (SELECT id FROM org_unit WHERE uid = ANY({0}) OR code = ANY({0}))", sql.bind(Bind::Texts(uids)))
+            }
+            "date" => any_of(
+                values
+                    .iter()
+                    .map(|v| instant_condition(sql, "en.enrolled_at", v, "date"))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ if lenient => continue,
+            other => {
+                return Err(unknown_param(
+                    "EpisodeOfCare",
+                    other,
+                    "_id, patient, status, type, organization, date, _lastUpdated",
+                ))
+            }
+        };
+        c.push(cond);
+    }
+    let keys = [
+        ("date", "en.enrolled_at".to_string()),
+        ("_lastUpdated", "en.last_updated".into()),
+        ("_id", "en.uid".into()),
+        ("status", "en.status".into()),
+    ];
+    let order = order_by(params, lenient, "EpisodeOfCare", &keys, "en.id")?;
+    Ok(Plan {
+        from: "enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id",
+        id_column: "en.id",
+        conditions: c,
+        order,
+    })
+}
+
 fn prefix_text(p: Prefix) -> &'static str {
     match p {
         Prefix::Eq => "eq",
@@ -741,6 +962,15 @@ pub fn render_by_ids(
             .into_iter()
             .map(|r| (r.id, translate::encounter::to_fhir(&r, m, md)))
             .collect(),
+        "RelatedPerson" => {
+            let records = crate::store::relationships::by_ids(s, ids)?;
+            let rendered = super::care::render_related(s, env, &records)?;
+            records.iter().map(|r| r.id).zip(rendered).collect()
+        }
+        "EpisodeOfCare" => crate::store::enrollments::by_ids(s, ids)?
+            .into_iter()
+            .map(|e| (e.id, super::care::render_episode(env, &e)))
+            .collect(),
         _ => events::values_by_ids(s, ids)?
             .into_iter()
             .map(|r| (r.id, translate::observation::to_fhir(&r, m, md)))
@@ -758,6 +988,9 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("Observation", "Observation:encounter"),
     ("Encounter", "Encounter:subject"),
     ("Encounter", "Encounter:patient"),
+    ("Encounter", "Encounter:episode-of-care"),
+    ("RelatedPerson", "RelatedPerson:patient"),
+    ("EpisodeOfCare", "EpisodeOfCare:patient"),
 ];
 pub const REVINCLUDES: &[(&str, &str)] = &[
     ("Patient", "Observation:subject"),
@@ -765,6 +998,9 @@ pub const REVINCLUDES: &[(&str, &str)] = &[
     ("Patient", "Encounter:subject"),
     ("Patient", "Encounter:patient"),
     ("Encounter", "Observation:encounter"),
+    ("Patient", "RelatedPerson:patient"),
+    ("Patient", "EpisodeOfCare:patient"),
+    ("EpisodeOfCare", "Encounter:episode-of-care"),
 ];
 
 /// The ids to add for `_include` / `_revinclude`, by resource type.
@@ -792,6 +1028,12 @@ fn included(
             ("Patient", true, "Observation:subject" | "Observation:patient") => ("Observation", "SELECT id FROM event_data_value WHERE tracked_entity_id = ANY($1) AND NOT deleted ORDER BY id"),
             ("Patient", true, "Encounter:subject" | "Encounter:patient") => ("Encounter", "SELECT id FROM event WHERE tracked_entity_id = ANY($1) AND NOT deleted ORDER BY id"),
             ("Encounter", true, "Observation:encounter") => ("Observation", "SELECT id FROM event_data_value WHERE event_id = ANY($1) AND NOT deleted ORDER BY id"),
+            ("Encounter", false, "Encounter:episode-of-care") => ("EpisodeOfCare", "SELECT DISTINCT enrollment_id AS id FROM event WHERE id = ANY($1)"),
+            ("RelatedPerson", false, "RelatedPerson:patient") => ("Patient", "SELECT DISTINCT CASE WHEN related_is_from THEN to_tracked_entity_id ELSE from_tracked_entity_id END AS id FROM relationship WHERE id = ANY($1)"),
+            ("EpisodeOfCare", false, "EpisodeOfCare:patient") => ("Patient", "SELECT DISTINCT tracked_entity_id AS id FROM enrollment WHERE id = ANY($1)"),
+            ("Patient", true, "RelatedPerson:patient") => ("RelatedPerson", "SELECT id FROM relationship WHERE NOT deleted AND ((related_is_from AND to_tracked_entity_id = ANY($1)) OR (NOT related_is_from AND from_tracked_entity_id = ANY($1))) ORDER BY id"),
+            ("Patient", true, "EpisodeOfCare:patient") => ("EpisodeOfCare", "SELECT id FROM enrollment WHERE tracked_entity_id = ANY($1) AND NOT deleted ORDER BY id"),
+            ("EpisodeOfCare", true, "Encounter:episode-of-care") => ("Encounter", "SELECT id FROM event WHERE enrollment_id = ANY($1) AND NOT deleted ORDER BY id"),
             _ if lenient => continue,
             (_, _, v) => return Err(bad(format!("{} `{v}` is not supported on {t} searches", p.name))),
         };
@@ -836,6 +1078,8 @@ pub fn search(
         "Patient" => patient_plan(s, env, params, lenient, &mut sql)?,
         "Encounter" => encounter_plan(s, env, params, lenient, &mut sql)?,
         "Observation" => observation_plan(s, env, params, lenient, &mut sql)?,
+        "RelatedPerson" => related_person_plan(s, env, params, lenient, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(s, env, params, lenient, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let summary = params
@@ -963,11 +1207,15 @@ pub fn matching_ids(
         "Patient" => patient_plan(s, env, &params, false, &mut sql)?,
         "Encounter" => encounter_plan(s, env, &params, false, &mut sql)?,
         "Observation" => observation_plan(s, env, &params, false, &mut sql)?,
+        "RelatedPerson" => related_person_plan(s, env, &params, false, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(s, env, &params, false, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let uid_column = match t {
         "Patient" => "te.uid",
         "Encounter" => "e.uid",
+        "RelatedPerson" => "r.uid",
+        "EpisodeOfCare" => "en.uid",
         _ => "d.uid",
     };
     let l = sql.bind(Bind::Int(limit));

@@ -2,6 +2,7 @@
 //! the scoped data access that every request goes through.
 
 pub mod cache;
+pub mod enrollments;
 pub mod events;
 pub mod links;
 pub mod logs;
@@ -11,6 +12,7 @@ pub mod metadata_import;
 pub mod orgs;
 pub mod patients;
 pub mod pending;
+pub mod relationships;
 pub mod schema;
 mod scoped;
 

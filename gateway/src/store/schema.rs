@@ -238,6 +238,10 @@ diesel::table! {
         version -> Int4,
         created -> Timestamptz,
         last_updated -> Timestamptz,
+        role_system -> Nullable<Text>,
+        role_code -> Nullable<Text>,
+        role_display -> Nullable<Text>,
+        related_is_from -> Bool,
     }
 }
 
@@ -307,6 +311,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    ownership_override (id) {
+        id -> Int8,
+        tracked_entity_id -> Int8,
+        program_id -> Int8,
+        actor -> Text,
+        reason -> Text,
+        granted_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        request_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     change_log (id) {
         id -> Int8,
         resource_type -> Text,
@@ -369,6 +386,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     relationship,
     program_ownership,
     program_ownership_history,
+    ownership_override,
     person_match_key,
     person_link,
     person_merge,

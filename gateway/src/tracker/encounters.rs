@@ -114,6 +114,12 @@ pub fn place(
         None => match active_enrollment(s, person.id, program.id)? {
             Some(found) => found,
             None => {
+                if !env.mappings.care.opens_on_encounter(program.id) {
+                    return Err(Error::rule(
+                        format!("Patient/{} has no active enrollment in {} and mappings/care.toml says Encounters do not open one (open_on_encounter = false); create the EpisodeOfCare first, or name it in Encounter.episodeOfCare", person.uid, program.name),
+                        Some("Encounter.episodeOfCare".into()),
+                    ));
+                }
                 // A person created in this unit of work has no enrollment but those opened here.
                 if program.only_enroll_once
                     && !s.cache.is_new_person(person.id)
@@ -139,6 +145,25 @@ pub fn place(
                     last_updated: now,
                 });
                 s.cache.add_enrollment(person.id, program.id, id, &uid);
+                // The owner is the enrolling org unit unless an earlier enrollment left one; the
+                // snapshot says the former (a later transfer records its own version).
+                let opened = crate::tracker::model::EnrollmentRecord {
+                    id,
+                    uid: uid.clone(),
+                    version: 1,
+                    last_updated: now,
+                    tracked_entity_id: person.id,
+                    tracked_entity_uid: person.uid.clone(),
+                    program_id: program.id,
+                    org_unit_id,
+                    owner_org_unit_id: org_unit_id,
+                    status: "ACTIVE".into(),
+                    enrolled_at: when,
+                    occurred_at: Some(when),
+                    completed_at: None,
+                    deleted: false,
+                    transfer: None,
+                };
                 logs::record_change(
                     s,
                     Change {
@@ -148,7 +173,7 @@ pub fn place(
                         operation: "create",
                         at: now,
                         mapping_version: &env.mappings.version,
-                        state: None,
+                        state: Some(super::episodes::snapshot(env, &opened)),
                     },
                 );
                 (id, uid)

@@ -100,6 +100,31 @@ pub struct ProgramStage {
     pub data_element_ids: Vec<i64>,
 }
 
+/// A relationship type (DHIS2 `relationshipTypes`): what may stand at each end. Only
+/// person-to-person types (`TRACKED_ENTITY_INSTANCE` at both ends) are served as RelatedPerson.
+#[derive(Debug, Clone)]
+pub struct RelationshipType {
+    pub id: i64,
+    pub uid: String,
+    pub code: Option<String>,
+    pub name: String,
+    pub from_to_name: Option<String>,
+    pub to_from_name: Option<String>,
+    pub bidirectional: bool,
+    pub from_entity: String,
+    pub from_entity_type_id: Option<i64>,
+    pub from_program_id: Option<i64>,
+    pub to_entity: String,
+    pub to_entity_type_id: Option<i64>,
+    pub to_program_id: Option<i64>,
+}
+
+impl RelationshipType {
+    pub fn between_people(&self) -> bool {
+        self.from_entity == "TRACKED_ENTITY_INSTANCE" && self.to_entity == "TRACKED_ENTITY_INSTANCE"
+    }
+}
+
 /// (id, uid, code, name, parent id, path, level) as selected from `org_unit`.
 type OrgTuple = (
     i64,
@@ -121,6 +146,7 @@ pub struct Metadata {
     pub entity_types: Vec<TrackedEntityType>,
     pub programs: Vec<Program>,
     pub stages: Vec<ProgramStage>,
+    pub relationship_types: Vec<RelationshipType>,
     org_index: HashMap<String, usize>,
     org_by_id: HashMap<i64, usize>,
 }
@@ -373,7 +399,58 @@ impl Metadata {
             )
             .collect();
 
-        Ok(Metadata::build(
+        type RelTuple = (
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+            bool,
+            String,
+            Option<i64>,
+            Option<i64>,
+            String,
+            Option<i64>,
+            Option<i64>,
+        );
+        let relationship_types = relationship_type::table
+            .select((
+                relationship_type::id,
+                relationship_type::uid,
+                relationship_type::code,
+                relationship_type::name,
+                relationship_type::from_to_name,
+                relationship_type::to_from_name,
+                relationship_type::bidirectional,
+                relationship_type::from_entity,
+                relationship_type::from_tracked_entity_type_id,
+                relationship_type::from_program_id,
+                relationship_type::to_entity,
+                relationship_type::to_tracked_entity_type_id,
+                relationship_type::to_program_id,
+            ))
+            .order(relationship_type::id)
+            .load::<RelTuple>(conn)?
+            .into_iter()
+            .map(|r| RelationshipType {
+                id: r.0,
+                uid: r.1,
+                code: r.2,
+                name: r.3,
+                from_to_name: r.4,
+                to_from_name: r.5,
+                bidirectional: r.6,
+                from_entity: r.7,
+                from_entity_type_id: r.8,
+                from_program_id: r.9,
+                to_entity: r.10,
+                to_entity_type_id: r.11,
+                to_program_id: r.12,
+            })
+            .collect();
+
+        let mut md = Metadata::build(
             org_units,
             option_sets,
             attributes,
@@ -381,7 +458,9 @@ impl Metadata {
             entity_types,
             programs,
             stages,
-        ))
+        );
+        md.relationship_types = relationship_types;
+        Ok(md)
     }
 
     pub fn build(
@@ -413,6 +492,7 @@ impl Metadata {
             entity_types,
             programs,
             stages,
+            relationship_types: Vec::new(),
             org_index,
             org_by_id,
         }
@@ -449,6 +529,23 @@ impl Metadata {
 
     pub fn program(&self, key: &str) -> Option<&Program> {
         find_key(&self.programs, key, |p| &p.uid, |p| p.code.as_deref())
+    }
+
+    pub fn relationship_type(&self, key: &str) -> Option<&RelationshipType> {
+        find_key(
+            &self.relationship_types,
+            key,
+            |t| &t.uid,
+            |t| t.code.as_deref(),
+        )
+    }
+
+    pub fn relationship_type_by_id(&self, id: i64) -> Option<&RelationshipType> {
+        self.relationship_types.iter().find(|t| t.id == id)
+    }
+
+    pub fn program_by_id(&self, id: i64) -> Option<&Program> {
+        self.programs.iter().find(|p| p.id == id)
     }
 
     pub fn stage(&self, key: &str) -> Option<&ProgramStage> {

@@ -3,6 +3,7 @@
 //! always inside the caller's transaction.
 
 pub mod encounters;
+pub mod episodes;
 pub mod identity;
 pub mod merge;
 pub mod metadata;
@@ -10,6 +11,7 @@ pub mod model;
 pub mod observations;
 pub mod offline;
 pub mod patients;
+pub mod relationships;
 pub mod value_type;
 
 use rand::Rng;

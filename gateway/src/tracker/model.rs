@@ -99,3 +99,95 @@ pub struct DataValueSnapshot {
     pub observed_at: Option<DateTime<Utc>>,
     pub tracked_entity: String,
 }
+
+/// A relationship between two people, rendered as a FHIR RelatedPerson.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationshipRecord {
+    pub id: i64,
+    pub uid: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub type_id: i64,
+    pub from_id: i64,
+    pub from_uid: String,
+    pub to_id: i64,
+    pub to_uid: String,
+    /// The RelatedPerson is the `from` end; RelatedPerson.patient is the other.
+    pub related_is_from: bool,
+    /// The role code it was sent with.
+    pub role: Option<crate::mapping::encounter::Coding>,
+    pub deleted: bool,
+}
+
+impl RelationshipRecord {
+    /// (the patient's tracked entity id, the related person's).
+    pub fn ends(&self) -> (i64, i64) {
+        if self.related_is_from {
+            (self.to_id, self.from_id)
+        } else {
+            (self.from_id, self.to_id)
+        }
+    }
+}
+
+/// The change-log snapshot of a relationship version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelationshipSnapshot {
+    pub relationship_type: String,
+    pub from: String,
+    pub to: String,
+    pub related_is_from: bool,
+    pub role_system: Option<String>,
+    pub role_code: Option<String>,
+    pub role_display: Option<String>,
+}
+
+/// An enrollment in a program, rendered as a FHIR EpisodeOfCare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentRecord {
+    pub id: i64,
+    pub uid: String,
+    pub version: i32,
+    pub last_updated: DateTime<Utc>,
+    pub tracked_entity_id: i64,
+    pub tracked_entity_uid: String,
+    pub program_id: i64,
+    /// Where the person was enrolled.
+    pub org_unit_id: i64,
+    /// Who owns the person's record in the program now (after transfers); the enrolling org unit
+    /// when no ownership row exists.
+    pub owner_org_unit_id: i64,
+    pub status: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+    /// Set on the version a transfer wrote: who moved the ownership, from where, and why.
+    pub transfer: Option<TransferNote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferNote {
+    pub from: Option<String>,
+    pub to: String,
+    pub by: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The change-log snapshot of an enrollment version (UIDs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentSnapshot {
+    pub program: String,
+    pub org_unit: String,
+    pub owner: String,
+    pub status: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferNote>,
+}

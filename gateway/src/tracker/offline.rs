@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::metadata::{
     Attribute, DataElement, Metadata, OptionSet, OptionValue, OrgUnit, Program, ProgramStage,
-    TrackedEntityType,
+    RelationshipType, TrackedEntityType,
 };
 use super::value_type::ValueType;
 use crate::store::metadata_import::{Export, OrgUnitJson};
@@ -253,7 +253,39 @@ pub fn metadata_from_export(x: &Export) -> Result<Metadata, String> {
     }
     stages.sort_by_key(|(order, s)| (s.program_id, *order));
 
-    Ok(Metadata::build(
+    let mut relationship_types = Vec::with_capacity(x.relationship_types.len());
+    for (r, id) in x.relationship_types.iter().zip(1..) {
+        let from = format!("relationshipType {}", r.id);
+        let tet = |c: &crate::store::metadata_import::ConstraintJson| {
+            c.tracked_entity_type
+                .as_ref()
+                .map(|t| resolve(&tet_ids, &t.id, "trackedEntityType", &from))
+                .transpose()
+        };
+        let program = |c: &crate::store::metadata_import::ConstraintJson| {
+            c.program
+                .as_ref()
+                .map(|p| resolve(&program_ids, &p.id, "program", &from))
+                .transpose()
+        };
+        relationship_types.push(RelationshipType {
+            id,
+            uid: r.id.clone(),
+            code: r.code.clone(),
+            name: r.name.clone(),
+            from_to_name: r.from_to_name.clone(),
+            to_from_name: r.to_from_name.clone(),
+            bidirectional: r.bidirectional,
+            from_entity: r.from_constraint.relationship_entity.clone(),
+            from_entity_type_id: tet(&r.from_constraint)?,
+            from_program_id: program(&r.from_constraint)?,
+            to_entity: r.to_constraint.relationship_entity.clone(),
+            to_entity_type_id: tet(&r.to_constraint)?,
+            to_program_id: program(&r.to_constraint)?,
+        });
+    }
+
+    let mut md = Metadata::build(
         org_units,
         option_sets,
         attributes,
@@ -261,7 +293,9 @@ pub fn metadata_from_export(x: &Export) -> Result<Metadata, String> {
         entity_types,
         programs,
         stages.into_iter().map(|(_, s)| s).collect(),
-    ))
+    );
+    md.relationship_types = relationship_types;
+    Ok(md)
 }
 
 #[cfg(test)]

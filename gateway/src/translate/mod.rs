@@ -5,9 +5,11 @@
 //! everything else can be reported back as "not stored" instead of being dropped silently.
 
 pub mod encounter;
+pub mod episode;
 pub mod observation;
 pub mod org;
 pub mod patient;
+pub mod related_person;
 pub mod units;
 
 use serde_json::Value;

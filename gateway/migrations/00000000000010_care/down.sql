@@ -1,0 +1,6 @@
+DROP TABLE ownership_override;
+DROP TRIGGER program_ownership_history_append_only ON program_ownership_history;
+DROP INDEX program_ownership_history_time_idx;
+DROP INDEX relationship_type_to_idx;
+ALTER TABLE relationship DROP COLUMN role_system, DROP COLUMN role_code, DROP COLUMN role_display,
+  DROP COLUMN related_is_from;

@@ -1,0 +1,38 @@
+-- Care across time and places (#9): RelatedPerson over relationships, EpisodeOfCare over
+-- enrollments, ownership transfer and break-the-glass access to protected programs.
+
+-- The role a RelatedPerson was sent with (v3 RoleCode MTH, NMTH, FTH...). Several codes may map to
+-- one relationship type (mappings/care.toml); the one received is kept and rendered back.
+ALTER TABLE relationship
+  ADD COLUMN role_system  text,
+  ADD COLUMN role_code    text,
+  ADD COLUMN role_display text,
+  -- Which end the RelatedPerson is (the mother of a Mother - Child relationship is `from`); the
+  -- other end is RelatedPerson.patient.
+  ADD COLUMN related_is_from boolean NOT NULL DEFAULT true;
+-- "A child has one mother": the live relationships of a type that end at a person.
+CREATE INDEX relationship_type_to_idx ON relationship (relationship_type_id, to_tracked_entity_id)
+  WHERE NOT deleted;
+
+-- Who moved a program's ownership, from where to where and why, in the order it happened.
+CREATE INDEX program_ownership_history_time_idx ON program_ownership_history (changed_at);
+CREATE TRIGGER program_ownership_history_append_only BEFORE UPDATE OR DELETE ON program_ownership_history
+  FOR EACH ROW EXECUTE FUNCTION kiunga_append_only();
+
+-- Break the glass: a caller outside the owner's capture scope reads a protected program's record
+-- for a stated reason, for a limited time. Every grant is kept (append-only): it is the audit.
+CREATE TABLE ownership_override (
+  id                bigserial PRIMARY KEY,
+  tracked_entity_id bigint NOT NULL REFERENCES tracked_entity (id),
+  program_id        bigint NOT NULL REFERENCES program (id),
+  actor             text NOT NULL,
+  reason            text NOT NULL CHECK (btrim(reason) <> ''),
+  granted_at        timestamptz NOT NULL DEFAULT now(),
+  expires_at        timestamptz NOT NULL,
+  request_id        text,
+  CHECK (expires_at > granted_at)
+);
+CREATE INDEX ownership_override_lookup_idx
+  ON ownership_override (actor, tracked_entity_id, program_id, expires_at);
+CREATE TRIGGER ownership_override_append_only BEFORE UPDATE OR DELETE ON ownership_override
+  FOR EACH ROW EXECUTE FUNCTION kiunga_append_only();

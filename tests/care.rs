@@ -1,0 +1,574 @@
+//! Care across time and places (#9): RelatedPerson over relationships (mother–child), EpisodeOfCare
+//! over enrollments, and transfer of ownership between facilities with what it changes for a
+//! facility-scoped caller.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{unique, TestApp, NID};
+
+const ROLE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
+const RECORD: &str = "urn:kiunga:fhir:StructureDefinition:related-person-record";
+const SCT: &str = "http://snomed.info/sct";
+
+fn person(org: &str, nid: &str, family: &str, given: &str, gender: &str, born: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": NID, "value": nid }],
+        "name": [{ "family": family, "given": [given] }],
+        "gender": gender,
+        "birthDate": born,
+        "managingOrganization": { "reference": format!("Organization/{org}") },
+    })
+}
+
+fn related(patient: &str, code: &str, record: Option<&str>) -> Value {
+    let mut r = json!({
+        "resourceType": "RelatedPerson",
+        "patient": { "reference": patient },
+        "relationship": [{ "coding": [{ "system": ROLE, "code": code }] }],
+    });
+    if let Some(rec) = record {
+        r["extension"] = json!([{ "url": RECORD, "valueReference": { "reference": rec } }]);
+    }
+    r
+}
+
+fn post(resource: Value, full_url: &str) -> Value {
+    let t = resource["resourceType"].as_str().unwrap().to_string();
+    json!({ "fullUrl": full_url, "resource": resource, "request": { "method": "POST", "url": t } })
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn entries(bundle: &Value) -> Vec<Value> {
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+fn of_type(bundle: &Value, t: &str) -> Vec<Value> {
+    entries(bundle)
+        .into_iter()
+        .filter(|r| r["resourceType"] == t)
+        .collect()
+}
+
+fn new_mother_and_child(app: &TestApp, org: &str) -> (String, String) {
+    let m = app
+        .post(
+            "Patient",
+            &person(
+                org,
+                &unique("M"),
+                "Otieno",
+                "Achieng",
+                "female",
+                "1994-02-03",
+            ),
+        )
+        .expect(201);
+    let c = app
+        .post(
+            "Patient",
+            &person(org, &unique("C"), "Otieno", "Baraka", "male", "2026-05-01"),
+        )
+        .expect(201);
+    (id(&m), id(&c))
+}
+
+#[test]
+fn a_mother_and_newborn_bundle_lands_atomically_and_reads_back_from_both_sides() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mu, cu, ru) = (
+        "urn:uuid:6b0c1a52-0000-4000-8000-000000000001",
+        "urn:uuid:6b0c1a52-0000-4000-8000-000000000002",
+        "urn:uuid:6b0c1a52-0000-4000-8000-000000000003",
+    );
+    // The RelatedPerson comes first: the server orders the entries itself.
+    let b = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        post(related(cu, "MTH", Some(mu)), ru),
+        post(person(&org, &unique("M"), "Wekesa", "Nafula", "female", "1995-07-09"), mu),
+        post(person(&org, &unique("C"), "Wekesa", "Baby", "female", "2026-06-01"), cu),
+    ]});
+    let before = app.db.scalar("SELECT count(*) FROM tracked_entity");
+    let out = app.post("", &b).expect(200);
+    let statuses: Vec<&str> = out["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["201 Created"; 3], "{out}");
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM tracked_entity"),
+        before + 2,
+        "two people, no third one for the RelatedPerson"
+    );
+    let loc = |i: usize| {
+        out["entry"][i]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let (rp, mother, child) = (loc(0), loc(1), loc(2));
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(*) FROM relationship r JOIN relationship_type t ON t.id = r.relationship_type_id WHERE t.code = 'MOTHER_CHILD'"),
+        1
+    );
+
+    // From the child's side: her RelatedPerson names the mother's record, with the mother's
+    // demographics and the role sent.
+    let found = app
+        .get(&format!("RelatedPerson?patient=Patient/{child}"))
+        .expect(200);
+    let list = of_type(&found, "RelatedPerson");
+    assert_eq!(list.len(), 1, "{found}");
+    let r = &list[0];
+    assert_eq!(id(r), rp);
+    assert_eq!(r["patient"]["reference"], format!("Patient/{child}"));
+    assert_eq!(r["relationship"][0]["coding"][0]["code"], "MTH");
+    assert_eq!(r["extension"][0]["url"], RECORD);
+    assert_eq!(
+        r["extension"][0]["valueReference"]["reference"],
+        format!("Patient/{mother}")
+    );
+    assert_eq!(r["name"][0]["given"][0], "Nafula");
+
+    // From the mother's side: her Patient links to the RelatedPerson that represents her.
+    let m = app.get(&format!("Patient/{mother}")).expect(200);
+    let links: Vec<&Value> = m["link"].as_array().unwrap().iter().collect();
+    assert!(
+        links
+            .iter()
+            .any(|l| l["type"] == "seealso"
+                && l["other"]["reference"] == format!("RelatedPerson/{rp}")),
+        "{m}"
+    );
+    // _revinclude and $everything bring the RelatedPerson with the child.
+    let rev = app
+        .get(&format!(
+            "Patient?_id={child}&_revinclude=RelatedPerson:patient"
+        ))
+        .expect(200);
+    assert_eq!(of_type(&rev, "RelatedPerson").len(), 1, "{rev}");
+    let every = app.get(&format!("Patient/{child}/$everything")).expect(200);
+    assert_eq!(of_type(&every, "RelatedPerson").len(), 1, "{every}");
+    // And _include goes from the RelatedPerson to the child.
+    let inc = app
+        .get(&format!(
+            "RelatedPerson?_id={rp}&_include=RelatedPerson:patient"
+        ))
+        .expect(200);
+    assert_eq!(id(&of_type(&inc, "Patient")[0]), child);
+
+    // The same Bundle with one bad entry leaves nothing behind.
+    let (people, rels, changes) = (
+        app.db.scalar("SELECT count(*) FROM tracked_entity"),
+        app.db.scalar("SELECT count(*) FROM relationship"),
+        app.db.scalar("SELECT count(*) FROM change_log"),
+    );
+    let bad = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        post(person(&org, &unique("M"), "Wekesa", "Nekesa", "female", "1996-01-01"), mu),
+        post(person(&org, &unique("C"), "Wekesa", "Baby", "male", "2026-06-02"), cu),
+        post(related(cu, "MTH", Some(mu)), ru),
+        post(related(cu, "NOT-A-ROLE", Some(mu)), "urn:uuid:6b0c1a52-0000-4000-8000-000000000004"),
+    ]});
+    let msg = app.post("", &bad).outcome(422);
+    assert!(msg.contains("NOT-A-ROLE"), "{msg}");
+    assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), people);
+    assert_eq!(app.db.scalar("SELECT count(*) FROM relationship"), rels);
+    assert_eq!(app.db.scalar("SELECT count(*) FROM change_log"), changes);
+}
+
+#[test]
+fn a_related_person_is_found_by_identifier_or_registered_from_her_demographics() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (_, first) = new_mother_and_child(&app, &org);
+    let (_, second) = new_mother_and_child(&app, &org);
+    let nid = unique("G");
+    let grandmother = |child: &str| {
+        json!({
+            "resourceType": "RelatedPerson",
+            "patient": { "reference": format!("Patient/{child}") },
+            "relationship": [{ "coding": [{ "system": ROLE, "code": "GRMTH" }] }],
+            "identifier": [{ "system": NID, "value": nid }],
+            "name": [{ "family": "Chebet", "given": ["Jepkoech"] }],
+            "gender": "female",
+            "birthDate": "1950",
+        })
+    };
+    let people = app.db.scalar("SELECT count(*) FROM tracked_entity");
+    let a = app.post("RelatedPerson", &grandmother(&first)).expect(201);
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM tracked_entity"),
+        people + 1,
+        "she is registered as a person of her own"
+    );
+    let her = a["extension"][0]["valueReference"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = app.get(&her).expect(200);
+    assert_eq!(p["name"][0]["family"], "Chebet");
+    assert_eq!(p["identifier"][0]["value"], nid.as_str());
+
+    // The second grandchild's RelatedPerson carries her national ID: the same person.
+    let b = app.post("RelatedPerson", &grandmother(&second)).expect(201);
+    assert_eq!(
+        b["extension"][0]["valueReference"]["reference"],
+        her.as_str()
+    );
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM tracked_entity"),
+        people + 1
+    );
+    // Her Patient now links to both RelatedPersons.
+    let p = app.get(&her).expect(200);
+    assert_eq!(
+        p["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["type"] == "seealso")
+            .count(),
+        2,
+        "{p}"
+    );
+    // Search by her identifier and by the role.
+    let by_id = app
+        .get(&format!("RelatedPerson?identifier={NID}|{nid}"))
+        .expect(200);
+    assert_eq!(by_id["total"], 2);
+    let by_role = app
+        .get(&format!(
+            "RelatedPerson?relationship={ROLE}|GRMTH&patient={second}"
+        ))
+        .expect(200);
+    assert_eq!(by_role["total"], 1);
+    assert_eq!(id(&of_type(&by_role, "RelatedPerson")[0]), id(&b));
+
+    // A RelatedPerson that says nothing of who she is: 422 with what to send.
+    let nobody = related(&format!("Patient/{first}"), "FTH", None);
+    let msg = app.post("RelatedPerson", &nobody).outcome(422);
+    assert!(msg.contains("who is the related person"), "{msg}");
+}
+
+#[test]
+fn relationships_that_break_their_type_are_refused_with_the_rule() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mother, child) = new_mother_and_child(&app, &org);
+    let (other_mother, _) = new_mother_and_child(&app, &org);
+    let first = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .expect(201);
+    // A second mother: Mother - Child allows one per person.
+    let msg = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "NMTH",
+                Some(&format!("Patient/{other_mother}")),
+            ),
+        )
+        .outcome(422);
+    assert!(msg.contains("one `Mother of` per person"), "{msg}");
+    assert!(msg.contains(&id(&first)), "{msg}");
+    // The same mother again, seen from her side (CHILD): already recorded.
+    let msg = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{mother}"),
+                "CHILD",
+                Some(&format!("Patient/{child}")),
+            ),
+        )
+        .outcome(422);
+    assert!(msg.contains("one `Mother of`"), "{msg}");
+    // Related to herself.
+    let msg = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "FTH",
+                Some(&format!("Patient/{child}")),
+            ),
+        )
+        .outcome(422);
+    assert!(msg.contains("herself"), "{msg}");
+    // An unmapped role, and a patient that does not exist.
+    let msg = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "SIS",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .outcome(422);
+    assert!(msg.contains("SIS") && msg.contains("MTH"), "{msg}");
+    let msg = app
+        .post(
+            "RelatedPerson",
+            &related(
+                "Patient/Nobody00000",
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .outcome(422);
+    assert!(msg.contains("RelatedPerson.patient"), "{msg}");
+    // A caregiver next to the mother is fine.
+    app.post(
+        "RelatedPerson",
+        &related(
+            &format!("Patient/{child}"),
+            "FTH",
+            Some(&format!("Patient/{other_mother}")),
+        ),
+    )
+    .expect(201);
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(*) FROM relationship WHERE NOT deleted"),
+        2
+    );
+}
+
+#[test]
+fn a_related_person_is_updated_deleted_and_versioned() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mother, child) = new_mother_and_child(&app, &org);
+    let r = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .expect(201);
+    let rid = id(&r);
+    // She turns out to be the gestational mother: same relationship, another role.
+    let mut changed = related(
+        &format!("Patient/{child}"),
+        "GESTM",
+        Some(&format!("Patient/{mother}")),
+    );
+    changed["id"] = json!(rid);
+    let v2 = app
+        .put(&format!("RelatedPerson/{rid}"), &changed)
+        .expect(200);
+    assert_eq!(v2["meta"]["versionId"], "2");
+    assert_eq!(v2["relationship"][0]["coding"][0]["code"], "GESTM");
+    let v1 = app
+        .get(&format!("RelatedPerson/{rid}/_history/1"))
+        .expect(200);
+    assert_eq!(v1["relationship"][0]["coding"][0]["code"], "MTH");
+    let h = app
+        .get(&format!("RelatedPerson/{rid}/_history"))
+        .expect(200);
+    assert_eq!(h["total"], 2);
+    // A read-back resource sent back unchanged is accepted without warnings.
+    let same = app.put(&format!("RelatedPerson/{rid}"), &v2).expect(200);
+    assert_eq!(same["meta"]["versionId"], "3");
+    app.delete(&format!("RelatedPerson/{rid}")).expect(200);
+    app.get(&format!("RelatedPerson/{rid}")).outcome(410);
+    // The people stay; the mother's Patient no longer links to it.
+    let m = app.get(&format!("Patient/{mother}")).expect(200);
+    assert!(m.get("link").is_none(), "{m}");
+    assert_eq!(
+        app.get(&format!("RelatedPerson?patient={child}"))
+            .expect(200)["total"],
+        0
+    );
+}
+
+fn episode(patient: &str, status: &str, org: Option<&str>, start: &str) -> Value {
+    let mut e = json!({
+        "resourceType": "EpisodeOfCare",
+        "status": status,
+        "type": [{ "coding": [{ "system": SCT, "code": "424525001" }] }],
+        "patient": { "reference": format!("Patient/{patient}") },
+        "period": { "start": start },
+    });
+    if let Some(o) = org {
+        e["managingOrganization"] = json!({ "reference": format!("Organization/{o}") });
+    }
+    e
+}
+
+fn anc_visit(patient: &str, org: &str, episode: Option<&str>, start: &str) -> Value {
+    let mut e = json!({
+        "resourceType": "Encounter", "status": "finished",
+        "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+        "type": [{ "coding": [{ "system": SCT, "code": "424619006" }] }],
+        "subject": { "reference": format!("Patient/{patient}") },
+        "period": { "start": start },
+        "serviceProvider": { "reference": format!("Organization/{org}") },
+    });
+    if let Some(ep) = episode {
+        e["episodeOfCare"] = json!([{ "reference": format!("EpisodeOfCare/{ep}") }]);
+    }
+    e
+}
+
+#[test]
+fn episodes_of_care_round_trip_search_and_hold_the_right_encounters() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mother, _) = new_mother_and_child(&app, &org);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    let eid = id(&e);
+    assert_eq!(e["status"], "active");
+    assert_eq!(e["type"][0]["coding"][0]["code"], "424525001");
+    assert_eq!(
+        e["managingOrganization"]["reference"],
+        format!("Organization/{org}")
+    );
+    assert_eq!(e["period"]["start"], "2026-01-10T08:00:00.000+00:00");
+    let read = app.get(&format!("EpisodeOfCare/{eid}")).expect(200);
+    assert_eq!(read["patient"]["reference"], format!("Patient/{mother}"));
+
+    // A second active ANC enrollment: 409 naming the first.
+    let msg = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-02-01T08:00:00Z"),
+        )
+        .outcome(409);
+    assert!(msg.contains(&eid), "{msg}");
+
+    // An Encounter without episodeOfCare lands in the active enrollment.
+    let v = app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &org, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201);
+    assert_eq!(
+        v["episodeOfCare"][0]["reference"],
+        format!("EpisodeOfCare/{eid}")
+    );
+    let held = app
+        .get(&format!("Encounter?episode-of-care={eid}"))
+        .expect(200);
+    assert_eq!(held["total"], 1);
+
+    // Search by every parameter.
+    for q in [
+        format!("patient={mother}"),
+        "status=active".to_string(),
+        format!("type={SCT}|424525001&patient={mother}"),
+        format!("organization=Organization/{org}&patient={mother}"),
+        format!("date=ge2026-01-01&date=lt2026-02-01&patient={mother}"),
+    ] {
+        let b = app.get(&format!("EpisodeOfCare?{q}")).expect(200);
+        let ids: Vec<String> = of_type(&b, "EpisodeOfCare").iter().map(id).collect();
+        assert!(ids.contains(&eid), "{q}: {b}");
+    }
+    assert_eq!(
+        app.get(&format!("EpisodeOfCare?patient={mother}&status=finished"))
+            .expect(200)["total"],
+        0
+    );
+    // A deliverable with events cannot be deleted.
+    let msg = app.delete(&format!("EpisodeOfCare/{eid}")).outcome(409);
+    assert!(msg.contains("Encounter"), "{msg}");
+
+    // Finishing it, then a new pregnancy: a second enrollment opens, and the next visit goes there.
+    let mut done = read.clone();
+    done["status"] = json!("finished");
+    done["period"]["end"] = json!("2026-09-30T12:00:00Z");
+    let done = app.put(&format!("EpisodeOfCare/{eid}"), &done).expect(200);
+    assert_eq!(done["status"], "finished");
+    assert_eq!(done["period"]["end"], "2026-09-30T12:00:00.000+00:00");
+    let next = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2027-03-01T08:00:00Z"),
+        )
+        .expect(201);
+    let v = app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &org, None, "2027-03-05T09:00:00Z"),
+        )
+        .expect(201);
+    assert_eq!(
+        v["episodeOfCare"][0]["reference"],
+        format!("EpisodeOfCare/{}", id(&next))
+    );
+    // Naming the finished one is refused.
+    let msg = app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &org, Some(&eid), "2027-03-06T09:00:00Z"),
+        )
+        .outcome(422);
+    assert!(msg.contains("COMPLETED"), "{msg}");
+    // $everything and _revinclude bring the enrollments.
+    let every = app
+        .get(&format!("Patient/{mother}/$everything"))
+        .expect(200);
+    assert_eq!(of_type(&every, "EpisodeOfCare").len(), 2);
+    let rev = app
+        .get(&format!(
+            "Patient?_id={mother}&_revinclude=EpisodeOfCare:patient"
+        ))
+        .expect(200);
+    assert_eq!(of_type(&rev, "EpisodeOfCare").len(), 2);
+
+    // OPD enrolls once: a second OPD EpisodeOfCare is 409 even when the first is finished.
+    let opd = |status: &str| {
+        json!({
+            "resourceType": "EpisodeOfCare", "status": status,
+            "type": [{ "coding": [{ "system": "urn:kiunga:program", "code": "OPD" }] }],
+            "patient": { "reference": format!("Patient/{mother}") },
+        })
+    };
+    app.post("EpisodeOfCare", &opd("finished")).expect(201);
+    let msg = app.post("EpisodeOfCare", &opd("active")).outcome(409);
+    assert!(msg.contains("enrolls a person once"), "{msg}");
+    // Unknown program and status: 422 with what is known.
+    let mut bad = opd("active");
+    bad["type"][0]["coding"][0]["code"] = json!("TB");
+    let msg = app.post("EpisodeOfCare", &bad).outcome(422);
+    assert!(
+        msg.contains("urn:kiunga:program|TB") && msg.contains("424525001"),
+        "{msg}"
+    );
+    let msg = app.post("EpisodeOfCare", &opd("onhold")).outcome(422);
+    assert!(msg.contains("onhold"), "{msg}");
+}
