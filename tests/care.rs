@@ -4,8 +4,9 @@
 
 mod support;
 
+use kiunga::rest;
 use serde_json::{json, Value};
-use support::{unique, TestApp, NID};
+use support::{scoped_context, unique, unit_as, TestApp, NID};
 
 const ROLE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
 const RECORD: &str = "urn:kiunga:fhir:StructureDefinition:related-person-record";
@@ -571,4 +572,279 @@ fn episodes_of_care_round_trip_search_and_hold_the_right_encounters() {
     );
     let msg = app.post("EpisodeOfCare", &opd("onhold")).outcome(422);
     assert!(msg.contains("onhold"), "{msg}");
+}
+
+/// (Encounters, EpisodesOfCare) of a person that `ctx` finds by searching, and whether it can
+/// read the Patient.
+fn seen_by(app: &TestApp, ctx: &kiunga::context::RequestContext, person: &str) -> (i64, i64, bool) {
+    let q = kiunga::fhir::search::parse_query(&format!("patient={person}"));
+    let total = |t: &str| {
+        unit_as(app, ctx, |s, env| {
+            rest::search::search(s, env, t, &q, false, "http://x/fhir")
+        })
+        .unwrap()["total"]
+            .as_i64()
+            .unwrap()
+    };
+    let visible = unit_as(app, ctx, |s, env| rest::read(s, env, "Patient", person)).is_ok();
+    (total("Encounter"), total("EpisodeOfCare"), visible)
+}
+
+fn transfer_params(program: &str, org: &str, reason: &str) -> Value {
+    json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "program", "valueCode": program },
+        { "name": "organization", "valueReference": { "reference": format!("Organization/{org}") } },
+        { "name": "reason", "valueString": reason },
+    ]})
+}
+
+#[test]
+fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, _) = new_mother_and_child(&app, &mto);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    let eid = id(&e);
+    app.post(
+        "Encounter",
+        &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
+    )
+    .expect(201);
+    let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
+    let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
+    assert_eq!(seen_by(&app, &at_mto, &mother), (1, 1, true));
+    assert_eq!(seen_by(&app, &at_pwani, &mother), (0, 0, false));
+
+    // Pwani may not move a record it does not own; Mto may.
+    let denied = unit_as(&app, &at_pwani, |s, env| {
+        rest::care::transfer(
+            s,
+            env,
+            &mother,
+            &rest::care::transfer_params(transfer_params("ANC", &pwani, "moved"))?,
+        )
+    });
+    assert!(denied.is_err());
+    let out = app
+        .post(
+            &format!("Patient/{mother}/$transfer"),
+            &transfer_params("ANC", &pwani, "moved to Pwani for delivery"),
+        )
+        .expect(200);
+    let part = |name: &str| {
+        out["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    assert_eq!(
+        part("from")["valueReference"]["reference"],
+        format!("Organization/{mto}")
+    );
+    assert_eq!(
+        part("to")["valueReference"]["reference"],
+        format!("Organization/{pwani}")
+    );
+    assert_eq!(part("episodeOfCare")["resource"]["meta"]["versionId"], "2");
+
+    // The owner changed, with its history: who, when, from, to, why.
+    let now = app.get(&format!("EpisodeOfCare/{eid}")).expect(200);
+    assert_eq!(
+        now["managingOrganization"]["reference"],
+        format!("Organization/{pwani}")
+    );
+    let h = app
+        .get(&format!("EpisodeOfCare/{eid}/_history"))
+        .expect(200);
+    assert_eq!(h["total"], 2);
+    let v2 = &h["entry"][0]["resource"];
+    let ext = v2["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["url"] == "urn:kiunga:fhir:StructureDefinition:ownership-transfer")
+        .unwrap_or_else(|| panic!("{v2}"));
+    let sub = |u: &str| {
+        ext["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["url"] == u)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(sub("reason")["valueString"], "moved to Pwani for delivery");
+    assert_eq!(sub("by")["valueString"], "anonymous");
+    assert_eq!(
+        sub("from")["valueReference"]["reference"],
+        format!("Organization/{mto}")
+    );
+    let v1 = app
+        .get(&format!("EpisodeOfCare/{eid}/_history/1"))
+        .expect(200);
+    assert_eq!(
+        v1["managingOrganization"]["reference"],
+        format!("Organization/{mto}")
+    );
+    assert_eq!(
+        app.db.scalar(&format!(
+            "SELECT count(*) FROM program_ownership_history h JOIN org_unit f ON f.id = h.from_org_unit_id \
+             JOIN org_unit t ON t.id = h.to_org_unit_id WHERE f.uid = '{mto}' AND t.uid = '{pwani}' \
+             AND h.reason = 'moved to Pwani for delivery'"
+        )),
+        1
+    );
+    // The history cannot be rewritten.
+    let mut conn = app.db.conn();
+    use diesel::RunQueryDsl;
+    assert!(diesel::sql_query("DELETE FROM program_ownership_history")
+        .execute(&mut conn)
+        .is_err());
+
+    // Pwani now finds her and her ANC record; Mto still finds her (registered there) but no
+    // longer her ANC record (a protected program, owned elsewhere) and may not add to it.
+    assert_eq!(seen_by(&app, &at_pwani, &mother), (1, 1, true));
+    assert_eq!(seen_by(&app, &at_mto, &mother), (0, 0, true));
+    let visit = anc_visit(&mother, &mto, None, "2026-02-20T09:00:00Z");
+    let refused = unit_as(&app, &at_mto, |s, env| {
+        let raw = visit.to_string();
+        rest::create(
+            s,
+            env,
+            "Encounter",
+            rest::Body {
+                resource: &visit,
+                raw: raw.as_bytes(),
+                content_type: "application/fhir+json",
+            },
+        )
+    });
+    match refused {
+        Err(kiunga::Error::Forbidden(m)) => assert!(m.contains("$transfer"), "{m}"),
+        other => panic!("expected 403, got {:?}", other.map(|s| s.id)),
+    }
+    // A transfer to where it is already, of a program she is not in, or to nowhere: 422.
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("ANC", &pwani, "again"),
+    )
+    .outcome(422);
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("OPD", &mto, "x"),
+    )
+    .outcome(422);
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("ANC", "Nowhere0000", "x"),
+    )
+    .outcome(422);
+}
+
+#[test]
+fn a_new_managing_organization_through_put_transfers_as_the_mapping_says() {
+    let app = TestApp::start();
+    let (mto, bonde) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_BON"));
+    let (mother, _) = new_mother_and_child(&app, &mto);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    let mut p = app.get(&format!("Patient/{mother}")).expect(200);
+    p["managingOrganization"] = json!({ "reference": format!("Organization/{bonde}") });
+    app.put(&format!("Patient/{mother}"), &p).expect(200);
+    let now = app.get(&format!("EpisodeOfCare/{}", id(&e))).expect(200);
+    assert_eq!(
+        now["managingOrganization"]["reference"],
+        format!("Organization/{bonde}")
+    );
+    assert_eq!(now["meta"]["versionId"], "2");
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM program_ownership_history WHERE reason = 'Patient.managingOrganization changed'"),
+        1
+    );
+}
+
+#[test]
+fn breaking_the_glass_opens_a_protected_record_for_a_while_and_is_kept() {
+    let app = TestApp::start_with(|c| c.break_glass_seconds = 2);
+    let mto = app.org("KD_KAS_MTO");
+    let (mother, _) = new_mother_and_child(&app, &mto);
+    app.post(
+        "Encounter",
+        &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
+    )
+    .expect(201);
+    app.post(
+        "Encounter",
+        &json!({
+            "resourceType": "Encounter", "status": "finished",
+            "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+            "type": [{ "coding": [{ "system": SCT, "code": "11429006" }] }],
+            "subject": { "reference": format!("Patient/{mother}") },
+            "period": { "start": "2026-01-21T09:00:00Z" },
+            "serviceProvider": { "reference": format!("Organization/{mto}") },
+        }),
+    )
+    .expect(201);
+    // A nurse at Pwani who may search the whole country: she finds the woman and her open (OPD)
+    // record, not her protected ANC record.
+    let nurse = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD"]);
+    let other = scoped_context(&app, "nurse-bonde", &["KD_KUS_BON"], &["KD"]);
+    assert_eq!(seen_by(&app, &nurse, &mother), (1, 1, true));
+
+    let glass = |reason: &str, program: &str| {
+        json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "program", "valueCode": program },
+            { "name": "reason", "valueString": reason },
+        ]})
+    };
+    let run = |ctx: &kiunga::context::RequestContext, body: Value| {
+        unit_as(&app, ctx, |s, env| {
+            rest::care::break_glass(s, env, &mother, body, chrono::Duration::seconds(2))
+        })
+    };
+    assert!(matches!(
+        run(&nurse, glass(" ", "ANC")),
+        Err(kiunga::Error::Invalid { .. })
+    ));
+    assert!(
+        run(&nurse, glass("emergency delivery", "OPD")).is_err(),
+        "open programs need no glass"
+    );
+    let out = run(&nurse, glass("emergency delivery, bleeding", "ANC")).unwrap();
+    assert!(out["parameter"][1]["valueInstant"].is_string(), "{out}");
+    assert_eq!(seen_by(&app, &nurse, &mother), (2, 2, true));
+    // The grant is hers alone, and it is on record.
+    assert_eq!(seen_by(&app, &other, &mother), (1, 1, true));
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM ownership_override WHERE actor = 'user:nurse-pwani' AND reason = 'emergency delivery, bleeding'"),
+        1
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    assert_eq!(
+        seen_by(&app, &nurse, &mother),
+        (1, 1, true),
+        "the grant expired"
+    );
+    // Over HTTP, the operation answers with the expiry.
+    let out = app
+        .post(
+            &format!("Patient/{mother}/$break-glass"),
+            &glass("audit check", "ANC"),
+        )
+        .expect(200);
+    assert_eq!(out["parameter"][0]["valueCode"], "ANC");
+    app.post(&format!("Patient/{mother}/$break-glass"), &glass("", "ANC"))
+        .outcome(400);
 }

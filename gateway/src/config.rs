@@ -35,6 +35,8 @@ pub struct Config {
     pub default_org_unit: Option<String>,
     /// HTTP worker threads (0: one per core).
     pub http_workers: usize,
+    /// How long a break-the-glass grant on a protected program lasts (`$break-glass`), in seconds.
+    pub break_glass_seconds: u64,
 }
 
 impl Default for Config {
@@ -53,6 +55,8 @@ impl Default for Config {
             max_bundle_entries: 20_000,
             default_org_unit: None,
             http_workers: 0,
+            // DHIS2's temporary ownership lasts three hours.
+            break_glass_seconds: 3 * 60 * 60,
         }
     }
 }
@@ -153,6 +157,9 @@ impl Config {
         }
         if let Some(v) = get("KIUNGA_HTTP_WORKERS") {
             self.http_workers = parse("KIUNGA_HTTP_WORKERS", v)?;
+        }
+        if let Some(v) = get("KIUNGA_BREAK_GLASS_SECONDS") {
+            self.break_glass_seconds = parse("KIUNGA_BREAK_GLASS_SECONDS", v)?;
         }
         Ok(())
     }

@@ -434,3 +434,49 @@ pub fn patient(org: &str, nid: &str) -> Value {
         "managingOrganization": { "reference": format!("Organization/{org}") },
     })
 }
+
+/// A caller of narrower scope than the demo user (until authentication exists, contexts are made
+/// here): capture and search scopes as org-unit codes, each the root of a subtree.
+pub fn scoped_context(
+    app: &TestApp,
+    actor: &str,
+    capture: &[&str],
+    search: &[&str],
+) -> kiunga::context::RequestContext {
+    use kiunga::context::{Actor, OrgScope, RequestContext};
+    let paths = |codes: &[&str]| {
+        OrgScope::Subtrees(
+            codes
+                .iter()
+                .map(|c| {
+                    app.db
+                        .text(&format!("SELECT path FROM org_unit WHERE code = '{c}'"))
+                        .pop()
+                        .unwrap_or_else(|| panic!("no org unit {c}"))
+                })
+                .collect(),
+        )
+    };
+    let mut ctx =
+        RequestContext::anonymous(unique("req")).with_scope(paths(capture), paths(search));
+    ctx.actor = Actor::User(actor.to_string());
+    ctx
+}
+
+/// Runs `f` as one unit of work of `ctx` on the app's database (what a request of that caller
+/// does), returning its result, errors included.
+pub fn unit_as<T>(
+    app: &TestApp,
+    ctx: &kiunga::context::RequestContext,
+    f: impl FnOnce(&mut kiunga::store::Scoped, &kiunga::tracker::Env) -> Result<T, kiunga::Error>,
+) -> Result<T, kiunga::Error> {
+    let mappings = app.state.mappings();
+    let env = kiunga::tracker::Env {
+        md: &app.state.metadata,
+        mappings: &mappings,
+        strict: false,
+        default_org_unit: None,
+    };
+    let mut conn = app.db.conn();
+    kiunga::store::Scoped::transaction(&mut conn, ctx, |s| f(s, &env))
+}

@@ -1,3 +1,4 @@
+DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text);
 DROP TABLE ownership_override;
 DROP TRIGGER program_ownership_history_append_only ON program_ownership_history;
 DROP INDEX program_ownership_history_time_idx;

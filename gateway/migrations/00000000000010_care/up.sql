@@ -36,3 +36,30 @@ CREATE INDEX ownership_override_lookup_idx
   ON ownership_override (actor, tracked_entity_id, program_id, expires_at);
 CREATE TRIGGER ownership_override_append_only BEFORE UPDATE OR DELETE ON ownership_override
   FOR EACH ROW EXECUTE FUNCTION kiunga_append_only();
+
+-- Whether the caller may see an enrollment's data (the enrollment, its events and data values),
+-- DHIS2's ownership rule: the person's owner in the program (the enrolling org unit when no
+-- ownership row exists) is in the caller's capture scope; or the program is OPEN or AUDITED and
+-- the owner is in the search scope; or the program is PROTECTED and the caller broke the glass
+-- for this person and program, and the grant has not expired. CLOSED programs: capture only.
+-- The scope arrives as org-unit ids computed by the gateway from its metadata
+-- (store::scoped::ProgramScope); only scoped callers pay for the call.
+CREATE FUNCTION kiunga_enrollment_visible(p_enrollment bigint, p_search bigint[], p_capture bigint[],
+                                          p_open bigint[], p_protected bigint[], p_actor text)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT CASE
+           WHEN x.owner = ANY (p_capture) THEN true
+           WHEN x.program_id = ANY (p_open) THEN x.owner = ANY (p_search)
+           WHEN x.program_id = ANY (p_protected) THEN EXISTS (
+             SELECT 1 FROM ownership_override o
+             WHERE o.actor = p_actor AND o.tracked_entity_id = x.tracked_entity_id
+               AND o.program_id = x.program_id AND o.expires_at > now())
+           ELSE false
+         END
+  FROM (SELECT en.tracked_entity_id, en.program_id,
+               COALESCE(po.org_unit_id, en.org_unit_id) AS owner
+        FROM enrollment en
+        LEFT JOIN program_ownership po
+          ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id
+        WHERE en.id = p_enrollment) x
+$$;

@@ -87,8 +87,9 @@ pub fn statement(base: &str, resources: &[ResourceCapability], mapping_version: 
             const UNMERGE: &str = "urn:kiunga:fhir:OperationDefinition:Patient-unmerge";
             // Ours (docs/api.md): moves the ownership of a person's record in a program.
             const TRANSFER: &str = "urn:kiunga:fhir:OperationDefinition:Patient-transfer";
+            const BREAK_GLASS: &str = "urn:kiunga:fhir:OperationDefinition:Patient-break-glass";
             let operations: &[(&str, &str)] = match r.resource_type {
-                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM), ("merge", "Patient-merge"), ("unmerge", UNMERGE), ("transfer", TRANSFER)],
+                "Patient" => &[("everything", "Patient-everything"), ("match", "Patient-match"), ("ihe-pix", PIXM), ("merge", "Patient-merge"), ("unmerge", UNMERGE), ("transfer", TRANSFER), ("break-glass", BREAK_GLASS)],
                 "ConceptMap" => &[("translate", "ConceptMap-translate")],
                 "CodeSystem" => &[("lookup", "CodeSystem-lookup"), ("validate-code", "CodeSystem-validate-code")],
                 "ValueSet" => &[("validate-code", "ValueSet-validate-code")],

@@ -587,6 +587,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(not_allowed)),
                 )
                 .service(
+                    web::resource("/{type}/{id}/$break-glass")
+                        .route(web::post().to(break_glass))
+                        .default_service(web::to(not_allowed)),
+                )
+                .service(
                     web::resource("/{type}/{id}/_history")
                         .route(web::get().to(history))
                         .default_service(web::to(not_allowed)),
@@ -1273,6 +1278,36 @@ async fn transfer(
         Ok(FhirResponse::ok(
             crate::app::tx(&state, ctx, mappings, move |s, env| {
                 rest::care::transfer(s, env, &id, &p)
+            })
+            .await?,
+        ))
+    })
+    .await
+}
+
+/// `POST Patient/{id}/$break-glass`: time-limited, reasoned access to a protected program's record.
+async fn break_glass(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (t, id) = path.into_inner();
+    let r = req.clone();
+    respond(&req, |n| async move {
+        if t != "Patient" {
+            return Err(Error::NotFound(format!(
+                "$break-glass is defined on Patient, not {t}"
+            )));
+        }
+        let body = identity::resource_body(&r, payload, &state).await?;
+        let duration = chrono::Duration::seconds(
+            i64::try_from(state.config.break_glass_seconds).unwrap_or(i64::MAX / 1000),
+        );
+        let (ctx, mappings) = tx_inputs(&state, &n);
+        Ok(FhirResponse::ok(
+            crate::app::tx(&state, ctx, mappings, move |s, env| {
+                rest::care::break_glass(s, env, &id, body, duration)
             })
             .await?,
         ))

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::store::Scoped;
+use crate::tracker::metadata::Program;
 use crate::tracker::model::{EnrollmentRecord, PersonRecord, RelationshipRecord};
 use crate::tracker::{episodes, Env};
 use crate::translate;
@@ -164,30 +165,65 @@ pub fn transfer_params(body: Value) -> Result<TransferRequest, Error> {
     })
 }
 
-/// `POST Patient/{id}/$transfer`: answers Parameters naming the previous and new owner and the
-/// EpisodeOfCare versions the transfer wrote.
-pub fn transfer(
+/// `POST Patient/{id}/$break-glass` (`program`, `reason`): answers Parameters with the program
+/// and when the grant expires.
+pub fn break_glass(
     s: &mut Scoped,
     env: &Env,
     person_uid: &str,
-    req: &TransferRequest,
+    body: Value,
+    duration: chrono::Duration,
 ) -> Result<Value, Error> {
-    let program = env
-        .md
-        .program(&req.program)
+    if body["resourceType"] != "Parameters" {
+        return Err(Error::invalid(
+            "$break-glass takes a Parameters resource (program, reason)",
+        ));
+    }
+    let (mut program, mut reason) = (None, None);
+    for p in body["parameter"].as_array().into_iter().flatten() {
+        match p["name"].as_str().unwrap_or_default() {
+            "program" => program = param_str(p).map(str::to_string),
+            "reason" => reason = param_str(p).map(str::to_string),
+            other => {
+                return Err(Error::invalid(format!(
+                    "$break-glass takes program and reason, not `{other}`"
+                )))
+            }
+        }
+    }
+    let program = program.ok_or_else(|| {
+        Error::invalid("$break-glass needs `program`: the protected program's code or UID")
+    })?;
+    let p = find_program(env, &program)?;
+    let expires = episodes::break_glass(
+        s,
+        env,
+        person_uid,
+        p.id,
+        reason.as_deref().unwrap_or_default(),
+        duration,
+    )?;
+    Ok(json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "program", "valueCode": p.code.clone().unwrap_or_else(|| p.uid.clone()) },
+        { "name": "expires", "valueInstant": crate::fhir::instant(&expires) },
+    ]}))
+}
+
+fn find_program<'m>(env: &'m Env, key: &str) -> Result<&'m Program, Error> {
+    env.md
+        .program(key)
         .or_else(|| {
             env.mappings
                 .care
                 .programs
                 .iter()
-                .find(|p| p.coding.code == req.program)
+                .find(|p| p.coding.code == key)
                 .and_then(|p| env.md.program_by_id(p.program_id))
         })
         .ok_or_else(|| {
             Error::rule(
                 format!(
-                    "$transfer: `{}` is not a program of this registry (programs: {})",
-                    req.program,
+                    "`{key}` is not a program of this registry (programs: {})",
                     crate::mapping::known_list(
                         env.md
                             .programs
@@ -197,7 +233,18 @@ pub fn transfer(
                 ),
                 Some("Parameters.parameter[program]".into()),
             )
-        })?;
+        })
+}
+
+/// `POST Patient/{id}/$transfer`: answers Parameters naming the previous and new owner and the
+/// EpisodeOfCare versions the transfer wrote.
+pub fn transfer(
+    s: &mut Scoped,
+    env: &Env,
+    person_uid: &str,
+    req: &TransferRequest,
+) -> Result<Value, Error> {
+    let program = find_program(env, &req.program)?;
     let to = env.md.org_unit(&req.organization).ok_or_else(|| {
         Error::rule(
             format!(

@@ -551,12 +551,13 @@ pub fn type_history(
         changed_at: DateTime<Utc>,
     }
     let t = static_type(resource_type)?;
-    let join = match t {
-        "Patient" => "JOIN tracked_entity te ON te.uid = cl.resource_uid",
-        "Encounter" => "JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
-        "EpisodeOfCare" => "JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
-        "RelatedPerson" => "JOIN relationship x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = CASE WHEN x.related_is_from THEN x.to_tracked_entity_id ELSE x.from_tracked_entity_id END",
-        _ => "JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id",
+    // The person a version belongs to (te), and for program data its enrollment (en_id).
+    let (join, enrollment) = match t {
+        "Patient" => ("JOIN tracked_entity te ON te.uid = cl.resource_uid", None),
+        "Encounter" => ("JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.enrollment_id")),
+        "EpisodeOfCare" => ("JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.id")),
+        "RelatedPerson" => ("JOIN relationship x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = CASE WHEN x.related_is_from THEN x.to_tracked_entity_id ELSE x.from_tracked_entity_id END", None),
+        _ => ("JOIN event_data_value x ON x.uid = cl.resource_uid JOIN event xe ON xe.id = x.event_id JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("xe.enrollment_id")),
     };
     let (roots, patterns) = s
         .ctx
@@ -564,19 +565,37 @@ pub fn type_history(
         .sql_filter()
         .unwrap_or((Vec::new(), Vec::new()));
     let scoped = s.ctx.search.sql_filter().is_some();
-    let rows: Vec<Row> = diesel::sql_query(format!(
+    let program = s.program_scope()?;
+    // Program data follows the ownership rule; people (and their relations) the search scope.
+    let visible = match (enrollment, &program) {
+        (Some(en), Some(_)) => crate::store::ProgramScope::call(en, 8),
+        _ => format!(
+            "(NOT $2 OR {})",
+            crate::store::person_in_scope_sql("te", "$3", "$4")
+        ),
+    };
+    let mut q = diesel::sql_query(format!(
         "SELECT cl.resource_uid AS uid, cl.version, cl.operation, cl.changed_at FROM change_log cl {join} \
-         WHERE cl.resource_type = $1 AND (NOT $2 OR te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($3) OR ou.path LIKE ANY($4))) \
+         WHERE cl.resource_type = $1 AND {visible} \
          AND ($7::timestamptz IS NULL OR cl.changed_at >= $7) ORDER BY cl.id DESC LIMIT $5 OFFSET $6"
     ))
+    .into_boxed()
     .bind::<Text, _>(t)
     .bind::<diesel::sql_types::Bool, _>(scoped)
     .bind::<Array<Text>, _>(roots)
     .bind::<Array<Text>, _>(patterns)
     .bind::<BigInt, _>(count)
     .bind::<BigInt, _>(offset)
-    .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(since)
-    .load(s.conn()?)?;
+    .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(since);
+    if let (Some(_), Some(p)) = (enrollment, program) {
+        q = q
+            .bind::<Array<BigInt>, _>(p.search)
+            .bind::<Array<BigInt>, _>(p.capture)
+            .bind::<Array<BigInt>, _>(p.open)
+            .bind::<Array<BigInt>, _>(p.protected)
+            .bind::<Text, _>(p.actor);
+    }
+    let rows: Vec<Row> = q.load(s.conn()?)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let resource = if r.operation == "delete" {

@@ -16,6 +16,7 @@ use crate::fhir::bundle::{self, SearchEntry};
 use crate::fhir::search::{paging, query_with_offset, Param};
 use crate::store::events;
 use crate::store::patients as person_store;
+use crate::store::ProgramScope;
 use crate::store::Scoped;
 use crate::tracker::Env;
 use crate::translate::{self, reference_id};
@@ -336,7 +337,21 @@ fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
     let (roots, patterns) = s.ctx.search.sql_filter()?;
     let r = sql.bind(Bind::Texts(roots));
     let p = sql.bind(Bind::Texts(patterns));
-    Some(format!("te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({r}) OR ou.path LIKE ANY({p}))"))
+    Some(crate::store::person_in_scope_sql("te", &r, &p))
+}
+
+/// Program data (enrollments, events, data values) follows DHIS2's ownership rule, applied by the
+/// database function the store's [`ProgramScope`] feeds.
+fn program_condition(ps: Option<&ProgramScope>, sql: &mut Sql, enrollment: &str) -> Option<String> {
+    let p = ps?;
+    let a = sql.bind(Bind::Ints(p.search.clone()));
+    let b = sql.bind(Bind::Ints(p.capture.clone()));
+    let c = sql.bind(Bind::Ints(p.open.clone()));
+    let d = sql.bind(Bind::Ints(p.protected.clone()));
+    let e = sql.bind(Bind::Text(p.actor.clone()));
+    Some(format!(
+        "kiunga_enrollment_visible({enrollment}, {a}, {b}, {c}, {d}, {e})"
+    ))
 }
 
 fn patient_plan(
@@ -553,7 +568,7 @@ fn sort_keys(params: &[Param]) -> Vec<(bool, String)> {
 }
 
 fn encounter_plan(
-    s: &Scoped,
+    ps: Option<&ProgramScope>,
     env: &Env,
     params: &[Param],
     lenient: bool,
@@ -561,7 +576,7 @@ fn encounter_plan(
 ) -> Result<Plan, Error> {
     let map = &env.mappings.encounter;
     let mut c = vec!["NOT e.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(scope_condition(s, sql));
+    c.extend(program_condition(ps, sql, "e.enrollment_id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -618,7 +633,7 @@ fn encounter_plan(
 }
 
 fn observation_plan(
-    s: &Scoped,
+    ps: Option<&ProgramScope>,
     env: &Env,
     params: &[Param],
     lenient: bool,
@@ -626,7 +641,11 @@ fn observation_plan(
 ) -> Result<Plan, Error> {
     let map = &env.mappings.observation;
     let mut c = vec!["NOT d.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(scope_condition(s, sql));
+    c.extend(program_condition(
+        ps,
+        sql,
+        "(SELECT ev.enrollment_id FROM event ev WHERE ev.id = d.event_id)",
+    ));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -723,7 +742,10 @@ fn related_person_plan(
     if let Some((roots, patterns)) = s.ctx.search.sql_filter() {
         let r = sql.bind(Bind::Texts(roots));
         let p = sql.bind(Bind::Texts(patterns));
-        c.push(format!("EXISTS (SELECT 1 FROM tracked_entity o WHERE o.id = {RELATED_END} AND o.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({r}) OR ou.path LIKE ANY({p})))"));
+        let other = crate::store::person_in_scope_sql("o", &r, &p);
+        c.push(format!(
+            "EXISTS (SELECT 1 FROM tracked_entity o WHERE o.id = {RELATED_END} AND {other})"
+        ));
     }
     for p in params {
         let values = split(&p.value);
@@ -822,14 +844,14 @@ fn related_person_plan(
 }
 
 fn episode_plan(
-    s: &Scoped,
+    ps: Option<&ProgramScope>,
     env: &Env,
     params: &[Param],
     lenient: bool,
     sql: &mut Sql,
 ) -> Result<Plan, Error> {
     let mut c = vec!["NOT en.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(scope_condition(s, sql));
+    c.extend(program_condition(ps, sql, "en.id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -1073,13 +1095,14 @@ pub fn search(
     base: &str,
 ) -> Result<Value, Error> {
     let (count, offset) = paging(params)?;
+    let ps = s.program_scope()?;
     let mut sql = Sql::default();
     let plan = match t {
         "Patient" => patient_plan(s, env, params, lenient, &mut sql)?,
-        "Encounter" => encounter_plan(s, env, params, lenient, &mut sql)?,
-        "Observation" => observation_plan(s, env, params, lenient, &mut sql)?,
+        "Encounter" => encounter_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
+        "Observation" => observation_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
         "RelatedPerson" => related_person_plan(s, env, params, lenient, &mut sql)?,
-        "EpisodeOfCare" => episode_plan(s, env, params, lenient, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let summary = params
@@ -1202,13 +1225,14 @@ pub fn matching_ids(
     if params.iter().all(|p| COMMON.contains(&p.name.as_str())) {
         return Err(bad(format!("the condition `{query}` has no search parameter; say which {t} you mean (e.g. identifier=system|value)")));
     }
+    let ps = s.program_scope()?;
     let mut sql = Sql::default();
     let plan = match t {
         "Patient" => patient_plan(s, env, &params, false, &mut sql)?,
-        "Encounter" => encounter_plan(s, env, &params, false, &mut sql)?,
-        "Observation" => observation_plan(s, env, &params, false, &mut sql)?,
+        "Encounter" => encounter_plan(ps.as_ref(), env, &params, false, &mut sql)?,
+        "Observation" => observation_plan(ps.as_ref(), env, &params, false, &mut sql)?,
         "RelatedPerson" => related_person_plan(s, env, &params, false, &mut sql)?,
-        "EpisodeOfCare" => episode_plan(s, env, &params, false, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(ps.as_ref(), env, &params, false, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let uid_column = match t {

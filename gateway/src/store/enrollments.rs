@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Int4, Nullable, Text, Timestamptz};
 
+use super::scoped::ProgramScope;
 use super::Scoped;
 use crate::error::Error;
 use crate::tracker::model::EnrollmentRecord;
@@ -61,16 +62,18 @@ fn record(r: Row) -> EnrollmentRecord {
     }
 }
 
-/// Enrollments matching `filter` (`$1` ids, `$2` a uid) whose person the caller may see.
+/// Enrollments matching `filter` (`$1` ids, `$2` a uid) that the caller may see (the ownership
+/// rule of [`ProgramScope`]).
 fn scoped_query(
     s: &mut Scoped,
     filter: &str,
     ids: Vec<i64>,
     uid: &str,
 ) -> Result<Vec<EnrollmentRecord>, Error> {
-    let (scoped, roots, patterns) = match s.ctx.search.sql_filter() {
-        Some((r, p)) => (true, r, p),
-        None => (false, Vec::new(), Vec::new()),
+    let scope = s.program_scope()?;
+    let visible = match &scope {
+        Some(_) => ProgramScope::call("en.id", 3),
+        None => "true".to_string(),
     };
     let text = format!(
         "SELECT en.id, en.uid::text AS uid, en.version, en.last_updated, en.tracked_entity_id, te.uid::text AS tracked_entity_uid, \
@@ -78,16 +81,21 @@ fn scoped_query(
          en.enrolled_at, en.occurred_at, en.completed_at, en.deleted \
          FROM enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id \
          LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id \
-         WHERE {filter} AND (NOT $3 OR te.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($4) OR ou.path LIKE ANY($5))) \
-         ORDER BY en.enrolled_at, en.id"
+         WHERE {filter} AND {visible} ORDER BY en.enrolled_at, en.id"
     );
-    let rows: Vec<Row> = diesel::sql_query(text)
+    let mut q = diesel::sql_query(text)
+        .into_boxed()
         .bind::<Array<BigInt>, _>(ids)
-        .bind::<Text, _>(uid)
-        .bind::<Bool, _>(scoped)
-        .bind::<Array<Text>, _>(roots)
-        .bind::<Array<Text>, _>(patterns)
-        .load(s.conn()?)?;
+        .bind::<Text, _>(uid);
+    if let Some(p) = scope {
+        q = q
+            .bind::<Array<BigInt>, _>(p.search)
+            .bind::<Array<BigInt>, _>(p.capture)
+            .bind::<Array<BigInt>, _>(p.open)
+            .bind::<Array<BigInt>, _>(p.protected)
+            .bind::<Text, _>(p.actor);
+    }
+    let rows: Vec<Row> = q.load(s.conn()?)?;
     Ok(rows.into_iter().map(record).collect())
 }
 
@@ -188,17 +196,30 @@ pub fn live_events(conn: &mut PgConnection, id: i64) -> Result<i64, Error> {
     .n)
 }
 
+#[derive(QueryableByName)]
+struct Owner {
+    #[diesel(sql_type = BigInt)]
+    org_unit_id: i64,
+}
+
+/// The person's owner in the program, if an enrollment made one.
+pub fn owner(conn: &mut PgConnection, person: i64, program: i64) -> Result<Option<i64>, Error> {
+    Ok(diesel::sql_query(
+        "SELECT org_unit_id FROM program_ownership WHERE tracked_entity_id = $1 AND program_id = $2",
+    )
+    .bind::<BigInt, _>(person)
+    .bind::<BigInt, _>(program)
+    .get_result::<Owner>(conn)
+    .optional()?
+    .map(|o| o.org_unit_id))
+}
+
 /// The person's owner in the program, locked until the transaction ends.
 pub fn owner_for_update(
     conn: &mut PgConnection,
     person: i64,
     program: i64,
 ) -> Result<Option<i64>, Error> {
-    #[derive(QueryableByName)]
-    struct Owner {
-        #[diesel(sql_type = BigInt)]
-        org_unit_id: i64,
-    }
     Ok(diesel::sql_query(
         "SELECT org_unit_id FROM program_ownership WHERE tracked_entity_id = $1 AND program_id = $2 FOR UPDATE",
     )
@@ -241,6 +262,30 @@ pub fn transfer(
     .bind::<Timestamptz, _>(at)
     .bind::<Text, _>(by)
     .bind::<Nullable<Text>, _>(reason)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Records a break-the-glass grant (append-only: the table is the audit).
+pub fn grant_override(
+    conn: &mut PgConnection,
+    person: i64,
+    program: i64,
+    actor: &str,
+    reason: &str,
+    expires_at: DateTime<Utc>,
+    request_id: &str,
+) -> Result<(), Error> {
+    diesel::sql_query(
+        "INSERT INTO ownership_override (tracked_entity_id, program_id, actor, reason, granted_at, expires_at, request_id) \
+         VALUES ($1, $2, $3, $4, now(), $5, $6)",
+    )
+    .bind::<BigInt, _>(person)
+    .bind::<BigInt, _>(program)
+    .bind::<Text, _>(actor)
+    .bind::<Text, _>(reason)
+    .bind::<Timestamptz, _>(expires_at)
+    .bind::<Text, _>(request_id)
     .execute(conn)?;
     Ok(())
 }

@@ -92,7 +92,7 @@ enum Key<'k> {
     Person(i64),
 }
 
-/// Events with the caller's scope applied (a person's records follow the person's owner).
+/// Events with the caller's scope applied (a person's records in a program follow its owner).
 fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
     let mut q = ev::table
         .inner_join(te::table)
@@ -107,8 +107,9 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
             .filter(ev::deleted.eq(false))
             .order((ev::occurred_at.asc().nulls_last(), ev::id)),
     };
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
+    // An event follows its enrollment's owner (DHIS2's ownership rule, store::scoped::ProgramScope).
+    if let Some(scope) = s.program_scope()? {
+        q = q.filter(scope.visible("event.enrollment_id"));
     }
     Ok(q.load::<EventRow>(s.conn()?)?
         .into_iter()
@@ -345,7 +346,7 @@ macro_rules! value_select {
     };
 }
 
-/// Data values with the caller's scope applied (they follow their person's owner).
+/// Data values with the caller's scope applied (they follow their event's enrollment).
 fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error> {
     let mut q = dv::table
         .inner_join(ev::table)
@@ -360,8 +361,8 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
             .filter(dv::deleted.eq(false))
             .order((dv::observed_at.asc().nulls_last(), dv::id)),
     };
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
+    if let Some(scope) = s.program_scope()? {
+        q = q.filter(scope.visible("event.enrollment_id"));
     }
     Ok(q.load::<ValueRow>(s.conn()?)?
         .into_iter()

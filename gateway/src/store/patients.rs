@@ -88,8 +88,8 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
             (teav::attribute_id, teav::value).nullable(),
         ))
         .into_boxed();
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
+    if let Some(visible) = s.visible_people() {
+        q = q.filter(visible);
     }
     Ok(group(q.load(s.conn()?)?).pop())
 }
@@ -218,9 +218,10 @@ pub fn replace_values(
     Ok(())
 }
 
+/// The join people are read through, with their values.
 /// People by id (scope applied; deleted and merged ones left out), values included, in one query.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
-    let scope = s.searchable_org_units();
+    let scope = s.ctx.search.sql_filter();
     live_by_ids(s.conn()?, ids, scope)
 }
 
@@ -228,7 +229,7 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
 fn live_by_ids(
     conn: &mut PgConnection,
     ids: &[i64],
-    scope: Option<super::scoped::OrgIdQuery>,
+    scope: Option<(Vec<String>, Vec<String>)>,
 ) -> Result<Vec<PersonRecord>, Error> {
     let mut q = te::table
         .left_join(teav::table)
@@ -241,8 +242,8 @@ fn live_by_ids(
         ))
         .order(te::id)
         .into_boxed();
-    if let Some(orgs) = scope {
-        q = q.filter(te::org_unit_id.eq_any(orgs));
+    if let Some((roots, patterns)) = scope {
+        q = q.filter(super::scoped::people_filter(roots, patterns));
     }
     Ok(group(q.load(conn)?))
 }

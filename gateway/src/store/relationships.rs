@@ -83,10 +83,11 @@ fn scoped_query(
         Some((r, p)) => (true, r, p),
         None => (false, Vec::new(), Vec::new()),
     };
-    let text = format!(
-        "{SELECT} WHERE {filter} AND (NOT $3 OR (f.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($4) OR ou.path LIKE ANY($5)) \
-         AND t.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY($4) OR ou.path LIKE ANY($5)))) ORDER BY r.id"
+    let (f, t) = (
+        super::person_in_scope_sql("f", "$4", "$5"),
+        super::person_in_scope_sql("t", "$4", "$5"),
     );
+    let text = format!("{SELECT} WHERE {filter} AND (NOT $3 OR ({f} AND {t})) ORDER BY r.id");
     let rows: Vec<Row> = diesel::sql_query(text)
         .bind::<Array<BigInt>, _>(ids.unwrap_or_default())
         .bind::<Text, _>(uid.unwrap_or_default())

@@ -7,7 +7,7 @@
 use diesel::dsl::sql;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Text};
 
 use super::cache::Cache;
 use super::links::LinkPool;
@@ -29,6 +29,55 @@ pub struct Scoped<'a> {
     /// The Bundle entry being run, if any: rows queued now are refused later (at a flush) in its
     /// name.
     pub entry: Option<EntryAt>,
+    /// The caller's scope as ids, read once per unit of work (see [`ProgramScope`]).
+    program_scope: Option<Option<ProgramScope>>,
+}
+
+/// The caller's scope as the database function `kiunga_enrollment_visible` takes it: org-unit ids
+/// of the search and capture scopes, the OPEN/AUDITED and the PROTECTED programs, and who is
+/// asking (for break-the-glass grants). The one place where DHIS2's ownership rule meets a query.
+#[derive(Debug, Clone)]
+pub struct ProgramScope {
+    pub search: Vec<i64>,
+    pub capture: Vec<i64>,
+    pub open: Vec<i64>,
+    pub protected: Vec<i64>,
+    pub actor: String,
+}
+
+impl ProgramScope {
+    /// The rule as a diesel filter, for the enrollment given as SQL (e.g. `event.enrollment_id`).
+    pub fn visible<QS: 'static>(
+        &self,
+        enrollment: &str,
+    ) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
+        Box::new(
+            sql::<Bool>(&format!("kiunga_enrollment_visible({enrollment}, "))
+                .bind::<Array<BigInt>, _>(self.search.clone())
+                .sql(", ")
+                .bind::<Array<BigInt>, _>(self.capture.clone())
+                .sql(", ")
+                .bind::<Array<BigInt>, _>(self.open.clone())
+                .sql(", ")
+                .bind::<Array<BigInt>, _>(self.protected.clone())
+                .sql(", ")
+                .bind::<Text, _>(self.actor.clone())
+                .sql(")"),
+        )
+    }
+
+    /// `kiunga_enrollment_visible(<enrollment>, $a, $b, ...)` with the binds numbered from `first`;
+    /// the values to bind, in order, are [`ProgramScope::binds`].
+    pub fn call(enrollment: &str, first: usize) -> String {
+        format!(
+            "kiunga_enrollment_visible({enrollment}, ${}, ${}, ${}, ${}, ${})",
+            first,
+            first + 1,
+            first + 2,
+            first + 3,
+            first + 4
+        )
+    }
 }
 
 /// A Bundle entry, as errors name it.
@@ -89,6 +138,7 @@ impl<'a> Scoped<'a> {
             links: LinkPool::default(),
             reserved: Vec::new(),
             entry,
+            program_scope: None,
         }
     }
 
@@ -203,6 +253,88 @@ impl<'a> Scoped<'a> {
     pub fn searchable_org_units(&self) -> Option<OrgIdQuery> {
         org_ids_in(&self.ctx.search)
     }
+
+    /// The people the caller may find and read, as a diesel filter on `tracked_entity`, or None
+    /// when that is everyone. See [`person_in_scope_sql`].
+    pub fn visible_people<QS: 'static>(
+        &self,
+    ) -> Option<Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>>> {
+        let (roots, patterns) = self.ctx.search.sql_filter()?;
+        Some(people_filter(roots, patterns))
+    }
+
+    /// The caller's scope for program data (enrollments, events, data values), or None when the
+    /// caller may see everything (both scopes unrestricted).
+    pub fn program_scope(&mut self) -> Result<Option<ProgramScope>, Error> {
+        if let Some(p) = &self.program_scope {
+            return Ok(p.clone());
+        }
+        let scope = if self.ctx.search == OrgScope::All && self.ctx.capture == OrgScope::All {
+            None
+        } else {
+            let ids = |conn: &mut PgConnection, scope: &OrgScope| -> Result<Vec<i64>, Error> {
+                Ok(match org_ids_in(scope) {
+                    Some(q) => q.load(conn)?,
+                    None => org_unit::table.select(org_unit::id).load(conn)?,
+                })
+            };
+            let search = ids(self.conn, &self.ctx.search)?;
+            let capture = ids(self.conn, &self.ctx.capture)?;
+            use super::schema::program;
+            let levels: Vec<(i64, String)> = program::table
+                .select((program::id, program::access_level))
+                .load(self.conn)?;
+            let of = |wanted: &[&str]| {
+                levels
+                    .iter()
+                    .filter(|(_, l)| wanted.contains(&l.as_str()))
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<i64>>()
+            };
+            Some(ProgramScope {
+                search,
+                capture,
+                open: of(&["OPEN", "AUDITED"]),
+                protected: of(&["PROTECTED"]),
+                actor: self.ctx.actor.to_string(),
+            })
+        };
+        self.program_scope = Some(scope.clone());
+        Ok(scope)
+    }
+}
+
+/// [`person_in_scope_sql`] for `tracked_entity` as a diesel filter, from
+/// [`OrgScope::sql_filter`]'s values.
+pub fn people_filter<QS: 'static>(
+    roots: Vec<String>,
+    patterns: Vec<String>,
+) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
+    Box::new(
+        sql::<Bool>(
+            "(tracked_entity.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY(",
+        )
+        .bind::<Array<Text>, _>(roots.clone())
+        .sql(") OR ou.path LIKE ANY(")
+        .bind::<Array<Text>, _>(patterns.clone())
+        .sql(")) OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id WHERE po.tracked_entity_id = tracked_entity.id AND (ou.path = ANY(")
+        .bind::<Array<Text>, _>(roots)
+        .sql(") OR ou.path LIKE ANY(")
+        .bind::<Array<Text>, _>(patterns)
+        .sql("))))"),
+    )
+}
+
+/// SQL: the person `te` (an alias of `tracked_entity`) is in the caller's search scope, i.e.
+/// registered at an org unit of it or owned there in some program (after a transfer the new
+/// facility finds the person). `roots` and `patterns` are the placeholders bound to
+/// [`OrgScope::sql_filter`]'s values.
+pub fn person_in_scope_sql(te: &str, roots: &str, patterns: &str) -> String {
+    format!(
+        "({te}.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({roots}) OR ou.path LIKE ANY({patterns})) \
+         OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id \
+         WHERE po.tracked_entity_id = {te}.id AND (ou.path = ANY({roots}) OR ou.path LIKE ANY({patterns}))))"
+    )
 }
 
 pub fn org_ids_in(scope: &OrgScope) -> Option<OrgIdQuery> {

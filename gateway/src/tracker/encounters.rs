@@ -180,6 +180,9 @@ pub fn place(
             }
         },
     };
+    if !s.cache.is_new_enrollment(enrollment_id) {
+        super::episodes::check_owner_capture(s, env, person, program.id)?;
+    }
     if !stage.repeatable {
         let existing = if s.cache.is_new_enrollment(enrollment_id) {
             s.cache.events_in_stage(enrollment_id, stage_id)

@@ -167,6 +167,38 @@ fn check_capture_at(s: &Scoped, env: &Env, org_unit_id: i64, what: &str) -> Resu
     Ok(())
 }
 
+/// 403 unless the caller may write where the person's record in the program is owned (an
+/// enrollment's events and data go to its owner, as DHIS2's ownership says). Free for callers
+/// whose capture scope is the whole tree.
+pub fn check_owner_capture(
+    s: &mut Scoped,
+    env: &Env,
+    person: &PersonRecord,
+    program_id: i64,
+) -> Result<(), Error> {
+    if s.ctx.capture == crate::context::OrgScope::All {
+        return Ok(());
+    }
+    let Some(owner) = store::owner(s.conn()?, person.id, program_id)? else {
+        return Ok(());
+    };
+    let ou = env
+        .md
+        .org_unit_by_id(owner)
+        .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
+    if !s.ctx.capture.contains(&ou.path) {
+        return Err(Error::Forbidden(format!(
+            "Patient/{}'s record in {} is owned by {} (Organization/{}), outside the org units you may write to; it must be transferred to you first (Patient/{}/$transfer)",
+            person.uid,
+            program_name(env, program_id),
+            ou.name,
+            ou.uid,
+            person.uid
+        )));
+    }
+    Ok(())
+}
+
 fn completed_at(
     status: &str,
     end: Option<DateTime<Utc>>,
@@ -523,6 +555,67 @@ pub fn transfer(
     };
     let moved = bump_others(s, env, &person, program_id, 0, &carrier, now)?;
     Ok((from, moved))
+}
+
+/// `Patient/{id}/$break-glass`: the caller may read the person's record in a protected program
+/// for `duration`, for the reason given, whoever owns it (DHIS2's temporary ownership). Returns
+/// when the grant ends. Open programs need none (their data is visible in the search scope);
+/// closed programs allow none.
+pub fn break_glass(
+    s: &mut Scoped,
+    env: &Env,
+    person_uid: &str,
+    program_id: i64,
+    reason: &str,
+    duration: chrono::Duration,
+) -> Result<DateTime<Utc>, Error> {
+    let program = env
+        .md
+        .program_by_id(program_id)
+        .ok_or_else(|| Error::Internal("program missing from metadata".into()))?;
+    match program.access_level.as_str() {
+        "PROTECTED" => {}
+        "CLOSED" => {
+            return Err(Error::Forbidden(format!(
+                "{} is a closed program: its records are seen by the owning org unit only, and the glass cannot be broken",
+                program.name
+            )))
+        }
+        _ => {
+            return Err(Error::rule(
+                format!("{} is an open program: its records are visible wherever the person is in your search scope, without breaking the glass", program.name),
+                Some("Parameters.parameter[program]".into()),
+            ))
+        }
+    }
+    if reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "$break-glass needs a `reason`: why you must see this record (it is kept with the grant)",
+        ));
+    }
+    // The person must be someone the caller may find (404 otherwise, revealing nothing).
+    let person = patients::read(s, env, person_uid)?;
+    let expires = Utc::now() + duration;
+    let actor = s.ctx.actor.to_string();
+    let request_id = s.ctx.request_id.clone();
+    store::grant_override(
+        s.conn()?,
+        person.id,
+        program_id,
+        &actor,
+        reason.trim(),
+        expires,
+        &request_id,
+    )?;
+    tracing::info!(
+        target: "kiunga::audit",
+        person = %person.uid,
+        program = %program.uid,
+        actor = %actor,
+        expires = %expires,
+        "break-the-glass access granted"
+    );
+    Ok(expires)
 }
 
 /// A change of `Patient.managingOrganization` through PUT, where care.toml asks for it: every
