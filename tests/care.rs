@@ -848,3 +848,100 @@ fn breaking_the_glass_opens_a_protected_record_for_a_while_and_is_kept() {
     app.post(&format!("Patient/{mother}/$break-glass"), &glass("", "ANC"))
         .outcome(400);
 }
+
+/// A metadata directory like the demo's, changed by `edit`.
+fn metadata_copy(edit: impl FnOnce(&mut Value)) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiunga-md-{}", unique("d")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(support::repo().join("fixtures/metadata/demo.json")).unwrap();
+    let mut md: Value = serde_json::from_str(&text).unwrap();
+    edit(&mut md);
+    std::fs::write(dir.join("demo.json"), md.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn relationship_type_constraints_on_entity_type_and_program_are_enforced() {
+    const ANC: &str = "w6Pog4K7zK2";
+    let dir = metadata_copy(|md| {
+        md["trackedEntityTypes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "id": "Hh0useHold1", "code": "HOUSEHOLD", "name": "Household" }));
+        for t in md["relationshipTypes"].as_array_mut().unwrap() {
+            match t["code"].as_str().unwrap() {
+                // A mother must be enrolled in ANC; a caregiver cares for a household.
+                "MOTHER_CHILD" => t["fromConstraint"]["program"] = json!({ "id": ANC }),
+                _ => t["toConstraint"]["trackedEntityType"] = json!({ "id": "Hh0useHold1" }),
+            }
+        }
+    });
+    let app = TestApp::start_with(|c| c.metadata_dir = dir.clone());
+    let org = app.org("KD_KAS_MTO");
+    let (mother, child) = new_mother_and_child(&app, &org);
+    let mth = related(
+        &format!("Patient/{child}"),
+        "MTH",
+        Some(&format!("Patient/{mother}")),
+    );
+    let msg = app.post("RelatedPerson", &mth).outcome(422);
+    assert!(
+        msg.contains("wants its `from` end enrolled in Antenatal care") && msg.contains(&mother),
+        "{msg}"
+    );
+    app.post(
+        "EpisodeOfCare",
+        &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+    )
+    .expect(201);
+    app.post("RelatedPerson", &mth).expect(201);
+    let fth = related(
+        &format!("Patient/{child}"),
+        "FTH",
+        Some(&format!("Patient/{mother}")),
+    );
+    let msg = app.post("RelatedPerson", &fth).outcome(422);
+    assert!(msg.contains("wants a Household at its `to` end"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn where_the_mapping_says_so_an_encounter_needs_an_open_enrollment() {
+    let dir = support::mappings_copy();
+    let care = std::fs::read_to_string(dir.join("care.toml")).unwrap();
+    std::fs::write(
+        dir.join("care.toml"),
+        care.replace("open_on_encounter = true", "open_on_encounter = false"),
+    )
+    .unwrap();
+    let app = TestApp::start_with(|c| c.mappings_dir = dir.clone());
+    let org = app.org("KD_KAS_MTO");
+    let (mother, _) = new_mother_and_child(&app, &org);
+    let before = app.db.scalar("SELECT count(*) FROM enrollment");
+    let msg = app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &org, None, "2026-01-20T09:00:00Z"),
+        )
+        .outcome(422);
+    assert!(msg.contains("create the EpisodeOfCare first"), "{msg}");
+    assert_eq!(app.db.scalar("SELECT count(*) FROM enrollment"), before);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    let v = app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &org, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201);
+    assert_eq!(
+        v["episodeOfCare"][0]["reference"],
+        format!("EpisodeOfCare/{}", id(&e))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -465,3 +465,62 @@ fn matching_rule_problems_name_their_line() {
         "{out}"
     );
 }
+
+#[test]
+fn care_mapping_problems_name_their_line() {
+    type Case = (&'static str, &'static str, &'static str, &'static str);
+    // (replace, with, line marker in the edited file, expected message after `care.toml:N: `)
+    let cases: &[Case] = &[
+        (
+            "type = \"CAREGIVER_CHILD\"",
+            "type = \"AUNT_CHILD\"",
+            "AUNT_CHILD",
+            "unknown relationship type `AUNT_CHILD` (known: CAREGIVER_CHILD, MOTHER_CHILD)",
+        ),
+        (
+            "related_person = \"to\"",
+            "related_person = \"child\"",
+            "related_person = \"child\"",
+            "related_person: `child` is neither `from` nor `to`",
+        ),
+        (
+            "code = \"NMTH\"",
+            "code = \"MTH\"",
+            "code = \"MTH\"\ndisplay = \"natural mother\"",
+            "relationship http://terminology.hl7.org/CodeSystem/v3-RoleCode|MTH is already mapped",
+        ),
+        (
+            "program = \"ANC\"",
+            "program = \"TB\"",
+            "program = \"TB\"",
+            "unknown program `TB` (known: ANC, OPD)",
+        ),
+        (
+            "one_from_per_to = true",
+            "one_from_per_to = \"yes\"",
+            "one_from_per_to = \"yes\"",
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+    ];
+    for (from, to, marker, expected) in cases {
+        let mut line = 0;
+        let out = problems_after(|dir| {
+            replace_in(dir, "care.toml", from, to);
+            let text = std::fs::read_to_string(dir.join("care.toml")).unwrap();
+            // A marker spanning two lines points at its first line.
+            let first = marker.lines().next().unwrap();
+            line = match marker.lines().count() {
+                1 => line_of(dir, "care.toml", first),
+                _ => {
+                    let at = text.find(marker).unwrap();
+                    text[..at].matches('\n').count() + 1
+                }
+            };
+        });
+        let prefix = format!("care.toml:{line}: {expected}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&prefix)),
+            "expected `{prefix}`, got:\n{out}"
+        );
+    }
+}
