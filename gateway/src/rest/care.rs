@@ -110,7 +110,7 @@ pub struct TransferRequest {
     pub reason: Option<String>,
 }
 
-fn param_str<'v>(p: &'v Value) -> Option<&'v str> {
+fn param_str(p: &Value) -> Option<&str> {
     ["valueCode", "valueString", "valueId"]
         .iter()
         .find_map(|k| p.get(*k).and_then(Value::as_str))
