@@ -945,3 +945,121 @@ fn where_the_mapping_says_so_an_encounter_needs_an_open_enrollment() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_old_owner_may_read_an_open_record_but_not_change_it_and_moves_need_both_ends() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, child) = new_mother_and_child(&app, &mto);
+    let opd = app
+        .post(
+            "Encounter",
+            &json!({
+                "resourceType": "Encounter", "status": "finished",
+                "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+                "type": [{ "coding": [{ "system": SCT, "code": "11429006" }] }],
+                "subject": { "reference": format!("Patient/{mother}") },
+                "period": { "start": "2026-01-21T09:00:00Z" },
+                "serviceProvider": { "reference": format!("Organization/{mto}") },
+            }),
+        )
+        .expect(201);
+    let episode_id = opd["episodeOfCare"][0]["reference"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("EpisodeOfCare/")
+        .to_string();
+    // Mto staff may not send the record somewhere they cannot write, through EpisodeOfCare either.
+    let mto_only = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD"]);
+    let mut moved = app.get(&format!("EpisodeOfCare/{episode_id}")).expect(200);
+    moved["managingOrganization"] = json!({ "reference": format!("Organization/{pwani}") });
+    let raw = moved.to_string();
+    let refused = unit_as(&app, &mto_only, |s, env| {
+        rest::update(
+            s,
+            env,
+            "EpisodeOfCare",
+            &episode_id,
+            None,
+            rest::Body {
+                resource: &moved,
+                raw: raw.as_bytes(),
+                content_type: "application/fhir+json",
+            },
+        )
+    });
+    assert!(
+        matches!(refused, Err(kiunga::Error::Forbidden(_))),
+        "{:?}",
+        refused.map(|s| s.id)
+    );
+    assert_eq!(
+        app.get(&format!("EpisodeOfCare/{episode_id}")).expect(200)["meta"]["versionId"],
+        "1"
+    );
+    // The demo user moves it; Mto still reads the open record but may no longer change it.
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("OPD", &pwani, "moved"),
+    )
+    .expect(200);
+    let eid = id(&opd);
+    let read = unit_as(&app, &mto_only, |s, env| {
+        rest::read(s, env, "Encounter", &eid)
+    });
+    assert!(
+        read.is_ok(),
+        "an open program's record is read in the search scope"
+    );
+    let refused = unit_as(&app, &mto_only, |s, env| {
+        rest::delete(s, env, "Encounter", &eid)
+    });
+    assert!(matches!(refused, Err(kiunga::Error::Forbidden(_))));
+    // A person in a relationship cannot be deleted from under it.
+    app.post(
+        "RelatedPerson",
+        &related(
+            &format!("Patient/{child}"),
+            "MTH",
+            Some(&format!("Patient/{mother}")),
+        ),
+    )
+    .expect(201);
+    let msg = app.delete(&format!("Patient/{child}")).outcome(409);
+    assert!(msg.contains("relationship"), "{msg}");
+}
+
+#[test]
+fn a_relationship_with_someone_out_of_scope_is_not_revealed_by_history_or_search() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (_, child) = new_mother_and_child(&app, &mto);
+    let (grandmother, _) = new_mother_and_child(&app, &pwani);
+    app.post(
+        "RelatedPerson",
+        &related(
+            &format!("Patient/{child}"),
+            "GRMTH",
+            Some(&format!("Patient/{grandmother}")),
+        ),
+    )
+    .expect(201);
+    let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
+    let history = unit_as(&app, &at_mto, |s, env| {
+        rest::type_history(s, env, "RelatedPerson", None, 50, 0)
+    })
+    .unwrap();
+    assert!(history.is_empty());
+    let q = kiunga::fhir::search::parse_query(&format!("patient={child}"));
+    let found = unit_as(&app, &at_mto, |s, env| {
+        rest::search::search(s, env, "RelatedPerson", &q, false, "http://x/fhir")
+    })
+    .unwrap();
+    assert_eq!(found["total"], 0);
+    // The demo user sees it.
+    assert_eq!(
+        app.get(&format!("RelatedPerson?patient={child}"))
+            .expect(200)["total"],
+        1
+    );
+}

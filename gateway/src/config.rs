@@ -161,6 +161,16 @@ impl Config {
         if let Some(v) = get("KIUNGA_BREAK_GLASS_SECONDS") {
             self.break_glass_seconds = parse("KIUNGA_BREAK_GLASS_SECONDS", v)?;
         }
+        // A grant is meant to be short; a year at most keeps the arithmetic far from overflow.
+        if self.break_glass_seconds == 0 || self.break_glass_seconds > 366 * 24 * 60 * 60 {
+            return Err(ConfigError::Env {
+                name: "KIUNGA_BREAK_GLASS_SECONDS",
+                message: format!(
+                    "{} is not between 1 second and 366 days",
+                    self.break_glass_seconds
+                ),
+            });
+        }
         Ok(())
     }
 

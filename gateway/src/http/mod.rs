@@ -1305,12 +1305,23 @@ async fn break_glass(
             i64::try_from(state.config.break_glass_seconds).unwrap_or(i64::MAX / 1000),
         );
         let (ctx, mappings) = tx_inputs(&state, &n);
-        Ok(FhirResponse::ok(
-            crate::app::tx(&state, ctx, mappings, move |s, env| {
-                rest::care::break_glass(s, env, &id, body, duration)
-            })
-            .await?,
-        ))
+        let actor = ctx.actor.to_string();
+        let person = id.clone();
+        let granted = crate::app::tx(&state, ctx, mappings, move |s, env| {
+            rest::care::break_glass(s, env, &id, body, duration)
+        })
+        .await?;
+        // Logged once committed: the line never tells of a grant that did not happen. UIDs and
+        // the actor only (docs/LOGGING.md); the reason stays in the database.
+        tracing::info!(
+            target: "kiunga::audit",
+            person = %person,
+            program = %granted["parameter"][0]["valueCode"].as_str().unwrap_or_default(),
+            actor = %actor,
+            expires = %granted["parameter"][1]["valueInstant"].as_str().unwrap_or_default(),
+            "break-the-glass access granted"
+        );
+        Ok(FhirResponse::ok(granted))
     })
     .await
 }

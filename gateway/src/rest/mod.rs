@@ -567,13 +567,21 @@ pub fn type_history(
     let scoped = s.ctx.search.sql_filter().is_some();
     let program = s.program_scope()?;
     // Program data follows the ownership rule; people (and their relations) the search scope.
-    let visible = match (enrollment, &program) {
+    let mut visible = match (enrollment, &program) {
         (Some(en), Some(_)) => crate::store::ProgramScope::call(en, 8),
         _ => format!(
             "(NOT $2 OR {})",
             crate::store::person_in_scope_sql("te", "$3", "$4")
         ),
     };
+    // A relationship is seen when both of its people are.
+    if t == "RelatedPerson" {
+        visible.push_str(&format!(
+            " AND (NOT $2 OR EXISTS (SELECT 1 FROM tracked_entity o WHERE o.id = CASE WHEN x.related_is_from \
+             THEN x.from_tracked_entity_id ELSE x.to_tracked_entity_id END AND {}))",
+            crate::store::person_in_scope_sql("o", "$3", "$4")
+        ));
+    }
     let mut q = diesel::sql_query(format!(
         "SELECT cl.resource_uid AS uid, cl.version, cl.operation, cl.changed_at FROM change_log cl {join} \
          WHERE cl.resource_type = $1 AND {visible} \

@@ -71,6 +71,16 @@ fn scoped_query(
     uid: &str,
 ) -> Result<Vec<EnrollmentRecord>, Error> {
     let scope = s.program_scope()?;
+    query(s, filter, ids, uid, scope)
+}
+
+fn query(
+    s: &mut Scoped,
+    filter: &str,
+    ids: Vec<i64>,
+    uid: &str,
+    scope: Option<ProgramScope>,
+) -> Result<Vec<EnrollmentRecord>, Error> {
     let visible = match &scope {
         Some(_) => ProgramScope::call("en.id", 3),
         None => "true".to_string(),
@@ -110,6 +120,23 @@ pub fn find(s: &mut Scoped, uid: &str) -> Result<Option<EnrollmentRecord>, Error
 
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Error> {
     scoped_query(s, "en.id = ANY($1) AND $2 = ''", ids.to_vec(), "")
+}
+
+/// Enrollments by id whatever the caller may see: for rules about the registry (one enrollment
+/// per program) and for new versions a transfer writes, never to show.
+pub fn by_ids_unscoped(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Error> {
+    query(s, "en.id = ANY($1) AND $2 = ''", ids.to_vec(), "", None)
+}
+
+/// A person's live enrollments whatever the caller may see (see [`by_ids_unscoped`]).
+pub fn of_person_unscoped(s: &mut Scoped, person: i64) -> Result<Vec<EnrollmentRecord>, Error> {
+    query(
+        s,
+        "en.tracked_entity_id = ANY($1) AND NOT en.deleted AND $2 = ''",
+        vec![person],
+        "",
+        None,
+    )
 }
 
 /// A person's live enrollments, oldest first.

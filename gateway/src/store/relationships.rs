@@ -150,6 +150,22 @@ pub fn person_ids(conn: &mut PgConnection, uids: &[String]) -> Result<Vec<i64>, 
     )
 }
 
+/// How many live relationships a person is in, at either end, whatever the caller's scope.
+pub fn live_of_person(conn: &mut PgConnection, person: i64) -> Result<i64, Error> {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    Ok(diesel::sql_query(
+        "SELECT count(*)::bigint AS n FROM relationship WHERE NOT deleted \
+         AND (from_tracked_entity_id = $1 OR to_tracked_entity_id = $1)",
+    )
+    .bind::<BigInt, _>(person)
+    .get_result::<N>(conn)?
+    .n)
+}
+
 /// Locks the relationship row (whatever the scope: the caller has read it already).
 pub fn lock(conn: &mut PgConnection, id: i64) -> Result<(), Error> {
     diesel::sql_query("SELECT id FROM relationship WHERE id = $1 FOR UPDATE")

@@ -130,6 +130,14 @@ pub fn place(
                         expression: None,
                     });
                 }
+                // An earlier enrollment may have left an owner (after a transfer, elsewhere): the
+                // new enrollment is that owner's, so the caller must be able to write there.
+                let owner = if s.cache.is_new_person(person.id) {
+                    None
+                } else {
+                    super::episodes::check_owner_capture(s, env, person, program.id)?;
+                    crate::store::enrollments::owner(s.conn()?, person.id, program.id)?
+                };
                 let uid = new_uid();
                 let id = s.next_id(Seq::Enrollment)?;
                 s.defer().enrollments.push(EnrollmentRow {
@@ -145,8 +153,8 @@ pub fn place(
                     last_updated: now,
                 });
                 s.cache.add_enrollment(person.id, program.id, id, &uid);
-                // The owner is the enrolling org unit unless an earlier enrollment left one; the
-                // snapshot says the former (a later transfer records its own version).
+                // The snapshot of version 1 shows the owner as it is (a later transfer records its
+                // own version).
                 let opened = crate::tracker::model::EnrollmentRecord {
                     id,
                     uid: uid.clone(),
@@ -156,7 +164,7 @@ pub fn place(
                     tracked_entity_uid: person.uid.clone(),
                     program_id: program.id,
                     org_unit_id,
-                    owner_org_unit_id: org_unit_id,
+                    owner_org_unit_id: owner.unwrap_or(org_unit_id),
                     status: "ACTIVE".into(),
                     enrolled_at: when,
                     occurred_at: Some(when),
@@ -385,6 +393,7 @@ pub fn update(
         }
     }
     check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
+    super::episodes::check_event_owner(s, env, &current)?;
     let org_unit_id = w.org_unit_id.unwrap_or(current.org_unit_id);
     check_capture(s, env, org_unit_id, "an encounter")?;
     let now = Utc::now();
@@ -423,6 +432,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
         return Ok(None);
     }
     check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
+    super::episodes::check_event_owner(s, env, &current)?;
     let live = store::live_values_of_event(s.conn()?, current.id)?;
     if live > 0 {
         return Err(Error::Conflict {

@@ -69,7 +69,18 @@ fn from_snapshot(
     at: DateTime<Utc>,
     state: Option<Value>,
 ) -> Option<EnrollmentRecord> {
-    let snap: EnrollmentSnapshot = serde_json::from_value(state?).ok()?;
+    // Enrollments opened before migration 10 logged their first version without a snapshot: it
+    // is shown as the record is now.
+    let Some(state) = state.filter(|v| !v.is_null()) else {
+        return Some(EnrollmentRecord {
+            version,
+            last_updated: at,
+            deleted: false,
+            transfer: None,
+            ..current.clone()
+        });
+    };
+    let snap: EnrollmentSnapshot = serde_json::from_value(state).ok()?;
     Some(EnrollmentRecord {
         version,
         last_updated: at,
@@ -130,27 +141,47 @@ pub fn check_can_enroll(
         .md
         .program_by_id(program_id)
         .ok_or_else(|| Error::Internal("program missing from metadata".into()))?;
-    let others: Vec<EnrollmentRecord> = store::of_person(s, person.id)?
+    // The rule is about the registry, so it reads every enrollment; one the caller may not see is
+    // not named.
+    let others: Vec<EnrollmentRecord> = store::of_person_unscoped(s, person.id)?
         .into_iter()
         .filter(|e| e.program_id == program_id && e.id != except)
         .collect();
-    if status == "ACTIVE" {
-        if let Some(active) = others.iter().find(|e| e.status == "ACTIVE") {
-            return Err(Error::Conflict {
-                message: format!("Patient/{} already has an active enrollment in {}: EpisodeOfCare/{}; finish or cancel it before opening another (a person has one active enrollment per program)", person.uid, program.name, active.uid),
-                expression: Some("EpisodeOfCare.status".into()),
-            });
+    let blocking = if status == "ACTIVE" {
+        others.iter().find(|e| e.status == "ACTIVE")
+    } else {
+        None
+    };
+    let blocking = blocking.or(if program.only_enroll_once {
+        others.first()
+    } else {
+        None
+    });
+    let Some(e) = blocking else {
+        return Ok(());
+    };
+    let visible = store::find(s, &e.uid)?.is_some();
+    let which = if visible {
+        format!("EpisodeOfCare/{}", e.uid)
+    } else {
+        "an enrollment you may not see".to_string()
+    };
+    Err(if e.status == "ACTIVE" && status == "ACTIVE" {
+        Error::Conflict {
+            message: format!("Patient/{} already has an active enrollment in {}: {which}; finish or cancel it before opening another (a person has one active enrollment per program)", person.uid, program.name),
+            expression: Some("EpisodeOfCare.status".into()),
         }
-    }
-    if program.only_enroll_once {
-        if let Some(e) = others.first() {
-            return Err(Error::Conflict {
-                message: format!("{} enrolls a person once and Patient/{} has EpisodeOfCare/{} ({}); update that one instead", program.name, person.uid, e.uid, crate::translate::episode::fhir_status(&e.status)),
-                expression: Some("EpisodeOfCare.type".into()),
-            });
+    } else {
+        Error::Conflict {
+            message: format!(
+                "{} enrolls a person once and Patient/{} has {which} ({}); update that one instead",
+                program.name,
+                person.uid,
+                crate::translate::episode::fhir_status(&e.status)
+            ),
+            expression: Some("EpisodeOfCare.type".into()),
         }
-    }
-    Ok(())
+    })
 }
 
 fn check_capture_at(s: &Scoped, env: &Env, org_unit_id: i64, what: &str) -> Result<(), Error> {
@@ -176,10 +207,39 @@ pub fn check_owner_capture(
     person: &PersonRecord,
     program_id: i64,
 ) -> Result<(), Error> {
+    check_owner(s, env, person.id, &person.uid, program_id)
+}
+
+/// [`check_owner_capture`] for an existing event (changing or deleting it, or adding a value).
+pub fn check_event_owner(
+    s: &mut Scoped,
+    env: &Env,
+    e: &crate::tracker::model::EventRecord,
+) -> Result<(), Error> {
     if s.ctx.capture == crate::context::OrgScope::All {
         return Ok(());
     }
-    let Some(owner) = store::owner(s.conn()?, person.id, program_id)? else {
+    let program = env
+        .md
+        .stages
+        .iter()
+        .find(|st| st.id == e.stage_id)
+        .map(|st| st.program_id)
+        .ok_or_else(|| Error::Internal("stage missing from metadata".into()))?;
+    check_owner(s, env, e.tracked_entity_id, &e.tracked_entity_uid, program)
+}
+
+fn check_owner(
+    s: &mut Scoped,
+    env: &Env,
+    person_id: i64,
+    person_uid: &str,
+    program_id: i64,
+) -> Result<(), Error> {
+    if s.ctx.capture == crate::context::OrgScope::All {
+        return Ok(());
+    }
+    let Some(owner) = store::owner(s.conn()?, person_id, program_id)? else {
         return Ok(());
     };
     let ou = env
@@ -188,12 +248,10 @@ pub fn check_owner_capture(
         .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
     if !s.ctx.capture.contains(&ou.path) {
         return Err(Error::Forbidden(format!(
-            "Patient/{}'s record in {} is owned by {} (Organization/{}), outside the org units you may write to; it must be transferred to you first (Patient/{}/$transfer)",
-            person.uid,
+            "Patient/{person_uid}'s record in {} is owned by {} (Organization/{}), outside the org units you may write to; it must be transferred to you first (Patient/{person_uid}/$transfer)",
             program_name(env, program_id),
             ou.name,
             ou.uid,
-            person.uid
         )));
     }
     Ok(())
@@ -233,6 +291,8 @@ pub fn create(
     // Serialises enrollments of one person (the one-active rule reads, then writes).
     crate::store::patients::find_for_update(s, env.mappings.patient.entity_type_id, &person.uid)?;
     check_can_enroll(s, env, &person, w.program_id, &w.status, 0)?;
+    // An owner left by an earlier enrollment stays: the caller must be able to write there.
+    check_owner_capture(s, env, &person, w.program_id)?;
     let now = Utc::now();
     let enrolled_at = w.start.unwrap_or(now);
     let id = s.next_id(Seq::Enrollment)?;
@@ -369,6 +429,7 @@ pub fn update(
     };
     // A new managingOrganization is a transfer of the person's record in the program.
     if let Some(to) = w.org_unit_id.filter(|to| *to != current.owner_org_unit_id) {
+        check_capture_at(s, env, to, "transfer records")?;
         let note = move_owner(
             s,
             env,
@@ -477,7 +538,8 @@ fn bump_others(
     }
     store::bump(s.conn()?, &ids, at)?;
     let mut out = Vec::new();
-    for mut e in store::by_ids(s, &ids)? {
+    // Every bumped version gets its snapshot, visible to the caller or not.
+    for mut e in store::by_ids_unscoped(s, &ids)? {
         e.transfer = changed.transfer.clone();
         e.owner_org_unit_id = changed.owner_org_unit_id;
         logs::record_change(
@@ -607,14 +669,6 @@ pub fn break_glass(
         expires,
         &request_id,
     )?;
-    tracing::info!(
-        target: "kiunga::audit",
-        person = %person.uid,
-        program = %program.uid,
-        actor = %actor,
-        expires = %expires,
-        "break-the-glass access granted"
-    );
     Ok(expires)
 }
 

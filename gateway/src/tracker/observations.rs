@@ -88,6 +88,7 @@ fn target_event(
             ou.name, ou.uid
         )));
     }
+    super::episodes::check_event_owner(s, env, &event)?;
     Ok(event)
 }
 
@@ -176,6 +177,9 @@ pub fn update(
         ));
     }
     let person = subject(s, env, TYPE, &w.patient_uid)?;
+    // Where it is now must be the caller's to change, as well as where it goes.
+    let was = store::lock_event(s.conn()?, current.event_id)?;
+    super::episodes::check_event_owner(s, env, &was)?;
     let mut w = w.clone();
     if w.encounter_uid.is_none() {
         w.encounter_uid = Some(current.event_uid.clone());
@@ -227,6 +231,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
             ou.name
         )));
     }
+    super::episodes::check_event_owner(s, env, &event)?;
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_value_deleted(s.conn()?, current.id, version, now)?;

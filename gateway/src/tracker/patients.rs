@@ -336,6 +336,10 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     if live > 0 {
         return Err(Error::Conflict { message: format!("Patient/{uid} still has {live} Encounter(s); delete their Observations and Encounters first"), expression: None });
     }
+    let related = crate::store::relationships::live_of_person(s.conn()?, current.id)?;
+    if related > 0 {
+        return Err(Error::Conflict { message: format!("Patient/{uid} is in {related} relationship(s) (RelatedPerson?patient={uid}, and the RelatedPersons her Patient.link names); delete them first"), expression: None });
+    }
     let now = Utc::now();
     let version = current.version + 1;
     store::mark_deleted(s.conn()?, current.id, version, now)?;

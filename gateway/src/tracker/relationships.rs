@@ -321,6 +321,13 @@ pub fn update(
     }
     let patient = person(s, env, &w.patient_uid, "RelatedPerson.patient")?;
     patients::check_capture(s, env, &patient, "record a relation of")?;
+    let (was_patient, _) = current.ends();
+    if was_patient != patient.id {
+        let before = crate::store::patients::by_ids(s, &[was_patient])?
+            .pop()
+            .ok_or_else(|| not_found(uid))?;
+        patients::check_capture(s, env, &before, "remove a relation of")?;
+    }
     let mut warnings = Vec::new();
     // The related person stays who she was unless the RelatedPerson names someone else.
     let (_, was_related) = current.ends();
