@@ -1063,3 +1063,101 @@ fn a_relationship_with_someone_out_of_scope_is_not_revealed_by_history_or_search
         1
     );
 }
+
+#[test]
+fn a_merge_moves_relationships_with_a_new_version_and_an_unmerge_moves_them_back() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mother, child) = new_mother_and_child(&app, &org);
+    let (duplicate, _) = new_mother_and_child(&app, &org);
+    let r = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .expect(201);
+    let rid = id(&r);
+    let params = |op: &str| {
+        let mut p = vec![
+            json!({ "name": "source-patient", "valueReference": { "reference": format!("Patient/{mother}") } }),
+        ];
+        if op == "$merge" {
+            p.push(json!({ "name": "target-patient", "valueReference": { "reference": format!("Patient/{duplicate}") } }));
+        }
+        json!({ "resourceType": "Parameters", "parameter": p })
+    };
+    app.post("Patient/$merge", &params("$merge")).expect(200);
+    let now = app.get(&format!("RelatedPerson/{rid}")).expect(200);
+    assert_eq!(now["meta"]["versionId"], "2");
+    assert_eq!(
+        now["extension"][0]["valueReference"]["reference"],
+        format!("Patient/{duplicate}")
+    );
+    app.post("Patient/$unmerge", &params("$unmerge"))
+        .expect(200);
+    let back = app.get(&format!("RelatedPerson/{rid}")).expect(200);
+    assert_eq!(back["meta"]["versionId"], "3");
+    assert_eq!(
+        back["extension"][0]["valueReference"]["reference"],
+        format!("Patient/{mother}")
+    );
+    let v2 = app
+        .get(&format!("RelatedPerson/{rid}/_history/2"))
+        .expect(200);
+    assert_eq!(
+        v2["extension"][0]["valueReference"]["reference"],
+        format!("Patient/{duplicate}")
+    );
+}
+
+#[test]
+fn remap_reads_relatedperson_and_episodeofcare_originals() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, child) = new_mother_and_child(&app, &mto);
+    app.post(
+        "RelatedPerson",
+        &related(
+            &format!("Patient/{child}"),
+            "MTH",
+            Some(&format!("Patient/{mother}")),
+        ),
+    )
+    .expect(201);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("ANC", &pwani, "moved"),
+    )
+    .expect(200);
+    let changes = support::system_unit(&app, |s, env| rest::remap::remap(s, env, false));
+    let ours: Vec<_> = changes
+        .iter()
+        .filter(|c| {
+            c.resource.starts_with("RelatedPerson/") || c.resource.starts_with("EpisodeOfCare/")
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "{:?}",
+        ours.iter()
+            .map(|c| (&c.resource, &c.details))
+            .collect::<Vec<_>>()
+    );
+    // Unchanged mappings change nothing, and the transfer stands.
+    let _ = support::system_unit(&app, |s, env| rest::remap::remap(s, env, true));
+    let now = app.get(&format!("EpisodeOfCare/{}", id(&e))).expect(200);
+    assert_eq!(
+        now["managingOrganization"]["reference"],
+        format!("Organization/{pwani}")
+    );
+}

@@ -21,9 +21,10 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
 fn rank(t: &str) -> u8 {
     match t {
         "Patient" => 0,
-        "Encounter" => 1,
-        "Observation" => 2,
-        _ => 3,
+        "RelatedPerson" | "EpisodeOfCare" => 1,
+        "Encounter" => 2,
+        "Observation" => 3,
+        _ => 4,
     }
 }
 

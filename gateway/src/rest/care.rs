@@ -1,6 +1,7 @@
-//! RelatedPerson and EpisodeOfCare rendering (a few queries whatever their number), the links a
-//! related person's own Patient carries to the RelatedPersons that represent her, and
-//! `Patient/{id}/$transfer`.
+//! RelatedPerson and EpisodeOfCare rendering (a few queries whatever their number),
+//! `Patient/{id}/$transfer` and `Patient/{id}/$break-glass`. The links a related person's own
+//! Patient carries to the RelatedPersons that represent her come with the identity links
+//! (`store::links::linked`, one statement).
 
 use std::collections::HashMap;
 
@@ -54,53 +55,6 @@ pub fn render_related_version(
 
 pub fn render_episode(env: &Env, e: &EnrollmentRecord) -> Value {
     translate::episode::to_fhir(e, env.mappings, env.md)
-}
-
-/// Adds to each rendered Patient a `seealso` link to every RelatedPerson that represents her in
-/// someone else's record (R4 allows Patient.link.other to be a RelatedPerson).
-pub fn show_related_links<'a>(
-    s: &mut Scoped,
-    resources: impl IntoIterator<Item = &'a mut Value>,
-) -> Result<(), Error> {
-    let patients: Vec<&'a mut Value> = resources
-        .into_iter()
-        .filter(|r| r["resourceType"] == "Patient")
-        .collect();
-    if patients.is_empty() {
-        return Ok(());
-    }
-    let uids: Vec<String> = patients
-        .iter()
-        .filter_map(|r| r["id"].as_str().map(str::to_owned))
-        .collect();
-    let ids = crate::store::relationships::person_ids(s.conn()?, &uids)?;
-    let rels = crate::store::relationships::of_related(s, &ids)?;
-    if rels.is_empty() {
-        return Ok(());
-    }
-    let mut by_uid: HashMap<&str, Vec<&str>> = HashMap::new();
-    for r in &rels {
-        let who = if r.related_is_from {
-            r.from_uid.as_str()
-        } else {
-            r.to_uid.as_str()
-        };
-        by_uid.entry(who).or_default().push(r.uid.as_str());
-    }
-    for p in patients {
-        let uid = p["id"].as_str().unwrap_or_default().to_owned();
-        let Some(list) = by_uid.get(uid.as_str()) else {
-            continue;
-        };
-        let Some(o) = p.as_object_mut() else { continue };
-        let links = o.entry("link").or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(links) = links {
-            for rp in list {
-                links.push(json!({ "other": { "reference": format!("RelatedPerson/{rp}") }, "type": "seealso" }));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What `$transfer` was asked.

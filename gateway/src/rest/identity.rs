@@ -275,7 +275,14 @@ pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity
     }
     let links: Vec<Value> = others
         .into_iter()
-        .map(|(shown, uid)| json!({ "other": { "reference": format!("Patient/{uid}") }, "type": shown.code() }))
+        .map(|(shown, uid)| {
+            let t = if shown == links::Shown::Related {
+                "RelatedPerson"
+            } else {
+                "Patient"
+            };
+            json!({ "other": { "reference": format!("{t}/{uid}") }, "type": shown.code() })
+        })
         .collect();
     if let Some(o) = resource.as_object_mut() {
         o.insert("link".into(), Value::Array(links));

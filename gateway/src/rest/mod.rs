@@ -104,8 +104,7 @@ pub fn decorate<'a>(
 ) -> Result<(), Error> {
     let mut list: Vec<&'a mut Value> = resources.into_iter().collect();
     provenance::tag_all(s, list.iter_mut().map(|r| &mut **r))?;
-    identity::show_links(s, env, list.iter_mut().map(|r| &mut **r))?;
-    care::show_related_links(s, list)
+    identity::show_links(s, env, list)
 }
 
 pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {

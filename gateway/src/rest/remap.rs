@@ -101,6 +101,46 @@ fn compare(
             );
             diff(&mut out, "status", Some(&cur.status), Some(&w.status));
         }
+        "RelatedPerson" => {
+            let w = translate::related_person::to_tracker(resource, m, md)?;
+            let cur = crate::tracker::relationships::read(s, &o.resource_uid)?;
+            let role = |c: Option<&crate::mapping::encounter::Coding>| {
+                c.map(|c| format!("{}|{}", c.system, c.code))
+            };
+            let kind = |id: i64, from: bool| {
+                md.relationship_type_by_id(id).map(|t| {
+                    format!(
+                        "{} ({} end)",
+                        t.code.as_deref().unwrap_or(&t.uid),
+                        if from { "from" } else { "to" }
+                    )
+                })
+            };
+            diff(
+                &mut out,
+                "relationship",
+                kind(cur.type_id, cur.related_is_from).as_deref(),
+                kind(w.type_id, w.related_is_from).as_deref(),
+            );
+            diff(
+                &mut out,
+                "role",
+                role(cur.role.as_ref()).as_deref(),
+                role(Some(&w.role)).as_deref(),
+            );
+        }
+        "EpisodeOfCare" => {
+            let w = translate::episode::to_tracker(resource, m, md)?;
+            let cur = crate::tracker::episodes::read(s, &o.resource_uid)?;
+            let program = |id: i64| md.program_by_id(id).and_then(|p| p.code.clone());
+            diff(
+                &mut out,
+                "program",
+                program(cur.program_id).as_deref(),
+                program(w.program_id).as_deref(),
+            );
+            diff(&mut out, "status", Some(&cur.status), Some(&w.status));
+        }
         _ => {
             let w = translate::observation::to_tracker(resource, m, md)?;
             let cur = observations::read(s, &o.resource_uid)?;
@@ -169,6 +209,14 @@ pub fn remap(s: &mut Scoped, env: &Env, apply: bool) -> Result<Vec<Change>, Erro
             Ok(details) if details.is_empty() => {}
             Ok(details) => {
                 if apply {
+                    // Ownership moves by transfer only: re-mapping an enrollment's original must
+                    // not send it back to the org unit it was first created at.
+                    let mut resource = resource;
+                    if o.resource_type == "EpisodeOfCare" {
+                        if let Some(obj) = resource.as_object_mut() {
+                            obj.remove("managingOrganization");
+                        }
+                    }
                     let body = Body {
                         resource: &resource,
                         raw: &o.body,

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use serde_json::Value;
 
-use super::schema::{person_link as pl, tracked_entity as te};
+use super::schema::{person_link as pl, relationship as rel, tracked_entity as te};
 use super::Scoped;
 use crate::error::Error;
 use crate::matching::Demographics;
@@ -262,12 +262,15 @@ pub enum Shown {
     Replaces,
     /// LINKED: two records of one person (`seealso`).
     SeeAlso,
+    /// A RelatedPerson that stands for this person in someone else's record (`seealso`, to a
+    /// RelatedPerson).
+    Related,
 }
 
 impl Shown {
     pub fn code(self) -> &'static str {
         match self {
-            Shown::SeeAlso => "seealso",
+            Shown::SeeAlso | Shown::Related => "seealso",
             Shown::ReplacedBy => "replaced-by",
             Shown::Replaces => "replaces",
         }
@@ -275,9 +278,10 @@ impl Shown {
 }
 
 /// For each of `uids` (people): the uid and org unit of every live record LINKED to it or merged
-/// with it, and how. One round trip, a statement diesel prepares once per connection (reads pay
-/// no planning); each side of a pair is found through its own index (an OR across the two would
-/// scan). A MERGED pair's source is the record merged away.
+/// with it, and how; and every live RelatedPerson that stands for it in someone else's record,
+/// with the org unit of that someone. One round trip, a statement diesel prepares once per
+/// connection (reads pay no planning); each side of a pair is found through its own index (an
+/// OR across the two would scan). A MERGED pair's source is the record merged away.
 pub fn linked(
     conn: &mut PgConnection,
     uids: &[&str],
@@ -314,12 +318,54 @@ pub fn linked(
             b.field(te::id),
             pl::source_id,
         ));
-    let rows: Vec<(String, String, i64, String, i64, i64)> =
-        as_source.union_all(as_target).load(conn)?;
+    // She is the related person at the `from` end (her RelatedPerson's patient is the `to` end),
+    // or at the `to` end.
+    let related_from = a
+        .inner_join(rel::table.on(rel::from_tracked_entity_id.eq(a.field(te::id))))
+        .inner_join(b.on(b.field(te::id).eq(rel::to_tracked_entity_id)))
+        .filter(
+            a.field(te::uid)
+                .eq_any(uids.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>()),
+        )
+        .filter(rel::related_is_from.eq(true))
+        .filter(rel::deleted.eq(false))
+        .filter(b.field(te::deleted).eq(false))
+        .select((
+            a.field(te::uid),
+            rel::uid,
+            b.field(te::org_unit_id),
+            diesel::dsl::sql::<Text>("'RELATED'"),
+            a.field(te::id),
+            a.field(te::id),
+        ));
+    let related_to = a
+        .inner_join(rel::table.on(rel::to_tracked_entity_id.eq(a.field(te::id))))
+        .inner_join(b.on(b.field(te::id).eq(rel::from_tracked_entity_id)))
+        .filter(
+            a.field(te::uid)
+                .eq_any(uids.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>()),
+        )
+        .filter(rel::related_is_from.eq(false))
+        .filter(rel::deleted.eq(false))
+        .filter(b.field(te::deleted).eq(false))
+        .select((
+            a.field(te::uid),
+            rel::uid,
+            b.field(te::org_unit_id),
+            diesel::dsl::sql::<Text>("'RELATED'"),
+            a.field(te::id),
+            a.field(te::id),
+        ));
+    let rows: Vec<(String, String, i64, String, i64, i64)> = as_source
+        .union_all(as_target)
+        .union_all(related_from)
+        .union_all(related_to)
+        .load(conn)?;
     Ok(rows
         .into_iter()
         .map(|(uid, other, org, status, id, source)| {
             let shown = match (status.as_str(), id == source) {
+                ("RELATED", _) => Shown::Related,
                 ("MERGED", true) => Shown::ReplacedBy,
                 ("MERGED", false) => Shown::Replaces,
                 _ => Shown::SeeAlso,

@@ -79,7 +79,18 @@ fn scoped_query(
     ids: Option<Vec<i64>>,
     uid: Option<&str>,
 ) -> Result<Vec<RelationshipRecord>, Error> {
-    let (scoped, roots, patterns) = match s.ctx.search.sql_filter() {
+    let scope = s.ctx.search.sql_filter();
+    query(s, filter, ids, uid, scope)
+}
+
+fn query(
+    s: &mut Scoped,
+    filter: &str,
+    ids: Option<Vec<i64>>,
+    uid: Option<&str>,
+    scope: Option<(Vec<String>, Vec<String>)>,
+) -> Result<Vec<RelationshipRecord>, Error> {
+    let (scoped, roots, patterns) = match scope {
         Some((r, p)) => (true, r, p),
         None => (false, Vec::new(), Vec::new()),
     };
@@ -111,6 +122,31 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<RelationshipRecord>, Er
     scoped_query(s, "r.id = ANY($1) AND $2 = ''", Some(ids.to_vec()), None)
 }
 
+/// Gives each relationship a new version (a merge moved one of its people) and returns them as
+/// they are now, whatever the caller's scope: every new version gets its snapshot.
+pub fn bump(
+    s: &mut Scoped,
+    ids: &[i64],
+    at: DateTime<Utc>,
+) -> Result<Vec<RelationshipRecord>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(
+        "UPDATE relationship SET version = version + 1, last_updated = $2 WHERE id = ANY($1) AND NOT deleted",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Timestamptz, _>(at)
+    .execute(s.conn()?)?;
+    query(
+        s,
+        "r.id = ANY($1) AND NOT r.deleted AND $2 = ''",
+        Some(ids.to_vec()),
+        None,
+        None,
+    )
+}
+
 /// The live relationships in which one of `people` is RelatedPerson.patient.
 pub fn of_patients(s: &mut Scoped, people: &[i64]) -> Result<Vec<RelationshipRecord>, Error> {
     scoped_query(
@@ -119,34 +155,6 @@ pub fn of_patients(s: &mut Scoped, people: &[i64]) -> Result<Vec<RelationshipRec
          OR (NOT r.related_is_from AND r.from_tracked_entity_id = ANY($1)))",
         Some(people.to_vec()),
         None,
-    )
-}
-
-/// The live relationships in which one of `people` is the related person (for Patient.link).
-pub fn of_related(s: &mut Scoped, people: &[i64]) -> Result<Vec<RelationshipRecord>, Error> {
-    scoped_query(
-        s,
-        "NOT r.deleted AND $2 = '' AND ((r.related_is_from AND r.from_tracked_entity_id = ANY($1)) \
-         OR (NOT r.related_is_from AND r.to_tracked_entity_id = ANY($1)))",
-        Some(people.to_vec()),
-        None,
-    )
-}
-
-/// The tracked-entity ids of people by uid (for [`of_related`] from rendered Patients).
-pub fn person_ids(conn: &mut PgConnection, uids: &[String]) -> Result<Vec<i64>, Error> {
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    Ok(
-        diesel::sql_query("SELECT id FROM tracked_entity WHERE uid = ANY($1)")
-            .bind::<Array<Text>, _>(uids)
-            .load::<Id>(conn)?
-            .into_iter()
-            .map(|i| i.id)
-            .collect(),
     )
 }
 

@@ -456,6 +456,13 @@ pub fn merge(s: &mut Scoped, env: &Env, req: &MergeRequest) -> Result<MergeDone,
     write_values(s, env, source.id, &leaving, now)?;
     write_values(s, env, target.id, &changes, now)?;
     let rows = store::move_rows(s.conn()?, source.id, target.id, &m, now)?;
+    let moved_relationships: Vec<i64> = m
+        .relationships_from
+        .iter()
+        .chain(&m.relationships_to)
+        .copied()
+        .collect();
+    super::relationships::log_moved(s, env, &moved_relationships, now)?;
     store::set_merged_into(
         s.conn()?,
         source.id,
@@ -552,6 +559,13 @@ pub fn unmerge(
         .collect();
     write_values(s, env, src.id, &source_back, now)?;
     let rows = store::restore_rows(s.conn()?, src.id, tgt.id, &m, now)?;
+    let moved_relationships: Vec<i64> = m
+        .relationships_from
+        .iter()
+        .chain(&m.relationships_to)
+        .copied()
+        .collect();
+    super::relationships::log_moved(s, env, &moved_relationships, now)?;
     store::set_merged_into(
         s.conn()?,
         src.id,

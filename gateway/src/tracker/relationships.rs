@@ -410,6 +410,30 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     Ok(Some(version))
 }
 
+/// New versions of the relationships a merge or an unmerge moved (their people changed).
+pub fn log_moved(
+    s: &mut Scoped,
+    env: &Env,
+    ids: &[i64],
+    at: chrono::DateTime<Utc>,
+) -> Result<(), Error> {
+    for r in store::bump(s, ids, at)? {
+        logs::record_change(
+            s,
+            logs::Change {
+                resource_type: TYPE,
+                uid: &r.uid,
+                version: r.version,
+                operation: "update",
+                at,
+                mapping_version: &env.mappings.version,
+                state: Some(snapshot(env, &r)),
+            },
+        );
+    }
+    Ok(())
+}
+
 fn from_snapshot(
     env: &Env,
     current: &RelationshipRecord,
