@@ -1161,3 +1161,46 @@ fn remap_reads_relatedperson_and_episodeofcare_originals() {
         format!("Organization/{pwani}")
     );
 }
+
+#[test]
+fn a_read_back_relatedperson_or_episodeofcare_sent_back_loses_nothing() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (mother, child) = new_mother_and_child(&app, &org);
+    let r = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .expect(201);
+    let e = app
+        .post(
+            "EpisodeOfCare",
+            &episode(&mother, "active", None, "2026-01-10T08:00:00Z"),
+        )
+        .expect(201);
+    for (t, rid) in [("RelatedPerson", id(&r)), ("EpisodeOfCare", id(&e))] {
+        let back = app.get(&format!("{t}/{rid}")).expect(200);
+        let out = app.send(
+            "PUT",
+            &format!("{t}/{rid}"),
+            &[
+                ("Content-Type", "application/fhir+json"),
+                ("Prefer", "return=OperationOutcome"),
+            ],
+            Some(back.to_string().as_bytes()),
+        );
+        let oo = out.expect(200);
+        let warnings: Vec<&Value> = oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["severity"] == "warning")
+            .collect();
+        assert!(warnings.is_empty(), "{t}: {oo}");
+    }
+}

@@ -50,6 +50,20 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// What the related person is called at her end of the type ("Mother of"), else the type's name.
+fn end_name(md: &Metadata, type_id: i64, related_is_from: bool) -> String {
+    md.relationship_type_by_id(type_id)
+        .map(|t| {
+            let name = if related_is_from {
+                t.from_to_name.as_deref()
+            } else {
+                t.to_from_name.as_deref()
+            };
+            name.unwrap_or(&t.name).to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// Renames `Patient.x` to `RelatedPerson.x` in issues found reading the demographics.
 fn as_related(mut i: Issue) -> Issue {
     i.diagnostics = i
@@ -110,6 +124,13 @@ pub fn to_tracker(resource: &Value, m: &MappingSet, md: &Metadata) -> Result<Rel
         };
         if let Some(found) = m.care.role(system, code) {
             r.consume(format!("relationship[{i}].coding[{j}]"));
+            // The text the server renders (the type's name for that end) is not data.
+            let text = resource.pointer(&format!("/relationship/{i}/text"));
+            if text.and_then(Value::as_str)
+                == Some(end_name(md, found.type_id, found.related_is_from).as_str())
+            {
+                r.consume(format!("relationship[{i}].text"));
+            }
             if role.is_none() {
                 role = Some((found.clone(), str_at(c, "display").map(str::to_string)));
             }
@@ -264,13 +285,11 @@ pub fn to_fhir(
         }
         concept.insert("coding".into(), json!([Value::Object(cm)]));
     }
-    if let Some(t) = md.relationship_type_by_id(rel.type_id) {
-        let name = if rel.related_is_from {
-            t.from_to_name.as_deref()
-        } else {
-            t.to_from_name.as_deref()
-        };
-        concept.insert("text".into(), json!(name.unwrap_or(&t.name)));
+    if md.relationship_type_by_id(rel.type_id).is_some() {
+        concept.insert(
+            "text".into(),
+            json!(end_name(md, rel.type_id, rel.related_is_from)),
+        );
     }
     out.insert("relationship".into(), json!([Value::Object(concept)]));
     if let Some(p) = related {
