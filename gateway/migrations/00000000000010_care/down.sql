@@ -1,3 +1,4 @@
+DROP FUNCTION kiunga_person_links(text[]);
 DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text);
 DROP TABLE ownership_override;
 DROP TRIGGER program_ownership_history_append_only ON program_ownership_history;

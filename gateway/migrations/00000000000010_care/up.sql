@@ -63,3 +63,35 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
           ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id
         WHERE en.id = p_enrollment) x
 $$;
+
+-- What every rendered Patient carries in `link`, for a page of people (by uid): the records
+-- LINKED to or merged with each (migration 6/8), and the RelatedPersons that stand for each in
+-- someone else's record. One call per page. A plan kept per connection: planning these four
+-- branches afresh cost a third of a millisecond on every read of a Patient.
+CREATE FUNCTION kiunga_person_links(p_uids text[])
+RETURNS TABLE (person text, other text, other_org_unit_id bigint, kind text, person_id bigint,
+               source_id bigint)
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+  RETURN QUERY
+    SELECT a.uid::text, b.uid::text, b.org_unit_id, pl.status, a.id, pl.source_id
+    FROM tracked_entity a JOIN person_link pl ON pl.source_id = a.id
+    JOIN tracked_entity b ON b.id = pl.target_id
+    WHERE a.uid = ANY (p_uids) AND pl.status IN ('LINKED', 'MERGED') AND NOT a.deleted AND NOT b.deleted
+  UNION ALL
+    SELECT b.uid::text, a.uid::text, a.org_unit_id, pl.status, b.id, pl.source_id
+    FROM tracked_entity b JOIN person_link pl ON pl.target_id = b.id
+    JOIN tracked_entity a ON a.id = pl.source_id
+    WHERE b.uid = ANY (p_uids) AND pl.status IN ('LINKED', 'MERGED') AND NOT a.deleted AND NOT b.deleted
+  UNION ALL
+    -- She is the related person at the `from` end; the RelatedPerson's patient is the `to` end.
+    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id
+    FROM tracked_entity a JOIN relationship r ON r.from_tracked_entity_id = a.id
+    JOIN tracked_entity b ON b.id = r.to_tracked_entity_id
+    WHERE a.uid = ANY (p_uids) AND r.related_is_from AND NOT r.deleted AND NOT b.deleted
+  UNION ALL
+    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id
+    FROM tracked_entity a JOIN relationship r ON r.to_tracked_entity_id = a.id
+    JOIN tracked_entity b ON b.id = r.from_tracked_entity_id
+    WHERE a.uid = ANY (p_uids) AND NOT r.related_is_from AND NOT r.deleted AND NOT b.deleted;
+END $$;

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Text};
 use serde_json::Value;
 
-use super::schema::{person_link as pl, relationship as rel, tracked_entity as te};
+use super::schema::{person_link as pl, tracked_entity as te};
 use super::Scoped;
 use crate::error::Error;
 use crate::matching::Demographics;
@@ -279,98 +279,40 @@ impl Shown {
 
 /// For each of `uids` (people): the uid and org unit of every live record LINKED to it or merged
 /// with it, and how; and every live RelatedPerson that stands for it in someone else's record,
-/// with the org unit of that someone. One round trip, a statement diesel prepares once per
-/// connection (reads pay no planning); each side of a pair is found through its own index (an
-/// OR across the two would scan). A MERGED pair's source is the record merged away.
+/// with the org unit of that someone. One round trip to `kiunga_person_links` (migration 10),
+/// whose plan is kept per connection. A MERGED pair's source is the record merged away.
 pub fn linked(
     conn: &mut PgConnection,
     uids: &[&str],
 ) -> Result<Vec<(String, String, i64, Shown)>, Error> {
-    let (a, b) = diesel::alias!(te as a, te as b);
-    let owned: Vec<String> = uids.iter().map(|u| (*u).to_owned()).collect();
-    let as_source = a
-        .inner_join(pl::table.on(pl::source_id.eq(a.field(te::id))))
-        .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
-        .filter(a.field(te::uid).eq_any(owned.clone()))
-        .filter(pl::status.eq_any(["LINKED", "MERGED"]))
-        .filter(a.field(te::deleted).eq(false))
-        .filter(b.field(te::deleted).eq(false))
-        .select((
-            a.field(te::uid),
-            b.field(te::uid),
-            b.field(te::org_unit_id),
-            pl::status,
-            a.field(te::id),
-            pl::source_id,
-        ));
-    let as_target = b
-        .inner_join(pl::table.on(pl::target_id.eq(b.field(te::id))))
-        .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
-        .filter(b.field(te::uid).eq_any(owned))
-        .filter(pl::status.eq_any(["LINKED", "MERGED"]))
-        .filter(a.field(te::deleted).eq(false))
-        .filter(b.field(te::deleted).eq(false))
-        .select((
-            b.field(te::uid),
-            a.field(te::uid),
-            a.field(te::org_unit_id),
-            pl::status,
-            b.field(te::id),
-            pl::source_id,
-        ));
-    // She is the related person at the `from` end (her RelatedPerson's patient is the `to` end),
-    // or at the `to` end.
-    let related_from = a
-        .inner_join(rel::table.on(rel::from_tracked_entity_id.eq(a.field(te::id))))
-        .inner_join(b.on(b.field(te::id).eq(rel::to_tracked_entity_id)))
-        .filter(
-            a.field(te::uid)
-                .eq_any(uids.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>()),
-        )
-        .filter(rel::related_is_from.eq(true))
-        .filter(rel::deleted.eq(false))
-        .filter(b.field(te::deleted).eq(false))
-        .select((
-            a.field(te::uid),
-            rel::uid,
-            b.field(te::org_unit_id),
-            diesel::dsl::sql::<Text>("'RELATED'"),
-            a.field(te::id),
-            a.field(te::id),
-        ));
-    let related_to = a
-        .inner_join(rel::table.on(rel::to_tracked_entity_id.eq(a.field(te::id))))
-        .inner_join(b.on(b.field(te::id).eq(rel::from_tracked_entity_id)))
-        .filter(
-            a.field(te::uid)
-                .eq_any(uids.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>()),
-        )
-        .filter(rel::related_is_from.eq(false))
-        .filter(rel::deleted.eq(false))
-        .filter(b.field(te::deleted).eq(false))
-        .select((
-            a.field(te::uid),
-            rel::uid,
-            b.field(te::org_unit_id),
-            diesel::dsl::sql::<Text>("'RELATED'"),
-            a.field(te::id),
-            a.field(te::id),
-        ));
-    let rows: Vec<(String, String, i64, String, i64, i64)> = as_source
-        .union_all(as_target)
-        .union_all(related_from)
-        .union_all(related_to)
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        person: String,
+        #[diesel(sql_type = Text)]
+        other: String,
+        #[diesel(sql_type = BigInt)]
+        other_org_unit_id: i64,
+        #[diesel(sql_type = Text)]
+        kind: String,
+        #[diesel(sql_type = BigInt)]
+        person_id: i64,
+        #[diesel(sql_type = BigInt)]
+        source_id: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query("SELECT * FROM kiunga_person_links($1)")
+        .bind::<Array<Text>, _>(uids)
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(uid, other, org, status, id, source)| {
-            let shown = match (status.as_str(), id == source) {
+        .map(|r| {
+            let shown = match (r.kind.as_str(), r.person_id == r.source_id) {
                 ("RELATED", _) => Shown::Related,
                 ("MERGED", true) => Shown::ReplacedBy,
                 ("MERGED", false) => Shown::Replaces,
                 _ => Shown::SeeAlso,
             };
-            (uid, other, org, shown)
+            (r.person, r.other, r.other_org_unit_id, shown)
         })
         .collect())
 }
