@@ -20,6 +20,9 @@ pub fn render_related(
     env: &Env,
     records: &[RelationshipRecord],
 ) -> Result<Vec<Value>, Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
     let ids: Vec<i64> = records.iter().map(|r| r.ends().1).collect();
     let people: HashMap<i64, PersonRecord> = crate::store::patients::by_ids(s, &ids)?
         .into_iter()

@@ -3,150 +3,134 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Int4, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 
 use super::scoped::ProgramScope;
 use super::Scoped;
 use crate::error::Error;
 use crate::tracker::model::EnrollmentRecord;
 
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    uid: String,
-    #[diesel(sql_type = Int4)]
-    version: i32,
-    #[diesel(sql_type = Timestamptz)]
-    last_updated: DateTime<Utc>,
-    #[diesel(sql_type = BigInt)]
-    tracked_entity_id: i64,
-    #[diesel(sql_type = Text)]
-    tracked_entity_uid: String,
-    #[diesel(sql_type = BigInt)]
-    program_id: i64,
-    #[diesel(sql_type = BigInt)]
-    org_unit_id: i64,
-    #[diesel(sql_type = BigInt)]
-    owner_org_unit_id: i64,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = Timestamptz)]
-    enrolled_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    occurred_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    completed_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Bool)]
-    deleted: bool,
+type Tuple = (
+    i64,
+    String,
+    i32,
+    DateTime<Utc>,
+    i64,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    bool,
+);
+
+/// Which enrollments a look-up wants.
+enum Key<'k> {
+    /// One, deleted or not (for 410).
+    Uid(&'k str),
+    Ids(&'k [i64]),
+    /// A person's live ones.
+    Person(i64),
 }
 
-fn record(r: Row) -> EnrollmentRecord {
-    EnrollmentRecord {
-        id: r.id,
-        uid: r.uid,
-        version: r.version,
-        last_updated: r.last_updated,
-        tracked_entity_id: r.tracked_entity_id,
-        tracked_entity_uid: r.tracked_entity_uid,
-        program_id: r.program_id,
-        org_unit_id: r.org_unit_id,
-        owner_org_unit_id: r.owner_org_unit_id,
-        status: r.status,
-        enrolled_at: r.enrolled_at,
-        occurred_at: r.occurred_at,
-        completed_at: r.completed_at,
-        deleted: r.deleted,
-        transfer: None,
-    }
-}
-
-/// Enrollments matching `filter` (`$1` ids, `$2` a uid) that the caller may see (the ownership
-/// rule of [`ProgramScope`]).
-fn scoped_query(
+/// Enrollments with their owner, oldest first, that `scope` may see (the ownership rule of
+/// [`ProgramScope`]; None: all). Built with diesel's query builder, so that the unscoped statement
+/// is prepared once per connection (`$everything` and each rendered EpisodeOfCare pay no
+/// planning).
+fn load(
     s: &mut Scoped,
-    filter: &str,
-    ids: Vec<i64>,
-    uid: &str,
-) -> Result<Vec<EnrollmentRecord>, Error> {
-    let scope = s.program_scope()?;
-    query(s, filter, ids, uid, scope)
-}
-
-fn query(
-    s: &mut Scoped,
-    filter: &str,
-    ids: Vec<i64>,
-    uid: &str,
+    key: Key,
     scope: Option<ProgramScope>,
 ) -> Result<Vec<EnrollmentRecord>, Error> {
-    let visible = match &scope {
-        Some(_) => ProgramScope::call("en.id", 3),
-        None => "true".to_string(),
+    use super::schema::{enrollment as en, program_ownership as po, tracked_entity as te};
+    let mut q = en::table
+        .inner_join(te::table)
+        .left_join(
+            po::table.on(po::tracked_entity_id
+                .eq(en::tracked_entity_id)
+                .and(po::program_id.eq(en::program_id))),
+        )
+        .select((
+            en::id,
+            en::uid,
+            en::version,
+            en::last_updated,
+            en::tracked_entity_id,
+            te::uid,
+            en::program_id,
+            en::org_unit_id,
+            po::org_unit_id.nullable(),
+            en::status,
+            en::enrolled_at,
+            en::occurred_at,
+            en::completed_at,
+            en::deleted,
+        ))
+        .order((en::enrolled_at, en::id))
+        .into_boxed();
+    q = match key {
+        Key::Uid(uid) => q.filter(en::uid.eq(uid.to_owned())),
+        Key::Ids(ids) => q.filter(en::id.eq_any(ids.to_vec())),
+        Key::Person(person) => q
+            .filter(en::tracked_entity_id.eq(person))
+            .filter(en::deleted.eq(false)),
     };
-    let text = format!(
-        "SELECT en.id, en.uid::text AS uid, en.version, en.last_updated, en.tracked_entity_id, te.uid::text AS tracked_entity_uid, \
-         en.program_id, en.org_unit_id, COALESCE(po.org_unit_id, en.org_unit_id) AS owner_org_unit_id, en.status, \
-         en.enrolled_at, en.occurred_at, en.completed_at, en.deleted \
-         FROM enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id \
-         LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id \
-         WHERE {filter} AND {visible} ORDER BY en.enrolled_at, en.id"
-    );
-    let mut q = diesel::sql_query(text)
-        .into_boxed()
-        .bind::<Array<BigInt>, _>(ids)
-        .bind::<Text, _>(uid);
-    if let Some(p) = scope {
-        q = q
-            .bind::<Array<BigInt>, _>(p.search)
-            .bind::<Array<BigInt>, _>(p.capture)
-            .bind::<Array<BigInt>, _>(p.open)
-            .bind::<Array<BigInt>, _>(p.protected)
-            .bind::<Text, _>(p.actor);
+    if let Some(scope) = scope {
+        q = q.filter(scope.visible("enrollment.id"));
     }
-    let rows: Vec<Row> = q.load(s.conn()?)?;
-    Ok(rows.into_iter().map(record).collect())
+    Ok(q.load::<Tuple>(s.conn()?)?
+        .into_iter()
+        .map(|t| EnrollmentRecord {
+            id: t.0,
+            uid: t.1,
+            version: t.2,
+            last_updated: t.3,
+            tracked_entity_id: t.4,
+            tracked_entity_uid: t.5,
+            program_id: t.6,
+            org_unit_id: t.7,
+            owner_org_unit_id: t.8.unwrap_or(t.7),
+            status: t.9,
+            enrolled_at: t.10,
+            occurred_at: t.11,
+            completed_at: t.12,
+            deleted: t.13,
+            transfer: None,
+        })
+        .collect())
+}
+
+fn scoped(s: &mut Scoped, key: Key) -> Result<Vec<EnrollmentRecord>, Error> {
+    let scope = s.program_scope()?;
+    load(s, key, scope)
 }
 
 /// The enrollment `uid` (deleted ones included, for 410).
 pub fn find(s: &mut Scoped, uid: &str) -> Result<Option<EnrollmentRecord>, Error> {
-    Ok(
-        scoped_query(s, "en.uid = $2 AND cardinality($1) = 0", Vec::new(), uid)?
-            .into_iter()
-            .next(),
-    )
+    Ok(scoped(s, Key::Uid(uid))?.into_iter().next())
 }
 
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Error> {
-    scoped_query(s, "en.id = ANY($1) AND $2 = ''", ids.to_vec(), "")
+    scoped(s, Key::Ids(ids))
 }
 
 /// Enrollments by id whatever the caller may see: for rules about the registry (one enrollment
 /// per program) and for new versions a transfer writes, never to show.
 pub fn by_ids_unscoped(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Error> {
-    query(s, "en.id = ANY($1) AND $2 = ''", ids.to_vec(), "", None)
+    load(s, Key::Ids(ids), None)
 }
 
 /// A person's live enrollments whatever the caller may see (see [`by_ids_unscoped`]).
 pub fn of_person_unscoped(s: &mut Scoped, person: i64) -> Result<Vec<EnrollmentRecord>, Error> {
-    query(
-        s,
-        "en.tracked_entity_id = ANY($1) AND NOT en.deleted AND $2 = ''",
-        vec![person],
-        "",
-        None,
-    )
+    load(s, Key::Person(person), None)
 }
 
 /// A person's live enrollments, oldest first.
 pub fn of_person(s: &mut Scoped, person: i64) -> Result<Vec<EnrollmentRecord>, Error> {
-    scoped_query(
-        s,
-        "en.tracked_entity_id = ANY($1) AND NOT en.deleted AND $2 = ''",
-        vec![person],
-        "",
-    )
+    scoped(s, Key::Person(person))
 }
 
 pub fn lock(conn: &mut PgConnection, id: i64) -> Result<(), Error> {

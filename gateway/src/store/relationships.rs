@@ -10,116 +10,126 @@ use crate::error::Error;
 use crate::mapping::encounter::Coding;
 use crate::tracker::model::RelationshipRecord;
 
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    uid: String,
-    #[diesel(sql_type = Int4)]
-    version: i32,
-    #[diesel(sql_type = Timestamptz)]
-    last_updated: DateTime<Utc>,
-    #[diesel(sql_type = BigInt)]
-    relationship_type_id: i64,
-    #[diesel(sql_type = BigInt)]
-    from_id: i64,
-    #[diesel(sql_type = Text)]
-    from_uid: String,
-    #[diesel(sql_type = BigInt)]
-    to_id: i64,
-    #[diesel(sql_type = Text)]
-    to_uid: String,
-    #[diesel(sql_type = Bool)]
-    related_is_from: bool,
-    #[diesel(sql_type = Nullable<Text>)]
-    role_system: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    role_code: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    role_display: Option<String>,
-    #[diesel(sql_type = Bool)]
-    deleted: bool,
-}
+type Tuple = (
+    i64,
+    String,
+    i32,
+    DateTime<Utc>,
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
 
-fn record(r: Row) -> RelationshipRecord {
+fn record(t: Tuple) -> RelationshipRecord {
     RelationshipRecord {
-        id: r.id,
-        uid: r.uid,
-        version: r.version,
-        last_updated: r.last_updated,
-        type_id: r.relationship_type_id,
-        from_id: r.from_id,
-        from_uid: r.from_uid,
-        to_id: r.to_id,
-        to_uid: r.to_uid,
-        related_is_from: r.related_is_from,
-        role: match (r.role_system, r.role_code) {
+        id: t.0,
+        uid: t.1,
+        version: t.2,
+        last_updated: t.3,
+        type_id: t.4,
+        from_id: t.5,
+        from_uid: t.6,
+        to_id: t.7,
+        to_uid: t.8,
+        related_is_from: t.9,
+        role: match (t.10, t.11) {
             (Some(system), Some(code)) => Some(Coding {
                 system,
                 code,
-                display: r.role_display,
+                display: t.12,
             }),
             _ => None,
         },
-        deleted: r.deleted,
+        deleted: t.13,
     }
 }
 
-const SELECT: &str = "SELECT r.id, r.uid::text AS uid, r.version, r.last_updated, r.relationship_type_id, \
-     r.from_tracked_entity_id AS from_id, f.uid::text AS from_uid, r.to_tracked_entity_id AS to_id, \
-     t.uid::text AS to_uid, r.related_is_from, r.role_system, r.role_code, r.role_display, r.deleted \
-     FROM relationship r JOIN tracked_entity f ON f.id = r.from_tracked_entity_id \
-     JOIN tracked_entity t ON t.id = r.to_tracked_entity_id";
-
-/// Relationships matching `filter` (`$1` ids, `$2` a uid), both people in the caller's search scope.
-fn scoped_query(
-    s: &mut Scoped,
-    filter: &str,
-    ids: Option<Vec<i64>>,
-    uid: Option<&str>,
-) -> Result<Vec<RelationshipRecord>, Error> {
-    let scope = s.ctx.search.sql_filter();
-    query(s, filter, ids, uid, scope)
+/// Which relationships a look-up wants.
+enum Key<'k> {
+    /// One, deleted or not (for 410).
+    Uid(&'k str),
+    Ids(&'k [i64]),
+    /// The live ones in which one of these people is RelatedPerson.patient.
+    OfPatients(&'k [i64]),
 }
 
-fn query(
+/// Relationships with both people's uids, in id order, both people within `scope` (the search
+/// scope's `sql_filter`; None: all). Built with diesel's query builder, so that the unscoped
+/// statement is prepared once per connection.
+fn load(
     s: &mut Scoped,
-    filter: &str,
-    ids: Option<Vec<i64>>,
-    uid: Option<&str>,
+    key: Key,
     scope: Option<(Vec<String>, Vec<String>)>,
 ) -> Result<Vec<RelationshipRecord>, Error> {
-    let (scoped, roots, patterns) = match scope {
-        Some((r, p)) => (true, r, p),
-        None => (false, Vec::new(), Vec::new()),
+    use super::schema::{relationship as rel, tracked_entity as te};
+    let (f, t) = diesel::alias!(te as f, te as t);
+    let mut q = rel::table
+        .inner_join(f.on(f.field(te::id).eq(rel::from_tracked_entity_id)))
+        .inner_join(t.on(t.field(te::id).eq(rel::to_tracked_entity_id)))
+        .select((
+            rel::id,
+            rel::uid,
+            rel::version,
+            rel::last_updated,
+            rel::relationship_type_id,
+            rel::from_tracked_entity_id,
+            f.field(te::uid),
+            rel::to_tracked_entity_id,
+            t.field(te::uid),
+            rel::related_is_from,
+            rel::role_system,
+            rel::role_code,
+            rel::role_display,
+            rel::deleted,
+        ))
+        .order(rel::id)
+        .into_boxed();
+    q = match key {
+        Key::Uid(uid) => q.filter(rel::uid.eq(uid.to_owned())),
+        Key::Ids(ids) => q.filter(rel::id.eq_any(ids.to_vec())),
+        Key::OfPatients(people) => q.filter(rel::deleted.eq(false)).filter(
+            rel::related_is_from
+                .eq(true)
+                .and(rel::to_tracked_entity_id.eq_any(people.to_vec()))
+                .or(rel::related_is_from
+                    .eq(false)
+                    .and(rel::from_tracked_entity_id.eq_any(people.to_vec()))),
+        ),
     };
-    let (f, t) = (
-        super::person_in_scope_sql("f", "$4", "$5"),
-        super::person_in_scope_sql("t", "$4", "$5"),
-    );
-    let text = format!("{SELECT} WHERE {filter} AND (NOT $3 OR ({f} AND {t})) ORDER BY r.id");
-    let rows: Vec<Row> = diesel::sql_query(text)
-        .bind::<Array<BigInt>, _>(ids.unwrap_or_default())
-        .bind::<Text, _>(uid.unwrap_or_default())
-        .bind::<Bool, _>(scoped)
-        .bind::<Array<Text>, _>(roots)
-        .bind::<Array<Text>, _>(patterns)
-        .load(s.conn()?)?;
-    Ok(rows.into_iter().map(record).collect())
+    if let Some((roots, patterns)) = scope {
+        q = q
+            .filter(super::scoped::people_filter_as(
+                "f",
+                roots.clone(),
+                patterns.clone(),
+            ))
+            .filter(super::scoped::people_filter_as("t", roots, patterns));
+    }
+    Ok(q.load::<Tuple>(s.conn()?)?
+        .into_iter()
+        .map(record)
+        .collect())
+}
+
+fn scoped(s: &mut Scoped, key: Key) -> Result<Vec<RelationshipRecord>, Error> {
+    let scope = s.ctx.search.sql_filter();
+    load(s, key, scope)
 }
 
 /// The relationship `uid` (deleted ones included, for 410) if the caller may see both people.
 pub fn find(s: &mut Scoped, uid: &str) -> Result<Option<RelationshipRecord>, Error> {
-    Ok(
-        scoped_query(s, "r.uid = $2 AND cardinality($1) = 0", None, Some(uid))?
-            .into_iter()
-            .next(),
-    )
+    Ok(scoped(s, Key::Uid(uid))?.into_iter().next())
 }
 
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<RelationshipRecord>, Error> {
-    scoped_query(s, "r.id = ANY($1) AND $2 = ''", Some(ids.to_vec()), None)
+    scoped(s, Key::Ids(ids))
 }
 
 /// Gives each relationship a new version (a merge moved one of its people) and returns them as
@@ -138,24 +148,15 @@ pub fn bump(
     .bind::<Array<BigInt>, _>(ids)
     .bind::<Timestamptz, _>(at)
     .execute(s.conn()?)?;
-    query(
-        s,
-        "r.id = ANY($1) AND NOT r.deleted AND $2 = ''",
-        Some(ids.to_vec()),
-        None,
-        None,
-    )
+    Ok(load(s, Key::Ids(ids), None)?
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .collect())
 }
 
 /// The live relationships in which one of `people` is RelatedPerson.patient.
 pub fn of_patients(s: &mut Scoped, people: &[i64]) -> Result<Vec<RelationshipRecord>, Error> {
-    scoped_query(
-        s,
-        "NOT r.deleted AND $2 = '' AND ((r.related_is_from AND r.to_tracked_entity_id = ANY($1)) \
-         OR (NOT r.related_is_from AND r.from_tracked_entity_id = ANY($1)))",
-        Some(people.to_vec()),
-        None,
-    )
+    scoped(s, Key::OfPatients(people))
 }
 
 /// How many live relationships a person is in, at either end, whatever the caller's scope.

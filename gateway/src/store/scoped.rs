@@ -310,14 +310,23 @@ pub fn people_filter<QS: 'static>(
     roots: Vec<String>,
     patterns: Vec<String>,
 ) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
+    people_filter_as("tracked_entity", roots, patterns)
+}
+
+/// [`people_filter`] for `tracked_entity` under another name (a diesel alias).
+pub fn people_filter_as<QS: 'static>(
+    te: &str,
+    roots: Vec<String>,
+    patterns: Vec<String>,
+) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
     Box::new(
-        sql::<Bool>(
-            "(tracked_entity.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY(",
-        )
+        sql::<Bool>(&format!(
+            "({te}.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY("
+        ))
         .bind::<Array<Text>, _>(roots.clone())
         .sql(") OR ou.path LIKE ANY(")
         .bind::<Array<Text>, _>(patterns.clone())
-        .sql(")) OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id WHERE po.tracked_entity_id = tracked_entity.id AND (ou.path = ANY(")
+        .sql(&format!(")) OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id WHERE po.tracked_entity_id = {te}.id AND (ou.path = ANY("))
         .bind::<Array<Text>, _>(roots)
         .sql(") OR ou.path LIKE ANY(")
         .bind::<Array<Text>, _>(patterns)
