@@ -265,8 +265,14 @@ impl Gateway {
         // beyond the pool only wait; each idle one would still keep its own malloc arena (memory).
         let blocking = (state.config.pool_size as usize).div_ceil(workers) + 1;
         Ok(HttpServer::new(move || {
+            let origins = &state.config.cors_allowed_origins;
             App::new()
                 .app_data(state.clone())
+                .wrap(middleware::Condition::new(
+                    !origins.is_empty(),
+                    cors(origins),
+                ))
+                .wrap(security_headers())
                 .wrap(middleware::from_fn(crate::telemetry::log_requests))
                 .configure(crate::http::routes)
         })
@@ -275,6 +281,49 @@ impl Gateway {
         .listen(listener)?
         .run())
     }
+}
+
+/// Headers on every answer: no content sniffing, no framing, no referrer, no caching of what may
+/// be patient data by browsers or proxies, and a content policy that lets an answer run nothing
+/// (the API serves data, never pages). Headers a handler set itself are kept.
+fn security_headers() -> middleware::DefaultHeaders {
+    middleware::DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add((
+            "Content-Security-Policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+        .add(("Cache-Control", "no-store"))
+}
+
+/// Cross-origin access for the configured browser origins only (`cors_allowed_origins`); with
+/// none configured the middleware is not installed and browsers refuse cross-origin calls.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let mut c = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+        .allowed_headers([
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::HeaderName::from_static("if-none-exist"),
+            header::HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CONTENT_LOCATION,
+        ])
+        .max_age(3600);
+    for o in origins {
+        c = c.allowed_origin(o);
+    }
+    c
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub struct Config {
     pub http_workers: usize,
     /// How long a break-the-glass grant on a protected program lasts (`$break-glass`), in seconds.
     pub break_glass_seconds: u64,
+    /// Browser origins (`https://emr.example.org`) allowed to call the API cross-origin; none by
+    /// default (CORS off).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             http_workers: 0,
             // DHIS2's temporary ownership lasts three hours.
             break_glass_seconds: 3 * 60 * 60,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -158,6 +162,29 @@ impl Config {
         if let Some(v) = get("KIUNGA_HTTP_WORKERS") {
             self.http_workers = parse("KIUNGA_HTTP_WORKERS", v)?;
         }
+        if let Some(v) = get("KIUNGA_CORS_ORIGINS") {
+            self.cors_allowed_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        // actix-cors panics on a malformed origin when the server starts its workers: refuse it
+        // here, with the setting's name.
+        for o in &self.cors_allowed_origins {
+            let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && o.split("://")
+                    .nth(1)
+                    .is_some_and(|h| !h.is_empty() && !h.contains('/'));
+            if !ok {
+                return Err(ConfigError::Env {
+                    name: "KIUNGA_CORS_ORIGINS",
+                    message: format!("`{o}` is not an origin (scheme://host[:port], no path)"),
+                });
+            }
+        }
         if let Some(v) = get("KIUNGA_BREAK_GLASS_SECONDS") {
             self.break_glass_seconds = parse("KIUNGA_BREAK_GLASS_SECONDS", v)?;
         }
@@ -211,6 +238,40 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("environment variable KIUNGA_POOL_SIZE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cors_origins_and_grant_length_are_checked() {
+        let mut c = Config::default();
+        c.apply_env(|n| {
+            (n == "KIUNGA_CORS_ORIGINS").then(|| "https://a.example, http://b.example:8080".into())
+        })
+        .unwrap();
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["https://a.example", "http://b.example:8080"]
+        );
+        for bad in [
+            "a.example",
+            "https://a.example/",
+            "https://a.example/path",
+            "*",
+        ] {
+            let err = Config::default()
+                .apply_env(|n| (n == "KIUNGA_CORS_ORIGINS").then(|| bad.into()))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("KIUNGA_CORS_ORIGINS"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Config::default()
+            .apply_env(|n| (n == "KIUNGA_BREAK_GLASS_SECONDS").then(|| "0".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("KIUNGA_BREAK_GLASS_SECONDS"),
             "{err}"
         );
     }
