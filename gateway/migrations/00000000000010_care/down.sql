@@ -1,3 +1,6 @@
+DELETE FROM person_match_key WHERE kind = 'd';
+ALTER TABLE person_match_key DROP CONSTRAINT person_match_key_kind_check;
+ALTER TABLE person_match_key ADD CONSTRAINT person_match_key_kind_check CHECK (kind IN ('n', 'p', 't'));
 DROP FUNCTION kiunga_person_links(text[]);
 DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text);
 DROP TABLE ownership_override;

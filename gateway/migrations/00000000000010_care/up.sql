@@ -95,3 +95,10 @@ BEGIN
     JOIN tracked_entity b ON b.id = r.from_tracked_entity_id
     WHERE a.uid = ANY (p_uids) AND NOT r.related_is_from AND NOT r.deleted AND NOT b.deleted;
 END $$;
+
+-- Matching: a fourth blocking key, the full birth date with the village (kind d), for duplicates
+-- whose names are both misspelt beyond their phonetic codes. People registered before it have
+-- none until `kiunga match-keys` runs.
+ALTER TABLE person_match_key DROP CONSTRAINT person_match_key_kind_check;
+ALTER TABLE person_match_key ADD CONSTRAINT person_match_key_kind_check
+  CHECK (kind IN ('n', 'p', 't', 'd'));

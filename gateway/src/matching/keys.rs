@@ -7,6 +7,9 @@
 //! - `t`: the phone number's last nine digits.
 //! - `p`: the family and given name codes as one pair, in sorted order and without the year: a
 //!   duplicate whose birth year was mistyped (1915 for 1951) still meets its original.
+//! - `d`: the full birth date with the village: a duplicate whose names are both misspelt beyond
+//!   their phonetic codes (`micthell boxwbr` for `mitchell boxer`) still meets its original when
+//!   it was born the same day in the same place.
 //!
 //! Identifier values need no key: the attribute values' own index finds them.
 
@@ -88,6 +91,16 @@ pub fn keys(d: &Demographics) -> Vec<Key> {
             year: None,
         });
     }
+    if let (Some(date), Some(village)) = (d.birth_date.as_deref(), d.village.as_deref()) {
+        // A full date only: a year shared with a village is no block at all.
+        if date.len() == 10 && !village.is_empty() {
+            out.push(Key {
+                kind: "d",
+                code: format!("{date}|{village}"),
+                year: None,
+            });
+        }
+    }
     out
 }
 
@@ -125,6 +138,25 @@ mod tests {
         assert!(!pair_codes(&pa).is_empty());
         assert_eq!(pair_codes(&pa), pair_codes(&pb));
         assert!(ka.iter().any(|k| k.kind == "t"));
+        // Born the same day in the same place, whatever the names.
+        let place = |name: &str, born: &str| Demographics {
+            name_tokens: vec![name.into()],
+            birth_date: Some(born.into()),
+            village: Some("kilima".into()),
+            ..Default::default()
+        };
+        let day = |d: &Demographics| {
+            keys(d)
+                .into_iter()
+                .filter(|k| k.kind == "d")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            day(&place("micthell", "1973-02-18")),
+            day(&place("mitchell", "1973-02-18"))
+        );
+        assert_eq!(day(&place("micthell", "1973-02-18")).len(), 1);
+        assert!(day(&place("amina", "1973")).is_empty());
         assert!(kb
             .iter()
             .filter(|k| k.kind == "n")
