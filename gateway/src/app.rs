@@ -312,12 +312,14 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
             header::IF_NONE_MATCH,
             header::HeaderName::from_static("if-none-exist"),
             header::HeaderName::from_static("prefer"),
+            header::HeaderName::from_static("x-request-id"),
         ])
         .expose_headers([
             header::LOCATION,
             header::ETAG,
             header::LAST_MODIFIED,
             header::CONTENT_LOCATION,
+            header::HeaderName::from_static("x-request-id"),
         ])
         .max_age(3600);
     for o in origins {

@@ -170,18 +170,23 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        // actix-cors panics on a malformed origin when the server starts its workers: refuse it
-        // here, with the setting's name.
+        // An origin actix-cors cannot parse stops the workers with a vague error, and one written
+        // otherwise than browsers send it (upper case, a path, a query) never matches: refuse
+        // both here, with the setting's name.
         for o in &self.cors_allowed_origins {
-            let ok = (o.starts_with("https://") || o.starts_with("http://"))
-                && !o.ends_with('/')
-                && o.split("://")
-                    .nth(1)
-                    .is_some_and(|h| !h.is_empty() && !h.contains('/'));
+            let uri: Option<actix_web::http::Uri> = o.parse().ok();
+            let ok = uri.is_some_and(|u| {
+                u.scheme().is_some()
+                    && u.authority().is_some()
+                    && u.path_and_query().is_none_or(|p| matches!(p.as_str(), "" | "/"))
+            }) && *o == o.to_ascii_lowercase()
+                && !o.ends_with('/');
             if !ok {
                 return Err(ConfigError::Env {
                     name: "KIUNGA_CORS_ORIGINS",
-                    message: format!("`{o}` is not an origin (scheme://host[:port], no path)"),
+                    message: format!(
+                        "`{o}` is not an origin as browsers send it (scheme://host[:port] in lower case, no path or query)"
+                    ),
                 });
             }
         }
