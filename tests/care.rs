@@ -1204,3 +1204,68 @@ fn a_read_back_relatedperson_or_episodeofcare_sent_back_loses_nothing() {
         assert!(warnings.is_empty(), "{t}: {oo}");
     }
 }
+
+#[test]
+fn a_mother_known_only_by_her_relatedperson_is_registered_inside_the_bundle() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let (cu, ru) = (
+        "urn:uuid:7c1d2b63-0000-4000-8000-000000000001",
+        "urn:uuid:7c1d2b63-0000-4000-8000-000000000002",
+    );
+    let mother = json!({
+        "resourceType": "RelatedPerson",
+        "patient": { "reference": cu },
+        "relationship": [{ "coding": [{ "system": ROLE, "code": "MTH" }] }],
+        "identifier": [{ "system": NID, "value": unique("N") }],
+        "name": [{ "family": "Njeri", "given": ["Wambui"] }],
+        "gender": "female",
+        "birthDate": "1998-03-04",
+    });
+    let people = app.db.scalar("SELECT count(*) FROM tracked_entity");
+    let b = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        post(mother.clone(), ru),
+        post(person(&org, &unique("C"), "Njeri", "Baby", "female", "2026-07-01"), cu),
+    ]});
+    let out = app.post("", &b).expect(200);
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM tracked_entity"),
+        people + 2,
+        "{out}"
+    );
+    let rp = out["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let r = app.get(&format!("RelatedPerson/{rp}")).expect(200);
+    let her = r["extension"][0]["valueReference"]["reference"]
+        .as_str()
+        .unwrap();
+    let p = app.get(her).expect(200);
+    assert_eq!(p["name"][0]["given"][0], "Wambui");
+    assert_eq!(
+        p["managingOrganization"]["reference"],
+        format!("Organization/{org}")
+    );
+    // The same Bundle in a batch: each entry on its own, the RelatedPerson naming the child by id.
+    let child = out["entry"][1]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mut again = mother;
+    again["patient"] = json!({ "reference": format!("Patient/{child}") });
+    again["relationship"][0]["coding"][0]["code"] = json!("GRMTH");
+    again["identifier"][0]["value"] = json!(unique("N"));
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [post(again, ru)] });
+    let out = app.post("", &batch).expect(200);
+    assert_eq!(
+        out["entry"][0]["response"]["status"], "201 Created",
+        "{out}"
+    );
+}

@@ -178,7 +178,8 @@ impl Config {
             let ok = uri.is_some_and(|u| {
                 u.scheme().is_some()
                     && u.authority().is_some()
-                    && u.path_and_query().is_none_or(|p| matches!(p.as_str(), "" | "/"))
+                    && u.path_and_query()
+                        .is_none_or(|p| matches!(p.as_str(), "" | "/"))
             }) && *o == o.to_ascii_lowercase()
                 && !o.ends_with('/');
             if !ok {
