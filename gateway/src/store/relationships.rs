@@ -159,6 +159,29 @@ pub fn of_patients(s: &mut Scoped, people: &[i64]) -> Result<Vec<RelationshipRec
     scoped(s, Key::OfPatients(people))
 }
 
+/// Of `ids`, the relationships `person` is in now (after an unmerge, those that came back).
+pub fn of_person_among(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    person: i64,
+) -> Result<Vec<i64>, Error> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    Ok(diesel::sql_query(
+        "SELECT id FROM relationship WHERE id = ANY($1) \
+         AND (from_tracked_entity_id = $2 OR to_tracked_entity_id = $2) ORDER BY id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<BigInt, _>(person)
+    .load::<Id>(conn)?
+    .into_iter()
+    .map(|i| i.id)
+    .collect())
+}
+
 /// How many live relationships a person is in, at either end, whatever the caller's scope.
 pub fn live_of_person(conn: &mut PgConnection, person: i64) -> Result<i64, Error> {
     #[derive(QueryableByName)]

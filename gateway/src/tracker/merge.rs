@@ -559,12 +559,15 @@ pub fn unmerge(
         .collect();
     write_values(s, env, src.id, &source_back, now)?;
     let rows = store::restore_rows(s.conn()?, src.id, tgt.id, &m, now)?;
-    let moved_relationships: Vec<i64> = m
+    // Only those that came back: one re-pointed since the merge stayed where it was.
+    let listed: Vec<i64> = m
         .relationships_from
         .iter()
         .chain(&m.relationships_to)
         .copied()
         .collect();
+    let moved_relationships =
+        crate::store::relationships::of_person_among(s.conn()?, &listed, src.id)?;
     super::relationships::log_moved(s, env, &moved_relationships, now)?;
     store::set_merged_into(
         s.conn()?,
