@@ -1269,3 +1269,59 @@ fn a_mother_known_only_by_her_relatedperson_is_registered_inside_the_bundle() {
         "{out}"
     );
 }
+
+#[test]
+fn a_facility_that_owns_both_people_sees_the_link_between_them() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, child) = new_mother_and_child(&app, &mto);
+    let r = app
+        .post(
+            "RelatedPerson",
+            &related(
+                &format!("Patient/{child}"),
+                "MTH",
+                Some(&format!("Patient/{mother}")),
+            ),
+        )
+        .expect(201);
+    // Both are enrolled at Mto, then both records move to Pwani.
+    for p in [&mother, &child] {
+        app.post(
+            "EpisodeOfCare",
+            &json!({
+                "resourceType": "EpisodeOfCare", "status": "active",
+                "type": [{ "coding": [{ "system": "urn:kiunga:program", "code": "OPD" }] }],
+                "patient": { "reference": format!("Patient/{p}") },
+            }),
+        )
+        .expect(201);
+        app.post(
+            &format!("Patient/{p}/$transfer"),
+            &transfer_params("OPD", &pwani, "moved"),
+        )
+        .expect(200);
+    }
+    let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
+    let m = unit_as(&app, &at_pwani, |s, env| {
+        rest::read(s, env, "Patient", &mother)
+    })
+    .expect("owned at Pwani, so found there")
+    .resource;
+    assert!(
+        m["link"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|x| x["other"]["reference"] == format!("RelatedPerson/{}", id(&r)))),
+        "{m}"
+    );
+    let seen = unit_as(&app, &at_pwani, |s, env| {
+        rest::read(s, env, "RelatedPerson", &id(&r))
+    });
+    assert!(seen.is_ok());
+    // Somewhere else sees neither.
+    let at_bonde = scoped_context(&app, "nurse-bonde", &["KD_KUS_BON"], &["KD_KUS_BON"]);
+    assert!(unit_as(&app, &at_bonde, |s, env| rest::read(
+        s, env, "Patient", &mother
+    ))
+    .is_err());
+}

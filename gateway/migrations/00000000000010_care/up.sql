@@ -66,34 +66,46 @@ $$;
 
 -- What every rendered Patient carries in `link`, for a page of people (by uid): the records
 -- LINKED to or merged with each (migration 6/8), and the RelatedPersons that stand for each in
--- someone else's record. One call per page. A plan kept per connection: planning these four
+-- someone else's record; with whether the caller may see the other person (registered at, or
+-- owned in a program by, an org unit of the search scope given as paths and LIKE patterns; NULL
+-- for the whole tree). One call per page. A plan kept per connection: planning these four
 -- branches afresh cost a third of a millisecond on every read of a Patient.
-CREATE FUNCTION kiunga_person_links(p_uids text[])
+CREATE FUNCTION kiunga_person_links(p_uids text[], p_roots text[], p_patterns text[])
 RETURNS TABLE (person text, other text, other_org_unit_id bigint, kind text, person_id bigint,
-               source_id bigint)
+               source_id bigint, visible boolean)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
   RETURN QUERY
-    SELECT a.uid::text, b.uid::text, b.org_unit_id, pl.status, a.id, pl.source_id
+  SELECT x.person, x.other, x.other_org_unit_id, x.kind, x.person_id, x.source_id,
+         p_roots IS NULL
+         OR x.other_org_unit_id IN (SELECT ou.id FROM org_unit ou
+                                    WHERE ou.path = ANY (p_roots) OR ou.path LIKE ANY (p_patterns))
+         OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id
+                    WHERE po.tracked_entity_id = x.other_id
+                      AND (ou.path = ANY (p_roots) OR ou.path LIKE ANY (p_patterns)))
+  FROM (
+    SELECT a.uid::text AS person, b.uid::text AS other, b.org_unit_id AS other_org_unit_id,
+           pl.status AS kind, a.id AS person_id, pl.source_id, b.id AS other_id
     FROM tracked_entity a JOIN person_link pl ON pl.source_id = a.id
     JOIN tracked_entity b ON b.id = pl.target_id
     WHERE a.uid = ANY (p_uids) AND pl.status IN ('LINKED', 'MERGED') AND NOT a.deleted AND NOT b.deleted
   UNION ALL
-    SELECT b.uid::text, a.uid::text, a.org_unit_id, pl.status, b.id, pl.source_id
+    SELECT b.uid::text, a.uid::text, a.org_unit_id, pl.status, b.id, pl.source_id, a.id
     FROM tracked_entity b JOIN person_link pl ON pl.target_id = b.id
     JOIN tracked_entity a ON a.id = pl.source_id
     WHERE b.uid = ANY (p_uids) AND pl.status IN ('LINKED', 'MERGED') AND NOT a.deleted AND NOT b.deleted
   UNION ALL
     -- She is the related person at the `from` end; the RelatedPerson's patient is the `to` end.
-    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id
+    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id, b.id
     FROM tracked_entity a JOIN relationship r ON r.from_tracked_entity_id = a.id
     JOIN tracked_entity b ON b.id = r.to_tracked_entity_id
     WHERE a.uid = ANY (p_uids) AND r.related_is_from AND NOT r.deleted AND NOT b.deleted
   UNION ALL
-    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id
+    SELECT a.uid::text, r.uid::text, b.org_unit_id, 'RELATED'::text, a.id, a.id, b.id
     FROM tracked_entity a JOIN relationship r ON r.to_tracked_entity_id = a.id
     JOIN tracked_entity b ON b.id = r.from_tracked_entity_id
-    WHERE a.uid = ANY (p_uids) AND NOT r.related_is_from AND NOT r.deleted AND NOT b.deleted;
+    WHERE a.uid = ANY (p_uids) AND NOT r.related_is_from AND NOT r.deleted AND NOT b.deleted
+  ) x;
 END $$;
 
 -- Matching: a fourth blocking key, the full birth date with the village (kind d), for duplicates

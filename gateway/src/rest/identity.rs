@@ -154,7 +154,7 @@ pub fn match_patient(
         .iter()
         .map(|(_, p)| translate::patient::to_fhir(p, pm, env.md))
         .collect();
-    super::decorate(s, env, resources.iter_mut())?;
+    super::decorate(s, resources.iter_mut())?;
     let entries: Vec<Value> = found
         .iter()
         .zip(resources)
@@ -258,7 +258,7 @@ pub fn rematch_after(
 /// between two Patients of one person) and merged with (`replaced-by` on the record merged away,
 /// `replaces` on the survivor), those the caller may see.
 pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity::Linked]) {
-    let mut others: Vec<(links::Shown, &str)> = linked
+    let visible: Vec<(links::Shown, &str)> = linked
         .iter()
         .filter(|(_, org, _)| {
             env.md
@@ -267,6 +267,11 @@ pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity
         })
         .map(|(uid, _, shown)| (*shown, uid.as_str()))
         .collect();
+    render_links(resource, visible);
+}
+
+/// Writes `Patient.link` from the records the caller may see.
+fn render_links(resource: &mut Value, mut others: Vec<(links::Shown, &str)>) {
     // The survivor first: a reader follows `replaced-by` before anything else.
     others.sort_unstable();
     others.dedup();
@@ -292,7 +297,6 @@ pub fn set_links(s: &Scoped, env: &Env, resource: &mut Value, linked: &[identity
 /// [`set_links`] for rendered resources of any mix of types, in one query.
 pub fn show_links<'a>(
     s: &mut Scoped,
-    env: &Env,
     resources: impl IntoIterator<Item = &'a mut Value>,
 ) -> Result<(), Error> {
     let patients: Vec<&'a mut Value> = resources
@@ -308,14 +312,18 @@ pub fn show_links<'a>(
         .filter_map(|r| r["id"].as_str().map(str::to_owned))
         .collect();
     let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
-    let mut by_uid: HashMap<String, Vec<identity::Linked>> = HashMap::new();
-    for (uid, other, org, shown) in links::linked(s.conn()?, &refs)? {
-        by_uid.entry(uid).or_default().push((other, org, shown));
+    // The database says whom the caller may see (registered or owned in the search scope).
+    let mut by_uid: HashMap<String, Vec<(links::Shown, String)>> = HashMap::new();
+    let scope = s.ctx.search.sql_filter();
+    for (uid, other, _, shown, visible) in links::linked(s.conn()?, &refs, scope)? {
+        if visible {
+            by_uid.entry(uid).or_default().push((shown, other));
+        }
     }
     for r in patients {
         let uid = r["id"].as_str().unwrap_or_default().to_owned();
         if let Some(l) = by_uid.get(&uid) {
-            set_links(s, env, r, l);
+            render_links(r, l.iter().map(|(shown, o)| (*shown, o.as_str())).collect());
         }
     }
     Ok(())

@@ -181,7 +181,7 @@ fn render(
     p: &crate::tracker::model::PersonRecord,
 ) -> Result<Value, Error> {
     let mut r = translate::patient::to_fhir(p, &env.mappings.patient, env.md);
-    super::decorate(s, env, std::iter::once(&mut r))?;
+    super::decorate(s, std::iter::once(&mut r))?;
     Ok(r)
 }
 

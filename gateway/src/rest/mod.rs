@@ -99,12 +99,11 @@ fn inbound<'a>(
 /// Patient the records it is linked to. Any mix of types, a few queries whatever their number.
 pub fn decorate<'a>(
     s: &mut Scoped,
-    env: &Env,
     resources: impl IntoIterator<Item = &'a mut Value>,
 ) -> Result<(), Error> {
     let mut list: Vec<&'a mut Value> = resources.into_iter().collect();
     provenance::tag_all(s, list.iter_mut().map(|r| &mut **r))?;
-    identity::show_links(s, env, list)
+    identity::show_links(s, list)
 }
 
 pub fn create(s: &mut Scoped, env: &Env, resource_type: &str, body: Body) -> Result<Stored, Error> {
@@ -392,7 +391,7 @@ fn version_or_current(
         }
     };
     let mut resource = resource;
-    decorate(s, env, std::iter::once(&mut resource))?;
+    decorate(s, std::iter::once(&mut resource))?;
     Ok(Stored {
         resource_type: t,
         id: id.to_string(),
@@ -509,7 +508,7 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
     );
     let related = crate::store::relationships::of_patients(s, &[person.id])?;
     resources.extend(care::render_related(s, env, &related)?);
-    decorate(s, env, resources.iter_mut())?;
+    decorate(s, resources.iter_mut())?;
     let total = resources.len() as i64;
     let entries = resources
         .into_iter()

@@ -999,7 +999,7 @@ pub fn render_by_ids(
             .collect(),
     };
     out.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
-    super::decorate(s, env, out.iter_mut().map(|(_, r)| r))?;
+    super::decorate(s, out.iter_mut().map(|(_, r)| r))?;
     Ok(out)
 }
 

@@ -279,12 +279,14 @@ impl Shown {
 
 /// For each of `uids` (people): the uid and org unit of every live record LINKED to it or merged
 /// with it, and how; and every live RelatedPerson that stands for it in someone else's record,
-/// with the org unit of that someone. One round trip to `kiunga_person_links` (migration 10),
+/// with the org unit of that someone, and whether the caller (search `scope`, None for the whole
+/// tree) may see them: registered or owned in scope. One round trip to `kiunga_person_links` (migration 10),
 /// whose plan is kept per connection. A MERGED pair's source is the record merged away.
 pub fn linked(
     conn: &mut PgConnection,
     uids: &[&str],
-) -> Result<Vec<(String, String, i64, Shown)>, Error> {
+    scope: Option<(Vec<String>, Vec<String>)>,
+) -> Result<Vec<(String, String, i64, Shown, bool)>, Error> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
@@ -299,9 +301,17 @@ pub fn linked(
         person_id: i64,
         #[diesel(sql_type = BigInt)]
         source_id: i64,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        visible: bool,
     }
-    let rows: Vec<Row> = diesel::sql_query("SELECT * FROM kiunga_person_links($1)")
+    let (roots, patterns) = match scope {
+        Some((r, p)) => (Some(r), Some(p)),
+        None => (None, None),
+    };
+    let rows: Vec<Row> = diesel::sql_query("SELECT * FROM kiunga_person_links($1, $2, $3)")
         .bind::<Array<Text>, _>(uids)
+        .bind::<diesel::sql_types::Nullable<Array<Text>>, _>(roots)
+        .bind::<diesel::sql_types::Nullable<Array<Text>>, _>(patterns)
         .load(conn)?;
     Ok(rows
         .into_iter()
@@ -312,7 +322,7 @@ pub fn linked(
                 ("MERGED", false) => Shown::Replaces,
                 _ => Shown::SeeAlso,
             };
-            (r.person, r.other, r.other_org_unit_id, shown)
+            (r.person, r.other, r.other_org_unit_id, shown, r.visible)
         })
         .collect())
 }
