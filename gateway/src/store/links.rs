@@ -277,6 +277,10 @@ impl Shown {
     }
 }
 
+/// One entry of `Patient.link` before scope: (the person's uid, the other record's uid, its org
+/// unit, how it is shown, whether the caller may see it).
+pub type PersonLink = (String, String, i64, Shown, bool);
+
 /// For each of `uids` (people): the uid and org unit of every live record LINKED to it or merged
 /// with it, and how; and every live RelatedPerson that stands for it in someone else's record,
 /// with the org unit of that someone, and whether the caller (search `scope`, None for the whole
@@ -286,7 +290,7 @@ pub fn linked(
     conn: &mut PgConnection,
     uids: &[&str],
     scope: Option<(Vec<String>, Vec<String>)>,
-) -> Result<Vec<(String, String, i64, Shown, bool)>, Error> {
+) -> Result<Vec<PersonLink>, Error> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
