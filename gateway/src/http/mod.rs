@@ -1257,6 +1257,36 @@ async fn everything(
     .await
 }
 
+/// `POST Patient/{id}/$op` with a body, run in one transaction by `f` (given the id and the
+/// body); the answer and who asked.
+#[allow(clippy::too_many_arguments)]
+async fn patient_instance_op<F>(
+    req: &HttpRequest,
+    n: &Negotiated,
+    t: &str,
+    id: String,
+    op: &str,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+    f: F,
+) -> Result<(Value, String), Error>
+where
+    F: FnOnce(&mut crate::store::Scoped, &crate::tracker::Env, &str, Value) -> Result<Value, Error>
+        + Send
+        + 'static,
+{
+    if t != "Patient" {
+        return Err(Error::NotFound(format!(
+            "{op} is defined on Patient, not {t}"
+        )));
+    }
+    let body = identity::resource_body(req, payload, state).await?;
+    let (ctx, mappings) = tx_inputs(state, n);
+    let actor = ctx.actor.to_string();
+    let answer = crate::app::tx(state, ctx, mappings, move |s, env| f(s, env, &id, body)).await?;
+    Ok((answer, actor))
+}
+
 /// `POST Patient/{id}/$transfer`: moves the ownership of the person's record in a program.
 async fn transfer(
     req: HttpRequest,
@@ -1267,20 +1297,20 @@ async fn transfer(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
-        if t != "Patient" {
-            return Err(Error::NotFound(format!(
-                "$transfer is defined on Patient, not {t}"
-            )));
-        }
-        let body = identity::resource_body(&r, payload, &state).await?;
-        let p = rest::care::transfer_params(body)?;
-        let (ctx, mappings) = tx_inputs(&state, &n);
-        Ok(FhirResponse::ok(
-            crate::app::tx(&state, ctx, mappings, move |s, env| {
-                rest::care::transfer(s, env, &id, &p)
-            })
-            .await?,
-        ))
+        let (answer, _) = patient_instance_op(
+            &r,
+            &n,
+            &t,
+            id,
+            "$transfer",
+            payload,
+            &state,
+            |s, env, id, body| {
+                rest::care::transfer(s, env, id, &rest::care::transfer_params(body)?)
+            },
+        )
+        .await?;
+        Ok(FhirResponse::ok(answer))
     })
     .await
 }
@@ -1295,21 +1325,20 @@ async fn break_glass(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
-        if t != "Patient" {
-            return Err(Error::NotFound(format!(
-                "$break-glass is defined on Patient, not {t}"
-            )));
-        }
-        let body = identity::resource_body(&r, payload, &state).await?;
         let duration = chrono::Duration::seconds(
             i64::try_from(state.config.break_glass_seconds).unwrap_or(i64::MAX / 1000),
         );
-        let (ctx, mappings) = tx_inputs(&state, &n);
-        let actor = ctx.actor.to_string();
         let person = id.clone();
-        let granted = crate::app::tx(&state, ctx, mappings, move |s, env| {
-            rest::care::break_glass(s, env, &id, body, duration)
-        })
+        let (granted, actor) = patient_instance_op(
+            &r,
+            &n,
+            &t,
+            id,
+            "$break-glass",
+            payload,
+            &state,
+            move |s, env, id, body| rest::care::break_glass(s, env, id, body, duration),
+        )
         .await?;
         // Logged once committed: the line never tells of a grant that did not happen. UIDs and
         // the actor only (docs/LOGGING.md); the reason stays in the database.

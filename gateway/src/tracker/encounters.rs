@@ -41,20 +41,6 @@ pub fn subject(
     }
 }
 
-fn check_capture(s: &Scoped, env: &Env, org_unit_id: i64, what: &str) -> Result<(), Error> {
-    let ou = env
-        .md
-        .org_unit_by_id(org_unit_id)
-        .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
-    if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!(
-            "you may not record {what} at {} (Organization/{})",
-            ou.name, ou.uid
-        )));
-    }
-    Ok(())
-}
-
 /// Finds or opens the enrollment for an event of `stage_id`, then checks the stage's repeatability.
 /// Returns (enrollment id, enrollment uid).
 pub fn place(
@@ -245,7 +231,7 @@ pub fn open_event(
     completed_at: Option<DateTime<Utc>>,
     enrollment_uid: Option<&str>,
 ) -> Result<EventRecord, Error> {
-    check_capture(s, env, org_unit_id, "an encounter")?;
+    super::check_capture_at(s, env, org_unit_id, "record an encounter")?;
     let now = Utc::now();
     let (enrollment_id, enrollment_uid) = place(
         s,
@@ -392,10 +378,15 @@ pub fn update(
             }
         }
     }
-    check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
+    super::check_capture_at(
+        s,
+        env,
+        current.org_unit_id,
+        "record changes to this encounter",
+    )?;
     super::episodes::check_event_owner(s, env, &current)?;
     let org_unit_id = w.org_unit_id.unwrap_or(current.org_unit_id);
-    check_capture(s, env, org_unit_id, "an encounter")?;
+    super::check_capture_at(s, env, org_unit_id, "record an encounter")?;
     let now = Utc::now();
     let version = current.version + 1;
     store::update_event(
@@ -431,7 +422,12 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     if current.deleted {
         return Ok(None);
     }
-    check_capture(s, env, current.org_unit_id, "changes to this encounter")?;
+    super::check_capture_at(
+        s,
+        env,
+        current.org_unit_id,
+        "record changes to this encounter",
+    )?;
     super::episodes::check_event_owner(s, env, &current)?;
     let live = store::live_values_of_event(s.conn()?, current.id)?;
     if live > 0 {

@@ -184,20 +184,6 @@ pub fn check_can_enroll(
     })
 }
 
-fn check_capture_at(s: &Scoped, env: &Env, org_unit_id: i64, what: &str) -> Result<(), Error> {
-    let ou = env
-        .md
-        .org_unit_by_id(org_unit_id)
-        .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
-    if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!(
-            "you may not {what} at {} (Organization/{})",
-            ou.name, ou.uid
-        )));
-    }
-    Ok(())
-}
-
 /// 403 unless the caller may write where the person's record in the program is owned (an
 /// enrollment's events and data go to its owner, as DHIS2's ownership says). Free for callers
 /// whose capture scope is the whole tree.
@@ -287,7 +273,7 @@ pub fn create(
         e => e,
     })?;
     let org_unit_id = w.org_unit_id.unwrap_or(person.org_unit_id);
-    check_capture_at(s, env, org_unit_id, "enroll people")?;
+    super::check_capture_at(s, env, org_unit_id, "enroll people")?;
     // Serialises enrollments of one person (the one-active rule reads, then writes).
     crate::store::patients::find_for_update(s, env.mappings.patient.entity_type_id, &person.uid)?;
     check_can_enroll(s, env, &person, w.program_id, &w.status, 0)?;
@@ -390,7 +376,7 @@ pub fn update(
             Some("EpisodeOfCare.type".into()),
         ));
     }
-    check_capture_at(s, env, current.owner_org_unit_id, "change enrollments")?;
+    super::check_capture_at(s, env, current.owner_org_unit_id, "change enrollments")?;
     let person = patients::read(s, env, &current.tracked_entity_uid)?;
     patients::refuse_merged(s, &person, "change the enrollments of")?;
     if w.status != current.status {
@@ -429,7 +415,7 @@ pub fn update(
     };
     // A new managingOrganization is a transfer of the person's record in the program.
     if let Some(to) = w.org_unit_id.filter(|to| *to != current.owner_org_unit_id) {
-        check_capture_at(s, env, to, "transfer records")?;
+        super::check_capture_at(s, env, to, "transfer records")?;
         let note = move_owner(
             s,
             env,
@@ -469,7 +455,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
     if current.deleted {
         return Ok(None);
     }
-    check_capture_at(s, env, current.owner_org_unit_id, "change enrollments")?;
+    super::check_capture_at(s, env, current.owner_org_unit_id, "change enrollments")?;
     store::lock(s.conn()?, current.id)?;
     let events = store::live_events(s.conn()?, current.id)?;
     if events > 0 {
@@ -497,7 +483,7 @@ fn move_owner(
 ) -> Result<TransferNote, Error> {
     let from = store::owner_for_update(s.conn()?, person.id, program_id)?;
     if let Some(from) = from {
-        check_capture_at(s, env, from, "transfer records owned")?;
+        super::check_capture_at(s, env, from, "transfer records owned")?;
     }
     let actor = s.ctx.actor.to_string();
     store::transfer(
@@ -595,7 +581,7 @@ pub fn transfer(
             Some("Parameters.parameter[organization]".into()),
         ));
     }
-    check_capture_at(s, env, to, "transfer records")?;
+    super::check_capture_at(s, env, to, "transfer records")?;
     let now = Utc::now();
     let note = move_owner(s, env, &person, program_id, to, reason, now)?;
     let carrier = EnrollmentRecord {

@@ -128,6 +128,28 @@ pub fn record_write<'a, R: Stamped>(
     crate::store::logs::record_write(s, change, inbound);
 }
 
+/// 403 unless the caller may write at `org_unit_id` (their capture scope); `what` they tried, as
+/// a verb phrase ("record an encounter", "transfer records").
+pub fn check_capture_at(
+    s: &crate::store::Scoped,
+    env: &Env,
+    org_unit_id: i64,
+    what: &str,
+) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    let ou = env
+        .md
+        .org_unit_by_id(org_unit_id)
+        .ok_or_else(|| Error::Internal("org unit missing from metadata".into()))?;
+    if !s.ctx.capture.contains(&ou.path) {
+        return Err(Error::Forbidden(format!(
+            "you may not {what} at {} (Organization/{})",
+            ou.name, ou.uid
+        )));
+    }
+    Ok(())
+}
+
 /// A new DHIS2-style UID: a letter then ten letters or digits.
 pub fn new_uid() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -78,16 +78,7 @@ fn target_event(
             return Err(Error::rule(format!("{de} is not recorded in stage {} (Encounter/{}); send it with an encounter whose stage records it", stage.name, event.uid), Some("Observation.code".into())));
         }
     }
-    let ou = env
-        .md
-        .org_unit_by_id(event.org_unit_id)
-        .ok_or_else(|| Error::Internal("org unit missing".into()))?;
-    if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!(
-            "you may not record observations at {} (Organization/{})",
-            ou.name, ou.uid
-        )));
-    }
+    super::check_capture_at(s, env, event.org_unit_id, "record observations")?;
     super::episodes::check_event_owner(s, env, &event)?;
     Ok(event)
 }
@@ -221,16 +212,7 @@ pub fn delete(s: &mut Scoped, env: &Env, uid: &str) -> Result<Option<i32>, Error
         return Ok(None);
     }
     let event = store::lock_event(s.conn()?, current.event_id)?;
-    let ou = env
-        .md
-        .org_unit_by_id(event.org_unit_id)
-        .ok_or_else(|| Error::Internal("org unit missing".into()))?;
-    if !s.ctx.capture.contains(&ou.path) {
-        return Err(Error::Forbidden(format!(
-            "you may not delete observations recorded at {}",
-            ou.name
-        )));
-    }
+    super::check_capture_at(s, env, event.org_unit_id, "delete observations recorded")?;
     super::episodes::check_event_owner(s, env, &event)?;
     let now = Utc::now();
     let version = current.version + 1;
