@@ -1325,3 +1325,58 @@ fn a_facility_that_owns_both_people_sees_the_link_between_them() {
     ))
     .is_err());
 }
+
+#[test]
+fn a_facility_that_owns_both_records_sees_the_decision_about_them() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (a, _) = new_mother_and_child(&app, &mto);
+    let (b, _) = new_mother_and_child(&app, &mto);
+    app.post(
+        "$mdm-create-link",
+        &json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "goldenResourceId", "valueString": format!("Patient/{a}") },
+            { "name": "resourceId", "valueString": format!("Patient/{b}") },
+            { "name": "matchResult", "valueString": "POSSIBLE_MATCH" },
+        ]}),
+    )
+    .expect(200);
+    let query = rest::identity::LinkQuery {
+        golden: None,
+        resource: Some(format!("Patient/{b}")),
+        match_result: None,
+        link_source: None,
+        offset: 0,
+        count: None,
+    };
+    let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
+    let seen = |app: &TestApp| {
+        unit_as(app, &at_pwani, |s, env| {
+            rest::identity::query_links(s, env, &query)
+        })
+        .map(|v| {
+            v["parameter"]
+                .as_array()
+                .map_or(0, |p| p.iter().filter(|x| x["name"] == "link").count())
+        })
+    };
+    // Pwani cannot find either record yet.
+    assert!(seen(&app).is_err());
+    for p in [&a, &b] {
+        app.post(
+            "EpisodeOfCare",
+            &json!({
+                "resourceType": "EpisodeOfCare", "status": "active",
+                "type": [{ "coding": [{ "system": "urn:kiunga:program", "code": "OPD" }] }],
+                "patient": { "reference": format!("Patient/{p}") },
+            }),
+        )
+        .expect(201);
+        app.post(
+            &format!("Patient/{p}/$transfer"),
+            &transfer_params("OPD", &pwani, "moved"),
+        )
+        .expect(200);
+    }
+    assert_eq!(seen(&app).unwrap(), 1);
+}

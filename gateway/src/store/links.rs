@@ -425,11 +425,15 @@ pub fn query(s: &mut Scoped, f: &LinkFilter) -> Result<(Vec<LinkOf>, i64), Error
         .inner_join(a.on(a.field(te::id).eq(pl::source_id)))
         .inner_join(b.on(b.field(te::id).eq(pl::target_id)))
         .into_boxed();
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(a.field(te::org_unit_id).eq_any(orgs));
-    }
-    if let Some(orgs) = s.searchable_org_units() {
-        q = q.filter(b.field(te::org_unit_id).eq_any(orgs));
+    // Both records' people must be ones the caller may find: registered or owned in scope.
+    if let Some((roots, patterns)) = s.ctx.search.sql_filter() {
+        q = q
+            .filter(super::scoped::people_filter_as(
+                "a",
+                roots.clone(),
+                patterns.clone(),
+            ))
+            .filter(super::scoped::people_filter_as("b", roots, patterns));
     }
     if let Some(g) = f.golden {
         q = q.filter(pl::target_id.eq(g));

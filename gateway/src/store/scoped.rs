@@ -249,11 +249,6 @@ impl<'a> Scoped<'a> {
         }
     }
 
-    /// The org units the caller may find and read, or None when that is every org unit.
-    pub fn searchable_org_units(&self) -> Option<OrgIdQuery> {
-        org_ids_in(&self.ctx.search)
-    }
-
     /// The people the caller may find and read, as a diesel filter on `tracked_entity`, or None
     /// when that is everyone. See [`person_in_scope_sql`].
     pub fn visible_people<QS: 'static>(
