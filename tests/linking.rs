@@ -435,3 +435,56 @@ fn national_id_holders_are_matched_with_those_without_one() {
     assert!(!pairs.contains(&(format!("Patient/{first}"), format!("Patient/{third}"))));
     assert_eq!(pairs.len(), 2, "{pairs:?}");
 }
+
+/// `kiunga calibrate`: the registry's people are read through the one scoped store, their
+/// candidate pairs found by the blocking keys, and the estimate says how many of those pairs are
+/// one person; the rules file it writes loads, with the new values and its comments.
+#[test]
+fn calibration_estimates_the_rules_from_the_registry_and_writes_a_file_that_loads() {
+    use kiunga::matching::calibrate;
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let families = ["Mwangi", "Otieno", "Kamau", "Njoroge", "Wanjiru", "Achieng", "Mutua", "Kiprop"];
+    let givens = ["Amina", "Brian", "Cynthia", "Daniel", "Esther", "Faith", "George", "Hellen", "Isaac", "Joyce"];
+    let mut entries = Vec::new();
+    for (i, f) in families.iter().enumerate() {
+        for (j, g) in givens.iter().enumerate() {
+            // Born within three years of each other: a family's people share its name's blocks.
+            let born = format!("{}-{:02}-{:02}", 1985 + (i + j) % 3, 1 + (i * 5 + j * 7) % 12, 1 + (i * 13 + j * 3) % 28);
+            entries.push(person(&org, f, g, &born, ""));
+            if j % 3 == 0 {
+                // Registered again at another facility, the given name misspelt.
+                entries.push(person(&org, f, &format!("{g}h"), &born, ""));
+            }
+        }
+    }
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "batch",
+        "entry": entries.iter().map(|p| json!({"resource": p, "request": {"method": "POST", "url": "Patient"}})).collect::<Vec<_>>(),
+    });
+    app.post("", &bundle).expect(200);
+
+    let people = support::system_unit(&app, |s, env| kiunga::rest::identity::registry(s, env));
+    assert_eq!(people.len(), 80 + 8 * 4);
+    let mappings = app.state.mappings();
+    let rules = mappings.matching.as_ref().unwrap();
+    let queries: Vec<usize> = (0..people.len()).collect();
+    let candidates = calibrate::candidate_pairs(rules, &people, &queries);
+    let random = calibrate::random_pairs(people.len(), 5000, 1);
+    let e = calibrate::estimate(rules, &people, &candidates, &random).unwrap();
+    // 32 duplicates, each pair found from both ends.
+    assert!((e.expected_matches - 64.0).abs() < 12.0, "{e:?}");
+    let birth = e.fields.iter().find(|f| f.field == "birth_date").unwrap();
+    assert!(birth.m > 0.9, "{e:?}");
+
+    let text = std::fs::read_to_string("mappings/matching.toml").unwrap();
+    let written = kiunga::mapping::matching::with_estimate(&text, &e, "test-calibrated").unwrap();
+    assert!(written.contains("# How Patient/$match decides"), "comments kept");
+    let src = kiunga::mapping::Source {
+        name: "matching.toml".into(),
+        text: written,
+    };
+    let loaded = kiunga::mapping::matching::load(&src).unwrap();
+    assert!(loaded.version.starts_with("test-calibrated+"));
+    assert!((loaded.prior_log2_odds - e.prior_log2_odds).abs() < 0.01);
+}

@@ -56,6 +56,22 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         batch: i64,
     },
+    /// Estimate matching.toml's m, u and prior from the registry's own records
+    /// (expectation–maximisation over the pairs the blocking keys find; no labelled pairs), print
+    /// them beside the current values and, with --write, write a matching.toml that holds them.
+    Calibrate {
+        /// People whose candidates are compared (a seeded random sample of the registry).
+        #[arg(long, default_value_t = 5000)]
+        queries: usize,
+        /// Random pairs counted for u's starting values.
+        #[arg(long, default_value_t = 200_000)]
+        random_pairs: usize,
+        /// Write the calibrated rules here (matching.toml's text, comments kept); nothing is
+        /// written without it. The gateway reads them after a reload (SIGHUP) when written over
+        /// mappings/matching.toml; `kiunga rematch` then applies them to existing records.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -98,6 +114,11 @@ fn main() -> ExitCode {
         Command::Remap { apply } => remap(config, apply),
         Command::MatchKeys => match_keys(config),
         Command::Rematch { batch } => rematch(config, batch),
+        Command::Calibrate {
+            queries,
+            random_pairs,
+            write,
+        } => calibrate(config, queries, random_pairs, write),
         Command::Import {
             paths,
             default_org_unit,
@@ -379,6 +400,87 @@ fn in_batches(
         done += n;
     }
     Ok(done)
+}
+
+fn calibrate(
+    config: Config,
+    queries: usize,
+    random_pairs: usize,
+    write: Option<PathBuf>,
+) -> ExitCode {
+    use kiunga::matching::calibrate;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let dir = config.mappings_dir.clone();
+    let result = system_unit(config, |s, env| kiunga::rest::identity::registry(s, env));
+    let (people, mappings) = match result {
+        Ok(x) => x,
+        Err(UnitError::Start(e) | UnitError::Work(e)) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(rules) = mappings.matching.as_ref() else {
+        eprintln!("kiunga: matching is off (no mappings/matching.toml); nothing to calibrate");
+        return ExitCode::FAILURE;
+    };
+    let mut sample: Vec<usize> = (0..people.len()).collect();
+    sample.shuffle(&mut rand::rngs::StdRng::seed_from_u64(2026));
+    sample.truncate(queries.max(1));
+    let candidates = calibrate::candidate_pairs(rules, &people, &sample);
+    let random = calibrate::random_pairs(people.len(), random_pairs, 2026);
+    let e = match calibrate::estimate(rules, &people, &candidates, &random) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("kiunga: calibrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{} people; {} of them matched against the registry: {} candidate pairs, {} random pairs; {} iterations",
+        people.len(),
+        sample.len(),
+        e.pairs,
+        e.random_pairs,
+        e.iterations
+    );
+    println!(
+        "prior_log2_odds {:>8.2} -> {:.2}   (about {:.0} of the candidate pairs are one person)",
+        e.prior_was, e.prior_log2_odds, e.expected_matches
+    );
+    println!("field            m now  -> estimate      u now  -> estimate  (random pairs)  pairs compared");
+    for f in &e.fields {
+        println!(
+            "{:<14} {:>8.4} -> {:<8.4}  {:>10.6} -> {:<10.6} ({:<10.6})  {}",
+            f.field, f.m_was, f.m, f.u_was, f.u, f.u_random, f.compared
+        );
+    }
+    let Some(path) = write else {
+        println!("nothing written (--write FILE writes the calibrated rules)");
+        return ExitCode::SUCCESS;
+    };
+    let source = dir.join("matching.toml");
+    let written = std::fs::read_to_string(&source)
+        .map_err(|e| format!("{}: {e}", source.display()))
+        .and_then(|text| {
+            let base = rules.version.split('+').next().unwrap_or_default();
+            let version = format!("{base}-calibrated-{}", chrono::Utc::now().format("%Y%m%d"));
+            kiunga::mapping::matching::with_estimate(&text, &e, &version)
+                .map_err(|e| format!("{}: {e}", source.display()))
+        })
+        .and_then(|text| {
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+        });
+    match written {
+        Ok(()) => {
+            println!("written to {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiunga: calibrate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn rematch(config: Config, batch: i64) -> ExitCode {

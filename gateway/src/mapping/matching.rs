@@ -49,6 +49,8 @@ struct RawFields {
     gender: Option<RawField>,
     phone: Option<RawField>,
     village: Option<RawField>,
+    address: Option<RawField>,
+    postal_code: Option<RawField>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +128,9 @@ pub struct MatchingRules {
     pub gender: Option<FieldRule>,
     pub phone: Option<FieldRule>,
     pub village: Option<FieldRule>,
+    /// The first address line (street and house number).
+    pub address: Option<FieldRule>,
+    pub postal_code: Option<FieldRule>,
 }
 
 struct Checker<'a> {
@@ -281,6 +286,11 @@ pub fn load(src: &Source) -> Result<MatchingRules, Vec<Problem>> {
     let gender = f.gender.as_ref().map(|r| c.field("gender", r, false));
     let phone = f.phone.as_ref().map(|r| c.field("phone", r, false));
     let village = f.village.as_ref().map(|r| c.field("village", r, true));
+    let address = f.address.as_ref().map(|r| c.field("address", r, true));
+    let postal_code = f
+        .postal_code
+        .as_ref()
+        .map(|r| c.field("postal_code", r, true));
     if name.is_none() && birth_date.is_none() {
         c.fail(
             raw.version.span(),
@@ -309,5 +319,66 @@ pub fn load(src: &Source) -> Result<MatchingRules, Vec<Problem>> {
         gender,
         phone,
         village,
+        address,
+        postal_code,
     })
+}
+
+/// `matching.toml`'s text with the estimate's prior, m and u in place of the old values, and
+/// `version` as its version; comments and everything else stay as written (`kiunga calibrate
+/// --write`).
+pub fn with_estimate(
+    text: &str,
+    estimate: &crate::matching::calibrate::Estimate,
+    version: &str,
+) -> Result<String, toml_edit::TomlError> {
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    // Four significant digits: enough for a weight, and readable.
+    let round = |x: f64| {
+        let digits = 3 - x.abs().log10().floor() as i32;
+        let scale = 10f64.powi(digits.clamp(0, 12));
+        (x * scale).round() / scale
+    };
+    doc["version"] = toml_edit::value(version);
+    doc["prior_log2_odds"] = toml_edit::value((estimate.prior_log2_odds * 100.0).round() / 100.0);
+    for f in &estimate.fields {
+        let field = &mut doc["fields"][f.field];
+        field["m"] = toml_edit::value(round(f.m));
+        field["u"] = toml_edit::value(round(f.u));
+    }
+    Ok(doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::matching::calibrate::{Estimate, FieldEstimate};
+
+    #[test]
+    fn an_estimate_is_written_into_the_file_keeping_its_comments() {
+        let text = "# the rules\nversion = \"demo\"\n# before comparing\nprior_log2_odds = -10.0\n\n[fields.name]\nm = 0.97 # agreement\nu = 0.001\ncomparator = \"jaro_winkler\"\n";
+        let e = Estimate {
+            prior_log2_odds: -1.4567,
+            prior_was: -10.0,
+            fields: vec![FieldEstimate {
+                field: "name",
+                m: 0.735512,
+                u: 0.000062048,
+                u_random: 0.001,
+                m_was: 0.97,
+                u_was: 0.001,
+                compared: 10,
+                random_compared: 10,
+            }],
+            pairs: 10,
+            random_pairs: 10,
+            iterations: 3,
+            expected_matches: 2.0,
+        };
+        let out = super::with_estimate(text, &e, "demo-calibrated").unwrap();
+        assert!(out.contains("# the rules\nversion = \"demo-calibrated\""), "{out}");
+        assert!(out.contains("# before comparing\nprior_log2_odds = -1.46"), "{out}");
+        assert!(out.contains("m = 0.7355"), "{out}");
+        assert!(out.contains("u = 0.00006205"), "{out}");
+        assert!(out.contains("comparator = \"jaro_winkler\""), "{out}");
+    }
 }

@@ -73,6 +73,18 @@ pub fn names(rule: &FieldRule, a: &[String], b: &[String]) -> Option<f64> {
     )
 }
 
+/// An address line compared word by word like a name (`names`): `12 main street` and
+/// `14 main street` differ in the house number, which a whole-string similarity would hide.
+pub fn words(rule: &FieldRule, a: &str, b: &str) -> f64 {
+    let split = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    names(rule, &split(a), &split(b)).unwrap_or(0.0)
+}
+
 /// How precisely a (partial) date is known: 1 year, 2 month, 3 day.
 pub fn precision(d: &str) -> usize {
     match d.len() {

@@ -10,6 +10,9 @@
 //! - `d`: the full birth date with the village: a duplicate whose names are both misspelt beyond
 //!   their phonetic codes (`micthell boxwbr` for `mitchell boxer`) still meets its original when
 //!   it was born the same day in the same place.
+//! - `a`: the house number with the code of the street's first word (`75|ARNR` for
+//!   `75 woronora street`): a duplicate whose names and birth date all went wrong still meets the
+//!   people registered at its address.
 //!
 //! Identifier values need no key: the attribute values' own index finds them.
 
@@ -101,7 +104,40 @@ pub fn keys(d: &Demographics) -> Vec<Key> {
             });
         }
     }
+    out.extend(address_codes(d).into_iter().map(|code| Key {
+        kind: "a",
+        code,
+        year: None,
+    }));
     out
+}
+
+/// The house number (the first word with a digit) with each phonetic code of the street's
+/// first word of letters after it; nothing when the line lacks either.
+pub fn address_codes(d: &Demographics) -> Vec<String> {
+    let Some(line) = d.address.as_deref() else {
+        return Vec::new();
+    };
+    let words: Vec<&str> = line
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let Some(at) = words.iter().position(|w| w.chars().any(|c| c.is_ascii_digit())) else {
+        return Vec::new();
+    };
+    let Some(street) = words[at + 1..]
+        .iter()
+        .find(|w| w.chars().count() >= 3 && w.chars().all(char::is_alphabetic))
+    else {
+        return Vec::new();
+    };
+    let mut codes: Vec<String> = phonetic_codes(Phonetic::DoubleMetaphone, street)
+        .into_iter()
+        .map(|c| format!("{}|{c}", words[at]))
+        .collect();
+    codes.sort();
+    codes.dedup();
+    codes
 }
 
 #[cfg(test)]
@@ -161,5 +197,26 @@ mod tests {
             .iter()
             .filter(|k| k.kind == "n")
             .all(|k| k.year == Some(1990)));
+    }
+
+    #[test]
+    fn an_address_is_a_house_number_and_a_street_code() {
+        let at = |line: &str| Demographics {
+            address: Some(line.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            address_codes(&at("75 woronora street")),
+            address_codes(&at("75 woronorra st"))
+        );
+        let codes = address_codes(&at("75 woronora street"));
+        assert!(!codes.is_empty() && codes.iter().all(|c| c.starts_with("75|")), "{codes:?}");
+        assert_ne!(
+            address_codes(&at("75 woronora street")),
+            address_codes(&at("57 woronora street"))
+        );
+        assert!(address_codes(&at("woronora street")).is_empty());
+        assert!(address_codes(&at("plot 75")).is_empty());
+        assert!(keys(&at("75 woronora street")).iter().any(|k| k.kind == "a"));
     }
 }

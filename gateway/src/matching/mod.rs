@@ -9,6 +9,7 @@
 //! - `score`: weights, hard rules, the score in 0..1, the grade and the explanation.
 //! - `keys`: the blocking keys stored per person and looked up per query.
 
+pub mod calibrate;
 pub mod compare;
 pub mod keys;
 pub mod score;
@@ -32,6 +33,9 @@ pub struct Demographics {
     /// The last nine digits: the subscriber number without country or trunk prefix.
     pub phone: Option<String>,
     pub village: Option<String>,
+    /// The first address line, in search form.
+    pub address: Option<String>,
+    pub postal_code: Option<String>,
     /// `(system, value)` of every declared identifier the person holds.
     pub identifiers: Vec<(String, String)>,
 }
@@ -73,12 +77,19 @@ impl Demographics {
             .iter()
             .filter(|t| t.system == "phone")
             .find_map(|t| get(Some(t.attribute_id)).and_then(phone_digits));
-        let village = map
-            .address
-            .iter()
-            .find(|f| f.json == "city")
-            .and_then(|f| get(Some(f.attribute_id)))
-            .map(search_form);
+        let address_part = |json: &str| {
+            map.address
+                .iter()
+                .find(|f| f.json == json)
+                .and_then(|f| get(Some(f.attribute_id)))
+                .map(search_form)
+        };
+        let village = address_part("city");
+        let address = address_part("line");
+        // Postal codes are compared without their spaces (`SW1A 1AA`, `sw1a1aa`).
+        let postal_code = address_part("postalCode")
+            .map(|p| p.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+            .filter(|p| !p.is_empty());
         let identifiers = map
             .identifiers
             .iter()
@@ -92,6 +103,8 @@ impl Demographics {
             gender,
             phone,
             village,
+            address,
+            postal_code,
             identifiers,
         }
     }

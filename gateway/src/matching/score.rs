@@ -93,6 +93,127 @@ pub fn two_people<'s>(
     })
 }
 
+/// One field of a pair compared: its similarity in 0..1 (None when a side has no value) and,
+/// for birth dates, the precision it was compared at (1 year, 2 month, 3 day).
+pub struct Similarity<'r> {
+    pub field: &'static str,
+    pub rule: &'r FieldRule,
+    pub similarity: Option<f64>,
+    pub precision: usize,
+}
+
+/// Every field the rules compare, in the rules' order. Scoring ([`decide`]) and calibration
+/// (`calibrate`) read the same comparisons.
+pub fn similarities<'r>(
+    rules: &'r MatchingRules,
+    a: &Demographics,
+    b: &Demographics,
+) -> Vec<Similarity<'r>> {
+    let mut out = Vec::new();
+    let mut push = |field: &'static str, rule: &'r Option<FieldRule>, s: Option<(f64, usize)>| {
+        if let Some(rule) = rule {
+            out.push(Similarity {
+                field,
+                rule,
+                similarity: s.map(|s| s.0),
+                precision: s.map_or(3, |s| s.1),
+            });
+        }
+    };
+    fn both<'s>(x: Option<&'s str>, y: Option<&'s str>) -> Option<(&'s str, &'s str)> {
+        x.zip(y)
+    }
+    let exact = |x: &Option<String>, y: &Option<String>| {
+        both(x.as_deref(), y.as_deref()).map(|(x, y)| (f64::from(u8::from(x == y)), 3))
+    };
+    push(
+        "name",
+        &rules.name,
+        rules
+            .name
+            .as_ref()
+            .and_then(|r| compare::names(r, &a.name_tokens, &b.name_tokens))
+            .map(|s| (s, 3)),
+    );
+    push(
+        "birth_date",
+        &rules.birth_date,
+        rules.birth_date.as_ref().and_then(|r| {
+            both(a.birth_date.as_deref(), b.birth_date.as_deref())
+                .map(|(x, y)| compare::dates(r, x, y))
+        }),
+    );
+    push("gender", &rules.gender, exact(&a.gender, &b.gender));
+    push("phone", &rules.phone, exact(&a.phone, &b.phone));
+    let text = |rule: &Option<FieldRule>, words: bool, x: &Option<String>, y: &Option<String>| {
+        let r = rule.as_ref()?;
+        let (x, y) = both(x.as_deref(), y.as_deref())?;
+        Some((
+            if words {
+                compare::words(r, x, y)
+            } else {
+                compare::strings(r, x, y)
+            },
+            3,
+        ))
+    };
+    push(
+        "village",
+        &rules.village,
+        text(&rules.village, false, &a.village, &b.village),
+    );
+    push(
+        "address",
+        &rules.address,
+        text(&rules.address, true, &a.address, &b.address),
+    );
+    push(
+        "postal_code",
+        &rules.postal_code,
+        text(&rules.postal_code, false, &a.postal_code, &b.postal_code),
+    );
+    out
+}
+
+/// Agreement on a year alone is likelier by chance than on a day: u for a full date, ×30 for a
+/// month, ×365 for a year.
+pub fn birth_date_u(rule: &FieldRule, precision: usize) -> f64 {
+    (rule.u
+        * match precision {
+            1 => 365.0,
+            2 => 30.0,
+            _ => 1.0,
+        })
+    .min(0.5)
+}
+
+/// A common name agreeing by chance is likelier: u is at least the share of people carrying it
+/// (family × given frequency). Returns u and a note for the explanation.
+fn name_u(
+    r: &FieldRule,
+    similarity: f64,
+    candidate: &Demographics,
+    freq: &dyn Frequencies,
+) -> (f64, String) {
+    if !(r.term_frequency && similarity >= r.agree) {
+        return (r.u, String::new());
+    }
+    let f = candidate.family.as_deref().and_then(|n| freq.family(n));
+    let g = candidate.given.as_deref().and_then(|n| freq.given(n));
+    let share = match (f, g) {
+        (Some(f), Some(g)) => Some(f * g),
+        (Some(x), None) | (None, Some(x)) => Some(x * r.u.sqrt()),
+        (None, None) => None,
+    };
+    match share {
+        Some(share) if share > r.u => {
+            let u = share.min(0.5);
+            (u, format!("; common name, u raised to {u:.5}"))
+        }
+        _ => (r.u, String::new()),
+    }
+}
+
 pub fn decide(
     rules: &MatchingRules,
     systems: &[IdentifierMap],
@@ -100,111 +221,37 @@ pub fn decide(
     candidate: &Demographics,
     freq: &dyn Frequencies,
 ) -> Decision {
-    let mut contributions = Vec::new();
-
     // Fields, Fellegi–Sunter.
-    if let Some(r) = &rules.name {
-        contributions.push(
-            match compare::names(r, &query.name_tokens, &candidate.name_tokens) {
-                None => absent("name"),
-                Some(s) => {
-                    // A common name agreeing by chance is likelier: u is at least the share of
-                    // people carrying it (family × given frequency).
-                    let mut u = r.u;
-                    let mut tf = String::new();
-                    if r.term_frequency && s >= r.agree {
-                        let f = candidate.family.as_deref().and_then(|n| freq.family(n));
-                        let g = candidate.given.as_deref().and_then(|n| freq.given(n));
-                        if let Some(share) = match (f, g) {
-                            (Some(f), Some(g)) => Some(f * g),
-                            (Some(x), None) | (None, Some(x)) => Some(x * r.u.sqrt()),
-                            (None, None) => None,
-                        } {
-                            if share > u {
-                                u = share.min(0.5);
-                                tf = format!("; common name, u raised to {u:.5}");
-                            }
-                        }
+    let contributions: Vec<Contribution> = similarities(rules, query, candidate)
+        .into_iter()
+        .map(|c| match c.similarity {
+            None => absent(c.field),
+            Some(s) => {
+                let r = c.rule;
+                let (u, note) = match c.field {
+                    "name" => name_u(r, s, candidate, freq),
+                    "birth_date" => (birth_date_u(r, c.precision), String::new()),
+                    _ => (r.u, String::new()),
+                };
+                let detail = match (c.field, c.precision) {
+                    ("gender" | "phone", _) if s >= 1.0 => "the same".into(),
+                    ("gender" | "phone", _) => "different".into(),
+                    ("birth_date", p) => {
+                        format!(
+                            "similarity {s:.3} at the {}",
+                            ["", "year", "month", "day"][p]
+                        )
                     }
-                    let w = weight(r, s, (r.m / u).log2());
-                    Contribution {
-                        field: "name",
-                        weight: w,
-                        detail: format!("similarity {s:.3}{tf}"),
-                    }
+                    _ => format!("similarity {s:.3}{note}"),
+                };
+                Contribution {
+                    field: c.field,
+                    weight: weight(r, s, (r.m / u).log2()),
+                    detail,
                 }
-            },
-        );
-    }
-    if let Some(r) = &rules.birth_date {
-        contributions.push(
-            match (query.birth_date.as_deref(), candidate.birth_date.as_deref()) {
-                (Some(a), Some(b)) => {
-                    let (s, p) = compare::dates(r, a, b);
-                    // Agreement on a year alone is likelier by chance than on a day.
-                    let u = (r.u
-                        * match p {
-                            1 => 365.0,
-                            2 => 30.0,
-                            _ => 1.0,
-                        })
-                    .min(0.5);
-                    let at = ["", "year", "month", "day"][p];
-                    Contribution {
-                        field: "birth_date",
-                        weight: weight(r, s, (r.m / u).log2()),
-                        detail: format!("similarity {s:.3} at the {at}"),
-                    }
-                }
-                _ => absent("birth_date"),
-            },
-        );
-    }
-    let exact =
-        |field: &'static str, r: &FieldRule, a: Option<&String>, b: Option<&String>| match (a, b) {
-            (Some(a), Some(b)) if a == b => Contribution {
-                field,
-                weight: r.agree_weight(),
-                detail: "the same".into(),
-            },
-            (Some(_), Some(_)) => Contribution {
-                field,
-                weight: r.disagree_weight(),
-                detail: "different".into(),
-            },
-            _ => absent(field),
-        };
-    if let Some(r) = &rules.gender {
-        contributions.push(exact(
-            "gender",
-            r,
-            query.gender.as_ref(),
-            candidate.gender.as_ref(),
-        ));
-    }
-    if let Some(r) = &rules.phone {
-        contributions.push(exact(
-            "phone",
-            r,
-            query.phone.as_ref(),
-            candidate.phone.as_ref(),
-        ));
-    }
-    if let Some(r) = &rules.village {
-        contributions.push(
-            match (query.village.as_deref(), candidate.village.as_deref()) {
-                (Some(a), Some(b)) => {
-                    let s = compare::strings(r, a, b);
-                    Contribution {
-                        field: "village",
-                        weight: weight(r, s, r.agree_weight()),
-                        detail: format!("similarity {s:.3}"),
-                    }
-                }
-                _ => absent("village"),
-            },
-        );
-    }
+            }
+        })
+        .collect();
     let weight_sum = rules.prior_log2_odds + contributions.iter().map(|c| c.weight).sum::<f64>();
     let probability = 1.0 / (1.0 + (-weight_sum).exp2());
 
@@ -306,6 +353,8 @@ mod tests {
             gender: Some(field(0.98, 0.5)),
             phone: Some(field(0.5, 0.005)),
             village: Some(field(0.8, 0.1)),
+            address: None,
+            postal_code: None,
         }
     }
 
@@ -370,5 +419,40 @@ mod tests {
         );
         let stranger = person("otieno", "brian", "1975-09-30");
         assert_eq!(decide(&r, &[], &full, &stranger, &none).grade, Grade::None);
+    }
+
+    #[test]
+    fn address_words_and_postal_codes_add_evidence() {
+        let mut r = rules();
+        r.address = Some(field(0.8, 0.001));
+        r.postal_code = Some(FieldRule {
+            comparator: crate::mapping::matching::Comparator::Exact,
+            agree: 0.99,
+            partial: 0.5,
+            ..field(0.9, 0.01)
+        });
+        let at = |line: &str, post: &str| Demographics {
+            address: Some(line.into()),
+            postal_code: Some(post.into()),
+            ..person("mwangi", "amina", "1990-04-12")
+        };
+        let weight_of = |d: &Decision, f: &str| {
+            d.contributions
+                .iter()
+                .find(|c| c.field == f)
+                .unwrap()
+                .weight
+        };
+        let home = at("12 moi avenue", "00100");
+        let typo = decide(&r, &[], &home, &at("12 moi avenu", "00100"), &Common(0.0));
+        assert!(weight_of(&typo, "address") > 9.0, "{typo:?}");
+        assert!(weight_of(&typo, "postal_code") > 6.0, "{typo:?}");
+        // Another house in the same street: the number disagrees, so the line does.
+        let next_door = decide(&r, &[], &home, &at("14 moi avenue", "00200"), &Common(0.0));
+        assert!(weight_of(&next_door, "address") < 0.0, "{next_door:?}");
+        assert!(weight_of(&next_door, "postal_code") < 0.0, "{next_door:?}");
+        // Missing on one side: no evidence either way.
+        let bare = decide(&r, &[], &home, &person("mwangi", "amina", "1990-04-12"), &Common(0.0));
+        assert_eq!(weight_of(&bare, "address"), 0.0);
     }
 }

@@ -191,6 +191,25 @@ pub fn rebuild_keys(s: &mut Scoped, env: &Env) -> Result<usize, Error> {
     Ok(done)
 }
 
+/// The demographics of every live person, as matching reads them (`kiunga calibrate`).
+pub fn registry(s: &mut Scoped, env: &Env) -> Result<Vec<Demographics>, Error> {
+    let pm = &env.mappings.patient;
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let ids = match_keys::people_after(s, after, 2000)?;
+        let Some(&last) = ids.last() else {
+            return Ok(out);
+        };
+        out.extend(
+            patients::by_ids(s, &ids)?
+                .iter()
+                .map(|p| Demographics::from_values(&p.values, pm)),
+        );
+        after = last;
+    }
+}
+
 /// [`rebuild_keys`] for up to `limit` people with an id above `after`: the last id read and how
 /// many people got keys, or None when there are no more.
 pub fn rebuild_keys_after(

@@ -1,0 +1,427 @@
+//! `kiunga calibrate`: m, u and the prior of `matching.toml` estimated from the registry's own
+//! records, without anyone labelling a pair (docs/identity.md, "Calibration").
+//!
+//! Expectation–maximisation over the pairs the blocking keys find (Fellegi–Sunter's two-class
+//! mixture, fields independent within a class): each pair is weighed by how likely it is one
+//! person under the current prior, m and u; the prior (the share of those pairs that are one
+//! person), m and u are recounted from the weights; until they settle. u starts from random
+//! pairs of people (almost all of them two people) and ends as the chance of agreement between
+//! two different people *among candidates*, who share a name code or an address by
+//! construction: that is the population scoring sees. The birth date's u is counted on full
+//! dates (scoring scales it for a month or a year).
+//!
+//! A field agrees when its similarity reaches `agree` (the similarity at which scoring gives
+//! it the full agreement weight). Pure: the people come in, the estimate goes out; `main.rs`
+//! reads the people and writes the file.
+
+use std::collections::{HashMap, HashSet};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::keys::{keys, Key};
+use super::score::{birth_date_u, similarities};
+use super::Demographics;
+use crate::mapping::matching::MatchingRules;
+
+/// One field's estimate, next to the value the rules hold now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldEstimate {
+    pub field: &'static str,
+    pub m: f64,
+    pub u: f64,
+    /// u counted over random pairs (where the estimate of u starts).
+    pub u_random: f64,
+    pub m_was: f64,
+    pub u_was: f64,
+    /// Candidate pairs in which both records had the field.
+    pub compared: usize,
+    /// Random pairs in which both records had it (a full date, for the birth date).
+    pub random_compared: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    pub prior_log2_odds: f64,
+    pub prior_was: f64,
+    pub fields: Vec<FieldEstimate>,
+    /// Pairs found by the blocking keys, and random pairs.
+    pub pairs: usize,
+    pub random_pairs: usize,
+    pub iterations: usize,
+    /// The expected number of candidate pairs that are one person (the prior × pairs).
+    pub expected_matches: f64,
+}
+
+/// Why an estimate cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CalibrationError {
+    #[error("{0} people with demographics: calibration needs at least 50")]
+    TooFew(usize),
+    #[error("the blocking keys found no pair of people to compare")]
+    NoPairs,
+    #[error("the estimate did not separate duplicates from strangers (it calls nearly every candidate pair one person); too few or too uniform records to calibrate on")]
+    Degenerate,
+}
+
+/// Who a query person's candidates are, as the blocking query finds them: people sharing a key
+/// (a name code within the birth-year window, or any year when either has none), at most
+/// `max_candidates` per key. `queries` are indexes into `people`.
+pub fn candidate_pairs(
+    rules: &MatchingRules,
+    people: &[Demographics],
+    queries: &[usize],
+) -> Vec<(usize, usize)> {
+    let mut index: HashMap<(&'static str, String), Vec<(Option<i32>, usize)>> = HashMap::new();
+    let all_keys: Vec<Vec<Key>> = people.iter().map(keys).collect();
+    for (i, ks) in all_keys.iter().enumerate() {
+        for k in ks {
+            index
+                .entry((k.kind, k.code.clone()))
+                .or_default()
+                .push((k.year, i));
+        }
+    }
+    let max = usize::try_from(rules.max_candidates).unwrap_or(usize::MAX);
+    let window = rules.birth_year_window;
+    let mut out = Vec::new();
+    for &q in queries {
+        let mut found = HashSet::new();
+        for k in &all_keys[q] {
+            let Some(members) = index.get(&(k.kind, k.code.clone())) else {
+                continue;
+            };
+            let near = |y: &Option<i32>| match (k.year, y) {
+                (Some(a), Some(b)) if k.kind == "n" => (a - b).abs() <= window,
+                _ => true,
+            };
+            found.extend(
+                members
+                    .iter()
+                    .filter(|(y, i)| *i != q && near(y))
+                    .take(max)
+                    .map(|(_, i)| *i),
+            );
+        }
+        let mut found: Vec<usize> = found.into_iter().collect();
+        found.sort_unstable();
+        out.extend(found.into_iter().map(|c| (q, c)));
+    }
+    out
+}
+
+/// `count` pairs of two different people drawn at random (seeded: the same registry gives the
+/// same estimate).
+pub fn random_pairs(people: usize, count: usize, seed: u64) -> Vec<(usize, usize)> {
+    if people < 2 {
+        return Vec::new();
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let a = rng.gen_range(0..people);
+            let b = (a + rng.gen_range(1..people)) % people;
+            (a, b)
+        })
+        .collect()
+}
+
+/// A pair compared: per field, whether it agrees (None when a side has no value), and the birth
+/// date's precision.
+struct Pattern {
+    agrees: Vec<Option<bool>>,
+    precision: usize,
+}
+
+fn pattern(rules: &MatchingRules, a: &Demographics, b: &Demographics) -> Pattern {
+    let mut precision = 3;
+    let agrees = similarities(rules, a, b)
+        .into_iter()
+        .map(|s| {
+            if s.field == "birth_date" {
+                precision = s.precision;
+            }
+            s.similarity.map(|x| x >= s.rule.agree)
+        })
+        .collect();
+    Pattern { agrees, precision }
+}
+
+/// The estimate for `rules` from `people`: u's starting values over `random`, then the prior, m
+/// and u by expectation–maximisation over `candidates`.
+pub fn estimate(
+    rules: &MatchingRules,
+    people: &[Demographics],
+    candidates: &[(usize, usize)],
+    random: &[(usize, usize)],
+) -> Result<Estimate, CalibrationError> {
+    if people.len() < 50 {
+        return Err(CalibrationError::TooFew(people.len()));
+    }
+    if candidates.is_empty() {
+        return Err(CalibrationError::NoPairs);
+    }
+    // The fields in the rules' order, as `similarities` gives them.
+    let fields: Vec<(&'static str, f64, f64)> = similarities(rules, &people[0], &people[1])
+        .into_iter()
+        .map(|s| (s.field, s.rule.m, s.rule.u))
+        .collect();
+
+    // u: agreement between random pairs; a full date for the birth date, whose u is scaled by
+    // precision when scoring. Half a pair is added either way so that no u is 0 or 1.
+    let mut agree = vec![0usize; fields.len()];
+    let mut compared = vec![0usize; fields.len()];
+    for &(a, b) in random {
+        let p = pattern(rules, &people[a], &people[b]);
+        for (f, x) in p.agrees.iter().enumerate() {
+            if fields[f].0 == "birth_date" && p.precision < 3 {
+                continue;
+            }
+            if let Some(x) = x {
+                compared[f] += 1;
+                agree[f] += usize::from(*x);
+            }
+        }
+    }
+    let u: Vec<f64> = fields
+        .iter()
+        .enumerate()
+        .map(|(f, (_, _, u_was))| {
+            if compared[f] == 0 {
+                *u_was
+            } else {
+                (agree[f] as f64 + 0.5) / (compared[f] as f64 + 1.0)
+            }
+        })
+        .collect();
+
+    let patterns: Vec<Pattern> = candidates
+        .iter()
+        .map(|&(a, b)| pattern(rules, &people[a], &people[b]))
+        .collect();
+    let odds = rules.prior_log2_odds.exp2();
+    let mut lambda = odds / (1.0 + odds);
+    let mut m: Vec<f64> = fields.iter().map(|(_, m, _)| *m).collect();
+    let u_random = u.clone();
+    let mut u = u;
+    let birth = fields.iter().position(|f| f.0 == "birth_date");
+    let scaled = |u: &[f64], f: usize, p: &Pattern| {
+        if Some(f) == birth {
+            let mut r = rules.birth_date.clone().expect("birth_date is compared");
+            r.u = u[f];
+            birth_date_u(&r, p.precision)
+        } else {
+            u[f]
+        }
+    };
+    let mut iterations = 0;
+    let mut counted = vec![0usize; fields.len()];
+    for it in 1..=500 {
+        iterations = it;
+        let mut sum_g = 0.0;
+        // Per field: Σg and Σ(1−g) over the pairs comparing it, and over those agreeing. The
+        // birth date's u is counted on full dates alone (scoring scales it for a year or month).
+        let mut g_agree = vec![0.0; fields.len()];
+        let mut g_compared = vec![0.0; fields.len()];
+        let mut h_agree = vec![0.0; fields.len()];
+        let mut h_compared = vec![0.0; fields.len()];
+        counted.iter_mut().for_each(|c| *c = 0);
+        for p in &patterns {
+            // The log-likelihood ratio of one person against two, then the posterior.
+            let mut llr = (lambda / (1.0 - lambda)).ln();
+            for (f, x) in p.agrees.iter().enumerate() {
+                let Some(x) = x else { continue };
+                let u = scaled(&u, f, p);
+                llr += if *x {
+                    (m[f] / u).ln()
+                } else {
+                    ((1.0 - m[f]) / (1.0 - u)).ln()
+                };
+            }
+            let g = 1.0 / (1.0 + (-llr).exp());
+            sum_g += g;
+            for (f, x) in p.agrees.iter().enumerate() {
+                let Some(x) = x else { continue };
+                counted[f] += 1;
+                g_compared[f] += g;
+                g_agree[f] += if *x { g } else { 0.0 };
+                if Some(f) != birth || p.precision == 3 {
+                    h_compared[f] += 1.0 - g;
+                    h_agree[f] += if *x { 1.0 - g } else { 0.0 };
+                }
+            }
+        }
+        let new_lambda = (sum_g / patterns.len() as f64).clamp(1e-9, 0.999);
+        let new_u: Vec<f64> = (0..fields.len())
+            .map(|f| {
+                if h_compared[f] < 1.0 {
+                    u[f]
+                } else {
+                    ((h_agree[f] + 0.5) / (h_compared[f] + 1.0)).clamp(1e-6, 0.99)
+                }
+            })
+            .collect();
+        let new_m: Vec<f64> = (0..fields.len())
+            .map(|f| {
+                if g_compared[f] < 1.0 {
+                    m[f]
+                } else {
+                    // m stays above u (agreement must count for a match) and below 1.
+                    (g_agree[f] / g_compared[f]).clamp((new_u[f] * 1.01).min(0.99), 0.999)
+                }
+            })
+            .collect();
+        let settled = (new_lambda - lambda).abs() < 1e-7
+            && new_m.iter().zip(&m).all(|(a, b)| (a - b).abs() < 1e-6)
+            && new_u.iter().zip(&u).all(|(a, b)| (a - b).abs() < 1e-7);
+        lambda = new_lambda;
+        m = new_m;
+        u = new_u;
+        if settled {
+            break;
+        }
+    }
+    if lambda >= 0.999 {
+        return Err(CalibrationError::Degenerate);
+    }
+    Ok(Estimate {
+        prior_log2_odds: (lambda / (1.0 - lambda)).log2(),
+        prior_was: rules.prior_log2_odds,
+        fields: fields
+            .iter()
+            .enumerate()
+            .map(|(f, (field, m_was, u_was))| FieldEstimate {
+                field,
+                m: m[f],
+                u: u[f],
+                u_random: u_random[f],
+                m_was: *m_was,
+                u_was: *u_was,
+                compared: counted[f],
+                random_compared: compared[f],
+            })
+            .collect(),
+        pairs: patterns.len(),
+        random_pairs: random.len(),
+        iterations,
+        expected_matches: lambda * patterns.len() as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::matching::{Comparator, FieldRule, Phonetic};
+
+    fn field(m: f64, u: f64) -> FieldRule {
+        FieldRule {
+            m,
+            u,
+            comparator: Comparator::JaroWinkler,
+            phonetic: Phonetic::DoubleMetaphone,
+            agree: 0.92,
+            partial: 0.8,
+            term_frequency: false,
+            year_tolerance: 1,
+        }
+    }
+
+    fn rules() -> MatchingRules {
+        MatchingRules {
+            version: "t+0".into(),
+            prior_log2_odds: -10.0,
+            certain: 0.9995,
+            probable: 0.99,
+            possible: 0.5,
+            birth_year_window: 1,
+            max_candidates: 100,
+            link_on_write: true,
+            name: Some(field(0.97, 0.001)),
+            birth_date: Some(field(0.9, 0.0001)),
+            gender: None,
+            phone: None,
+            village: Some(field(0.8, 0.1)),
+            address: None,
+            postal_code: None,
+        }
+    }
+
+    fn person(family: &str, given: &str, born: &str, village: &str) -> Demographics {
+        Demographics {
+            name_tokens: vec![family.into(), given.into()],
+            family: Some(family.into()),
+            given: Some(given.into()),
+            birth_date: Some(born.into()),
+            village: Some(village.into()),
+            ..Default::default()
+        }
+    }
+
+    /// 400 people with distinct names, every fourth registered twice, and half of those twice
+    /// under another given name: m for the name must come out below 0.8 (the truth is 0.4), m for
+    /// the birth date near 1, and the number of duplicate pairs among those found near the truth.
+    #[test]
+    fn estimates_recover_how_duplicates_were_made() {
+        let families = [
+            "mwangi", "otieno", "kamau", "njoroge", "wanjiru", "achieng", "mutua", "kiprop",
+            "chebet", "omondi", "wafula", "barasa", "nyambura", "kilonzo", "ouma", "jeptoo",
+            "langat", "waweru", "muthoni", "karanja",
+        ];
+        let givens = [
+            "amina", "brian", "cynthia", "daniel", "esther", "faith", "george", "hellen",
+            "isaac", "joyce", "kevin", "lucy", "moses", "nancy", "oscar", "purity", "quentin",
+            "rose", "samuel", "tabitha",
+        ];
+        let mut people = Vec::new();
+        for (i, f) in families.iter().enumerate() {
+            for (j, g) in givens.iter().enumerate() {
+                let born = format!(
+                    "19{:02}-{:02}-{:02}",
+                    40 + (i * 37 + j * 11) % 60,
+                    1 + (i * 5 + j * 7) % 12,
+                    1 + (i * 13 + j * 3) % 28
+                );
+                let village = families[(i * 7 + j) % 30 % 20].chars().rev().collect::<String>()
+                    + givens[(i * 7 + j) % 30 / 20 * 7];
+                people.push(person(f, g, &born, &village));
+                if (i * 20 + j) % 4 == 0 {
+                    // The same person, registered again: another given name on half of them.
+                    let g2 = if j % 8 == 0 { "zawadi" } else { g };
+                    people.push(person(f, g2, &born, &village));
+                }
+            }
+        }
+        let r = rules();
+        let queries: Vec<usize> = (0..people.len()).collect();
+        let candidates = candidate_pairs(&r, &people, &queries);
+        let random = random_pairs(people.len(), 20_000, 7);
+        let e = estimate(&r, &people, &candidates, &random).unwrap();
+        let get = |f: &str| e.fields.iter().find(|x| x.field == f).unwrap();
+        // Half the duplicates keep their name.
+        assert!((get("name").m - 0.4).abs() < 0.1, "{e:?}");
+        assert!(get("birth_date").m > 0.95, "{e:?}");
+        // Random pairs: names almost never agree, villages one time in thirty.
+        assert!(get("name").u_random < 0.01, "{e:?}");
+        assert!((get("village").u_random - 1.0 / 30.0).abs() < 0.01, "{e:?}");
+        // Among the pairs the keys find, strangers share a name code: names agree more often.
+        assert!(get("name").u > 0.05, "{e:?}");
+        // 100 duplicate people, each pair found from both ends.
+        assert!(
+            (e.expected_matches - 200.0).abs() < 30.0,
+            "expected matches {} of {} pairs",
+            e.expected_matches,
+            e.pairs
+        );
+        assert!(e.prior_log2_odds > -10.0);
+    }
+
+    #[test]
+    fn too_few_people_is_an_error() {
+        let r = rules();
+        let people = vec![person("a", "b", "1990", "v"); 10];
+        assert_eq!(
+            estimate(&r, &people, &[(0, 1)], &[]),
+            Err(CalibrationError::TooFew(10))
+        );
+    }
+}
