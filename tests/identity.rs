@@ -473,7 +473,15 @@ fn match_explains_each_score_and_refuses_what_it_cannot_read() {
         .collect();
     assert_eq!(
         fields,
-        vec!["name", "birth_date", "gender", "phone", "village"]
+        vec![
+            "name",
+            "birth_date",
+            "gender",
+            "phone",
+            "village",
+            "address",
+            "postal_code"
+        ]
     );
 
     app.post(

@@ -444,13 +444,23 @@ fn calibration_estimates_the_rules_from_the_registry_and_writes_a_file_that_load
     use kiunga::matching::calibrate;
     let app = TestApp::start();
     let org = app.org("KD_KAS_MTO");
-    let families = ["Mwangi", "Otieno", "Kamau", "Njoroge", "Wanjiru", "Achieng", "Mutua", "Kiprop"];
-    let givens = ["Amina", "Brian", "Cynthia", "Daniel", "Esther", "Faith", "George", "Hellen", "Isaac", "Joyce"];
+    let families = [
+        "Mwangi", "Otieno", "Kamau", "Njoroge", "Wanjiru", "Achieng", "Mutua", "Kiprop",
+    ];
+    let givens = [
+        "Amina", "Brian", "Cynthia", "Daniel", "Esther", "Faith", "George", "Hellen", "Isaac",
+        "Joyce",
+    ];
     let mut entries = Vec::new();
     for (i, f) in families.iter().enumerate() {
         for (j, g) in givens.iter().enumerate() {
             // Born within three years of each other: a family's people share its name's blocks.
-            let born = format!("{}-{:02}-{:02}", 1985 + (i + j) % 3, 1 + (i * 5 + j * 7) % 12, 1 + (i * 13 + j * 3) % 28);
+            let born = format!(
+                "{}-{:02}-{:02}",
+                1985 + (i + j) % 3,
+                1 + (i * 5 + j * 7) % 12,
+                1 + (i * 13 + j * 3) % 28
+            );
             entries.push(person(&org, f, g, &born, ""));
             if j % 3 == 0 {
                 // Registered again at another facility, the given name misspelt.
@@ -479,7 +489,10 @@ fn calibration_estimates_the_rules_from_the_registry_and_writes_a_file_that_load
 
     let text = std::fs::read_to_string("mappings/matching.toml").unwrap();
     let written = kiunga::mapping::matching::with_estimate(&text, &e, "test-calibrated").unwrap();
-    assert!(written.contains("# How Patient/$match decides"), "comments kept");
+    assert!(
+        written.contains("# How Patient/$match decides"),
+        "comments kept"
+    );
     let src = kiunga::mapping::Source {
         name: "matching.toml".into(),
         text: written,

@@ -379,8 +379,8 @@ fn a_unit_without_ucum_conversion_and_an_attribute_outside_the_entity_type_are_n
     std::fs::write(
         dir.join("patient.toml"),
         pat.replace(
-            "[address]\ncity = \"VILLAGE\"",
-            "[address]\ncity = \"VILLAGE\"\ndistrict = \"LOOSE_ATTR\"",
+            "city = \"VILLAGE\"\n",
+            "city = \"VILLAGE\"\ndistrict = \"LOOSE_ATTR\"\n",
         ),
     )
     .unwrap();

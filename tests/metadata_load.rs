@@ -19,7 +19,7 @@ fn demo_metadata_lands_in_the_tracker_tables() {
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM tracked_entity_attribute"),
-        12
+        14
     );
     assert_eq!(
         db.text("SELECT code FROM tracked_entity_attribute WHERE is_unique ORDER BY code"),

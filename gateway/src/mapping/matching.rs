@@ -375,8 +375,14 @@ mod tests {
             expected_matches: 2.0,
         };
         let out = super::with_estimate(text, &e, "demo-calibrated").unwrap();
-        assert!(out.contains("# the rules\nversion = \"demo-calibrated\""), "{out}");
-        assert!(out.contains("# before comparing\nprior_log2_odds = -1.46"), "{out}");
+        assert!(
+            out.contains("# the rules\nversion = \"demo-calibrated\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("# before comparing\nprior_log2_odds = -1.46"),
+            "{out}"
+        );
         assert!(out.contains("m = 0.7355"), "{out}");
         assert!(out.contains("u = 0.00006205"), "{out}");
         assert!(out.contains("comparator = \"jaro_winkler\""), "{out}");

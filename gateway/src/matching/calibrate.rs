@@ -368,9 +368,9 @@ mod tests {
             "langat", "waweru", "muthoni", "karanja",
         ];
         let givens = [
-            "amina", "brian", "cynthia", "daniel", "esther", "faith", "george", "hellen",
-            "isaac", "joyce", "kevin", "lucy", "moses", "nancy", "oscar", "purity", "quentin",
-            "rose", "samuel", "tabitha",
+            "amina", "brian", "cynthia", "daniel", "esther", "faith", "george", "hellen", "isaac",
+            "joyce", "kevin", "lucy", "moses", "nancy", "oscar", "purity", "quentin", "rose",
+            "samuel", "tabitha",
         ];
         let mut people = Vec::new();
         for (i, f) in families.iter().enumerate() {
@@ -381,7 +381,10 @@ mod tests {
                     1 + (i * 5 + j * 7) % 12,
                     1 + (i * 13 + j * 3) % 28
                 );
-                let village = families[(i * 7 + j) % 30 % 20].chars().rev().collect::<String>()
+                let village = families[(i * 7 + j) % 30 % 20]
+                    .chars()
+                    .rev()
+                    .collect::<String>()
                     + givens[(i * 7 + j) % 30 / 20 * 7];
                 people.push(person(f, g, &born, &village));
                 if (i * 20 + j) % 4 == 0 {

@@ -122,7 +122,10 @@ pub fn address_codes(d: &Demographics) -> Vec<String> {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
         .collect();
-    let Some(at) = words.iter().position(|w| w.chars().any(|c| c.is_ascii_digit())) else {
+    let Some(at) = words
+        .iter()
+        .position(|w| w.chars().any(|c| c.is_ascii_digit()))
+    else {
         return Vec::new();
     };
     let Some(street) = words[at + 1..]
@@ -210,13 +213,18 @@ mod tests {
             address_codes(&at("75 woronorra st"))
         );
         let codes = address_codes(&at("75 woronora street"));
-        assert!(!codes.is_empty() && codes.iter().all(|c| c.starts_with("75|")), "{codes:?}");
+        assert!(
+            !codes.is_empty() && codes.iter().all(|c| c.starts_with("75|")),
+            "{codes:?}"
+        );
         assert_ne!(
             address_codes(&at("75 woronora street")),
             address_codes(&at("57 woronora street"))
         );
         assert!(address_codes(&at("woronora street")).is_empty());
         assert!(address_codes(&at("plot 75")).is_empty());
-        assert!(keys(&at("75 woronora street")).iter().any(|k| k.kind == "a"));
+        assert!(keys(&at("75 woronora street"))
+            .iter()
+            .any(|k| k.kind == "a"));
     }
 }

@@ -452,7 +452,13 @@ mod tests {
         assert!(weight_of(&next_door, "address") < 0.0, "{next_door:?}");
         assert!(weight_of(&next_door, "postal_code") < 0.0, "{next_door:?}");
         // Missing on one side: no evidence either way.
-        let bare = decide(&r, &[], &home, &person("mwangi", "amina", "1990-04-12"), &Common(0.0));
+        let bare = decide(
+            &r,
+            &[],
+            &home,
+            &person("mwangi", "amina", "1990-04-12"),
+            &Common(0.0),
+        );
         assert_eq!(weight_of(&bare, "address"), 0.0);
     }
 }
