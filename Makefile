@@ -22,7 +22,8 @@ build: ## install missing build deps, then build target/release/kiunga
 run: build ## serve on http://127.0.0.1:8080/fhir against DATABASE_URL or a local Postgres (db kiunga)
 	@url=$$(scripts/ensure-postgres) && \
 	  echo "make run: DATABASE_URL=$$url" | sed -E 's#(://[^:@/]*):[^@/]*@#\1:***@#' >&2 && \
-	  DATABASE_URL="$$url" exec target/release/kiunga serve
+	  echo "make run: KIUNGA_AUTH=$${KIUNGA_AUTH:-off} (development mode: no authentication unless KIUNGA_AUTH=required; docs/security.md)" >&2 && \
+	  KIUNGA_AUTH="$${KIUNGA_AUTH:-off}" DATABASE_URL="$$url" exec target/release/kiunga serve
 
 test: ## all tests (unit, integration, tests/, doc); TEST_ARGS is passed to cargo test
 	@scripts/ensure-deps

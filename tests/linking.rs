@@ -474,7 +474,7 @@ fn calibration_estimates_the_rules_from_the_registry_and_writes_a_file_that_load
     });
     app.post("", &bundle).expect(200);
 
-    let people = support::system_unit(&app, |s, env| kiunga::rest::identity::registry(s, env));
+    let people = support::system_unit(&app, kiunga::rest::identity::registry);
     assert_eq!(people.len(), 80 + 8 * 4);
     let mappings = app.state.mappings();
     let rules = mappings.matching.as_ref().unwrap();

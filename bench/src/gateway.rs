@@ -24,6 +24,8 @@ impl Gateway {
             .arg("serve")
             .env("KIUNGA_DATABASE_URL", database_url)
             .env("KIUNGA_LISTEN", listen)
+            // Authentication's cost is measured apart (docs/performance.md).
+            .env("KIUNGA_AUTH", "off")
             .env("KIUNGA_POOL_SIZE", pool_size.to_string())
             .env("KIUNGA_MAPPINGS_DIR", mappings)
             .stdout(Stdio::null())

@@ -268,6 +268,8 @@ impl Gateway {
             let origins = &state.config.cors_allowed_origins;
             App::new()
                 .app_data(state.clone())
+                // Innermost: CORS and the security headers apply to its 401s too.
+                .wrap(middleware::from_fn(crate::http::auth::authenticate))
                 .wrap(middleware::Condition::new(
                     !origins.is_empty(),
                     cors(origins),

@@ -11,6 +11,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether callers must authenticate (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every FHIR request needs a bearer token from `/auth/token` (the default).
+    Required,
+    /// Development only: every request is the anonymous caller with the whole tree in scope.
+    /// `make run` uses it; the gateway says so in its log at start-up.
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -40,6 +51,10 @@ pub struct Config {
     /// Browser origins (`https://emr.example.org`) allowed to call the API cross-origin; none by
     /// default (CORS off).
     pub cors_allowed_origins: Vec<String>,
+    /// `required` (default) or `off` (development mode: no authentication, everything in scope).
+    pub auth: AuthMode,
+    /// How long an access token from `/auth/token` lasts, in seconds.
+    pub token_seconds: u64,
 }
 
 impl Default for Config {
@@ -61,6 +76,9 @@ impl Default for Config {
             // DHIS2's temporary ownership lasts three hours.
             break_glass_seconds: 3 * 60 * 60,
             cors_allowed_origins: Vec::new(),
+            auth: AuthMode::Required,
+            // SMART Backend Services recommends five minutes.
+            token_seconds: 300,
         }
     }
 }
@@ -191,6 +209,30 @@ impl Config {
                 });
             }
         }
+        if let Some(v) = get("KIUNGA_AUTH") {
+            self.auth = match v.trim() {
+                "required" => AuthMode::Required,
+                "off" => AuthMode::Off,
+                other => {
+                    return Err(ConfigError::Env {
+                        name: "KIUNGA_AUTH",
+                        message: format!("`{other}` is neither `required` nor `off`"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("KIUNGA_TOKEN_SECONDS") {
+            self.token_seconds = parse("KIUNGA_TOKEN_SECONDS", v)?;
+        }
+        if !(30..=3600).contains(&self.token_seconds) {
+            return Err(ConfigError::Env {
+                name: "KIUNGA_TOKEN_SECONDS",
+                message: format!(
+                    "{} is not between 30 and 3600 seconds (tokens are meant to be short-lived)",
+                    self.token_seconds
+                ),
+            });
+        }
         if let Some(v) = get("KIUNGA_BREAK_GLASS_SECONDS") {
             self.break_glass_seconds = parse("KIUNGA_BREAK_GLASS_SECONDS", v)?;
         }
@@ -205,6 +247,12 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The token endpoint's public URL: the `aud` a client assertion must name.
+    pub fn token_url(&self) -> String {
+        let base = self.fhir_base();
+        format!("{}/auth/token", base.strip_suffix("/fhir").unwrap_or(&base))
     }
 
     /// The public base of the FHIR endpoint, without a trailing slash.

@@ -3,8 +3,11 @@
 
 use std::fmt;
 
-/// The caller. Authentication arrives with the security issue; until then every request is the
-/// anonymous demo user, whose scope is the whole org-unit tree.
+use crate::auth::scopes::{Op, Scopes};
+use crate::error::Error;
+
+/// The caller: an API client authenticated at `/auth/token` (docs/security.md), the anonymous
+/// caller of development mode (`KIUNGA_AUTH=off`, the whole tree in scope), or the gateway itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Anonymous,
@@ -74,6 +77,8 @@ pub struct RequestContext {
     pub capture: OrgScope,
     /// Org units whose records the caller may find and read (DHIS2 "search" scope).
     pub search: OrgScope,
+    /// The SMART scopes granted: which interactions on which resource types.
+    pub scopes: Scopes,
 }
 
 impl RequestContext {
@@ -83,6 +88,7 @@ impl RequestContext {
             actor: Actor::Anonymous,
             capture: OrgScope::All,
             search: OrgScope::All,
+            scopes: Scopes::all(),
         }
     }
 
@@ -92,7 +98,44 @@ impl RequestContext {
             actor: Actor::System,
             capture: OrgScope::All,
             search: OrgScope::All,
+            scopes: Scopes::all(),
         }
+    }
+
+    /// The context of a request made with a bearer token.
+    pub fn client(request_id: impl Into<String>, p: &crate::auth::Principal) -> Self {
+        RequestContext {
+            request_id: request_id.into(),
+            actor: Actor::Client(p.client_id.clone()),
+            capture: p.capture.clone(),
+            search: p.search.clone(),
+            scopes: p.scopes.clone(),
+        }
+    }
+
+    /// Refuses (403) an interaction the granted scopes do not allow, naming the scope it needs.
+    pub fn require(&self, resource_type: &str, op: Op) -> Result<(), Error> {
+        if self.scopes.allows(resource_type, op) {
+            return Ok(());
+        }
+        let what = match op {
+            Op::Create => "create",
+            Op::Read => "read",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Search => "search",
+        };
+        Err(Error::Forbidden(format!(
+            "the access token's scopes do not allow {what} on {resource_type}; it needs system/{resource_type}.{} (granted: {})",
+            op.letter(),
+            self.scopes
+        )))
+    }
+
+    /// Whether the caller may read resources of this type (included and `$everything` resources
+    /// of other types are left out when not).
+    pub fn may_read(&self, resource_type: &str) -> bool {
+        self.scopes.allows(resource_type, Op::Read)
     }
 
     pub fn with_scope(mut self, capture: OrgScope, search: OrgScope) -> Self {

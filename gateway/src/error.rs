@@ -18,6 +18,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// No valid credentials (no bearer token, or an unknown, expired or revoked one): 401.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The caller may not do this (a write outside its capture scope): 403.
     #[error("{0}")]
     Forbidden(String),
@@ -90,6 +93,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid { .. } | Error::Codec(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::UnknownSystem { target: false, .. } => StatusCode::BAD_REQUEST,
             Error::UnknownSystem { target: true, .. } => StatusCode::FORBIDDEN,
@@ -130,6 +134,7 @@ impl Error {
                 };
                 Issue::error(code, &e.message, e.expression.clone())
             }
+            Error::Unauthorized(m) => Issue::error("login", m, None),
             Error::Forbidden(m) => Issue::error("forbidden", m, None),
             Error::UnknownSystem { message, .. } => Issue::error("code-invalid", message, None),
             Error::NotFound(m) => Issue::error("not-found", m, None),

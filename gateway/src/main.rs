@@ -72,11 +72,47 @@ enum Command {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Register and manage the API clients that may call the gateway (docs/security.md).
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
         action: MappingsAction,
     },
+}
+
+#[derive(Subcommand)]
+enum ClientsAction {
+    /// Register a client. Without --jwks it authenticates with a secret (client_secret_basic),
+    /// printed once; with --jwks, with assertions signed by its keys (private_key_jwt).
+    Add {
+        /// The client id (3 to 64 of A-Z a-z 0-9 . _ -).
+        client_id: String,
+        /// What the client is (an EMR, a registry), for people reading `clients list`.
+        #[arg(long)]
+        name: String,
+        /// SMART scopes it may be granted, e.g. "system/Patient.cruds system/*.rs".
+        #[arg(long)]
+        scopes: String,
+        /// Org units (UID or code, comma separated) whose subtrees it may write (and find).
+        #[arg(long, value_delimiter = ',')]
+        capture: Vec<String>,
+        /// Org units whose subtrees it may find, beyond those it may write.
+        #[arg(long, value_delimiter = ',')]
+        search: Vec<String>,
+        /// A JSON file with the client's public keys (a JWKS, RS384 or ES384).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    /// Every client with its state, authentication, scopes and org units (no secrets).
+    List,
+    /// Revoke a client: its tokens stop working at once and it gets no new ones.
+    Revoke { client_id: String },
+    /// A new secret for a client (printed once); its tokens stop working at once.
+    Rotate { client_id: String },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +150,7 @@ fn main() -> ExitCode {
         Command::Remap { apply } => remap(config, apply),
         Command::MatchKeys => match_keys(config),
         Command::Rematch { batch } => rematch(config, batch),
+        Command::Clients { action } => clients(config, action),
         Command::Calibrate {
             queries,
             random_pairs,
@@ -142,8 +179,12 @@ fn serve(config: Config) -> ExitCode {
         if let Err(e) = kiunga::app::reload_on_sighup(gateway.state.clone()) {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; mapping reload is unavailable");
         }
+        let off = gateway.state.config.auth == kiunga::config::AuthMode::Off;
         let server = gateway.listen()?;
         tracing::info!(%base, "Kiunga is serving FHIR R4");
+        if off {
+            tracing::warn!("authentication is OFF (KIUNGA_AUTH=off, development mode): every caller sees and writes everything; never run a registry like this");
+        }
         server.await
     });
     match result {
@@ -402,6 +443,81 @@ fn in_batches(
     Ok(done)
 }
 
+fn clients(config: Config, action: ClientsAction) -> ExitCode {
+    use kiunga::auth::admin;
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = || -> Result<(), kiunga::Error> {
+        let mut conn = state.pool.get()?;
+        match action {
+            ClientsAction::Add {
+                client_id,
+                name,
+                scopes,
+                capture,
+                search,
+                jwks,
+            } => {
+                let jwks = match jwks {
+                    None => None,
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            kiunga::Error::invalid(format!("{}: {e}", path.display()))
+                        })?;
+                        Some(serde_json::from_str(&text).map_err(|e| {
+                            kiunga::Error::invalid(format!("{}: not JSON: {e}", path.display()))
+                        })?)
+                    }
+                };
+                let secret = admin::add(
+                    &mut conn,
+                    &state.metadata,
+                    &admin::Registration {
+                        client_id: &client_id,
+                        name: &name,
+                        scopes: &scopes,
+                        capture: &capture,
+                        search: &search,
+                        jwks,
+                    },
+                )?;
+                println!("client {client_id} registered");
+                if let Some(secret) = secret {
+                    println!("client_secret: {secret}");
+                    println!("(shown once; only its hash is stored)");
+                }
+            }
+            ClientsAction::List => {
+                for line in admin::list(&mut conn)? {
+                    println!("{line}");
+                }
+            }
+            ClientsAction::Revoke { client_id } => {
+                admin::revoke(&mut conn, &client_id)?;
+                println!("client {client_id} revoked; its tokens no longer work");
+            }
+            ClientsAction::Rotate { client_id } => {
+                let secret = admin::rotate(&mut conn, &client_id)?;
+                println!("client_secret: {secret}");
+                println!("(shown once; the old secret and its tokens no longer work)");
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiunga: clients: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn calibrate(
     config: Config,
     queries: usize,
@@ -412,7 +528,7 @@ fn calibrate(
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let dir = config.mappings_dir.clone();
-    let result = system_unit(config, |s, env| kiunga::rest::identity::registry(s, env));
+    let result = system_unit(config, kiunga::rest::identity::registry);
     let (people, mappings) = match result {
         Ok(x) => x,
         Err(UnitError::Start(e) | UnitError::Work(e)) => {

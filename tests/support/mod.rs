@@ -209,6 +209,8 @@ pub fn test_config(db: &TestDb) -> Config {
         mappings_dir: repo().join("mappings"),
         metadata_dir: repo().join("fixtures/metadata"),
         http_workers: 1,
+        // Most tests are about other things than authentication: tests/security.rs turns it on.
+        auth: kiunga::config::AuthMode::Off,
         ..Config::default()
     }
 }

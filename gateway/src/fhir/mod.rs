@@ -8,7 +8,7 @@ pub mod search;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kiunga_codec::Format;
 use serde_json::Value;
@@ -36,6 +36,8 @@ pub struct Negotiated {
     pub return_pref: Return,
     pub lenient: bool,
     pub request_id: String,
+    /// The authenticated caller, when a bearer token was presented (`crate::http::auth`).
+    pub principal: Option<std::sync::Arc<crate::auth::Principal>>,
     /// Set when negotiation itself failed: answered as 406 (in JSON) before anything else runs.
     pub error: Option<String>,
 }
@@ -101,12 +103,17 @@ impl Negotiated {
         };
         let lenient = prefer.iter().any(|p| p == "handling=lenient");
         let request_id = crate::telemetry::request_id(req);
+        let principal = req
+            .extensions()
+            .get::<std::sync::Arc<crate::auth::Principal>>()
+            .cloned();
         Negotiated {
             format,
             pretty,
             return_pref,
             lenient,
             request_id,
+            principal,
             error,
         }
     }

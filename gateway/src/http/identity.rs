@@ -6,8 +6,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use super::{read_body, respond, tx_inputs};
+use super::{allowed, read_body, respond, tx_inputs};
 use crate::app::AppState;
+use crate::auth::scopes::Op;
 use crate::error::Error;
 use crate::fhir::search::parse_query;
 use crate::fhir::FhirResponse;
@@ -16,6 +17,7 @@ use crate::rest::identity::{self, LinkQuery, MatchQuery, PixQuery};
 pub async fn pix(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let query = req.query_string().to_owned();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Search])?;
         let mut source: Option<String> = None;
         let mut targets = Vec::new();
         for p in parse_query(&query) {
@@ -85,6 +87,7 @@ pub async fn match_patient(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Search])?;
         let q = match_query(resource_body(&r, payload, &state).await?)?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let base = state.base.clone();
@@ -207,6 +210,7 @@ pub async fn query_links(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Read])?;
         let mut q = LinkQuery::default();
         for (name, value) in operation_params(&r, payload, &state).await? {
             match name.as_str() {
@@ -247,6 +251,7 @@ async fn decide_link(
         "$mdm-update-link"
     };
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Update])?;
         let (mut golden, mut resource, mut result) = (None, None, None);
         for (name, value) in operation_params(&r, payload, &state).await? {
             match name.as_str() {
@@ -311,6 +316,7 @@ async fn merge_op(
 ) -> HttpResponse {
     let r = req.clone();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Update])?;
         let op = if undo { "$unmerge" } else { "$merge" };
         let p = crate::rest::merge::params(resource_body(&r, payload, &state).await?, op)?;
         let (ctx, mappings) = tx_inputs(&state, &n);

@@ -1,6 +1,7 @@
 //! HTTP: routes and thin handlers. Handlers negotiate, read the body, call the FHIR/translation
 //! layer and the tracker services, and turn the result into a response; nothing else.
 
+pub mod auth;
 mod identity;
 mod org;
 mod terminology;
@@ -13,6 +14,7 @@ use kiunga_codec::Format;
 use serde_json::Value;
 
 use crate::app::{tx, AppState};
+use crate::auth::scopes::Op;
 use crate::context::RequestContext;
 use crate::error::Error;
 use crate::fhir::bundle;
@@ -478,8 +480,17 @@ fn capability(
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/auth/token", web::post().to(auth::token))
+        .route(
+            "/.well-known/smart-configuration",
+            web::get().to(auth::smart_configuration),
+        )
         .service(
             web::scope("/fhir")
+                .route(
+                    "/.well-known/smart-configuration",
+                    web::get().to(auth::smart_configuration),
+                )
                 .service(
                     web::resource("")
                         .route(web::post().to(bundle))
@@ -622,8 +633,19 @@ where
     }
 }
 
+/// The request context: the authenticated client's, or (development mode) the anonymous caller's.
 fn context(n: &Negotiated) -> RequestContext {
-    RequestContext::anonymous(n.request_id.clone())
+    match &n.principal {
+        Some(p) => RequestContext::client(n.request_id.clone(), p),
+        None => RequestContext::anonymous(n.request_id.clone()),
+    }
+}
+
+/// Refuses (403) what the access token's scopes do not allow: `ops` on `resource_type`.
+pub(crate) fn allowed(n: &Negotiated, resource_type: &str, ops: &[Op]) -> Result<(), Error> {
+    let ctx = context(n);
+    ops.iter()
+        .try_for_each(|op| ctx.require(resource_type, *op))
 }
 
 /// Reads the whole body up to the configured limit (413 beyond it, before it is all in memory).
@@ -739,6 +761,8 @@ async fn create(
     let r = req.clone();
     respond(&req, |n| async move {
         capability(&t, Create)?;
+        let conditional = r.headers().contains_key("if-none-exist");
+        allowed(&n, &t, if conditional { &[Op::Create, Op::Search] } else { &[Op::Create] })?;
         let input = incoming(&r, payload, &state, &t).await?;
         let condition = r.headers().get("if-none-exist").and_then(|h| h.to_str().ok()).map(|q| q.trim_start_matches('?').to_string());
         let (ctx, mappings) = tx_inputs(&state, &n);
@@ -780,6 +804,7 @@ async fn read(
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Read)?;
+        allowed(&n, &t, &[Op::Read])?;
         match t.as_str() {
             "Organization" | "Location" => org::read(&state, &t, id).await,
             "CodeSystem" | "ConceptMap" => terminology::read(&state, &t, &id),
@@ -806,6 +831,7 @@ async fn vread(
     let (t, id, vid) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Vread)?;
+        allowed(&n, &t, &[Op::Read])?;
         let version: i32 = vid
             .parse()
             .map_err(|_| Error::NotFound(format!("{t}/{id} has no version `{vid}`")))?;
@@ -844,6 +870,7 @@ async fn update(
     let r = req.clone();
     respond(&req, |n| async move {
         capability(&t, Update)?;
+        allowed(&n, &t, &[Op::Update])?;
         let if_match = crate::fhir::if_match(&r)?;
         let input = incoming(&r, payload, &state, &t).await?;
         check_body_id(&t, &input.resource, &id)?;
@@ -873,6 +900,8 @@ async fn conditional_update(
     let r = req.clone();
     respond(&req, |n| async move {
         capability(&t, Update)?;
+        // A conditional update creates when nothing matches.
+        allowed(&n, &t, &[Op::Update, Op::Create, Op::Search])?;
         let query = r.query_string().to_string();
         let if_match = crate::fhir::if_match(&r)?;
         let input = incoming(&r, payload, &state, &t).await?;
@@ -920,6 +949,7 @@ async fn delete(
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, Delete)?;
+        allowed(&n, &t, &[Op::Delete])?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let (t2, id2) = (t.clone(), id.clone());
         let version = tx(&state, ctx, mappings, move |s, env| {
@@ -941,6 +971,7 @@ async fn conditional_delete(
     let query = req.query_string().to_string();
     respond(&req, |n| async move {
         capability(&t, Delete)?;
+        allowed(&n, &t, &[Op::Delete, Op::Search])?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let t2 = t.clone();
         let result = tx(&state, ctx, mappings, move |s, env| {
@@ -979,6 +1010,7 @@ async fn history(
     let (t, id) = path.into_inner();
     respond(&req, |n| async move {
         capability(&t, HistoryInstance)?;
+        allowed(&n, &t, &[Op::Read])?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let (t2, id2) = (t.clone(), id.clone());
         let entries = crate::app::read(&state, ctx, mappings, move |s, env| {
@@ -1003,6 +1035,7 @@ async fn type_history(
     let params = crate::fhir::search::parse_query(req.query_string());
     respond(&req, |n| async move {
         capability(&t, HistoryType)?;
+        allowed(&n, &t, &[Op::Search])?;
         let (count, offset) = crate::fhir::search::paging(&params)?;
         let mut since = None;
         for p in &params {
@@ -1101,6 +1134,7 @@ async fn run_search(
 ) -> HttpResponse {
     respond(req, |n| async move {
         capability(&t, SearchType)?;
+        allowed(&n, &t, &[Op::Search])?;
         match t.as_str() {
             "Organization" | "Location" => org::search(&state, &t, params).await,
             "CodeSystem" | "ConceptMap" => terminology::search(&state, &t, &params),
@@ -1186,10 +1220,12 @@ async fn terminology_op(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+    resource_type: &'static str,
     op: TerminologyOp,
 ) -> HttpResponse {
     let r = req.clone();
-    respond(&req, |_n| async move {
+    respond(&req, |n| async move {
+        allowed(&n, resource_type, &[Op::Read])?;
         let body = terminology::body_params(&r, payload, &state).await?;
         let params = terminology::op_params(
             &crate::fhir::search::parse_query(r.query_string()),
@@ -1205,7 +1241,7 @@ async fn translate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    terminology_op(req, payload, state, terminology::translate).await
+    terminology_op(req, payload, state, "ConceptMap", terminology::translate).await
 }
 
 async fn cs_validate(
@@ -1213,7 +1249,14 @@ async fn cs_validate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    terminology_op(req, payload, state, terminology::validate_code).await
+    terminology_op(
+        req,
+        payload,
+        state,
+        "CodeSystem",
+        terminology::validate_code,
+    )
+    .await
 }
 
 async fn vs_validate(
@@ -1221,7 +1264,14 @@ async fn vs_validate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    terminology_op(req, payload, state, terminology::validate_value_set).await
+    terminology_op(
+        req,
+        payload,
+        state,
+        "ValueSet",
+        terminology::validate_value_set,
+    )
+    .await
 }
 
 async fn lookup(
@@ -1229,7 +1279,7 @@ async fn lookup(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    terminology_op(req, payload, state, terminology::lookup).await
+    terminology_op(req, payload, state, "CodeSystem", terminology::lookup).await
 }
 
 /// `Patient/{id}/$everything`: the patient, their Encounters and Observations.
@@ -1245,6 +1295,8 @@ async fn everything(
                 "$everything is defined on Patient, not {t}"
             )));
         }
+        // Resources of types the token may not read are left out of the answer.
+        allowed(&n, "Patient", &[Op::Read])?;
         let (ctx, mappings) = tx_inputs(&state, &n);
         let base = state.base.clone();
         Ok(FhirResponse::ok(
@@ -1297,6 +1349,7 @@ async fn transfer(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Update])?;
         let (answer, _) = patient_instance_op(
             &r,
             &n,
@@ -1325,6 +1378,7 @@ async fn break_glass(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
+        allowed(&n, "Patient", &[Op::Read])?;
         let duration = chrono::Duration::seconds(
             i64::try_from(state.config.break_glass_seconds).unwrap_or(i64::MAX / 1000),
         );

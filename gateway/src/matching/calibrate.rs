@@ -60,9 +60,12 @@ pub enum CalibrationError {
     TooFew(usize),
     #[error("the blocking keys found no pair of people to compare")]
     NoPairs,
-    #[error("the estimate did not separate duplicates from strangers (it calls nearly every candidate pair one person); too few or too uniform records to calibrate on")]
-    Degenerate,
+    #[error("the estimate did not separate duplicates from strangers (it calls {:.0} % of the candidate pairs one person after {iterations} iterations); the records are too few or too uniform, or a field agrees for nearly everyone: keep the current rules", share * 100.0)]
+    Degenerate { share: f64, iterations: usize },
 }
+
+/// The people under one blocking key: (birth year, index into the people).
+type Block = Vec<(Option<i32>, usize)>;
 
 /// Who a query person's candidates are, as the blocking query finds them: people sharing a key
 /// (a name code within the birth-year window, or any year when either has none), at most
@@ -72,7 +75,7 @@ pub fn candidate_pairs(
     people: &[Demographics],
     queries: &[usize],
 ) -> Vec<(usize, usize)> {
-    let mut index: HashMap<(&'static str, String), Vec<(Option<i32>, usize)>> = HashMap::new();
+    let mut index: HashMap<(&'static str, String), Block> = HashMap::new();
     let all_keys: Vec<Vec<Key>> = people.iter().map(keys).collect();
     for (i, ks) in all_keys.iter().enumerate() {
         for k in ks {
@@ -125,6 +128,8 @@ pub fn random_pairs(people: usize, count: usize, seed: u64) -> Vec<(usize, usize
         })
         .collect()
 }
+
+const MAX_ITERATIONS: usize = 500;
 
 /// A pair compared: per field, whether it agrees (None when a side has no value), and the birth
 /// date's precision.
@@ -216,7 +221,7 @@ pub fn estimate(
     };
     let mut iterations = 0;
     let mut counted = vec![0usize; fields.len()];
-    for it in 1..=500 {
+    for it in 1..=MAX_ITERATIONS {
         iterations = it;
         let mut sum_g = 0.0;
         // Per field: Σg and Σ(1−g) over the pairs comparing it, and over those agreeing. The
@@ -281,8 +286,13 @@ pub fn estimate(
             break;
         }
     }
-    if lambda >= 0.999 {
-        return Err(CalibrationError::Degenerate);
+    // More candidate pairs one person than not, or no convergence: the mixture found some other
+    // split (households sharing a surname, a village and a phone), not duplicates and strangers.
+    if lambda > 0.5 || iterations == MAX_ITERATIONS {
+        return Err(CalibrationError::Degenerate {
+            share: lambda,
+            iterations,
+        });
     }
     Ok(Estimate {
         prior_log2_odds: (lambda / (1.0 - lambda)).log2(),

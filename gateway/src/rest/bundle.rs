@@ -6,6 +6,7 @@
 //! references to the new ids and resolves conditional references. Any failure fails the whole
 //! Bundle, naming the entry. A batch runs each entry on its own (see [`batch_entry`]).
 
+use crate::auth::scopes::Op;
 use std::collections::HashMap;
 
 use chrono::Utc;
@@ -187,6 +188,22 @@ pub fn run_entry(
     opts: &Options,
 ) -> Result<Answer, Error> {
     let t = req.resource_type.as_str();
+    // The access token's scopes, entry by entry (a conditional write also searches).
+    let conditional = req.if_none_exist.is_some() || (req.id.is_none() && req.query.is_some());
+    let ops: &[Op] = match (req.method.as_str(), req.id.is_some(), conditional) {
+        ("POST", _, false) => &[Op::Create],
+        ("POST", _, true) => &[Op::Create, Op::Search],
+        ("PUT", _, false) => &[Op::Update],
+        ("PUT", _, true) => &[Op::Update, Op::Create, Op::Search],
+        ("DELETE", _, false) => &[Op::Delete],
+        ("DELETE", _, true) => &[Op::Delete, Op::Search],
+        ("GET" | "HEAD", true, _) => &[Op::Read],
+        ("GET" | "HEAD", false, _) => &[Op::Search],
+        _ => &[],
+    };
+    for op in ops {
+        s.ctx.require(t, *op)?;
+    }
     let stored = STORED_TYPES.contains(&t);
     let raw_resource = || {
         entry

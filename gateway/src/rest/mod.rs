@@ -508,6 +508,12 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
     );
     let related = crate::store::relationships::of_patients(s, &[person.id])?;
     resources.extend(care::render_related(s, env, &related)?);
+    // What the access token may not read is left out (its existence is not told either).
+    resources.retain(|r| {
+        r["resourceType"]
+            .as_str()
+            .is_some_and(|t| s.ctx.may_read(t))
+    });
     decorate(s, resources.iter_mut())?;
     let total = resources.len() as i64;
     let entries = resources

@@ -1180,6 +1180,10 @@ pub fn search(
         })
         .collect();
     for (ty, inc_ids) in included(s, t, params, lenient, &page)? {
+        // Types the access token may not read are not included (nor read at all).
+        if !s.ctx.may_read(ty) {
+            continue;
+        }
         for (_, r) in render_by_ids(s, env, ty, &inc_ids)? {
             let key = (
                 ty.to_string(),

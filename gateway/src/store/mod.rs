@@ -2,6 +2,7 @@
 //! the scoped data access that every request goes through.
 
 pub mod cache;
+pub mod clients;
 pub mod enrollments;
 pub mod events;
 pub mod links;

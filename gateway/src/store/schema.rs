@@ -406,3 +406,39 @@ diesel::table! {
         created -> Timestamptz,
     }
 }
+
+diesel::table! {
+    api_client (id) {
+        id -> Int8,
+        client_id -> Text,
+        name -> Text,
+        secret_hash -> Nullable<Text>,
+        jwks -> Nullable<Jsonb>,
+        scopes -> Text,
+        capture_org_units -> Array<Text>,
+        search_org_units -> Array<Text>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    api_token (token_hash) {
+        token_hash -> Bytea,
+        client_id -> Int8,
+        scopes -> Text,
+        issued_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    client_assertion_jti (client_id, jti) {
+        client_id -> Int8,
+        jti -> Text,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_token -> api_client (client_id));
+diesel::allow_tables_to_appear_in_same_query!(api_token, api_client);

@@ -1,0 +1,243 @@
+//! SMART on FHIR scopes (v2 `system/Patient.cruds`, `system/*.rs`; v1 `system/Patient.read`,
+//! `.write`, `.*` read as their v2 equivalents): which interactions a client may use on which
+//! resource type. Patient-level and user-level scopes are not granted: the gateway's callers are
+//! systems (SMART Backend Services).
+
+use std::fmt;
+
+/// One SMART permission letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Search,
+}
+
+impl Op {
+    pub fn letter(self) -> char {
+        match self {
+            Op::Create => 'c',
+            Op::Read => 'r',
+            Op::Update => 'u',
+            Op::Delete => 'd',
+            Op::Search => 's',
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Op::Create => 0,
+            Op::Read => 1,
+            Op::Update => 2,
+            Op::Delete => 3,
+            Op::Search => 4,
+        }
+    }
+}
+
+const ALL_OPS: [Op; 5] = [Op::Create, Op::Read, Op::Update, Op::Delete, Op::Search];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Scope {
+    /// None: every resource type (`*`).
+    resource: Option<String>,
+    ops: [bool; 5],
+}
+
+impl Scope {
+    fn covers(&self, resource: &str, op: Op) -> bool {
+        self.ops[op.index()] && self.resource.as_deref().is_none_or(|r| r == resource)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let letters: String = ALL_OPS
+            .iter()
+            .filter(|o| self.ops[o.index()])
+            .map(|o| o.letter())
+            .collect();
+        write!(
+            f,
+            "system/{}.{letters}",
+            self.resource.as_deref().unwrap_or("*")
+        )
+    }
+}
+
+/// A set of scopes: what a client was registered with, or what a token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scopes {
+    scopes: Vec<Scope>,
+    /// Unrestricted: authentication is off, or the gateway itself is asking.
+    all: bool,
+}
+
+impl Scopes {
+    pub fn all() -> Scopes {
+        Scopes {
+            scopes: Vec::new(),
+            all: true,
+        }
+    }
+
+    /// Parses a space-separated scope string. Every scope must be a `system/` scope on a
+    /// resource type name or `*` with v2 letters (in `cruds` order) or a v1 `read`/`write`/`*`.
+    pub fn parse(text: &str) -> Result<Scopes, String> {
+        let mut scopes = Vec::new();
+        for s in text.split_whitespace() {
+            let Some(rest) = s.strip_prefix("system/") else {
+                return Err(format!(
+                    "scope `{s}`: only system scopes are granted (`system/Patient.rs`); patient/ and user/ scopes need a user, and this gateway serves systems"
+                ));
+            };
+            let Some((resource, perms)) = rest.split_once('.') else {
+                return Err(format!(
+                    "scope `{s}`: expected system/<ResourceType or *>.<cruds>"
+                ));
+            };
+            // v2 letters may carry a query (`?category=...`): not supported, refused rather
+            // than widened.
+            if perms.contains('?') {
+                return Err(format!(
+                    "scope `{s}`: scopes narrowed by a search query are not supported"
+                ));
+            }
+            let valid_type = resource == "*"
+                || (resource
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase())
+                    && resource.chars().all(|c| c.is_ascii_alphanumeric()));
+            if !valid_type {
+                return Err(format!("scope `{s}`: `{resource}` is not a resource type"));
+            }
+            let mut ops = [false; 5];
+            match perms {
+                "read" => {
+                    ops[Op::Read.index()] = true;
+                    ops[Op::Search.index()] = true;
+                }
+                "write" => {
+                    ops[Op::Create.index()] = true;
+                    ops[Op::Update.index()] = true;
+                    ops[Op::Delete.index()] = true;
+                }
+                "*" => ops = [true; 5],
+                letters => {
+                    // v2: a subsequence of `cruds`, in that order.
+                    let mut at = 0;
+                    for ch in letters.chars() {
+                        let Some(pos) = ALL_OPS[at..].iter().position(|o| o.letter() == ch) else {
+                            return Err(format!(
+                                "scope `{s}`: permissions must be letters of `cruds` in that order"
+                            ));
+                        };
+                        at += pos;
+                        ops[at] = true;
+                        at += 1;
+                    }
+                    if letters.is_empty() {
+                        return Err(format!("scope `{s}`: no permission letters"));
+                    }
+                }
+            }
+            scopes.push(Scope {
+                resource: (resource != "*").then(|| resource.to_owned()),
+                ops,
+            });
+        }
+        Ok(Scopes { scopes, all: false })
+    }
+
+    pub fn allows(&self, resource: &str, op: Op) -> bool {
+        self.all || self.scopes.iter().any(|s| s.covers(resource, op))
+    }
+
+    /// What a token request for `requested` is granted out of these (the client's registered
+    /// scopes): every requested scope must be covered in full, or the request is refused with the
+    /// first one that is not. Nothing requested: everything registered.
+    pub fn grant(&self, requested: &Scopes) -> Result<Scopes, String> {
+        if requested.scopes.is_empty() {
+            return Ok(self.clone());
+        }
+        for r in &requested.scopes {
+            let covered = ALL_OPS.iter().filter(|o| r.ops[o.index()]).all(|o| {
+                self.all
+                    || self.scopes.iter().any(|mine| {
+                        mine.ops[o.index()]
+                            && (mine.resource.is_none() || mine.resource == r.resource)
+                    })
+            });
+            if !covered {
+                return Err(format!("scope `{r}` is not registered for this client"));
+            }
+        }
+        Ok(requested.clone())
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all {
+            return f.write_str("system/*.cruds");
+        }
+        let parts: Vec<String> = self.scopes.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_and_v1_scopes_allow_what_they_say() {
+        let s = Scopes::parse("system/Patient.rs system/Observation.cruds system/*.r").unwrap();
+        assert!(s.allows("Patient", Op::Search));
+        assert!(!s.allows("Patient", Op::Create));
+        assert!(s.allows("Observation", Op::Delete));
+        assert!(s.allows("Encounter", Op::Read));
+        assert!(!s.allows("Encounter", Op::Search));
+        let v1 = Scopes::parse("system/Patient.read system/Encounter.write").unwrap();
+        assert!(v1.allows("Patient", Op::Search) && !v1.allows("Patient", Op::Update));
+        assert!(v1.allows("Encounter", Op::Update) && !v1.allows("Encounter", Op::Read));
+        assert_eq!(
+            Scopes::parse("system/Patient.*").unwrap().to_string(),
+            "system/Patient.cruds"
+        );
+    }
+
+    #[test]
+    fn malformed_and_user_scopes_are_refused_with_a_reason() {
+        for bad in [
+            "patient/Patient.rs",
+            "user/*.r",
+            "system/Patient.rc",
+            "system/Patient.x",
+            "system/patient.r",
+            "system/Patient",
+            "system/Observation.rs?category=laboratory",
+        ] {
+            let e = Scopes::parse(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_grant_never_exceeds_the_registration() {
+        let registered = Scopes::parse("system/Patient.rs system/*.r").unwrap();
+        let want = Scopes::parse("system/Patient.r system/Encounter.r").unwrap();
+        assert_eq!(registered.grant(&want).unwrap(), want);
+        assert!(registered
+            .grant(&Scopes::parse("system/Patient.c").unwrap())
+            .unwrap_err()
+            .contains("system/Patient.c"));
+        assert!(registered
+            .grant(&Scopes::parse("system/*.rs").unwrap())
+            .is_err());
+        assert_eq!(registered.grant(&Scopes::default()).unwrap(), registered);
+    }
+}

@@ -1,0 +1,598 @@
+//! Authentication and authorization (#10): OAuth 2.0 client credentials at `/auth/token`
+//! (client_secret_basic and SMART Backend Services' private_key_jwt), bearer tokens, SMART
+//! scopes per interaction and org-unit scopes per record, with authentication required.
+
+mod support;
+
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use kiunga::auth::admin::{self, Registration};
+use serde_json::{json, Value};
+use support::{Resp, TestApp};
+
+fn secured() -> TestApp {
+    TestApp::start_with(|c| c.auth = kiunga::config::AuthMode::Required)
+}
+
+fn root(app: &TestApp) -> String {
+    app.base.trim_end_matches("/fhir").to_string()
+}
+
+/// Registers a client straight through `kiunga clients add`'s code; its secret, if it has one.
+fn register(
+    app: &TestApp,
+    id: &str,
+    scopes: &str,
+    capture: &[&str],
+    search: &[&str],
+    jwks: Option<Value>,
+) -> Option<String> {
+    let mut conn = app.db.conn();
+    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    admin::add(
+        &mut conn,
+        &app.state.metadata,
+        &Registration {
+            client_id: id,
+            name: "test client",
+            scopes,
+            capture: &own(capture),
+            search: &own(search),
+            jwks,
+        },
+    )
+    .unwrap()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn token_request(app: &TestApp, basic: Option<(&str, &str)>, fields: &[(&str, &str)]) -> Resp {
+    let auth = basic.map(|(id, secret)| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    });
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    app.send(
+        "POST",
+        &format!("{}/auth/token", root(app)),
+        &headers,
+        Some(form(fields).as_bytes()),
+    )
+}
+
+fn token_with_secret(app: &TestApp, id: &str, secret: &str) -> String {
+    let v = token_request(
+        app,
+        Some((id, secret)),
+        &[("grant_type", "client_credentials")],
+    )
+    .expect(200);
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+    let bearer = format!("Bearer {token}");
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+    app.send(
+        method,
+        path,
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+        ],
+        bytes.as_deref(),
+    )
+}
+
+fn person(org: &str, family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "name": [{ "family": family, "given": ["Amina"] }],
+        "gender": "female",
+        "birthDate": "1990-04-12",
+        "managingOrganization": { "reference": format!("Organization/{org}") },
+    })
+}
+
+fn key(name: &str) -> (EncodingKey, Value) {
+    let dir = support::repo().join("fixtures/test-keys");
+    let pem = std::fs::read(dir.join(format!("{name}.pem"))).unwrap();
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.jwks.json"))).unwrap())
+            .unwrap();
+    let k = if name.starts_with("rs") {
+        EncodingKey::from_rsa_pem(&pem).unwrap()
+    } else {
+        EncodingKey::from_ec_pem(&pem).unwrap()
+    };
+    (k, jwks)
+}
+
+fn assertion(
+    app: &TestApp,
+    client: &str,
+    key: &EncodingKey,
+    alg: Algorithm,
+    kid: &str,
+    exp_in: i64,
+    aud: Option<&str>,
+) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": client, "sub": client,
+        "aud": aud.map(str::to_owned).unwrap_or_else(|| format!("{}/auth/token", root(app))),
+        "exp": now + exp_in,
+        "jti": support::unique("jti"),
+    });
+    encode(&h, &claims, key).unwrap()
+}
+
+fn with_assertion(app: &TestApp, jwt: &str) -> Resp {
+    token_request(
+        app,
+        None,
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Patient.rs"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", jwt),
+        ],
+    )
+}
+
+#[test]
+fn requests_without_a_valid_token_are_refused_and_discovery_is_public() {
+    let app = secured();
+    let r = app.get("Patient");
+    assert!(r.outcome(401).contains("/auth/token"), "{}", r.text);
+    assert_eq!(r.json()["issue"][0]["code"], "login");
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"kiunga\"")
+    );
+    let r = call(&app, "GET", "Patient", "not-a-token", None);
+    r.outcome(401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    // The security headers are on refusals too.
+    assert_eq!(
+        r.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+
+    app.get("metadata").expect(200);
+    for path in [
+        format!("{}/.well-known/smart-configuration", root(&app)),
+        format!("{}/.well-known/smart-configuration", app.base),
+    ] {
+        let v = app.get(&path).expect(200);
+        assert_eq!(v["token_endpoint"], format!("{}/auth/token", root(&app)));
+        assert_eq!(
+            v["token_endpoint_auth_methods_supported"],
+            json!(["private_key_jwt", "client_secret_basic"])
+        );
+        assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
+    }
+}
+
+#[test]
+fn a_secret_gets_a_token_and_revocation_and_rotation_take_effect_at_once() {
+    let app = secured();
+    let secret = register(&app, "emr-kd", "system/*.cruds", &["KD"], &[], None).unwrap();
+    // Stored as an argon2id hash, never as given.
+    let stored = app
+        .db
+        .text("SELECT secret_hash FROM api_client WHERE client_id = 'emr-kd'")
+        .pop()
+        .unwrap();
+    assert!(stored.starts_with("$argon2id$") && !stored.contains(&secret));
+
+    let v = token_request(
+        &app,
+        Some(("emr-kd", &secret)),
+        &[("grant_type", "client_credentials")],
+    )
+    .expect(200);
+    assert_eq!(v["token_type"], "bearer");
+    assert_eq!(v["expires_in"], 300);
+    assert_eq!(v["scope"], "system/*.cruds");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let org = app.org("KD_KAS_MTO");
+    call(
+        &app,
+        "POST",
+        "Patient",
+        &token,
+        Some(&person(&org, "Mwangi")),
+    )
+    .expect(201);
+    // Who wrote it is the client.
+    assert_eq!(
+        app.db.text("SELECT DISTINCT actor FROM change_log"),
+        vec!["client:emr-kd"]
+    );
+
+    // Wrong secret, unknown client, wrong grant, nothing to authenticate with.
+    let r = token_request(
+        &app,
+        Some(("emr-kd", "wrong")),
+        &[("grant_type", "client_credentials")],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid_client");
+    let r = token_request(
+        &app,
+        Some(("nobody", "x")),
+        &[("grant_type", "client_credentials")],
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("invalid_client"))
+    );
+    let r = token_request(
+        &app,
+        Some(("emr-kd", &secret)),
+        &[("grant_type", "password")],
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("unsupported_grant_type"))
+    );
+    let r = token_request(&app, None, &[("grant_type", "client_credentials")]);
+    assert_eq!(r.status, 401);
+
+    // More than it is registered for: refused, naming the scope.
+    register(&app, "reader", "system/Patient.rs", &[], &["KD"], None);
+    let reader_secret = admin::rotate(&mut app.db.conn(), "reader").unwrap();
+    let r = token_request(
+        &app,
+        Some(("reader", &reader_secret)),
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Patient.cruds"),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"], "invalid_scope");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("system/Patient.cruds"));
+
+    // Rotation: the old secret and the old token stop at once; the new secret works.
+    let new_secret = admin::rotate(&mut app.db.conn(), "emr-kd").unwrap();
+    call(&app, "GET", "Patient", &token, None).outcome(401);
+    assert_eq!(
+        token_request(
+            &app,
+            Some(("emr-kd", &secret)),
+            &[("grant_type", "client_credentials")]
+        )
+        .status,
+        401
+    );
+    let token = token_with_secret(&app, "emr-kd", &new_secret);
+    call(&app, "GET", "Patient", &token, None).expect(200);
+
+    // Revocation: the token stops at once, and no new one is given.
+    admin::revoke(&mut app.db.conn(), "emr-kd").unwrap();
+    call(&app, "GET", "Patient", &token, None).outcome(401);
+    assert_eq!(
+        token_request(
+            &app,
+            Some(("emr-kd", &new_secret)),
+            &[("grant_type", "client_credentials")]
+        )
+        .status,
+        401
+    );
+    let listed = admin::list(&mut app.db.conn()).unwrap().join("\n");
+    assert!(
+        listed.contains("emr-kd\trevoked\tclient_secret_basic"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&new_secret));
+}
+
+#[test]
+fn signed_assertions_get_tokens_and_replayed_expired_or_forged_ones_do_not() {
+    let app = secured();
+    let (es, es_jwks) = key("es384");
+    let (rs, rs_jwks) = key("rs384");
+    let (other, _) = key("es384-other");
+    assert!(register(
+        &app,
+        "registry-es",
+        "system/Patient.rs",
+        &[],
+        &["KD"],
+        Some(es_jwks)
+    )
+    .is_none());
+    register(
+        &app,
+        "registry-rs",
+        "system/Patient.rs",
+        &[],
+        &["KD"],
+        Some(rs_jwks),
+    );
+
+    let jwt = assertion(
+        &app,
+        "registry-es",
+        &es,
+        Algorithm::ES384,
+        "es384",
+        240,
+        None,
+    );
+    let v = with_assertion(&app, &jwt).expect(200);
+    assert_eq!(v["scope"], "system/Patient.rs");
+    call(
+        &app,
+        "GET",
+        "Patient",
+        v["access_token"].as_str().unwrap(),
+        None,
+    )
+    .expect(200);
+    // The same assertion again is a replay.
+    let r = with_assertion(&app, &jwt);
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{}",
+        r.text
+    );
+
+    let jwt = assertion(
+        &app,
+        "registry-rs",
+        &rs,
+        Algorithm::RS384,
+        "rs384",
+        240,
+        None,
+    );
+    with_assertion(&app, &jwt).expect(200);
+
+    let refused = |jwt: String, says: &str| {
+        let r = with_assertion(&app, &jwt);
+        assert_eq!(r.status, 401, "{}", r.text);
+        assert_eq!(r.json()["error"], "invalid_client");
+        let d = r.json()["error_description"].as_str().unwrap().to_string();
+        assert!(d.contains(says), "{d} (wanted `{says}`)");
+    };
+    refused(
+        assertion(
+            &app,
+            "registry-es",
+            &es,
+            Algorithm::ES384,
+            "es384",
+            -120,
+            None,
+        ),
+        "expired",
+    );
+    refused(
+        assertion(
+            &app,
+            "registry-es",
+            &es,
+            Algorithm::ES384,
+            "es384",
+            3600,
+            None,
+        ),
+        "five minutes",
+    );
+    // Signed with a key the client never registered, under the registered key's id.
+    refused(
+        assertion(
+            &app,
+            "registry-es",
+            &other,
+            Algorithm::ES384,
+            "es384",
+            240,
+            None,
+        ),
+        "signature",
+    );
+    refused(
+        assertion(
+            &app,
+            "registry-es",
+            &es,
+            Algorithm::ES384,
+            "es384",
+            240,
+            Some("https://elsewhere/token"),
+        ),
+        "aud",
+    );
+    // A client without keys cannot use assertions; an unknown client neither.
+    register(&app, "secret-only", "system/Patient.rs", &[], &["KD"], None);
+    refused(
+        assertion(
+            &app,
+            "secret-only",
+            &es,
+            Algorithm::ES384,
+            "es384",
+            240,
+            None,
+        ),
+        "client authentication failed",
+    );
+    refused(
+        assertion(&app, "nobody", &es, Algorithm::ES384, "es384", 240, None),
+        "client authentication failed",
+    );
+    // Revoked: refused even with a fresh, valid assertion.
+    admin::revoke(&mut app.db.conn(), "registry-rs").unwrap();
+    refused(
+        assertion(
+            &app,
+            "registry-rs",
+            &rs,
+            Algorithm::RS384,
+            "rs384",
+            240,
+            None,
+        ),
+        "client authentication failed",
+    );
+}
+
+#[test]
+fn scopes_decide_each_interaction_and_org_units_each_record() {
+    let app = secured();
+    let admin_secret = register(&app, "admin", "system/*.cruds", &["KD"], &[], None).unwrap();
+    let admin = token_with_secret(&app, "admin", &admin_secret);
+    let kas = app.org("KD_KAS_MTO");
+    let kus = app.org("KD_KUS_PWA");
+    let in_kas = call(
+        &app,
+        "POST",
+        "Patient",
+        &admin,
+        Some(&person(&kas, "Otieno")),
+    )
+    .expect(201);
+    let in_kus = call(
+        &app,
+        "POST",
+        "Patient",
+        &admin,
+        Some(&person(&kus, "Kamau")),
+    )
+    .expect(201);
+    let (kas_id, kus_id) = (
+        in_kas["id"].as_str().unwrap(),
+        in_kus["id"].as_str().unwrap(),
+    );
+
+    // Reads and searches of Patient, in one district only.
+    let secret = register(
+        &app,
+        "kas-reader",
+        "system/Patient.rs",
+        &[],
+        &["KD_KAS"],
+        None,
+    )
+    .unwrap();
+    let reader = token_with_secret(&app, "kas-reader", &secret);
+    call(&app, "GET", &format!("Patient/{kas_id}"), &reader, None).expect(200);
+    // Outside its org units: not found, as if it did not exist.
+    call(&app, "GET", &format!("Patient/{kus_id}"), &reader, None).outcome(404);
+    let found = call(&app, "GET", "Patient?_total=accurate", &reader, None).expect(200);
+    assert_eq!(found["total"], 1, "{found}");
+    // Not allowed by its scopes: 403 naming the scope it lacks.
+    let m = call(
+        &app,
+        "POST",
+        "Patient",
+        &reader,
+        Some(&person(&kas, "Njoroge")),
+    )
+    .outcome(403);
+    assert!(m.contains("system/Patient.c"), "{m}");
+    let m = call(&app, "GET", "Encounter", &reader, None).outcome(403);
+    assert!(m.contains("system/Encounter.s"), "{m}");
+    call(&app, "DELETE", &format!("Patient/{kas_id}"), &reader, None).outcome(403);
+    call(
+        &app,
+        "POST",
+        "Patient/$merge",
+        &reader,
+        Some(&json!({"resourceType": "Parameters"})),
+    )
+    .outcome(403);
+    // $everything answers with what it may read: the Patient alone.
+    let all = call(
+        &app,
+        "GET",
+        &format!("Patient/{kas_id}/$everything"),
+        &reader,
+        None,
+    )
+    .expect(200);
+    assert!(all["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["resource"]["resourceType"] == "Patient"));
+    // $match searches.
+    call(
+        &app,
+        "POST",
+        "Patient/$match",
+        &reader,
+        Some(&person(&kas, "Otieno")),
+    )
+    .expect(200);
+
+    // A transaction entry the scopes refuse fails the whole Bundle: nothing is written.
+    let before = app.db.scalar("SELECT count(*) FROM tracked_entity");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": person(&kas, "Wanjiru"), "request": {"method": "POST", "url": "Patient"}}]});
+    call(&app, "POST", "", &reader, Some(&bundle)).outcome(403);
+    assert_eq!(app.db.scalar("SELECT count(*) FROM tracked_entity"), before);
+
+    // A writer in one district may not write in another.
+    let secret = register(&app, "kas-emr", "system/*.cruds", &["KD_KAS"], &[], None).unwrap();
+    let writer = token_with_secret(&app, "kas-emr", &secret);
+    call(
+        &app,
+        "POST",
+        "Patient",
+        &writer,
+        Some(&person(&kas, "Achieng")),
+    )
+    .expect(201);
+    call(
+        &app,
+        "POST",
+        "Patient",
+        &writer,
+        Some(&person(&kus, "Mutua")),
+    )
+    .outcome(403);
+}
