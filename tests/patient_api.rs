@@ -104,11 +104,12 @@ fn a_patient_is_a_tracked_entity_with_attribute_values_and_no_json_copy() {
     assert_eq!(
         json_columns,
         vec![
+            "api_client.jwks",
             "change_log.state",
             "person_link.explanation",
             "person_merge.moved"
         ],
-        "only the change log's tracker snapshot, a match decision's explanation and what a merge moved (row ids and tracker values, for its undo) are JSON"
+        "only an API client's public keys, the change log's tracker snapshot, a match decision's explanation and what a merge moved (row ids and tracker values, for its undo) are JSON"
     );
     assert_eq!(db.scalar(&format!("SELECT count(*) FROM inbound_log WHERE resource_uid = '{id}' AND interaction = 'create'")), 1);
     assert_eq!(

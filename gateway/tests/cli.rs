@@ -103,6 +103,8 @@ fn kiunga(db: &Db) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiunga"));
     c.current_dir(repo())
         .env("DATABASE_URL", &db.url)
+        // These tests are about the commands and the log; authentication has tests/security.rs.
+        .env("KIUNGA_AUTH", "off")
         .env_remove("KIUNGA_CONFIG");
     c
 }
@@ -520,4 +522,81 @@ fn rematch_redecides_the_engines_links_and_keeps_peoples_decisions() {
     let bc = pair(&mut conn, &b, &c);
     assert!(bc.starts_with("OPEN AUTO stricter "), "{bc}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `kiunga serve` requires a token unless told otherwise, and `kiunga clients` registers, lists and
+/// revokes the clients that get one (a revoked client's token stops working at once).
+#[test]
+fn clients_registered_on_the_command_line_get_tokens_and_lose_them_when_revoked() {
+    let db = Db::new();
+    let added = kiunga(&db)
+        .args(["clients", "add", "emr-cli", "--name", "Test EMR"])
+        .args(["--scopes", "system/Patient.rs", "--search", "KD"])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let out = String::from_utf8(added.stdout).unwrap();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("the secret is printed once")
+        .to_string();
+    // A bad registration is refused with a reason.
+    let bad = kiunga(&db)
+        .args([
+            "clients",
+            "add",
+            "emr-bad",
+            "--name",
+            "x",
+            "--scopes",
+            "patient/*.r",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("only system scopes"));
+
+    // The production default: authentication required.
+    let (mut child, base) = serve(&db, &[("KIUNGA_AUTH", std::ffi::OsStr::new("required"))]);
+    let http = reqwest::blocking::Client::new();
+    let status = |token: Option<&str>| {
+        let mut r = http.get(format!("{base}/fhir/Patient"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(status(None), 401);
+    let token: serde_json::Value = http
+        .post(format!("{base}/auth/token"))
+        .basic_auth("emr-cli", Some(&secret))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = token["access_token"].as_str().expect("a token").to_string();
+    assert_eq!(status(Some(&token)), 200);
+
+    let listed = kiunga(&db).args(["clients", "list"]).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("emr-cli\tactive\tclient_secret_basic\tsystem/Patient.rs"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret));
+    let revoked = kiunga(&db)
+        .args(["clients", "revoke", "emr-cli"])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    assert_eq!(status(Some(&token)), 401);
+    let _ = child.kill();
+    let _ = child.wait();
 }
