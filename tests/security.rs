@@ -596,3 +596,40 @@ fn scopes_decide_each_interaction_and_org_units_each_record() {
     )
     .outcome(403);
 }
+
+#[test]
+fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
+    let app = TestApp::start_with(|c| {
+        c.auth = kiunga::config::AuthMode::Required;
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 2;
+    });
+    let busy = register(&app, "busy", "system/Patient.rs", &[], &["KD"], None).unwrap();
+    let calm = register(&app, "calm", "system/Patient.rs", &[], &["KD"], None).unwrap();
+    let (busy, calm) = (
+        token_with_secret(&app, "busy", &busy),
+        token_with_secret(&app, "calm", &calm),
+    );
+    call(&app, "GET", "Patient", &busy, None).expect(200);
+    call(&app, "GET", "Patient", &busy, None).expect(200);
+    let r = call(&app, "GET", "Patient", &busy, None);
+    assert!(
+        r.outcome(429).contains("busy is over its limit"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.json()["issue"][0]["code"], "throttled");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    call(&app, "GET", "Patient", &calm, None).expect(200);
+    // Token requests from one address are limited too (each secret check is an argon2 hash):
+    // quick ones (refused before any hash) empty the bucket.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| token_request(&app, Some(("calm", "guess")), &[("grant_type", "password")]).status)
+        .collect();
+    assert_eq!(&statuses[..2], &[400, 400], "{statuses:?}");
+    assert_eq!(statuses[3], 429, "{statuses:?}");
+    let r = token_request(&app, Some(("calm", "guess")), &[("grant_type", "password")]);
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.json()["error"], "slow_down");
+    assert!(r.header("retry-after").is_some());
+}

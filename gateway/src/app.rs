@@ -24,6 +24,8 @@ pub struct AppState {
     pub default_org_unit: Option<i64>,
     /// Public base URL of the FHIR endpoint.
     pub base: String,
+    /// Requests per second per API client (`rate_limit_per_second`), when limited.
+    pub limiter: Option<crate::auth::limits::RateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +93,12 @@ impl AppState {
         )
         .map_err(|e| db_err(e.to_string()))?;
         let base = config.fhir_base();
+        let limiter = crate::auth::limits::RateLimiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        );
         Ok(AppState {
+            limiter,
             config,
             pool,
             metadata: Arc::new(metadata),

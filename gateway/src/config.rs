@@ -55,6 +55,10 @@ pub struct Config {
     pub auth: AuthMode,
     /// How long an access token from `/auth/token` lasts, in seconds.
     pub token_seconds: u64,
+    /// Requests per second each API client may make (0: no limit), and how many at once above
+    /// that (the bucket): beyond, 429 with `Retry-After`.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl Default for Config {
@@ -79,6 +83,10 @@ impl Default for Config {
             auth: AuthMode::Required,
             // SMART Backend Services recommends five minutes.
             token_seconds: 300,
+            // One runaway client must not take the two cores from the others; a busy EMR's sync
+            // stays far below this.
+            rate_limit_per_second: 500,
+            rate_limit_burst: 1000,
         }
     }
 }
@@ -220,6 +228,12 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = get("KIUNGA_RATE_LIMIT") {
+            self.rate_limit_per_second = parse("KIUNGA_RATE_LIMIT", v)?;
+        }
+        if let Some(v) = get("KIUNGA_RATE_LIMIT_BURST") {
+            self.rate_limit_burst = parse("KIUNGA_RATE_LIMIT_BURST", v)?;
         }
         if let Some(v) = get("KIUNGA_TOKEN_SECONDS") {
             self.token_seconds = parse("KIUNGA_TOKEN_SECONDS", v)?;

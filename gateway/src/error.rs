@@ -54,6 +54,9 @@ pub enum Error {
     /// 413 with a specific explanation.
     #[error("{0}")]
     TooLarge(String),
+    /// The caller is over its rate limit: 429 (with `Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Temporarily unable to serve (pool exhausted, database down): 503.
     #[error("{0}")]
     Unavailable(String),
@@ -106,6 +109,7 @@ impl Error {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge(_) | Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Database(e) => match db_kind(e) {
@@ -145,6 +149,7 @@ impl Error {
             Error::Conflict { message, expression } => Issue::error("conflict", message, expression.clone()),
             Error::Unprocessable(issues) => return (status, OperationOutcome::new(issues.clone()).into_json()),
             Error::PayloadTooLarge(_) | Error::TooLarge(_) => Issue::error("too-costly", self.to_string(), None),
+            Error::TooManyRequests(m) => Issue::error("throttled", m, None),
             Error::Unavailable(m) => {
                 tracing::warn!(request_id, reason = %m, "service unavailable");
                 Issue::error("transient", format!("{m}; retry later (request id {request_id})"), None)

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod limits;
 pub mod scopes;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

@@ -75,6 +75,24 @@ pub async fn authenticate(
             .map_err(|e| Error::Internal(format!("authentication task failed: {e}")));
             match found {
                 Ok(Ok(Some(p))) => {
+                    if let Some(wait) = state
+                        .limiter
+                        .as_ref()
+                        .and_then(|l| l.take(&p.client_id, std::time::Instant::now()).err())
+                    {
+                        tracing::info!(target: "kiunga::audit", client = %p.client_id, "request refused: rate limit");
+                        let n = Negotiated::from_request(req.request());
+                        let seconds = wait.as_secs().max(1);
+                        let mut res = n.error(Error::TooManyRequests(format!(
+                            "client {} is over its limit of {} requests per second; retry in {seconds} s",
+                            p.client_id, state.config.rate_limit_per_second
+                        )));
+                        res.headers_mut().insert(
+                            header::RETRY_AFTER,
+                            header::HeaderValue::from(seconds),
+                        );
+                        return Ok(req.into_response(res).map_into_right_body());
+                    }
                     req.extensions_mut().insert(Arc::new(p));
                     None
                 }
@@ -145,6 +163,20 @@ pub async fn token(
             "send application/x-www-form-urlencoded with grant_type=client_credentials",
         );
     };
+    // Token requests are limited per caller address too: each secret check costs an argon2
+    // hash, and guessing secrets must stay slow.
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    if let Some(wait) = state.limiter.as_ref().and_then(|l| {
+        l.take(&format!("token:{peer}"), std::time::Instant::now())
+            .err()
+    }) {
+        return HttpResponse::TooManyRequests()
+            .insert_header((header::RETRY_AFTER, wait.as_secs().max(1)))
+            .json(json!({ "error": "slow_down", "error_description": "too many token requests from this address; retry later" }));
+    }
     if form.grant_type.as_deref() != Some("client_credentials") {
         return oauth_error(
             400,
