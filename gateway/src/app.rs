@@ -26,6 +26,8 @@ pub struct AppState {
     pub base: String,
     /// Requests per second per API client (`rate_limit_per_second`), when limited.
     pub limiter: Option<crate::auth::limits::RateLimiter>,
+    /// Token requests per caller address: few, since each checks a secret with argon2.
+    pub token_limiter: Option<crate::auth::limits::RateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,22 @@ impl AppState {
                 ))
             })?),
         };
+        if let Some(file) = &config.clients_file {
+            let applied =
+                crate::auth::declared::apply(&mut conn, &metadata, file, |v| std::env::var(v).ok())
+                    .map_err(|p| {
+                        StartError::Config(format!(
+                            "the clients file has problems:\n{}",
+                            p.join("\n")
+                        ))
+                    })?;
+            tracing::info!(
+                added = applied.added,
+                updated = applied.updated,
+                revoked = applied.revoked,
+                "clients file applied"
+            );
+        }
         let pool = store::pool(
             &config.database_url,
             config.pool_size,
@@ -97,8 +115,13 @@ impl AppState {
             config.rate_limit_per_second,
             config.rate_limit_burst,
         );
+        let token_limiter = crate::auth::limits::RateLimiter::new(
+            config.token_rate_per_second,
+            config.token_rate_burst,
+        );
         Ok(AppState {
             limiter,
+            token_limiter,
             config,
             pool,
             metadata: Arc::new(metadata),

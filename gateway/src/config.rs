@@ -59,6 +59,12 @@ pub struct Config {
     /// that (the bucket): beyond, 429 with `Retry-After`.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Token requests per second per caller address at `/auth/token`, and the burst (0: no
+    /// limit). A client needs one every few minutes.
+    pub token_rate_per_second: u32,
+    pub token_rate_burst: u32,
+    /// A TOML file of API clients applied at start-up (docs/security.md); none by default.
+    pub clients_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             // stays far below this.
             rate_limit_per_second: 500,
             rate_limit_burst: 1000,
+            token_rate_per_second: 2,
+            token_rate_burst: 20,
+            clients_file: None,
         }
     }
 }
@@ -234,6 +243,15 @@ impl Config {
         }
         if let Some(v) = get("KIUNGA_RATE_LIMIT_BURST") {
             self.rate_limit_burst = parse("KIUNGA_RATE_LIMIT_BURST", v)?;
+        }
+        if let Some(v) = get("KIUNGA_TOKEN_RATE_LIMIT") {
+            self.token_rate_per_second = parse("KIUNGA_TOKEN_RATE_LIMIT", v)?;
+        }
+        if let Some(v) = get("KIUNGA_TOKEN_RATE_BURST") {
+            self.token_rate_burst = parse("KIUNGA_TOKEN_RATE_BURST", v)?;
+        }
+        if let Some(v) = get("KIUNGA_CLIENTS_FILE") {
+            self.clients_file = (!v.is_empty()).then(|| v.into());
         }
         if let Some(v) = get("KIUNGA_TOKEN_SECONDS") {
             self.token_seconds = parse("KIUNGA_TOKEN_SECONDS", v)?;

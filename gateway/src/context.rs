@@ -92,6 +92,17 @@ impl RequestContext {
         }
     }
 
+    /// A request with no caller established: no scopes, no org units. Fails closed.
+    pub fn nobody(request_id: impl Into<String>) -> Self {
+        RequestContext {
+            request_id: request_id.into(),
+            actor: Actor::Anonymous,
+            capture: OrgScope::Subtrees(Vec::new()),
+            search: OrgScope::Subtrees(Vec::new()),
+            scopes: Scopes::default(),
+        }
+    }
+
     pub fn system() -> Self {
         RequestContext {
             request_id: "system".into(),
@@ -157,5 +168,16 @@ mod tests {
         assert!(!s.contains("/A/BC"));
         assert!(!s.contains("/A"));
         assert!(OrgScope::All.contains("/anything"));
+    }
+
+    #[test]
+    fn a_context_without_a_caller_may_do_nothing() {
+        let c = RequestContext::nobody("r");
+        assert!(c.require("Patient", Op::Read).is_err());
+        assert!(!c.may_read("Observation"));
+        assert!(!c.search.contains("/A"));
+        assert!(RequestContext::anonymous("r")
+            .require("Patient", Op::Delete)
+            .is_ok());
     }
 }

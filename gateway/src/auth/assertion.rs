@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::OAuthError;
 
+/// Clock skew tolerated between the client and the gateway.
+const LEEWAY_SECONDS: u64 = 30;
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     iss: String,
@@ -85,7 +88,7 @@ pub fn verify(
     validation.set_audience(&[token_url]);
     validation.set_issuer(&[client_id]);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    validation.leeway = 30;
+    validation.leeway = LEEWAY_SECONDS;
     let mut last = None;
     for key in candidates {
         let Ok(decoding) = DecodingKey::from_jwk(key) else {
@@ -99,7 +102,7 @@ pub fn verify(
                         "client_assertion's iss and sub must both be the client id",
                     ));
                 }
-                if c.exp > now.timestamp() + 5 * 60 + 30 {
+                if c.exp > now.timestamp() + 5 * 60 + LEEWAY_SECONDS as i64 {
                     return Err(bad(
                         "client_assertion expires more than five minutes from now; make it short-lived",
                     ));
@@ -107,12 +110,14 @@ pub fn verify(
                 if c.jti.trim().is_empty() {
                     return Err(bad("client_assertion has an empty jti"));
                 }
+                // The jti is remembered for as long as the assertion could still be accepted
+                // (its exp plus the leeway): forgotten earlier, it could be replayed.
                 return Ok(Verified {
                     jti: c.jti,
                     expires: Utc
-                        .timestamp_opt(c.exp, 0)
+                        .timestamp_opt(c.exp + LEEWAY_SECONDS as i64, 0)
                         .single()
-                        .unwrap_or(now + chrono::Duration::minutes(5)),
+                        .unwrap_or(now + chrono::Duration::minutes(6)),
                 });
             }
             Err(e) => last = Some(e),

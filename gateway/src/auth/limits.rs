@@ -29,6 +29,12 @@ impl RateLimiter {
     /// Takes one request from the client's bucket; when it is empty, how long until one is back.
     pub fn take(&self, client: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        // Buckets of callers gone quiet are full again anyway: dropped, so that many addresses
+        // cannot grow the map without end.
+        if buckets.len() > 10_000 {
+            let full = Duration::from_secs_f64(self.burst / self.per_second);
+            buckets.retain(|_, b| now.saturating_duration_since(b.at) < full);
+        }
         let b = buckets.entry(client.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             at: now,

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod declared;
 pub mod limits;
 pub mod scopes;
 
@@ -60,6 +61,10 @@ fn invalid_client() -> OAuthError {
         "client authentication failed: unknown or revoked client, or wrong credentials",
     )
 }
+
+/// A hash no secret matches, checked for unknown clients.
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_secret(&new_secret()));
 
 /// A secret's argon2id hash (PHC string, salt included).
 pub fn hash_secret(secret: &str) -> String {
@@ -126,10 +131,16 @@ pub fn issue(
         Credentials::Secret { client_id, secret } => {
             let c = clients::by_client_id(conn, client_id)
                 .map_err(Err)?
-                .filter(|c| c.revoked_at.is_none())
-                .ok_or_else(|| Ok(invalid_client()))?;
-            match &c.secret_hash {
-                Some(h) if secret_matches(h, secret) => c,
+                .filter(|c| c.revoked_at.is_none());
+            // An unknown client costs the same hash as a known one: the answer's time does not
+            // tell which client ids exist.
+            let hash = c
+                .as_ref()
+                .and_then(|c| c.secret_hash.as_deref())
+                .unwrap_or(&DUMMY_HASH);
+            let matches = secret_matches(hash, secret);
+            match c {
+                Some(c) if matches && c.secret_hash.is_some() => c,
                 _ => return Err(Ok(invalid_client())),
             }
         }

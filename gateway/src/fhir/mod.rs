@@ -38,6 +38,8 @@ pub struct Negotiated {
     pub request_id: String,
     /// The authenticated caller, when a bearer token was presented (`crate::http::auth`).
     pub principal: Option<std::sync::Arc<crate::auth::Principal>>,
+    /// Served in development mode (`KIUNGA_AUTH=off`): no principal, every scope.
+    pub development_mode: bool,
     /// Set when negotiation itself failed: answered as 406 (in JSON) before anything else runs.
     pub error: Option<String>,
 }
@@ -107,6 +109,10 @@ impl Negotiated {
             .extensions()
             .get::<std::sync::Arc<crate::auth::Principal>>()
             .cloned();
+        let development_mode = req
+            .extensions()
+            .get::<crate::http::auth::DevelopmentMode>()
+            .is_some();
         Negotiated {
             format,
             pretty,
@@ -114,6 +120,7 @@ impl Negotiated {
             lenient,
             request_id,
             principal,
+            development_mode,
             error,
         }
     }

@@ -18,6 +18,10 @@ use crate::config::AuthMode;
 use crate::error::Error;
 use crate::fhir::{percent_decode, Negotiated};
 
+/// Marks a request served in development mode (`KIUNGA_AUTH=off`).
+#[derive(Debug, Clone, Copy)]
+pub struct DevelopmentMode;
+
 /// Paths anyone may call: liveness, the capability statement, SMART discovery and the token
 /// endpoint itself.
 fn public(path: &str) -> bool {
@@ -45,7 +49,22 @@ pub async fn authenticate(
             .await
             .map(ServiceResponse::map_into_left_body);
     };
-    if state.config.auth == AuthMode::Off || public(req.path()) || req.method() == "OPTIONS" {
+    if state.config.auth == AuthMode::Off {
+        // Development mode: the request context is the anonymous caller's, with everything.
+        req.extensions_mut().insert(DevelopmentMode);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    // Public paths, and CORS preflights (answered by the CORS middleware, never by a handler),
+    // go on without a principal: a handler that builds a request context from such a request
+    // gets one that may do nothing (`http::context`).
+    let preflight = req.method() == "OPTIONS"
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if public(req.path()) || preflight {
         return next
             .call(req)
             .await

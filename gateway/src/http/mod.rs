@@ -634,10 +634,12 @@ where
 }
 
 /// The request context: the authenticated client's, or (development mode) the anonymous caller's.
+/// Anything else (a public path's request reaching a data handler) may do nothing.
 fn context(n: &Negotiated) -> RequestContext {
     match &n.principal {
         Some(p) => RequestContext::client(n.request_id.clone(), p),
-        None => RequestContext::anonymous(n.request_id.clone()),
+        None if n.development_mode => RequestContext::anonymous(n.request_id.clone()),
+        None => RequestContext::nobody(n.request_id.clone()),
     }
 }
 
@@ -1349,7 +1351,9 @@ async fn transfer(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
+        // Ownership moves with the person's enrollments (EpisodeOfCare).
         allowed(&n, "Patient", &[Op::Update])?;
+        allowed(&n, "EpisodeOfCare", &[Op::Update])?;
         let (answer, _) = patient_instance_op(
             &r,
             &n,
@@ -1378,7 +1382,8 @@ async fn break_glass(
     let (t, id) = path.into_inner();
     let r = req.clone();
     respond(&req, |n| async move {
-        allowed(&n, "Patient", &[Op::Read])?;
+        // It writes a grant (and opens protected records): a write, not a read.
+        allowed(&n, "Patient", &[Op::Update])?;
         let duration = chrono::Duration::seconds(
             i64::try_from(state.config.break_glass_seconds).unwrap_or(i64::MAX / 1000),
         );

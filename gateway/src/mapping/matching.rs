@@ -339,12 +339,23 @@ pub fn with_estimate(
         let scale = 10f64.powi(digits.clamp(0, 12));
         (x * scale).round() / scale
     };
-    doc["version"] = toml_edit::value(version);
-    doc["prior_log2_odds"] = toml_edit::value((estimate.prior_log2_odds * 100.0).round() / 100.0);
+    // A new value keeps the old one's surroundings (an end-of-line comment).
+    fn set(item: &mut toml_edit::Item, new: toml_edit::Value) {
+        let mut new = new;
+        if let Some(old) = item.as_value() {
+            *new.decor_mut() = old.decor().clone();
+        }
+        *item = toml_edit::Item::Value(new);
+    }
+    set(&mut doc["version"], version.into());
+    set(
+        &mut doc["prior_log2_odds"],
+        ((estimate.prior_log2_odds * 100.0).round() / 100.0).into(),
+    );
     for f in &estimate.fields {
         let field = &mut doc["fields"][f.field];
-        field["m"] = toml_edit::value(round(f.m));
-        field["u"] = toml_edit::value(round(f.u));
+        set(&mut field["m"], round(f.m).into());
+        set(&mut field["u"], round(f.u).into());
     }
     Ok(doc.to_string())
 }
@@ -383,7 +394,7 @@ mod tests {
             out.contains("# before comparing\nprior_log2_odds = -1.46"),
             "{out}"
         );
-        assert!(out.contains("m = 0.7355"), "{out}");
+        assert!(out.contains("m = 0.7355 # agreement"), "{out}");
         assert!(out.contains("u = 0.00006205"), "{out}");
         assert!(out.contains("comparator = \"jaro_winkler\""), "{out}");
     }

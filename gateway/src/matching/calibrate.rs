@@ -60,7 +60,7 @@ pub enum CalibrationError {
     TooFew(usize),
     #[error("the blocking keys found no pair of people to compare")]
     NoPairs,
-    #[error("the estimate did not separate duplicates from strangers (it calls {:.0} % of the candidate pairs one person after {iterations} iterations); the records are too few or too uniform, or a field agrees for nearly everyone: keep the current rules", share * 100.0)]
+    #[error("the estimate did not separate duplicates from strangers (it calls {:.3} % of the candidate pairs one person after {iterations} iterations); the records are too few or too uniform, or a field agrees for nearly everyone: keep the current rules", share * 100.0)]
     Degenerate { share: f64, iterations: usize },
 }
 
@@ -220,6 +220,7 @@ pub fn estimate(
         }
     };
     let mut iterations = 0;
+    let mut converged = false;
     let mut counted = vec![0usize; fields.len()];
     for it in 1..=MAX_ITERATIONS {
         iterations = it;
@@ -236,11 +237,12 @@ pub fn estimate(
             let mut llr = (lambda / (1.0 - lambda)).ln();
             for (f, x) in p.agrees.iter().enumerate() {
                 let Some(x) = x else { continue };
-                let u = scaled(&u, f, p);
+                // As scoring weighs them: the birth date's u is scaled by precision when it
+                // agrees, and disagreement uses the field's own u (`score::weight`).
                 llr += if *x {
-                    (m[f] / u).ln()
+                    (m[f] / scaled(&u, f, p)).ln()
                 } else {
-                    ((1.0 - m[f]) / (1.0 - u)).ln()
+                    ((1.0 - m[f]) / (1.0 - u[f])).ln()
                 };
             }
             let g = 1.0 / (1.0 + (-llr).exp());
@@ -276,19 +278,20 @@ pub fn estimate(
                 }
             })
             .collect();
-        let settled = (new_lambda - lambda).abs() < 1e-7
+        converged = (new_lambda - lambda).abs() < 1e-7
             && new_m.iter().zip(&m).all(|(a, b)| (a - b).abs() < 1e-6)
             && new_u.iter().zip(&u).all(|(a, b)| (a - b).abs() < 1e-7);
         lambda = new_lambda;
         m = new_m;
         u = new_u;
-        if settled {
+        if converged {
             break;
         }
     }
     // More candidate pairs one person than not, or no convergence: the mixture found some other
     // split (households sharing a surname, a village and a phone), not duplicates and strangers.
-    if lambda > 0.5 || iterations == MAX_ITERATIONS {
+    // Fewer than one expected duplicate pair is the other collapse: nothing would ever match.
+    if lambda > 0.5 || !converged || lambda * (patterns.len() as f64) < 1.0 {
         return Err(CalibrationError::Degenerate {
             share: lambda,
             iterations,

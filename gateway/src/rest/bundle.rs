@@ -180,15 +180,9 @@ fn written(s: Stored, opts: &Options) -> Answer {
 }
 
 /// Runs one entry whose references are already resolved. Shared by transaction and batch.
-pub fn run_entry(
-    s: &mut Scoped,
-    env: &Env,
-    entry: &Value,
-    req: &Request,
-    opts: &Options,
-) -> Result<Answer, Error> {
-    let t = req.resource_type.as_str();
-    // The access token's scopes, entry by entry (a conditional write also searches).
+/// Refuses (403) an entry the access token's scopes do not allow (a conditional write also
+/// searches). Checked for every entry before any entry runs or any reference is resolved.
+pub fn check_scopes(s: &Scoped, req: &Request) -> Result<(), Error> {
     let conditional = req.if_none_exist.is_some() || (req.id.is_none() && req.query.is_some());
     let ops: &[Op] = match (req.method.as_str(), req.id.is_some(), conditional) {
         ("POST", _, false) => &[Op::Create],
@@ -201,9 +195,18 @@ pub fn run_entry(
         ("GET" | "HEAD", false, _) => &[Op::Search],
         _ => &[],
     };
-    for op in ops {
-        s.ctx.require(t, *op)?;
-    }
+    ops.iter()
+        .try_for_each(|op| s.ctx.require(&req.resource_type, *op))
+}
+
+pub fn run_entry(
+    s: &mut Scoped,
+    env: &Env,
+    entry: &Value,
+    req: &Request,
+    opts: &Options,
+) -> Result<Answer, Error> {
+    let t = req.resource_type.as_str();
     let stored = STORED_TYPES.contains(&t);
     let raw_resource = || {
         entry
@@ -469,6 +472,8 @@ fn rewrite(
                             *r = new.clone();
                         } else if let Some((t, q)) = r.split_once('?') {
                             if STORED_TYPES.contains(&t) {
+                                // Resolving it is a search: the token must allow one.
+                                s.ctx.require(t, Op::Search)?;
                                 let found = search::matching_ids(s, env, t, q, 2)?;
                                 match found.as_slice() {
                                     [id] => *r = format!("{t}/{id}"),
@@ -551,6 +556,13 @@ pub fn transaction(
             }
         }
         requests.push(req);
+    }
+    // Every entry's scopes before anything is read or written for any of them.
+    for (i, req) in requests.iter().enumerate() {
+        if !skipped[i] {
+            check_scopes(s, req)
+                .map_err(|e| at_entry(e, i, &format!("{} {}", req.method, req.url)))?;
+        }
     }
     // New records' ids are reserved per table in one round trip each.
     let posts = |t: &str| {
@@ -652,6 +664,7 @@ pub fn batch_entry(
     }
     let req = request_of(entry, &opts.base).map_err(|e| at_entry(e, index, "request"))?;
     let what = format!("{} {}", req.method, req.url);
+    check_scopes(s, &req).map_err(|e| at_entry(e, index, &what))?;
     s.entry = Some(EntryAt {
         index,
         what: what.clone(),

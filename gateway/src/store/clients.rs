@@ -75,6 +75,39 @@ pub fn revoke(conn: &mut PgConnection, client_id: &str) -> Result<bool, Error> {
     })
 }
 
+/// What a declared client says of itself now (`auth::declared`). When its scopes or org units
+/// changed, its tokens are dropped: they were granted under the old ones.
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    conn: &mut PgConnection,
+    row: &ClientRow,
+    name: &str,
+    scopes: &str,
+    capture: &[String],
+    search: &[String],
+    jwks: Option<&Value>,
+) -> Result<(), Error> {
+    let narrowed = row.scopes != scopes
+        || row.capture_org_units != capture
+        || row.search_org_units != search
+        || row.jwks.as_ref() != jwks;
+    conn.transaction(|conn| {
+        diesel::update(c::table.filter(c::id.eq(row.id)))
+            .set((
+                c::name.eq(name),
+                c::scopes.eq(scopes),
+                c::capture_org_units.eq(capture),
+                c::search_org_units.eq(search),
+                c::jwks.eq(jwks),
+            ))
+            .execute(conn)?;
+        if narrowed {
+            diesel::delete(t::table.filter(t::client_id.eq(row.id))).execute(conn)?;
+        }
+        Ok(())
+    })
+}
+
 /// A new secret for a live client; its tokens are dropped. False when there is no such client.
 pub fn set_secret(conn: &mut PgConnection, client_id: &str, hash: &str) -> Result<bool, Error> {
     conn.transaction(|conn| {
