@@ -287,13 +287,16 @@ pub async fn token(
     let s = state.clone();
     let result = web::block(move || {
         let mut conn = s.pool.get().map_err(Error::from).map_err(Err)?;
+        // One of the two is there (checked above); without either, the assertion is empty
+        // and refused as unreadable.
         let credentials = match (&basic, &assertion) {
             (Some((id, secret)), _) => Credentials::Secret {
                 client_id: id,
                 secret,
             },
-            (None, Some(jwt)) => Credentials::Assertion { jwt },
-            (None, None) => unreachable!("checked above"),
+            (None, jwt) => Credentials::Assertion {
+                jwt: jwt.as_deref().unwrap_or_default(),
+            },
         };
         auth::issue(
             &mut conn,
