@@ -385,7 +385,7 @@ mod tests {
             iterations: 3,
             expected_matches: 2.0,
         };
-        let out = super::with_estimate(text, &e, "demo-calibrated").unwrap();
+        let out = super::with_estimate(text, &e, "demo-calibrated").expect("the text is TOML");
         assert!(
             out.contains("# the rules\nversion = \"demo-calibrated\""),
             "{out}"

@@ -324,20 +324,8 @@ pub fn estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::matching::{Comparator, FieldRule, Phonetic};
-
-    fn field(m: f64, u: f64) -> FieldRule {
-        FieldRule {
-            m,
-            u,
-            comparator: Comparator::JaroWinkler,
-            phonetic: Phonetic::DoubleMetaphone,
-            agree: 0.92,
-            partial: 0.8,
-            term_frequency: false,
-            year_tolerance: 1,
-        }
-    }
+    // Term frequency is on in it: calibration does not read it.
+    use crate::matching::score::tests::field;
 
     fn rules() -> MatchingRules {
         MatchingRules {
@@ -411,8 +399,13 @@ mod tests {
         let queries: Vec<usize> = (0..people.len()).collect();
         let candidates = candidate_pairs(&r, &people, &queries);
         let random = random_pairs(people.len(), 20_000, 7);
-        let e = estimate(&r, &people, &candidates, &random).unwrap();
-        let get = |f: &str| e.fields.iter().find(|x| x.field == f).unwrap();
+        let e = estimate(&r, &people, &candidates, &random).expect("an estimate");
+        let get = |f: &str| {
+            e.fields
+                .iter()
+                .find(|x| x.field == f)
+                .expect("a compared field")
+        };
         // Half the duplicates keep their name.
         assert!((get("name").m - 0.4).abs() < 0.1, "{e:?}");
         assert!(get("birth_date").m > 0.95, "{e:?}");

@@ -321,11 +321,12 @@ pub fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mapping::matching::{Comparator, Phonetic};
 
-    fn field(m: f64, u: f64) -> FieldRule {
+    /// A field rule for tests (calibrate's too).
+    pub(crate) fn field(m: f64, u: f64) -> FieldRule {
         FieldRule {
             m,
             u,
@@ -391,7 +392,7 @@ mod tests {
             d.contributions
                 .iter()
                 .find(|c| c.field == "name")
-                .unwrap()
+                .expect("the name is compared")
                 .weight
         };
         assert!(name(&common) < name(&rare) - 3.0, "{common:?} {rare:?}");
@@ -440,7 +441,7 @@ mod tests {
             d.contributions
                 .iter()
                 .find(|c| c.field == f)
-                .unwrap()
+                .expect("the field is compared")
                 .weight
         };
         let home = at("12 moi avenue", "00100");
