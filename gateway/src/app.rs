@@ -28,6 +28,8 @@ pub struct AppState {
     pub limiter: Option<crate::auth::limits::RateLimiter>,
     /// Token requests per caller address: few, since each checks a secret with argon2.
     pub token_limiter: Option<crate::auth::limits::RateLimiter>,
+    /// Writes the access records of requests that wrote nothing (`crate::audit`).
+    pub audit: crate::audit::Sink,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,10 @@ impl AppState {
             config.token_rate_per_second,
             config.token_rate_burst,
         );
+        let audit = crate::audit::Sink::start(pool.clone())
+            .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
         Ok(AppState {
+            audit,
             limiter,
             token_limiter,
             config,

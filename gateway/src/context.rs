@@ -79,6 +79,9 @@ pub struct RequestContext {
     pub search: OrgScope,
     /// The SMART scopes granted: which interactions on which resource types.
     pub scopes: Scopes,
+    /// The request's access to patient data, which its AuditEvent records (`crate::audit`); None
+    /// for the gateway's own work and for requests that touch no patient data.
+    pub access: Option<std::sync::Arc<crate::audit::Access>>,
 }
 
 impl RequestContext {
@@ -89,6 +92,7 @@ impl RequestContext {
             capture: OrgScope::All,
             search: OrgScope::All,
             scopes: Scopes::all(),
+            access: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl RequestContext {
             capture: OrgScope::Subtrees(Vec::new()),
             search: OrgScope::Subtrees(Vec::new()),
             scopes: Scopes::default(),
+            access: None,
         }
     }
 
@@ -110,6 +115,7 @@ impl RequestContext {
             capture: OrgScope::All,
             search: OrgScope::All,
             scopes: Scopes::all(),
+            access: None,
         }
     }
 
@@ -121,6 +127,7 @@ impl RequestContext {
             capture: p.capture.clone(),
             search: p.search.clone(),
             scopes: p.scopes.clone(),
+            access: None,
         }
     }
 
@@ -147,6 +154,12 @@ impl RequestContext {
     /// of other types are left out when not).
     pub fn may_read(&self, resource_type: &str) -> bool {
         self.scopes.allows(resource_type, Op::Read)
+    }
+
+    /// The same context, recording its accesses as `access`.
+    pub fn with_access(mut self, access: Option<std::sync::Arc<crate::audit::Access>>) -> Self {
+        self.access = access;
+        self
     }
 
     pub fn with_scope(mut self, capture: OrgScope, search: OrgScope) -> Self {

@@ -5,6 +5,7 @@
 //! (diesel, one transaction per request). See docs/architecture.md.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod context;

@@ -180,12 +180,16 @@ fn serve(config: Config) -> ExitCode {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; mapping reload is unavailable");
         }
         let off = gateway.state.config.auth == kiunga::config::AuthMode::Off;
+        let state = gateway.state.clone();
         let server = gateway.listen()?;
         tracing::info!(%base, "Kiunga is serving FHIR R4");
         if off {
             tracing::warn!("authentication is OFF (KIUNGA_AUTH=off, development mode): every caller sees and writes everything; never run a registry like this");
         }
-        server.await
+        let served = server.await;
+        // The access records still waiting for their batch are written before the process ends.
+        state.audit.flush();
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

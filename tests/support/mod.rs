@@ -6,6 +6,8 @@
 //! a change to either builds a fresh one; test databases are dropped when the test ends.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::TcpListener;

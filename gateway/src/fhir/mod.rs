@@ -42,6 +42,8 @@ pub struct Negotiated {
     pub development_mode: bool,
     /// Set when negotiation itself failed: answered as 406 (in JSON) before anything else runs.
     pub error: Option<String>,
+    /// The request's access to patient data, when it makes one (`crate::audit`).
+    pub access: Option<std::sync::Arc<crate::audit::Access>>,
 }
 
 fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
@@ -113,7 +115,14 @@ impl Negotiated {
             .extensions()
             .get::<crate::http::auth::DevelopmentMode>()
             .is_some();
+        let agent = match &principal {
+            Some(p) => format!("client:{}", p.client_id),
+            None => "anonymous".to_string(),
+        };
+        let access =
+            crate::audit::Access::of_request(req, agent, &request_id).map(std::sync::Arc::new);
         Negotiated {
+            access,
             format,
             pretty,
             return_pref,
@@ -141,12 +150,17 @@ impl Negotiated {
 
     pub fn error(&self, e: Error) -> HttpResponse {
         let (status, outcome) = e.client_outcome(&self.request_id);
+        self.outcome(&e, status, &outcome)
+    }
+
+    /// The answer carrying an error's OperationOutcome (from [`Error::client_outcome`]).
+    pub fn outcome(&self, e: &Error, status: StatusCode, outcome: &Value) -> HttpResponse {
         let format = if matches!(e, Error::NotAcceptable(_)) {
             Format::Json
         } else {
             self.format
         };
-        let bytes = kiunga_codec::serialize(&outcome, format, self.pretty)
+        let bytes = kiunga_codec::serialize(outcome, format, self.pretty)
             .unwrap_or_else(|_| outcome.to_string().into_bytes());
         HttpResponse::build(status)
             .insert_header((header::CONTENT_TYPE, content_type(format)))

@@ -24,6 +24,44 @@ use crate::fhir::Return;
 use crate::fhir::{FhirResponse, Negotiated};
 use crate::rest::{self, Stored};
 
+const AUDIT_PARAMS: &[SearchParam] = &[
+    SearchParam {
+        name: "entity",
+        kind: "reference",
+        doc: "A record the access wrote or returned (Patient/abc)",
+    },
+    SearchParam {
+        name: "patient",
+        kind: "reference",
+        doc: "A person whose records the access touched",
+    },
+    SearchParam {
+        name: "agent",
+        kind: "reference",
+        doc: "The API client (its client id), or anonymous (development mode)",
+    },
+    SearchParam {
+        name: "date",
+        kind: "date",
+        doc: "When the access was recorded",
+    },
+    SearchParam {
+        name: "subtype",
+        kind: "token",
+        doc: "The interaction (read, search-type, create...) or operation ($match...)",
+    },
+    SearchParam {
+        name: "action",
+        kind: "token",
+        doc: "C, R, U, D or E",
+    },
+    SearchParam {
+        name: "outcome",
+        kind: "token",
+        doc: "0 success, 4 refused or not found, 8 failure",
+    },
+];
+
 const ORG_PARAMS: &[SearchParam] = &[
     SearchParam {
         name: "_id",
@@ -437,6 +475,12 @@ pub static RESOURCES: &[ResourceCapability] = &[
         documentation: "The registry's option sets. Operation $validate-code (directly or through the crosswalks).",
     },
     ResourceCapability {
+        resource_type: "AuditEvent",
+        interactions: &[Read, SearchType],
+        search_params: AUDIT_PARAMS,
+        documentation: "The record of every access to patient data (append-only; docs/security.md). Needs the scope system/AuditEvent.rs, which system/*.rs does not include.",
+    },
+    ResourceCapability {
         resource_type: "Organization",
         interactions: &[Read, SearchType],
         search_params: ORG_PARAMS,
@@ -627,20 +671,43 @@ where
         return n.error(e);
     }
     let n2 = n.clone();
-    match f(n2).await {
-        Ok(r) => r.into_http(&n),
-        Err(e) => n.error(e),
+    let result = f(n2).await;
+    let pending = n.access.as_deref().filter(|a| !a.recorded());
+    let record = |row| {
+        if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            state.audit.record(row);
+        }
+    };
+    match result {
+        Ok(r) => {
+            if let Some(a) = pending {
+                record(a.answered_row(r.status, r.body.as_ref(), r.location.as_deref(), None));
+            }
+            r.into_http(&n)
+        }
+        Err(e) => {
+            let (status, outcome) = e.client_outcome(&n.request_id);
+            if let Some(a) = pending {
+                let said = outcome
+                    .pointer("/issue/0/diagnostics")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                record(a.answered_row(status.as_u16(), None, None, said));
+            }
+            n.outcome(&e, status, &outcome)
+        }
     }
 }
 
 /// The request context: the authenticated client's, or (development mode) the anonymous caller's.
 /// Anything else (a public path's request reaching a data handler) may do nothing.
 fn context(n: &Negotiated) -> RequestContext {
-    match &n.principal {
+    let ctx = match &n.principal {
         Some(p) => RequestContext::client(n.request_id.clone(), p),
         None if n.development_mode => RequestContext::anonymous(n.request_id.clone()),
         None => RequestContext::nobody(n.request_id.clone()),
-    }
+    };
+    ctx.with_access(n.access.clone())
 }
 
 /// Refuses (403) what the access token's scopes do not allow: `ops` on `resource_type`.
@@ -811,6 +878,7 @@ async fn read(
             "Organization" | "Location" => org::read(&state, &t, id).await,
             "CodeSystem" | "ConceptMap" => terminology::read(&state, &t, &id),
             "ValueSet" => valueset::read(&state, &id),
+            "AuditEvent" => audit_read(&state, id).await,
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 Ok(current(
@@ -1141,6 +1209,7 @@ async fn run_search(
             "Organization" | "Location" => org::search(&state, &t, params).await,
             "CodeSystem" | "ConceptMap" => terminology::search(&state, &t, &params),
             "ValueSet" => valueset::search(&state, &params),
+            "AuditEvent" => audit_search(&state, params).await,
             _ => {
                 let (ctx, mappings) = tx_inputs(&state, &n);
                 let lenient = n.lenient;
@@ -1155,6 +1224,45 @@ async fn run_search(
         }
     })
     .await
+}
+
+/// `GET AuditEvent/{id}`: one access record. Records written in batches are written first.
+async fn audit_read(state: &web::Data<AppState>, id: String) -> Result<FhirResponse, Error> {
+    let missing = || Error::NotFound(format!("AuditEvent/{id} is not known to this server"));
+    let key: i64 = id.parse().map_err(|_| missing())?;
+    let st = state.clone();
+    let row = web::block(move || -> Result<_, Error> {
+        st.audit.flush();
+        let mut conn = st.pool.get()?;
+        crate::store::audit::by_id(&mut conn, key)
+    })
+    .await??
+    .ok_or_else(missing)?;
+    Ok(FhirResponse::ok(crate::audit::render(&row)))
+}
+
+/// `GET AuditEvent?...`: the access records, newest first. Records written in batches are written
+/// first, so a search sees every access that was answered before it.
+async fn audit_search(
+    state: &web::Data<AppState>,
+    params: Vec<crate::fhir::search::Param>,
+) -> Result<FhirResponse, Error> {
+    let (filter, offset, count) = crate::audit::search(&params)?;
+    let st = state.clone();
+    let (rows, total) = web::block(move || -> Result<_, Error> {
+        st.audit.flush();
+        let mut conn = st.pool.get()?;
+        crate::store::audit::search(&mut conn, &filter, offset, count)
+    })
+    .await??;
+    Ok(FhirResponse::ok(crate::audit::page(
+        &state.base,
+        &params,
+        &rows,
+        total,
+        offset,
+        count,
+    )))
 }
 
 /// `POST /fhir`: a transaction (all or nothing, one database transaction) or a batch (each entry
@@ -1185,6 +1293,9 @@ async fn bundle(
         let result = match kind.as_str() {
             "transaction" => tx(&state, ctx, mappings, move |s, env| rest::bundle::transaction(s, env, parsed.bundle, &parsed.entry_errors, &opts)).await?,
             "batch" => {
+                if let Some(a) = &n.access {
+                    a.set_subtype("batch");
+                }
                 crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
                     let entries = parsed.bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
                     let mut out = Vec::with_capacity(entries.len());

@@ -131,6 +131,7 @@ fn write(
 ) -> Result<Stored, Error> {
     let mut stored = write_untagged(s, env, resource_type, id, if_match, body)?;
     provenance::set(&mut stored.resource, &env.mappings.version);
+    provenance::set_source(&mut stored.resource, &s.ctx.actor.to_string());
     Ok(stored)
 }
 

@@ -28,8 +28,24 @@ pub fn set(resource: &mut Value, mapping_version: &str) {
     }
 }
 
-/// Tags every resource (any mix of types) with the mapping version of its own version, looked
-/// up in the change log with one query.
+/// `meta.source` of a version written by `actor` (`client:emr-a`, `anonymous`, `system`): who
+/// wrote it, as a URI (`urn:kiunga:client:emr-a`).
+pub fn source_of(actor: &str) -> String {
+    format!("{SOURCE_PREFIX}{actor}")
+}
+
+/// What every `meta.source` the gateway sets starts with; one sent back is not data to keep.
+pub const SOURCE_PREFIX: &str = "urn:kiunga:";
+
+/// Sets `meta.source` of one rendered version to who wrote it.
+pub fn set_source(resource: &mut Value, actor: &str) {
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.insert("source".into(), Value::String(source_of(actor)));
+    }
+}
+
+/// Tags every resource (any mix of types) with the mapping version of its own version and sets
+/// its `meta.source` to who wrote that version, looked up in the change log with one query.
 pub fn tag_all<'a>(
     s: &mut Scoped,
     resources: impl IntoIterator<Item = &'a mut Value>,
@@ -45,10 +61,11 @@ pub fn tag_all<'a>(
         )
     };
     let keys: Vec<(String, String)> = list.iter().map(|r| key(r)).collect();
-    let found: HashMap<(String, String, i32), String> = logs::mapping_versions(s.conn()?, &keys)?
-        .into_iter()
-        .map(|(t, u, v, m)| ((t, u, v), m))
-        .collect();
+    let found: HashMap<(String, String, i32), (Option<String>, String)> =
+        logs::mapping_versions(s.conn()?, &keys)?
+            .into_iter()
+            .map(|(t, u, v, m, a)| ((t, u, v), (m, a)))
+            .collect();
     for r in list {
         let (t, u) = key(r);
         let version = r
@@ -56,8 +73,11 @@ pub fn tag_all<'a>(
             .and_then(Value::as_str)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if let Some(m) = found.get(&(t, u, version)) {
-            set(r, m);
+        if let Some((m, actor)) = found.get(&(t, u, version)) {
+            if let Some(m) = m {
+                set(r, m);
+            }
+            set_source(r, actor);
         }
     }
     Ok(())

@@ -98,7 +98,7 @@ fn split(v: &str) -> Vec<&str> {
 
 /// FHIR search prefixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Prefix {
+pub(crate) enum Prefix {
     Eq,
     Ne,
     Lt,
@@ -110,7 +110,7 @@ enum Prefix {
     Ap,
 }
 
-fn prefix(v: &str) -> (Prefix, &str) {
+pub(crate) fn prefix(v: &str) -> (Prefix, &str) {
     let p = match v.get(..2) {
         Some("eq") => Prefix::Eq,
         Some("ne") => Prefix::Ne,
@@ -128,7 +128,7 @@ fn prefix(v: &str) -> (Prefix, &str) {
 
 /// The instant range [lo, hi) a date search value denotes (`2026`, `2026-03`, `2026-03-02`, or a
 /// dateTime down to the second).
-fn date_range(v: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+pub(crate) fn date_range(v: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let day = |y: i32, m: u32, d: u32| {
         NaiveDate::from_ymd_opt(y, m, d)
             .and_then(|d| d.and_hms_opt(0, 0, 0))

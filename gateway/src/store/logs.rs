@@ -24,6 +24,7 @@ pub struct Change<'a> {
 
 /// Queues one version for the change log (written with the rest of the unit of work).
 pub fn record_change(s: &mut Scoped, c: Change) {
+    s.touched.written(c.resource_type, c.uid, c.state.as_ref());
     let row = ChangeRow {
         resource_type: c.resource_type.to_string(),
         resource_uid: c.uid.to_string(),
@@ -124,15 +125,15 @@ pub fn record_inbound(s: &mut Scoped, i: Inbound) {
     s.defer().inbound.push(row);
 }
 
-/// The mapping version that wrote each (type, uid, version) asked for, in one query whatever the
-/// mix of types.
+/// The mapping version and the actor of every version of the records asked for, in one query
+/// whatever the mix of types: (type, uid, version, mapping version, actor).
 pub fn mapping_versions(
     conn: &mut PgConnection,
     keys: &[(String, String)],
-) -> Result<Vec<(String, String, i32, String)>, Error> {
+) -> Result<Vec<(String, String, i32, Option<String>, String)>, Error> {
     let (types, uids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip();
-    let rows: Vec<(String, String, i32, Option<String>)> = cl::table
+    Ok(cl::table
         .filter(
             diesel::dsl::sql::<diesel::sql_types::Bool>(
                 "(change_log.resource_type, change_log.resource_uid) IN (SELECT * FROM unnest(",
@@ -147,10 +148,7 @@ pub fn mapping_versions(
             cl::resource_uid,
             cl::version,
             cl::mapping_version,
+            cl::actor,
         ))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(t, u, v, m)| Some((t, u, v, m?)))
-        .collect())
+        .load(conn)?)
 }

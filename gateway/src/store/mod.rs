@@ -1,6 +1,7 @@
 //! Postgres through diesel: the connection pool, embedded migrations, the DHIS2 metadata import and
 //! the scoped data access that every request goes through.
 
+pub mod audit;
 pub mod cache;
 pub mod clients;
 pub mod enrollments;

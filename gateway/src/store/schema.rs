@@ -440,5 +440,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_event (id) {
+        id -> Int8,
+        recorded -> Timestamptz,
+        request_id -> Nullable<Text>,
+        agent -> Text,
+        action -> Text,
+        subtype -> Text,
+        resource_type -> Nullable<Text>,
+        query -> Nullable<Text>,
+        entity -> Array<Text>,
+        patient -> Array<Text>,
+        http_status -> Nullable<Int2>,
+        outcome -> Int2,
+        outcome_desc -> Nullable<Text>,
+        source_ip -> Nullable<Text>,
+        purpose -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(api_token -> api_client (client_id));
 diesel::allow_tables_to_appear_in_same_query!(api_token, api_client);

@@ -31,6 +31,8 @@ pub struct Scoped<'a> {
     pub entry: Option<EntryAt>,
     /// The caller's scope as ids, read once per unit of work (see [`ProgramScope`]).
     program_scope: Option<Option<ProgramScope>>,
+    /// What this unit of work wrote, for its access record (`crate::audit`).
+    pub touched: crate::audit::Touched,
 }
 
 /// The caller's scope as the database function `kiunga_enrollment_visible` takes it: org-unit ids
@@ -121,12 +123,39 @@ const RESERVE_MAX: i32 = 1_600;
 impl<'a> Scoped<'a> {
     /// Runs `f` as one unit of work in a database transaction (a savepoint when `conn` is already
     /// in one): the queue is written before the transaction commits, and dropped with it on error.
+    ///
+    /// A unit of work that wrote inserts the request's access record (`crate::audit`) before it
+    /// commits, naming what it wrote: the write and its record commit together or not at all.
     pub fn transaction<T>(
         conn: &mut PgConnection,
         ctx: &RequestContext,
         f: impl FnOnce(&mut Scoped) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        Self::transaction_at(conn, ctx, None, f)
+        let mut audited = false;
+        let out = Self::transaction_at(conn, ctx, None, |s| {
+            let out = f(s)?;
+            audited = s.record_access()?;
+            Ok(out)
+        })?;
+        if audited {
+            if let Some(a) = &ctx.access {
+                a.mark_recorded();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts the access record of what this unit wrote, if it wrote anything for a request.
+    fn record_access(&mut self) -> Result<bool, Error> {
+        let Some(access) = self.ctx.access.as_deref() else {
+            return Ok(false);
+        };
+        if self.touched.is_empty() {
+            return Ok(false);
+        }
+        let row = access.written_row(&self.touched);
+        super::audit::insert(self.conn()?, std::slice::from_ref(&row))?;
+        Ok(true)
     }
 
     fn new(conn: &'a mut PgConnection, ctx: &'a RequestContext, entry: Option<EntryAt>) -> Self {
@@ -139,6 +168,7 @@ impl<'a> Scoped<'a> {
             reserved: Vec::new(),
             entry,
             program_scope: None,
+            touched: crate::audit::Touched::default(),
         }
     }
 
@@ -182,7 +212,14 @@ impl<'a> Scoped<'a> {
             ..LinkPool::default()
         };
         let ctx = self.ctx;
-        Scoped::transaction_at(self.conn, ctx, self.entry.clone(), f)
+        let mut touched = crate::audit::Touched::default();
+        let out = Scoped::transaction_at(self.conn, ctx, self.entry.clone(), |s| {
+            let out = f(s)?;
+            touched = std::mem::take(&mut s.touched);
+            Ok(out)
+        })?;
+        self.touched.extend(touched);
+        Ok(out)
     }
 
     /// The connection without writing the queue first: only for reads that need nothing queued

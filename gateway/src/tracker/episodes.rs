@@ -20,6 +20,10 @@ impl super::Stamped for EnrollmentRecord {
     fn stamp(&self) -> (&str, i32, DateTime<Utc>) {
         (&self.uid, self.version, self.last_updated)
     }
+
+    fn person(&self) -> Option<&str> {
+        Some(&self.tracked_entity_uid)
+    }
 }
 
 fn not_found(uid: &str) -> Error {

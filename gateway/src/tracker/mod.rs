@@ -84,6 +84,11 @@ pub fn versions_of<T>(
 /// What the change log needs of a record: its uid, version and time.
 pub trait Stamped {
     fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>);
+
+    /// The person the record belongs to, for the access record (`crate::audit`).
+    fn person(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Stamped for model::PersonRecord {
@@ -96,11 +101,19 @@ impl Stamped for model::EventRecord {
     fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>) {
         (&self.uid, self.version, self.last_updated)
     }
+
+    fn person(&self) -> Option<&str> {
+        Some(&self.tracked_entity_uid)
+    }
 }
 
 impl Stamped for model::DataValueRecord {
     fn stamp(&self) -> (&str, i32, chrono::DateTime<chrono::Utc>) {
         (&self.uid, self.version, self.last_updated)
+    }
+
+    fn person(&self) -> Option<&str> {
+        Some(&self.tracked_entity_uid)
     }
 }
 
@@ -116,6 +129,9 @@ pub fn record_write<'a, R: Stamped>(
     inbound: crate::store::logs::Inbound<'a>,
 ) {
     let (uid, version, at) = record.stamp();
+    if let Some(p) = record.person() {
+        s.touched.patient.insert(format!("Patient/{p}"));
+    }
     let change = crate::store::logs::Change {
         resource_type,
         uid,

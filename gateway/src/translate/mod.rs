@@ -37,6 +37,16 @@ impl<'a> Reader<'a> {
     pub fn consume_server_meta(&mut self) {
         self.consume("meta.versionId");
         self.consume("meta.lastUpdated");
+        // The gateway's own `meta.source` (who wrote the version) comes back with a read-back
+        // resource; any other source is the sender's and is reported as not kept.
+        if self
+            .root
+            .pointer("/meta/source")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with(crate::rest::provenance::SOURCE_PREFIX))
+        {
+            self.consume("meta.source");
+        }
         let tags = self
             .root
             .pointer("/meta/tag")

@@ -1,0 +1,2 @@
+DROP TABLE audit_event;
+DROP FUNCTION kiunga_audit_append_only();
