@@ -11,6 +11,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts a gateway. With `auth`, as production runs it (authentication required, a client's
+    /// scopes applied), but with rate limits out of reach and hour-long tokens, so that the run
+    /// measures what authentication and scope filtering cost and not a 429; without, in
+    /// development mode (`KIUNGA_AUTH=off`), which every other scenario uses.
     pub fn start(
         binary: &Path,
         database_url: &str,
@@ -18,14 +22,22 @@ impl Gateway {
         pool_size: u32,
         mappings: &Path,
         log: &Path,
+        auth: bool,
     ) -> Result<Gateway, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(binary)
-            .arg("serve")
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve");
+        if auth {
+            cmd.env("KIUNGA_AUTH", "required")
+                .env("KIUNGA_RATE_LIMIT", "1000000")
+                .env("KIUNGA_RATE_LIMIT_BURST", "1000000")
+                .env("KIUNGA_TOKEN_SECONDS", "3600");
+        } else {
+            cmd.env("KIUNGA_AUTH", "off");
+        }
+        let child = cmd
             .env("KIUNGA_DATABASE_URL", database_url)
             .env("KIUNGA_LISTEN", listen)
-            // Authentication's cost is measured apart (docs/performance.md).
-            .env("KIUNGA_AUTH", "off")
             .env("KIUNGA_POOL_SIZE", pool_size.to_string())
             .env("KIUNGA_MAPPINGS_DIR", mappings)
             .stdout(Stdio::null())

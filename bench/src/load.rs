@@ -26,6 +26,36 @@ pub struct Stats {
     pub max_ms: f64,
 }
 
+impl Stats {
+    /// Rounds of one side taken together: throughput over the rounds' total time, percentiles the
+    /// mean of the rounds' (the latencies themselves are not kept across rounds).
+    pub fn merge(rounds: &[Stats]) -> Stats {
+        let n = rounds.len().max(1) as f64;
+        let seconds: f64 = rounds.iter().map(|r| r.seconds).sum();
+        let ops: u64 = rounds.iter().map(|r| r.ops).sum();
+        let units: u64 = rounds.iter().map(|r| r.units).sum();
+        let per_s = |x: u64| {
+            if seconds > 0.0 {
+                x as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        Stats {
+            clients: rounds.first().map_or(0, |r| r.clients),
+            seconds,
+            ops,
+            units,
+            ops_per_s: per_s(ops),
+            units_per_s: per_s(units),
+            p50_ms: rounds.iter().map(|r| r.p50_ms).sum::<f64>() / n,
+            p95_ms: rounds.iter().map(|r| r.p95_ms).sum::<f64>() / n,
+            p99_ms: rounds.iter().map(|r| r.p99_ms).sum::<f64>() / n,
+            max_ms: rounds.iter().map(|r| r.max_ms).fold(0.0, f64::max),
+        }
+    }
+}
+
 fn note_failure(slot: &Mutex<Option<String>>, e: String) {
     if let Ok(mut f) = slot.lock() {
         f.get_or_insert(e);

@@ -112,6 +112,7 @@ fn run(args: Args) -> Result<(), String> {
                 args.pool_size,
                 &bench_mappings(),
                 &args.gateway_log,
+                false,
             )?)
         }
     };
@@ -149,6 +150,7 @@ fn run(args: Args) -> Result<(), String> {
         rows.extend(read_scenarios(&ctx, scale)?);
     }
     let top = *scales.last().unwrap_or(&0);
+    rows.extend(auth_scenarios(&ctx, top)?);
     rows.extend(write_scenarios(&ctx, top)?);
     let mut gw = ctx.gateway;
     let peak = gw.as_ref().and_then(|g| g.peak_rss_mib());
@@ -447,6 +449,174 @@ fn read_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
                 Some(raw.clone()),
             ));
         }
+    }
+    Ok(rows)
+}
+
+/// The port after `listen`'s, for the authenticated gateway.
+fn next_port(listen: &str) -> Result<String, String> {
+    let (host, port) = listen
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--listen `{listen}` has no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--listen `{listen}`: bad port"))?;
+    Ok(format!("{host}:{}", port + 1))
+}
+
+/// Registers the bench's API client (`kiunga clients add`): read and search of Patient and
+/// Observation, and as search scope every org unit one level below the root, which holds the
+/// whole population but is not the unrestricted scope, so that every query is filtered by
+/// org-unit path in SQL as a real client's is. Returns its secret.
+fn register_client(ctx: &Ctx, admin: &mut PgConnection) -> Result<String, String> {
+    #[derive(QueryableByName)]
+    struct Uid {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        uid: String,
+    }
+    let units: Vec<Uid> = diesel::sql_query(
+        "SELECT uid FROM org_unit WHERE level = (SELECT min(level) + 1 FROM org_unit) ORDER BY uid",
+    )
+    .load(admin)
+    .map_err(|e| format!("org units: {e}"))?;
+    let search = units
+        .into_iter()
+        .map(|u| u.uid)
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::process::Command::new(&ctx.args.gateway)
+        .args([
+            "clients",
+            "add",
+            "bench-reader",
+            "--name",
+            "kiunga-bench",
+            "--scopes",
+        ])
+        .arg("system/Patient.rs system/Observation.rs")
+        .arg("--search")
+        .arg(&search)
+        .env("KIUNGA_DATABASE_URL", &ctx.args.database_url)
+        .env("KIUNGA_MAPPINGS_DIR", bench_mappings())
+        .env("KIUNGA_LOG", "warn")
+        .output()
+        .map_err(|e| format!("kiunga clients add: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "kiunga clients add printed no secret: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn access_token(root: &str, secret: &str) -> Result<String, String> {
+    let v: Value = reqwest::blocking::Client::new()
+        .post(format!("{root}/auth/token"))
+        .basic_auth("bench-reader", Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| format!("POST /auth/token: {e}"))?;
+    v["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("POST /auth/token: no token in {v}"))
+}
+
+/// What authentication, scopes and org-unit filtering cost on reads and searches (issue 10):
+/// the same gateway binary on the same database, once in development mode and once requiring a
+/// bearer token of a client with a restricted search scope, run alternately (A B A B) with the
+/// same clients and population. The "raw" side of these rows is the development-mode gateway.
+fn auth_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
+    let reads = [
+        Read::ById,
+        Read::ByIdentifier,
+        Read::ObservationsByPatientCode,
+    ];
+    if ctx.args.external.is_some()
+        || !reads
+            .iter()
+            .any(|r| ctx.wanted(&format!("{}, authenticated", r.name())))
+    {
+        return Ok(vec![]);
+    }
+    let mut admin = PgConnection::establish(&ctx.args.database_url)
+        .map_err(|e| format!("connecting to the benchmark database: {e}"))?;
+    let secret = register_client(ctx, &mut admin)?;
+    let listen = next_port(&ctx.args.listen)?;
+    let log = ctx.args.gateway_log.with_extension("auth.log");
+    say("starting a second gateway with authentication required");
+    let secured = gateway::Gateway::start(
+        &ctx.args.gateway,
+        &ctx.args.database_url,
+        &listen,
+        ctx.args.pool_size,
+        &bench_mappings(),
+        &log,
+        true,
+    )?;
+    let root = secured.base.trim_end_matches("/fhir").to_string();
+    let token = access_token(&root, &secret)?;
+    let bearer = format!("Bearer {token}");
+    let authed = move |_: usize| -> Result<reqwest::blocking::Client, String> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            bearer.parse().map_err(|_| "bad token header".to_string())?,
+        );
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .default_headers(h)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let pick = move || rand::thread_rng().gen_range(1..=scale);
+    let mut rows = Vec::new();
+    for read in reads {
+        let name: &'static str = match read {
+            Read::ById => "read Patient by id, authenticated",
+            Read::ByIdentifier => "search Patient by identifier, authenticated",
+            _ => "search Observation by patient+code, authenticated",
+        };
+        if !ctx.wanted(name) {
+            continue;
+        }
+        let mut open = Vec::new();
+        let mut closed = Vec::new();
+        for round in 1..=2 {
+            say(format!(
+                "{name} at {scale} people: development mode, round {round}"
+            ));
+            open.push(load::run(
+                ctx.args.clients,
+                ctx.warmup(),
+                ctx.duration(),
+                http_client,
+                |c, _, _| get(c, &read.url(&ctx.base, pick()), JSON).map(|_| 1),
+            )?);
+            say(format!(
+                "{name} at {scale} people: with a token, round {round}"
+            ));
+            closed.push(load::run(
+                ctx.args.clients,
+                ctx.warmup(),
+                ctx.duration(),
+                &authed,
+                |c, _, _| get(c, &read.url(&secured.base, pick()), JSON).map(|_| 1),
+            )?);
+        }
+        rows.push(Row::new(
+            name,
+            "auth",
+            Some(scale),
+            "json",
+            Stats::merge(&closed),
+            Some(Stats::merge(&open)),
+        ));
     }
     Ok(rows)
 }

@@ -183,6 +183,18 @@ impl Run {
                 met: cost <= 1.5,
             });
         }
+        // Issue 10: authentication, scopes and org-unit filtering cost at most a tenth.
+        for r in self.rows.iter().filter(|r| r.kind == "auth") {
+            if let Some(open) = &r.raw {
+                let cost = open.units_per_s / r.gateway.units_per_s.max(f64::MIN_POSITIVE);
+                t.push(Target {
+                    name: format!("{} (dev mode ÷ token throughput)", r.scenario),
+                    goal: "≤ 1.1×".into(),
+                    value: format!("{cost:.2}×"),
+                    met: cost <= 1.1,
+                });
+            }
+        }
         if let Some(r) = self.find("transaction Bundle ingest", None, "json") {
             let v = r.gateway.units_per_s;
             t.push(Target {
@@ -273,6 +285,9 @@ impl Run {
                 rp99,
                 r.ratio().map(|x| format!("{x:.2}")).unwrap_or("-".into()),
             ));
+        }
+        if self.rows.iter().any(|r| r.kind == "auth") {
+            s.push_str("(rows `…, authenticated`: the raw columns are the same gateway in development mode, and gw÷raw is token ÷ development mode)\n");
         }
         let growth = self.growth();
         if !growth.is_empty() {

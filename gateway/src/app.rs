@@ -30,6 +30,8 @@ pub struct AppState {
     pub token_limiter: Option<crate::auth::limits::RateLimiter>,
     /// Writes the access records of requests that wrote nothing (`crate::audit`).
     pub audit: crate::audit::Sink,
+    /// The external identity provider whose bearer JWTs are accepted, when configured.
+    pub idp: Option<crate::auth::idp::Idp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +123,11 @@ impl AppState {
             config.token_rate_per_second,
             config.token_rate_burst,
         );
+        let idp = crate::auth::idp::Idp::from_config(&config).map_err(StartError::Config)?;
         let audit = crate::audit::Sink::start(pool.clone())
             .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
         Ok(AppState {
+            idp,
             audit,
             limiter,
             token_limiter,
@@ -226,6 +230,7 @@ where
     F: FnOnce(&mut Scoped, &Env) -> Result<T, Error> + Send + 'static,
 {
     let state = state.clone();
+    let ctx = ctx.resolved(&state.metadata);
     web::block(move || {
         let mut conn = state.pool.get()?;
         let env = Env {
@@ -258,6 +263,7 @@ where
         + 'static,
 {
     let state = state.clone();
+    let ctx = ctx.resolved(&state.metadata);
     web::block(move || {
         let mut conn = state.pool.get()?;
         let env = Env {
@@ -299,7 +305,8 @@ impl Gateway {
         // Every database call runs on a blocking thread and holds a pooled connection, so threads
         // beyond the pool only wait; each idle one would still keep its own malloc arena (memory).
         let blocking = (state.config.pool_size as usize).div_ceil(workers) + 1;
-        Ok(HttpServer::new(move || {
+        let tls = tls_config(&state.config)?;
+        let server = HttpServer::new(move || {
             let origins = &state.config.cors_allowed_origins;
             App::new()
                 .app_data(state.clone())
@@ -314,10 +321,55 @@ impl Gateway {
                 .configure(crate::http::routes)
         })
         .workers(workers)
-        .worker_max_blocking_threads(blocking)
-        .listen(listener)?
-        .run())
+        .worker_max_blocking_threads(blocking);
+        Ok(match tls {
+            Some(cfg) => server.listen_rustls_0_23(listener, cfg)?.run(),
+            None => server.listen(listener)?.run(),
+        })
     }
+}
+
+/// The HTTPS settings when `tls_cert` and `tls_key` are configured: TLS 1.2 and 1.3 with rustls'
+/// safe defaults (ring), HTTP/1.1. A file that cannot be read or holds no usable certificate or
+/// key stops the start, naming it.
+fn tls_config(config: &Config) -> std::io::Result<Option<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            bad(
+                cert,
+                &format!("KIUNGA_TLS_CERT is not a PEM certificate chain ({e})"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(bad(cert, &"KIUNGA_TLS_CERT holds no certificate"));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        bad(
+            key,
+            &format!("KIUNGA_TLS_KEY is not a PEM private key ({e})"),
+        )
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| bad(key, &format!("the key does not fit the certificate ({e})")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(cfg))
 }
 
 /// Headers on every answer: no content sniffing, no framing, no referrer, no caching of what may

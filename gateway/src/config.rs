@@ -65,6 +65,17 @@ pub struct Config {
     pub token_rate_burst: u32,
     /// A TOML file of API clients applied at start-up (docs/security.md); none by default.
     pub clients_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: with both, the gateway serves HTTPS itself
+    /// (rustls); with neither, plain HTTP behind a TLS-terminating proxy.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// An external identity provider (Keycloak and the like) whose bearer JWTs are accepted: its
+    /// issuer (`iss`), its keys (a JWKS file, or an http(s) URL), the audience its tokens must
+    /// name (default: the FHIR base URL) and the claim naming the registered client.
+    pub idp_issuer: Option<String>,
+    pub idp_jwks: Option<String>,
+    pub idp_audience: Option<String>,
+    pub idp_client_claim: String,
 }
 
 impl Default for Config {
@@ -87,6 +98,13 @@ impl Default for Config {
             break_glass_seconds: 3 * 60 * 60,
             cors_allowed_origins: Vec::new(),
             auth: AuthMode::Required,
+            tls_cert: None,
+            tls_key: None,
+            idp_issuer: None,
+            idp_jwks: None,
+            idp_audience: None,
+            // Keycloak puts the client id of a client-credentials token in `azp`.
+            idp_client_claim: "azp".into(),
             // SMART Backend Services recommends five minutes.
             token_seconds: 300,
             // One runaway client must not take the two cores from the others; a busy EMR's sync
@@ -253,6 +271,40 @@ impl Config {
         if let Some(v) = get("KIUNGA_CLIENTS_FILE") {
             self.clients_file = (!v.is_empty()).then(|| v.into());
         }
+        let path = |v: String| (!v.is_empty()).then(|| PathBuf::from(v));
+        let text = |v: String| (!v.trim().is_empty()).then(|| v.trim().to_string());
+        if let Some(v) = get("KIUNGA_TLS_CERT") {
+            self.tls_cert = path(v);
+        }
+        if let Some(v) = get("KIUNGA_TLS_KEY") {
+            self.tls_key = path(v);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Env {
+                name: if self.tls_cert.is_some() { "KIUNGA_TLS_KEY" } else { "KIUNGA_TLS_CERT" },
+                message: "HTTPS needs both KIUNGA_TLS_CERT (PEM certificate chain) and KIUNGA_TLS_KEY (PEM private key)".into(),
+            });
+        }
+        if let Some(v) = get("KIUNGA_IDP_ISSUER") {
+            self.idp_issuer = text(v);
+        }
+        if let Some(v) = get("KIUNGA_IDP_JWKS") {
+            self.idp_jwks = text(v);
+        }
+        if let Some(v) = get("KIUNGA_IDP_AUDIENCE") {
+            self.idp_audience = text(v);
+        }
+        if let Some(v) = get("KIUNGA_IDP_CLIENT_CLAIM") {
+            if let Some(c) = text(v) {
+                self.idp_client_claim = c;
+            }
+        }
+        if self.idp_issuer.is_some() != self.idp_jwks.is_some() {
+            return Err(ConfigError::Env {
+                name: if self.idp_issuer.is_some() { "KIUNGA_IDP_JWKS" } else { "KIUNGA_IDP_ISSUER" },
+                message: "an external identity provider needs both KIUNGA_IDP_ISSUER (its `iss`) and KIUNGA_IDP_JWKS (a JWKS file or URL)".into(),
+            });
+        }
         if let Some(v) = get("KIUNGA_TOKEN_SECONDS") {
             self.token_seconds = parse("KIUNGA_TOKEN_SECONDS", v)?;
         }
@@ -291,7 +343,14 @@ impl Config {
     pub fn fhir_base(&self) -> String {
         match &self.base_url {
             Some(b) => b.trim_end_matches('/').to_string(),
-            None => format!("http://{}/fhir", self.listen),
+            None => {
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}/fhir", self.listen)
+            }
         }
     }
 }
@@ -360,6 +419,27 @@ mod tests {
             err.to_string().contains("KIUNGA_BREAK_GLASS_SECONDS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn https_and_the_identity_provider_need_both_of_their_settings() {
+        let err = Config::default()
+            .apply_env(|n| (n == "KIUNGA_TLS_CERT").then(|| "cert.pem".into()))
+            .expect_err("a certificate without a key");
+        assert!(err.to_string().contains("KIUNGA_TLS_KEY"), "{err}");
+        let err = Config::default()
+            .apply_env(|n| (n == "KIUNGA_IDP_JWKS").then(|| "keys.json".into()))
+            .expect_err("keys without an issuer");
+        assert!(err.to_string().contains("KIUNGA_IDP_ISSUER"), "{err}");
+        let mut c = Config::default();
+        c.apply_env(|n| match n {
+            "KIUNGA_TLS_CERT" => Some("cert.pem".into()),
+            "KIUNGA_TLS_KEY" => Some("key.pem".into()),
+            _ => None,
+        })
+        .expect("both given");
+        assert_eq!(c.fhir_base(), "https://127.0.0.1:8080/fhir");
+        assert_eq!(c.idp_client_claim, "azp");
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct RequestContext {
     /// The request's access to patient data, which its AuditEvent records (`crate::audit`); None
     /// for the gateway's own work and for requests that touch no patient data.
     pub access: Option<std::sync::Arc<crate::audit::Access>>,
+    /// The scope for program data as ids, resolved from the loaded metadata before the request's
+    /// unit of work starts (`crate::app`), so that no query is spent on it; None: not resolved
+    /// (the unit of work then reads it from the database).
+    pub program_scope: Option<Option<crate::store::ProgramScope>>,
 }
 
 impl RequestContext {
@@ -93,6 +97,7 @@ impl RequestContext {
             search: OrgScope::All,
             scopes: Scopes::all(),
             access: None,
+            program_scope: None,
         }
     }
 
@@ -105,6 +110,7 @@ impl RequestContext {
             search: OrgScope::Subtrees(Vec::new()),
             scopes: Scopes::default(),
             access: None,
+            program_scope: None,
         }
     }
 
@@ -116,6 +122,7 @@ impl RequestContext {
             search: OrgScope::All,
             scopes: Scopes::all(),
             access: None,
+            program_scope: None,
         }
     }
 
@@ -128,6 +135,7 @@ impl RequestContext {
             search: p.search.clone(),
             scopes: p.scopes.clone(),
             access: None,
+            program_scope: None,
         }
     }
 
@@ -154,6 +162,15 @@ impl RequestContext {
     /// of other types are left out when not).
     pub fn may_read(&self, resource_type: &str) -> bool {
         self.scopes.allows(resource_type, Op::Read)
+    }
+
+    /// The same context with its program scope resolved from the metadata loaded at start-up (the
+    /// org-unit tree and the programs' access levels do not change while the gateway runs).
+    pub fn resolved(mut self, md: &crate::tracker::metadata::Metadata) -> Self {
+        if self.program_scope.is_none() {
+            self.program_scope = Some(crate::store::ProgramScope::resolve(&self, md));
+        }
+        self
     }
 
     /// The same context, recording its accesses as `access`.

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod declared;
+pub mod idp;
 pub mod limits;
 pub mod scopes;
 
@@ -215,6 +216,36 @@ pub fn authenticate(
         return Ok(None);
     };
     Ok(Some(principal(md, &client, &scopes)))
+}
+
+/// The principal of a valid external-provider token (`idp::Idp::verify`): the registered client
+/// it names, with its registered scopes narrowed to the token's. The refusal says why, for the 401.
+pub fn authenticate_claimed(
+    conn: &mut PgConnection,
+    md: &Metadata,
+    claimed: &idp::Claimed,
+) -> Result<Result<Principal, String>, crate::error::Error> {
+    let client = match clients::by_client_id(conn, &claimed.client_id)? {
+        Some(c) if c.revoked_at.is_none() => c,
+        _ => {
+            return Ok(Err(
+                "the bearer JWT names a client that is not registered here, or was revoked (kiunga clients add)".into(),
+            ))
+        }
+    };
+    let registered = Scopes::parse(&client.scopes).unwrap_or_default();
+    let granted = match &claimed.scopes {
+        None => registered,
+        Some(asked) => match registered.grant(asked) {
+            Ok(g) => g,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the bearer JWT's scopes exceed the client's registration: {e}"
+                )))
+            }
+        },
+    };
+    Ok(Ok(principal(md, &client, &granted.to_string())))
 }
 
 fn principal(md: &Metadata, client: &ClientRow, scopes: &str) -> Principal {

@@ -48,6 +48,39 @@ pub struct ProgramScope {
 }
 
 impl ProgramScope {
+    /// The caller's scope as ids from the metadata in memory, or None when the caller may see
+    /// everything (both scopes unrestricted): what [`Scoped::program_scope`] reads from the
+    /// database, without a query.
+    pub fn resolve(
+        ctx: &RequestContext,
+        md: &crate::tracker::metadata::Metadata,
+    ) -> Option<ProgramScope> {
+        if ctx.search == OrgScope::All && ctx.capture == OrgScope::All {
+            return None;
+        }
+        let ids = |scope: &OrgScope| -> Vec<i64> {
+            md.org_units
+                .iter()
+                .filter(|o| scope.contains(&o.path))
+                .map(|o| o.id)
+                .collect()
+        };
+        let of = |wanted: &[&str]| -> Vec<i64> {
+            md.programs
+                .iter()
+                .filter(|p| wanted.contains(&p.access_level.as_str()))
+                .map(|p| p.id)
+                .collect()
+        };
+        Some(ProgramScope {
+            search: ids(&ctx.search),
+            capture: ids(&ctx.capture),
+            open: of(&["OPEN", "AUDITED"]),
+            protected: of(&["PROTECTED"]),
+            actor: ctx.actor.to_string(),
+        })
+    }
+
     /// The rule as a diesel filter, for the enrollment given as SQL (e.g. `event.enrollment_id`).
     pub fn visible<QS: 'static>(
         &self,
@@ -167,7 +200,7 @@ impl<'a> Scoped<'a> {
             links: LinkPool::default(),
             reserved: Vec::new(),
             entry,
-            program_scope: None,
+            program_scope: ctx.program_scope.clone(),
             touched: crate::audit::Touched::default(),
         }
     }
