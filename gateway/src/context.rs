@@ -86,6 +86,9 @@ pub struct RequestContext {
     /// unit of work starts (`crate::app`), so that no query is spent on it; None: not resolved
     /// (the unit of work then reads it from the database).
     pub program_scope: Option<Option<crate::store::ProgramScope>>,
+    /// The programs (UIDs) whose data the caller may see and write, DHIS2's program access; None:
+    /// every program.
+    pub programs: Option<Vec<String>>,
 }
 
 impl RequestContext {
@@ -98,6 +101,7 @@ impl RequestContext {
             scopes: Scopes::all(),
             access: None,
             program_scope: None,
+            programs: None,
         }
     }
 
@@ -111,6 +115,7 @@ impl RequestContext {
             scopes: Scopes::default(),
             access: None,
             program_scope: None,
+            programs: None,
         }
     }
 
@@ -123,6 +128,7 @@ impl RequestContext {
             scopes: Scopes::all(),
             access: None,
             program_scope: None,
+            programs: None,
         }
     }
 
@@ -136,6 +142,7 @@ impl RequestContext {
             scopes: p.scopes.clone(),
             access: None,
             program_scope: None,
+            programs: p.programs.clone(),
         }
     }
 
@@ -155,6 +162,23 @@ impl RequestContext {
             "the access token's scopes do not allow {what} on {resource_type}; it needs system/{resource_type}.{} (granted: {})",
             op.letter(),
             self.scopes
+        )))
+    }
+
+    /// Whether the caller has access to the program with this UID.
+    pub fn may_use_program(&self, uid: &str) -> bool {
+        self.programs
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|p| p == uid))
+    }
+
+    /// Refuses (403) writing program data of a program the caller has no access to.
+    pub fn require_program(&self, uid: &str, name: &str) -> Result<(), Error> {
+        if self.may_use_program(uid) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "this client has no access to the program {name} ({uid}); its registration names the programs it may use"
         )))
     }
 

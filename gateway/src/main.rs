@@ -103,6 +103,10 @@ enum ClientsAction {
         /// Org units whose subtrees it may find, beyond those it may write.
         #[arg(long, value_delimiter = ',')]
         search: Vec<String>,
+        /// Programs (UID or code, comma separated) whose data it may see and write; without it,
+        /// every program.
+        #[arg(long, value_delimiter = ',')]
+        programs: Option<Vec<String>>,
         /// A JSON file with the client's public keys (a JWKS, RS384 or ES384).
         #[arg(long)]
         jwks: Option<PathBuf>,
@@ -465,6 +469,7 @@ fn clients(config: Config, action: ClientsAction) -> ExitCode {
                 scopes,
                 capture,
                 search,
+                programs,
                 jwks,
             } => {
                 let jwks = match jwks {
@@ -487,6 +492,7 @@ fn clients(config: Config, action: ClientsAction) -> ExitCode {
                         scopes: &scopes,
                         capture: &capture,
                         search: &search,
+                        programs: programs.as_deref(),
                         jwks,
                     },
                 )?;

@@ -35,6 +35,7 @@ pub fn register(
             scopes,
             capture: &own(capture),
             search: &own(search),
+            programs: None,
             jwks,
         },
     )

@@ -18,8 +18,23 @@ pub struct Registration<'a> {
     /// Org units (UID or code) whose subtrees it may write, and find.
     pub capture: &'a [String],
     pub search: &'a [String],
+    /// Programs (UID or code) whose data it may see and write; None: every program.
+    pub programs: Option<&'a [String]>,
     /// Public keys (a JWKS) for private_key_jwt; without them a secret is made.
     pub jwks: Option<Value>,
+}
+
+/// Program UIDs for program references given as UID or code; an unknown one is refused.
+pub fn program_uids(md: &Metadata, list: &[String]) -> Result<Vec<String>, String> {
+    list.iter()
+        .map(|p| {
+            md.programs
+                .iter()
+                .find(|x| x.uid == *p || x.code.as_deref() == Some(p.as_str()))
+                .map(|x| x.uid.clone())
+                .ok_or_else(|| format!("program `{p}` is not in the metadata (give a UID or code)"))
+        })
+        .collect()
 }
 
 /// Registers a client; returns its secret when it authenticates with one (shown once).
@@ -41,6 +56,11 @@ pub fn add(
             .collect()
     };
     let capture = uids(r.capture, "capture")?;
+    let programs = r
+        .programs
+        .map(|p| program_uids(md, p))
+        .transpose()
+        .map_err(Error::invalid)?;
     // Whoever may write a record may find it.
     let mut search = uids(r.search, "search")?;
     for c in &capture {
@@ -79,6 +99,7 @@ pub fn add(
             scopes: r.scopes,
             capture_org_units: &capture,
             search_org_units: &search,
+            programs: programs.as_deref(),
         },
     )?;
     Ok(secret)
@@ -113,7 +134,7 @@ pub fn list(conn: &mut PgConnection) -> Result<Vec<String>, Error> {
         .into_iter()
         .map(|c| {
             format!(
-                "{}\t{}\t{}\t{}\tcapture={}\tsearch={}\t{}",
+                "{}\t{}\t{}\t{}\tcapture={}\tsearch={}\tprograms={}\t{}",
                 c.client_id,
                 if c.revoked_at.is_some() {
                     "revoked"
@@ -128,6 +149,9 @@ pub fn list(conn: &mut PgConnection) -> Result<Vec<String>, Error> {
                 c.scopes,
                 c.capture_org_units.join(","),
                 c.search_org_units.join(","),
+                c.programs
+                    .as_ref()
+                    .map_or("all".to_string(), |p| p.join(",")),
                 c.name
             )
         })

@@ -50,6 +50,8 @@ struct Declared {
     capture: Vec<String>,
     #[serde(default)]
     search: Vec<String>,
+    /// Programs (UID or code) it may use; absent: every program.
+    programs: Option<Spanned<Vec<String>>>,
     secret_env: Option<Spanned<String>>,
     jwks_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -136,6 +138,15 @@ pub fn apply(
             },
             (None, Some(_)) => None,
         };
+        if let Some(p) = &c.programs {
+            if let Err(e) = admin::program_uids(md, p.get_ref()) {
+                problems.push(format!(
+                    "{}: client `{}`: {e}",
+                    at(&p.span()),
+                    c.id.get_ref()
+                ));
+            }
+        }
         for ou in c.capture.iter().chain(&c.search) {
             if md.org_unit(ou).is_none() {
                 problems.push(format!(
@@ -165,6 +176,7 @@ pub fn apply(
                         scopes: c.scopes.get_ref(),
                         capture: &c.capture,
                         search: &c.search,
+                        programs: c.programs.as_ref().map(|p| p.get_ref().as_slice()),
                         jwks: jwks.clone(),
                     },
                 )
@@ -187,6 +199,10 @@ pub fn apply(
                         search.push(u.clone());
                     }
                 }
+                let programs = c
+                    .programs
+                    .as_ref()
+                    .map(|p| admin::program_uids(md, p.get_ref()).unwrap_or_default());
                 clients::update(
                     conn,
                     &row,
@@ -194,6 +210,7 @@ pub fn apply(
                     c.scopes.get_ref(),
                     &capture,
                     &search,
+                    programs.as_deref(),
                     jwks.as_ref(),
                 )
                 .map_err(db)?;

@@ -202,6 +202,8 @@ pub struct Principal {
     pub scopes: Scopes,
     pub capture: OrgScope,
     pub search: OrgScope,
+    /// Program UIDs it may use; None: every program.
+    pub programs: Option<Vec<String>>,
 }
 
 /// The principal of a live bearer token, or None (unknown, expired, or its client revoked).
@@ -262,6 +264,7 @@ fn principal(md: &Metadata, client: &ClientRow, scopes: &str) -> Principal {
         scopes: Scopes::parse(scopes).unwrap_or_default(),
         capture: paths(&client.capture_org_units),
         search: paths(&client.search_org_units),
+        programs: client.programs.clone(),
     }
 }
 

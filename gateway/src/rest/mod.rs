@@ -606,7 +606,8 @@ pub fn type_history(
             .bind::<Array<BigInt>, _>(p.capture)
             .bind::<Array<BigInt>, _>(p.open)
             .bind::<Array<BigInt>, _>(p.protected)
-            .bind::<Text, _>(p.actor);
+            .bind::<Text, _>(p.actor)
+            .bind::<Array<BigInt>, _>(p.programs);
     }
     let rows: Vec<Row> = q.load(s.conn()?)?;
     let mut out = Vec::with_capacity(rows.len());

@@ -21,6 +21,8 @@ pub struct ClientRow {
     pub search_org_units: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Program UIDs it may use; None: every program.
+    pub programs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -33,6 +35,7 @@ pub struct NewClient<'a> {
     pub scopes: &'a str,
     pub capture_org_units: &'a [String],
     pub search_org_units: &'a [String],
+    pub programs: Option<&'a [String]>,
 }
 
 pub fn insert(conn: &mut PgConnection, new: &NewClient) -> Result<(), Error> {
@@ -85,11 +88,13 @@ pub fn update(
     scopes: &str,
     capture: &[String],
     search: &[String],
+    programs: Option<&[String]>,
     jwks: Option<&Value>,
 ) -> Result<(), Error> {
     let narrowed = row.scopes != scopes
         || row.capture_org_units != capture
         || row.search_org_units != search
+        || row.programs.as_deref() != programs
         || row.jwks.as_ref() != jwks;
     conn.transaction(|conn| {
         diesel::update(c::table.filter(c::id.eq(row.id)))
@@ -98,6 +103,7 @@ pub fn update(
                 c::scopes.eq(scopes),
                 c::capture_org_units.eq(capture),
                 c::search_org_units.eq(search),
+                c::programs.eq(programs),
                 c::jwks.eq(jwks),
             ))
             .execute(conn)?;

@@ -134,15 +134,7 @@ pub fn mapping_versions(
     let (types, uids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip();
     Ok(cl::table
-        .filter(
-            diesel::dsl::sql::<diesel::sql_types::Bool>(
-                "(change_log.resource_type, change_log.resource_uid) IN (SELECT * FROM unnest(",
-            )
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(types)
-            .sql(", ")
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(uids)
-            .sql("))"),
-        )
+        .filter(RecordsIn { types, uids })
         .select((
             cl::resource_type,
             cl::resource_uid,
@@ -151,4 +143,42 @@ pub fn mapping_versions(
             cl::actor,
         ))
         .load(conn)?)
+}
+
+/// `(change_log.resource_type, change_log.resource_uid) IN (SELECT * FROM unnest($1, $2))` as a
+/// fragment of fixed text, so that the statement stays prepared (every rendered record runs it; a
+/// `sql()` literal would have it parsed and planned each time).
+#[derive(Debug, Clone)]
+struct RecordsIn<'a> {
+    types: Vec<&'a str>,
+    uids: Vec<&'a str>,
+}
+
+impl diesel::expression::Expression for RecordsIn<'_> {
+    type SqlType = diesel::sql_types::Bool;
+}
+impl<QS> diesel::expression::AppearsOnTable<QS> for RecordsIn<'_> {}
+impl<QS> diesel::expression::SelectableExpression<QS> for RecordsIn<'_> {}
+impl<GB> diesel::expression::ValidGrouping<GB> for RecordsIn<'_> {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+impl diesel::query_builder::QueryId for RecordsIn<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for RecordsIn<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Text};
+        out.push_sql(
+            "(change_log.resource_type, change_log.resource_uid) IN (SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.types)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.uids)?;
+        out.push_sql("))");
+        Ok(())
+    }
 }

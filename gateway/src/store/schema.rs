@@ -419,6 +419,7 @@ diesel::table! {
         search_org_units -> Array<Text>,
         created_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
+        programs -> Nullable<Array<Text>>,
     }
 }
 

@@ -232,6 +232,7 @@ pub fn open_event(
     enrollment_uid: Option<&str>,
 ) -> Result<EventRecord, Error> {
     super::check_capture_at(s, env, org_unit_id, "record an encounter")?;
+    super::check_program_of_stage(s, env, stage_id)?;
     let now = Utc::now();
     let (enrollment_id, enrollment_uid) = place(
         s,
@@ -387,6 +388,7 @@ pub fn update(
     super::episodes::check_event_owner(s, env, &current)?;
     let org_unit_id = w.org_unit_id.unwrap_or(current.org_unit_id);
     super::check_capture_at(s, env, org_unit_id, "record an encounter")?;
+    super::check_program_of_stage(s, env, w.stage_id)?;
     let now = Utc::now();
     let version = current.version + 1;
     store::update_event(

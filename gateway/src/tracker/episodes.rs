@@ -278,6 +278,7 @@ pub fn create(
     })?;
     let org_unit_id = w.org_unit_id.unwrap_or(person.org_unit_id);
     super::check_capture_at(s, env, org_unit_id, "enroll people")?;
+    super::check_program(s, env, w.program_id)?;
     // Serialises enrollments of one person (the one-active rule reads, then writes).
     crate::store::patients::find_for_update(s, env.mappings.patient.entity_type_id, &person.uid)?;
     check_can_enroll(s, env, &person, w.program_id, &w.status, 0)?;

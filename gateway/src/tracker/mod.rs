@@ -166,6 +166,31 @@ pub fn check_capture_at(
     Ok(())
 }
 
+/// 403 unless the caller has access to the program (its registration's programs): DHIS2's
+/// program access, for writes. Reads are filtered in SQL (`store::ProgramScope`).
+pub fn check_program(
+    s: &crate::store::Scoped,
+    env: &Env,
+    program_id: i64,
+) -> Result<(), crate::error::Error> {
+    match env.md.programs.iter().find(|p| p.id == program_id) {
+        Some(p) => s.ctx.require_program(&p.uid, &p.name),
+        None => Ok(()),
+    }
+}
+
+/// [`check_program`] for the program a stage belongs to.
+pub fn check_program_of_stage(
+    s: &crate::store::Scoped,
+    env: &Env,
+    stage_id: i64,
+) -> Result<(), crate::error::Error> {
+    match env.md.stages.iter().find(|x| x.id == stage_id) {
+        Some(stage) => check_program(s, env, stage.program_id),
+        None => Ok(()),
+    }
+}
+
 /// A new DHIS2-style UID: a letter then ten letters or digits.
 pub fn new_uid() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -108,6 +108,7 @@ pub fn create(
 ) -> Result<DataValueRecord, Error> {
     let person = subject(s, env, TYPE, &w.patient_uid)?;
     let event = target_event(s, env, &person, w)?;
+    super::check_program_of_stage(s, env, event.stage_id)?;
     let now = Utc::now();
     let uid = new_uid();
     let observed_at = w.observed_at.or(event.occurred_at);

@@ -1,0 +1,27 @@
+-- Security (#10): program access per API client, as DHIS2 gives users program access. NULL: every
+-- program (clients registered before this migration keep what they had).
+ALTER TABLE api_client ADD COLUMN programs text[];
+
+-- The ownership rule of migration 10 with the caller's programs: program data of a program the
+-- caller has no access to is not visible, whoever owns it. Replaces the six-argument form.
+DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text);
+CREATE FUNCTION kiunga_enrollment_visible(p_enrollment bigint, p_search bigint[], p_capture bigint[],
+                                          p_open bigint[], p_protected bigint[], p_actor text,
+                                          p_programs bigint[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+  SELECT x.program_id = ANY (p_programs) AND CASE
+           WHEN x.owner = ANY (p_capture) THEN true
+           WHEN x.program_id = ANY (p_open) THEN x.owner = ANY (p_search)
+           WHEN x.program_id = ANY (p_protected) THEN EXISTS (
+             SELECT 1 FROM ownership_override o
+             WHERE o.actor = p_actor AND o.tracked_entity_id = x.tracked_entity_id
+               AND o.program_id = x.program_id AND o.expires_at > now())
+           ELSE false
+         END
+  FROM (SELECT en.tracked_entity_id, en.program_id,
+               COALESCE(po.org_unit_id, en.org_unit_id) AS owner
+        FROM enrollment en
+        LEFT JOIN program_ownership po
+          ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id
+        WHERE en.id = p_enrollment) x
+$$;
