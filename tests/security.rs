@@ -648,3 +648,39 @@ fn clients_declared_in_a_file_are_applied_and_a_broken_file_names_its_lines() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_revocation_made_by_another_process_reaches_every_gateway_at_once() {
+    let app = secured();
+    let secret = register(&app, "emr-x", "system/Patient.rs", &[], &["KD"], None).unwrap();
+    let token = token_with_secret(&app, "emr-x", &secret);
+    // Seen twice: the second answer comes from the cache of token principals.
+    call(&app, "GET", "Patient", &token, None).expect(200);
+    call(&app, "GET", "Patient", &token, None).expect(200);
+    // Revoked by plain SQL, as another gateway process or an operator would: the trigger's
+    // notification empties this gateway's cache when the change commits.
+    let mut conn = app.db.conn();
+    use diesel::RunQueryDsl;
+    diesel::sql_query("UPDATE api_client SET revoked_at = now() WHERE client_id = 'emr-x'")
+        .execute(&mut conn)
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let r = call(&app, "GET", "Patient", &token, None);
+        if r.status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "the revoked token still works after {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Within the listener's poll interval, not "eventually".
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+}

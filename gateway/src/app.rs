@@ -32,6 +32,8 @@ pub struct AppState {
     pub audit: crate::audit::Sink,
     /// The external identity provider whose bearer JWTs are accepted, when configured.
     pub idp: Option<crate::auth::idp::Idp>,
+    /// Principals of recently seen access tokens (authentication required only).
+    pub tokens: Option<Arc<crate::auth::cache::TokenCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +126,18 @@ impl AppState {
             config.token_rate_burst,
         );
         let idp = crate::auth::idp::Idp::from_config(&config).map_err(StartError::Config)?;
+        let tokens = match config.auth {
+            crate::config::AuthMode::Required => Some(
+                crate::auth::cache::TokenCache::start(config.database_url.clone()).map_err(
+                    |e| StartError::Config(format!("cannot start the token listener: {e}")),
+                )?,
+            ),
+            crate::config::AuthMode::Off => None,
+        };
         let audit = crate::audit::Sink::start(pool.clone())
             .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
         Ok(AppState {
+            tokens,
             idp,
             audit,
             limiter,

@@ -1,3 +1,6 @@
+DROP TRIGGER api_token_dropped ON api_token;
+DROP TRIGGER api_client_changed ON api_client;
+DROP FUNCTION kiunga_clients_changed();
 DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text, bigint[]);
 CREATE FUNCTION kiunga_enrollment_visible(p_enrollment bigint, p_search bigint[], p_capture bigint[],
                                           p_open bigint[], p_protected bigint[], p_actor text)

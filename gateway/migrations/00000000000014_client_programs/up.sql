@@ -25,3 +25,16 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
           ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id
         WHERE en.id = p_enrollment) x
 $$;
+
+-- A change to a client or a token, by any process, tells every gateway when it commits: their
+-- caches of token principals (auth/cache.rs) are emptied, so a revocation takes effect at once.
+CREATE FUNCTION kiunga_clients_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('kiunga_clients', '');
+  RETURN NULL;
+END;
+$$;
+CREATE TRIGGER api_client_changed AFTER UPDATE OR DELETE ON api_client
+  FOR EACH STATEMENT EXECUTE FUNCTION kiunga_clients_changed();
+CREATE TRIGGER api_token_dropped AFTER DELETE ON api_token
+  FOR EACH STATEMENT EXECUTE FUNCTION kiunga_clients_changed();

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod cache;
 pub mod declared;
 pub mod idp;
 pub mod limits;
@@ -214,10 +215,19 @@ pub fn authenticate(
     md: &Metadata,
     token: &str,
 ) -> Result<Option<Principal>, crate::error::Error> {
-    let Some((client, scopes)) = clients::token(conn, &token_hash(token))? else {
+    Ok(authenticate_hash(conn, md, &token_hash(token))?.map(|(p, _)| p))
+}
+
+/// [`authenticate`] by the token's hash, with the token's expiry (for the cache).
+pub fn authenticate_hash(
+    conn: &mut PgConnection,
+    md: &Metadata,
+    hash: &[u8],
+) -> Result<Option<(Principal, chrono::DateTime<chrono::Utc>)>, crate::error::Error> {
+    let Some((client, scopes, expires)) = clients::token(conn, hash)? else {
         return Ok(None);
     };
-    Ok(Some(principal(md, &client, &scopes)))
+    Ok(Some((principal(md, &client, &scopes), expires)))
 }
 
 /// The principal of a valid external-provider token (`idp::Idp::verify`): the registered client

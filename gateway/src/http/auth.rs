@@ -89,7 +89,14 @@ pub async fn authenticate(
             // The gateway's own tokens are opaque; a JWT (three dot-separated parts) can only be
             // the external identity provider's.
             let jwt = s.idp.is_some() && token.split('.').count() == 3;
-            let found = web::block(move || -> Result<_, Error> {
+            // A token seen lately needs no database round trip and no trip off this thread.
+            let cached = (!jwt)
+                .then(|| s.tokens.as_ref().and_then(|c| c.get(&auth::token_hash(&token))))
+                .flatten();
+            let found = if let Some(p) = cached {
+                Ok(Ok(Ok(Some(Arc::unwrap_or_clone(p)))))
+            } else {
+                web::block(move || -> Result<_, Error> {
                 if jwt {
                     let claimed = match s.idp.as_ref().map(|i| i.verify(&token)) {
                         Some(Ok(c)) => c,
@@ -99,11 +106,18 @@ pub async fn authenticate(
                     let mut conn = s.pool.get()?;
                     return Ok(auth::authenticate_claimed(&mut conn, &s.metadata, &claimed)?.map(Some));
                 }
+                let hash = auth::token_hash(&token);
+                let generation = s.tokens.as_ref().map(|c| c.generation());
                 let mut conn = s.pool.get()?;
-                Ok(Ok(auth::authenticate(&mut conn, &s.metadata, &token)?))
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("authentication task failed: {e}")));
+                let found = auth::authenticate_hash(&mut conn, &s.metadata, &hash)?;
+                if let (Some(cache), Some(g), Some((p, expires))) = (&s.tokens, generation, &found) {
+                    cache.put(hash, Arc::new(p.clone()), *expires, g);
+                }
+                Ok(Ok(found.map(|(p, _)| p)))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("authentication task failed: {e}")))
+            };
             let found = match found {
                 Ok(Ok(Err(why))) => {
                     tracing::info!(target: "kiunga::audit", path = %req.path(), reason = %why, "request refused: bearer JWT not accepted");

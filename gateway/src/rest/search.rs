@@ -334,10 +334,19 @@ struct Plan {
 }
 
 fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
+    person_condition(s, sql, "te")
+}
+
+/// The person `te` is in the caller's search scope (None: the whole tree).
+fn person_condition(s: &Scoped, sql: &mut Sql, te: &str) -> Option<String> {
     let (roots, patterns) = s.ctx.search.sql_filter()?;
+    if let Some(ids) = s.search_ids() {
+        let i = sql.bind(Bind::Ints(ids.to_vec()));
+        return Some(crate::store::person_in_ids_sql(te, &i));
+    }
     let r = sql.bind(Bind::Texts(roots));
     let p = sql.bind(Bind::Texts(patterns));
-    Some(crate::store::person_in_scope_sql("te", &r, &p))
+    Some(crate::store::person_in_scope_sql(te, &r, &p))
 }
 
 /// Program data (enrollments, events, data values) follows DHIS2's ownership rule, applied by the
@@ -740,10 +749,7 @@ fn related_person_plan(
 ) -> Result<Plan, Error> {
     let mut c = vec!["NOT r.deleted".to_string(), "NOT te.deleted".to_string()];
     c.extend(scope_condition(s, sql));
-    if let Some((roots, patterns)) = s.ctx.search.sql_filter() {
-        let r = sql.bind(Bind::Texts(roots));
-        let p = sql.bind(Bind::Texts(patterns));
-        let other = crate::store::person_in_scope_sql("o", &r, &p);
+    if let Some(other) = person_condition(s, sql, "o") {
         c.push(format!(
             "EXISTS (SELECT 1 FROM tracked_entity o WHERE o.id = {RELATED_END} AND {other})"
         ));

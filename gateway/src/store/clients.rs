@@ -61,7 +61,7 @@ pub fn list(conn: &mut PgConnection) -> Result<Vec<ClientRow>, Error> {
 /// Revokes a client and drops its tokens: the next request with one is refused. False when there
 /// is no such live client.
 pub fn revoke(conn: &mut PgConnection, client_id: &str) -> Result<bool, Error> {
-    conn.transaction(|conn| {
+    changed_after(conn.transaction(|conn| {
         let id: Option<i64> = diesel::update(
             c::table
                 .filter(c::client_id.eq(client_id))
@@ -75,7 +75,7 @@ pub fn revoke(conn: &mut PgConnection, client_id: &str) -> Result<bool, Error> {
             diesel::delete(t::table.filter(t::client_id.eq(id))).execute(conn)?;
         }
         Ok(id.is_some())
-    })
+    }))
 }
 
 /// What a declared client says of itself now (`auth::declared`). When its scopes or org units
@@ -112,11 +112,12 @@ pub fn update(
         }
         Ok(())
     })
+    .inspect(|_| crate::auth::cache::changed())
 }
 
 /// A new secret for a live client; its tokens are dropped. False when there is no such client.
 pub fn set_secret(conn: &mut PgConnection, client_id: &str, hash: &str) -> Result<bool, Error> {
-    conn.transaction(|conn| {
+    changed_after(conn.transaction(|conn| {
         let id: Option<i64> = diesel::update(
             c::table
                 .filter(c::client_id.eq(client_id))
@@ -130,7 +131,7 @@ pub fn set_secret(conn: &mut PgConnection, client_id: &str, hash: &str) -> Resul
             diesel::delete(t::table.filter(t::client_id.eq(id))).execute(conn)?;
         }
         Ok(id.is_some())
-    })
+    }))
 }
 
 pub fn insert_token(
@@ -154,16 +155,28 @@ pub fn insert_token(
     Ok(())
 }
 
-/// The live client and granted scopes of an unexpired token, by the token's hash.
-pub fn token(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<(ClientRow, String)>, Error> {
+/// The live client, granted scopes and expiry of an unexpired token, by the token's hash.
+pub fn token(
+    conn: &mut PgConnection,
+    hash: &[u8],
+) -> Result<Option<(ClientRow, String, DateTime<Utc>)>, Error> {
     Ok(t::table
         .inner_join(c::table)
         .filter(t::token_hash.eq(hash))
         .filter(t::expires_at.gt(diesel::dsl::now))
         .filter(c::revoked_at.is_null())
-        .select((ClientRow::as_select(), t::scopes))
+        .select((ClientRow::as_select(), t::scopes, t::expires_at))
         .first(conn)
         .optional()?)
+}
+
+/// A committed change to clients or tokens empties this process's token cache at once (other
+/// processes hear of it through the `kiunga_clients` notification).
+fn changed_after<T>(r: Result<T, Error>) -> Result<T, Error> {
+    if r.is_ok() {
+        crate::auth::cache::changed();
+    }
+    r
 }
 
 /// Records an assertion id; false when the client already used it (a replay).

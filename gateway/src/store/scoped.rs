@@ -335,6 +335,18 @@ impl<'a> Scoped<'a> {
         Some(people_filter(roots, patterns))
     }
 
+    /// The org units of the caller's search scope as ids, when resolved from the metadata in memory
+    /// (`RequestContext::resolved`) and the scope is restricted.
+    pub fn search_ids(&self) -> Option<&[i64]> {
+        if self.ctx.search == OrgScope::All {
+            return None;
+        }
+        match &self.program_scope {
+            Some(Some(ps)) => Some(&ps.search),
+            _ => None,
+        }
+    }
+
     /// The caller's scope for program data (enrollments, events, data values), or None when the
     /// caller may see everything (both scopes unrestricted).
     pub fn program_scope(&mut self) -> Result<Option<ProgramScope>, Error> {
@@ -423,6 +435,15 @@ pub fn person_in_scope_sql(te: &str, roots: &str, patterns: &str) -> String {
         "({te}.org_unit_id IN (SELECT ou.id FROM org_unit ou WHERE ou.path = ANY({roots}) OR ou.path LIKE ANY({patterns})) \
          OR EXISTS (SELECT 1 FROM program_ownership po JOIN org_unit ou ON ou.id = po.org_unit_id \
          WHERE po.tracked_entity_id = {te}.id AND (ou.path = ANY({roots}) OR ou.path LIKE ANY({patterns}))))"
+    )
+}
+
+/// [`person_in_scope_sql`] with the scope's org units as ids (the placeholder `ids`): a plain
+/// comparison instead of path patterns matched against the org-unit table on every call.
+pub fn person_in_ids_sql(te: &str, ids: &str) -> String {
+    format!(
+        "({te}.org_unit_id = ANY({ids}) OR EXISTS (SELECT 1 FROM program_ownership po \
+         WHERE po.tracked_entity_id = {te}.id AND po.org_unit_id = ANY({ids})))"
     )
 }
 
