@@ -221,7 +221,7 @@ pub fn replace_values(
 /// The join people are read through, with their values.
 /// People by id (scope applied; deleted and merged ones left out), values included, in one query.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
-    let scope = s.ctx.search.sql_filter();
+    let scope = s.people_scope();
     live_by_ids(s.conn()?, ids, scope)
 }
 
@@ -229,7 +229,7 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
 fn live_by_ids(
     conn: &mut PgConnection,
     ids: &[i64],
-    scope: Option<(Vec<String>, Vec<String>)>,
+    scope: Option<super::scoped::PeopleScope>,
 ) -> Result<Vec<PersonRecord>, Error> {
     let mut q = te::table
         .left_join(teav::table)
@@ -242,8 +242,8 @@ fn live_by_ids(
         ))
         .order(te::id)
         .into_boxed();
-    if let Some((roots, patterns)) = scope {
-        q = q.filter(super::scoped::people_filter(roots, patterns));
+    if let Some(scope) = scope {
+        q = q.filter(scope.filter());
     }
     Ok(group(q.load(conn)?))
 }

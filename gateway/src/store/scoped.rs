@@ -324,15 +324,18 @@ impl<'a> Scoped<'a> {
     pub fn visible_people<QS: 'static>(
         &self,
     ) -> Option<Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>>> {
+        Some(self.people_scope()?.filter())
+    }
+
+    /// The caller's search scope over `tracked_entity`, or None for the whole tree.
+    pub fn people_scope(&self) -> Option<PeopleScope> {
         let (roots, patterns) = self.ctx.search.sql_filter()?;
         // With the scope's org units resolved in memory the filter is a fixed statement that
         // Postgres keeps prepared; the path form is parsed and planned on every call.
-        if let Some(Some(ps)) = &self.program_scope {
-            return Some(Box::new(filters::PeopleInScope {
-                ids: ps.search.clone(),
-            }));
-        }
-        Some(people_filter(roots, patterns))
+        Some(match self.search_ids() {
+            Some(ids) => PeopleScope::Ids(ids.to_vec()),
+            None => PeopleScope::Paths(roots, patterns),
+        })
     }
 
     /// The org units of the caller's search scope as ids, when resolved from the metadata in memory
@@ -393,6 +396,23 @@ impl<'a> Scoped<'a> {
         };
         self.program_scope = Some(scope.clone());
         Ok(scope)
+    }
+}
+
+/// The caller's search scope over `tracked_entity`: org-unit ids resolved in memory, or the
+/// subtree paths and patterns (when nothing resolved them).
+#[derive(Debug, Clone)]
+pub enum PeopleScope {
+    Ids(Vec<i64>),
+    Paths(Vec<String>, Vec<String>),
+}
+
+impl PeopleScope {
+    pub fn filter<QS: 'static>(self) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
+        match self {
+            PeopleScope::Ids(ids) => Box::new(filters::PeopleInScope { ids }),
+            PeopleScope::Paths(roots, patterns) => people_filter(roots, patterns),
+        }
     }
 }
 
