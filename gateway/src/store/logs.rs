@@ -125,12 +125,15 @@ pub fn record_inbound(s: &mut Scoped, i: Inbound) {
     s.defer().inbound.push(row);
 }
 
+/// (type, uid, version, mapping version, actor) of one recorded version.
+pub type VersionAuthor = (String, String, i32, Option<String>, String);
+
 /// The mapping version and the actor of every version of the records asked for, in one query
 /// whatever the mix of types: (type, uid, version, mapping version, actor).
 pub fn mapping_versions(
     conn: &mut PgConnection,
     keys: &[(String, String)],
-) -> Result<Vec<(String, String, i32, Option<String>, String)>, Error> {
+) -> Result<Vec<VersionAuthor>, Error> {
     let (types, uids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(t, u)| (t.as_str(), u.as_str())).unzip();
     Ok(cl::table
