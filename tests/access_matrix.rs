@@ -433,6 +433,29 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
         Some(&encounter(&mother, &pwa, "11429006")),
     )
     .expect(201);
+    // Moving or breaking the glass on a program it has no access to: 403, before anything about
+    // the person's enrollment in it is looked at.
+    let bon = app.org("KD_KUS_BON");
+    for op in ["$transfer", "$break-glass"] {
+        let mut params = json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "program", "valueCode": "ANC" },
+            { "name": "reason", "valueString": "test" },
+        ]});
+        if op == "$transfer" {
+            params["parameter"].as_array_mut().expect("list").push(
+                json!({ "name": "organization", "valueReference": { "reference": format!("Organization/{bon}") } }),
+            );
+        }
+        let m = call(
+            &app,
+            "POST",
+            &format!("Patient/{mother}/{op}"),
+            &kus_c.token,
+            Some(&params),
+        )
+        .outcome(403);
+        assert!(m.contains("program"), "{op}: {m}");
+    }
     call(
         &app,
         "POST",

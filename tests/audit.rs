@@ -274,10 +274,43 @@ fn a_batch_records_each_entry_that_wrote_and_development_mode_records_anonymous_
          AND agent = 'anonymous' AND cardinality(entity) = 1",
     );
     assert_eq!(rows, 2);
+    // Reads in a batch are entries of their own too, a hidden or missing one naming nothing.
+    let created = r["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = created.split('/').nth(1).unwrap().to_string();
+    let reads = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": format!("Patient/{pid}") } },
+        { "request": { "method": "GET", "url": "Patient/Nx0000000A" } }
+    ]});
+    app.send(
+        "POST",
+        "",
+        &[("Content-Type", "application/fhir+json")],
+        Some(&serde_json::to_vec(&reads).unwrap()),
+    )
+    .expect(200);
+    // A query with a NUL byte (which Postgres text cannot hold) does not stop the writer.
+    app.get("Patient?%00a=1").outcome(400);
+    app.state.audit.flush();
+    let read_rows = app.db.scalar(&format!(
+        "SELECT count(*) FROM audit_event WHERE subtype = 'batch' AND entity = ARRAY['Patient/{pid}'] AND http_status = 200"
+    ));
+    assert_eq!(read_rows, 1);
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM audit_event WHERE subtype = 'batch' AND http_status = 404 AND cardinality(entity) = 0"),
+        1
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(*) FROM audit_event WHERE http_status = 400 AND outcome = 4"),
+        1
+    );
     // Development mode: the anonymous caller may search the trail, and its own reads are on it.
     app.get("Patient?family=Achieng").expect(200);
     let b = app
-        .get("AuditEvent?agent=anonymous&subtype=search-type")
+        .get("AuditEvent?agent=anonymous&subtype=search-type&outcome=0")
         .expect(200);
     assert_eq!(b["total"], 1, "{b}");
     let ev = &b["entry"][0]["resource"];

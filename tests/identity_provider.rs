@@ -147,6 +147,19 @@ fn an_identity_providers_tokens_are_checked_and_carry_the_registered_clients_rig
         ),
         "exceed",
     );
+    // Narrowed to a patient's or a user's scopes: not taken for a token without any.
+    refused(
+        &token(
+            "rs384",
+            Algorithm::RS384,
+            json!({ "scope": "openid patient/Patient.rs" }),
+        ),
+        "only system scopes",
+    );
+    refused(
+        &token("rs384", Algorithm::RS384, json!({ "nbf": now + 600 })),
+        "not valid yet",
+    );
     // Signed by a key the provider does not have (under its own kid, then under the provider's).
     refused(&token("es384-other", Algorithm::ES384, json!({})), "kid");
     let (other, _) = signing_key("es384-other");

@@ -1,4 +1,4 @@
-DROP TRIGGER api_token_dropped ON api_token;
+DROP TRIGGER api_token_changed ON api_token;
 DROP TRIGGER api_client_changed ON api_client;
 DROP FUNCTION kiunga_clients_changed();
 DROP FUNCTION kiunga_enrollment_visible(bigint, bigint[], bigint[], bigint[], bigint[], text, bigint[]);

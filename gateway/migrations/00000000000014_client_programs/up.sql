@@ -34,7 +34,7 @@ BEGIN
   RETURN NULL;
 END;
 $$;
-CREATE TRIGGER api_client_changed AFTER UPDATE OR DELETE ON api_client
+CREATE TRIGGER api_client_changed AFTER UPDATE OR DELETE OR TRUNCATE ON api_client
   FOR EACH STATEMENT EXECUTE FUNCTION kiunga_clients_changed();
-CREATE TRIGGER api_token_dropped AFTER DELETE ON api_token
+CREATE TRIGGER api_token_changed AFTER UPDATE OR DELETE OR TRUNCATE ON api_token
   FOR EACH STATEMENT EXECUTE FUNCTION kiunga_clients_changed();

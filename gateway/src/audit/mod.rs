@@ -11,7 +11,7 @@ mod render;
 mod sink;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use actix_web::HttpRequest;
@@ -48,6 +48,8 @@ pub struct Access {
     pub purpose: Option<String>,
     /// Set once a row for this request is committed (by the write's transaction).
     recorded: AtomicBool,
+    /// Rows committed by the request's units of work (a batch runs one per entry).
+    written: AtomicUsize,
 }
 
 /// What a unit of work wrote: `Type/id` of each record and of the people they belong to.
@@ -128,6 +130,7 @@ impl Access {
             source_ip: req.peer_addr().map(|a| a.ip().to_string()),
             purpose,
             recorded: AtomicBool::new(false),
+            written: AtomicUsize::new(0),
         })
     }
 
@@ -150,9 +153,36 @@ impl Access {
         self.recorded.load(Ordering::Acquire)
     }
 
-    /// Called once the transaction that held this request's row has committed.
+    /// Called once the transaction that held this request's row has committed, or once every
+    /// part of the request has its row.
     pub fn mark_recorded(&self) {
         self.recorded.store(true, Ordering::Release);
+    }
+
+    /// Called when a unit of work's row has committed.
+    pub fn mark_written(&self) {
+        self.written.fetch_add(1, Ordering::AcqRel);
+        self.mark_recorded();
+    }
+
+    pub fn written_rows(&self) -> usize {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// The row of one batch entry that wrote nothing, from its entry in the batch-response.
+    pub fn entry_row(&self, entry: &Value) -> NewAuditRow {
+        let status = entry
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let said = entry
+            .pointer("/response/outcome/issue/0/diagnostics")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let body = entry.get("resource");
+        self.answered_row(status, body, None, said)
     }
 
     /// The row a write's transaction inserts: what it wrote, committed with it.
@@ -194,21 +224,25 @@ impl Access {
         outcome: i16,
         desc: Option<String>,
     ) -> NewAuditRow {
+        // Postgres text cannot hold NUL, which a caller can put in a query (`%00`) and an error
+        // message then quotes: a row it refused would hold back the writer.
+        let text = |s: &str| s.replace('\0', "");
+        let opt = |s: &Option<String>| s.as_deref().map(text);
         NewAuditRow {
             recorded: chrono::Utc::now(),
-            request_id: Some(self.request_id.clone()),
-            agent: self.agent.clone(),
+            request_id: Some(text(&self.request_id)),
+            agent: text(&self.agent),
             action: self.action.to_string(),
-            subtype: self.subtype(),
-            resource_type: self.resource_type.clone(),
-            query: self.query.clone(),
-            entity: touched.entity.iter().cloned().collect(),
-            patient: touched.patient.iter().cloned().collect(),
+            subtype: text(&self.subtype()),
+            resource_type: opt(&self.resource_type),
+            query: opt(&self.query),
+            entity: touched.entity.iter().map(|e| text(e)).collect(),
+            patient: touched.patient.iter().map(|e| text(e)).collect(),
             http_status: status,
             outcome,
-            outcome_desc: desc,
-            source_ip: self.source_ip.clone(),
-            purpose: self.purpose.clone(),
+            outcome_desc: opt(&desc),
+            source_ip: opt(&self.source_ip),
+            purpose: opt(&self.purpose),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! batch. A batch goes at least every [`INTERVAL`]; [`Sink::flush`] writes what is waiting now
 //! (before the trail is searched, and at shutdown).
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use crate::store::audit::{self, NewAuditRow};
@@ -15,6 +15,9 @@ pub const INTERVAL: Duration = Duration::from_millis(200);
 const BATCH: usize = 500;
 /// Rows kept while the database refuses them; beyond this the oldest are given up, loudly.
 const BACKLOG: usize = 200_000;
+/// Rows waiting in the channel for the writer; beyond this new rows are given up, loudly (a
+/// writer stuck on a database outage must not take the gateway's memory with it).
+const QUEUE: usize = 100_000;
 
 enum Msg {
     Row(Box<NewAuditRow>),
@@ -22,13 +25,13 @@ enum Msg {
 }
 
 pub struct Sink {
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
 }
 
 impl Sink {
     /// Starts the writer thread on `pool`.
     pub fn start(pool: PgPool) -> std::io::Result<Sink> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("kiunga-audit".into())
             .spawn(move || run(pool, rx))?;
@@ -36,15 +39,21 @@ impl Sink {
     }
 
     pub fn record(&self, row: NewAuditRow) {
-        if self.tx.send(Msg::Row(Box::new(row))).is_err() {
-            tracing::error!(target: "kiunga::audit", "the audit writer has stopped; an access record was not kept");
+        match self.tx.try_send(Msg::Row(Box::new(row))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::error!(target: "kiunga::audit", lost = 1, "the audit writer is {QUEUE} rows behind; an access record was given up");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!(target: "kiunga::audit", "the audit writer has stopped; an access record was not kept");
+            }
         }
     }
 
     /// Writes every row recorded so far; returns once they are committed (or the writer gave up
     /// on this attempt, which it logs).
     pub fn flush(&self) {
-        let (done, wait) = mpsc::channel();
+        let (done, wait): (Sender<()>, _) = mpsc::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(30));
         }
@@ -78,10 +87,9 @@ fn run(pool: PgPool, rx: Receiver<Msg>) {
             match pool
                 .get()
                 .map_err(crate::error::Error::from)
-                .and_then(|mut c| audit::insert(&mut c, &rows))
+                .and_then(|mut c| write(&mut c, &mut rows))
             {
                 Ok(()) => {
-                    rows.clear();
                     oldest = None;
                 }
                 Err(e) => {
@@ -102,5 +110,46 @@ fn run(pool: PgPool, rx: Receiver<Msg>) {
         if stopping {
             return;
         }
+    }
+}
+
+/// Writes `rows` in one transaction and empties it. When the batch is refused, each row is tried
+/// alone, so that one row the database will never take (it should not happen: rows are cleaned
+/// of what Postgres refuses) cannot hold back the others; such a row is given up, loudly. An
+/// error of the connection itself leaves the rows for the next attempt.
+fn write(
+    conn: &mut diesel::PgConnection,
+    rows: &mut Vec<NewAuditRow>,
+) -> Result<(), crate::error::Error> {
+    use diesel::Connection;
+    if conn.transaction(|c| audit::insert(c, rows)).is_ok() {
+        rows.clear();
+        return Ok(());
+    }
+    let mut lost = 0;
+    for row in rows.drain(..).collect::<Vec<_>>() {
+        if let Err(e) = audit::insert(conn, std::slice::from_ref(&row)) {
+            if matches!(
+                e,
+                crate::error::Error::Database(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection,
+                    _
+                ))
+            ) {
+                rows.push(row);
+                continue;
+            }
+            lost += 1;
+        }
+    }
+    if lost > 0 {
+        tracing::error!(target: "kiunga::audit", lost, "access records the database refused were given up");
+    }
+    if rows.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Unavailable(
+            "the database connection closed".into(),
+        ))
     }
 }

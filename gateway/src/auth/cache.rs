@@ -128,16 +128,23 @@ fn listen(cache: &std::sync::Weak<TokenCache>, database_url: &str) {
         if let Some(mut conn) = conn {
             // Whatever happened while nobody listened is unknown: start afresh.
             changed();
+            let mut polls: u32 = 0;
             loop {
                 let Some(c) = cache.upgrade() else { return };
                 let mut seen = false;
-                let mut failed = false;
-                for n in conn.notifications_iter() {
-                    match n {
-                        Ok(_) => seen = true,
-                        Err(_) => {
-                            failed = true;
-                            break;
+                // A connection cut without a reset (a failover) looks idle forever: a query every
+                // second or so finds out.
+                polls = polls.wrapping_add(1);
+                let mut failed =
+                    polls % 50 == 0 && diesel::sql_query("SELECT 1").execute(&mut conn).is_err();
+                if !failed {
+                    for n in conn.notifications_iter() {
+                        match n {
+                            Ok(_) => seen = true,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
                         }
                     }
                 }

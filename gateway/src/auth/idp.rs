@@ -102,6 +102,7 @@ impl Idp {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         let mut last = None;
         for key in keys {
             match decode::<Value>(jwt, &key, &validation) {
@@ -139,18 +140,26 @@ impl Idp {
                 )
             })?
             .to_string();
-        // Providers add scopes of their own (openid, profile): only SMART system scopes count.
-        let system: Vec<&str> = claims
+        // Providers add scopes of their own (openid, profile): only SMART scopes count. A token
+        // narrowed to patient/ or user/ scopes is not taken for one without any.
+        let smart: Vec<&str> = claims
             .get("scope")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .split_whitespace()
-            .filter(|s| s.starts_with("system/"))
+            .filter(|s| {
+                ["system/", "user/", "patient/"]
+                    .iter()
+                    .any(|p| s.starts_with(p))
+            })
             .collect();
-        let scopes = if system.is_empty() {
+        let scopes = if smart.is_empty() {
             None
         } else {
-            Some(Scopes::parse(&system.join(" ")).map_err(|e| format!("the bearer JWT: {e}"))?)
+            Some(
+                Scopes::parse(&smart.join(" "))
+                    .map_err(|e| format!("the bearer JWT's scopes: {e}"))?,
+            )
         };
         Ok(Claimed { client_id, scopes })
     }
@@ -170,23 +179,28 @@ impl Idp {
     }
 
     fn refresh(&self) {
-        let due = match self.keys.read() {
-            Ok(g) => g.1.elapsed() >= REFRESH_EVERY,
-            Err(_) => true,
-        };
-        if !due {
-            return;
+        // The first caller past the interval claims the fetch (under the write lock); the others
+        // go on with the keys there are instead of fetching too.
+        {
+            let mut guard = match self.keys.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if guard.1.elapsed() < REFRESH_EVERY {
+                return;
+            }
+            guard.1 = Instant::now();
         }
-        let fetched = fetch(&self.source);
-        let mut guard = match self.keys.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match fetched {
-            Ok(set) => *guard = (set, Instant::now()),
+        match fetch(&self.source) {
+            Ok(set) => {
+                let mut guard = match self.keys.write() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *guard = (set, Instant::now());
+            }
             Err(e) => {
                 tracing::warn!(target: "kiunga::audit", error = %e, "the identity provider's keys could not be read again; the old ones stay");
-                guard.1 = Instant::now();
             }
         }
     }

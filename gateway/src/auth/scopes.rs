@@ -172,8 +172,14 @@ impl Scopes {
             let covered = ALL_OPS.iter().filter(|o| r.ops[o.index()]).all(|o| {
                 self.all
                     || self.scopes.iter().any(|mine| {
+                        // A wildcard does not reach the audit trail: only a scope naming
+                        // AuditEvent does (`covers`).
                         mine.ops[o.index()]
-                            && (mine.resource.is_none() || mine.resource == r.resource)
+                            && match (&mine.resource, &r.resource) {
+                                (None, Some(t)) => t != "AuditEvent",
+                                (None, None) => true,
+                                (Some(m), want) => Some(m) == want.as_ref(),
+                            }
                     })
             });
             if !covered {
@@ -217,6 +223,20 @@ mod tests {
             scopes("system/Patient.*").to_string(),
             "system/Patient.cruds"
         );
+    }
+
+    #[test]
+    fn the_audit_trail_is_reached_by_name_only() {
+        let wide = scopes("system/*.rs");
+        assert!(!wide.allows("AuditEvent", Op::Search));
+        // Nor can a token ask for it out of a wildcard registration.
+        assert!(wide.grant(&scopes("system/AuditEvent.rs")).is_err());
+        let auditor = scopes("system/*.rs system/AuditEvent.rs");
+        let granted = auditor
+            .grant(&scopes("system/AuditEvent.rs"))
+            .expect("registered by name");
+        assert!(granted.allows("AuditEvent", Op::Search));
+        assert!(wide.grant(&scopes("system/Patient.rs")).is_ok());
     }
 
     #[test]

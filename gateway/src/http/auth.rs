@@ -120,7 +120,7 @@ pub async fn authenticate(
             };
             let found = match found {
                 Ok(Ok(Err(why))) => {
-                    tracing::info!(target: "kiunga::audit", path = %req.path(), reason = %why, "request refused: bearer JWT not accepted");
+                    tracing::info!(target: "kiunga::audit", path = %req.path(), "request refused: bearer JWT not accepted");
                     let n = Negotiated::from_request(req.request());
                     let mut res = n.error(Error::Unauthorized(why));
                     res.headers_mut().insert(

@@ -1296,23 +1296,38 @@ async fn bundle(
                 if let Some(a) = &n.access {
                     a.set_subtype("batch");
                 }
-                crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
+                let (answer, reads) = crate::app::with_conn(&state, ctx, mappings, move |conn, ctx, env| {
                     let entries = parsed.bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
                     let mut out = Vec::with_capacity(entries.len());
+                    // Each entry is an interaction of its own: one that wrote is recorded in its
+                    // transaction, any other from its answer, here.
+                    let mut reads = Vec::new();
                     for (i, entry) in entries.iter().enumerate() {
                         let error = parsed.entry_errors.get(i).and_then(Option::as_ref);
+                        let before = ctx.access.as_ref().map(|a| a.written_rows());
                         let answer = crate::store::Scoped::transaction(conn, ctx, |s| {
                             rest::bundle::batch_entry(s, env, entry, i, error, &opts)
                         });
-                        out.push(match answer {
+                        let json = match answer {
                             Ok(a) => a.into_json(),
                             Err(e @ Error::Unavailable(_)) => return Err(e),
                             Err(e) => rest::bundle::Answer::failure(&e, &ctx.request_id).into_json(),
-                        });
+                        };
+                        if let Some(a) = ctx.access.as_ref().filter(|a| Some(a.written_rows()) == before) {
+                            reads.push(a.entry_row(&json));
+                        }
+                        out.push(json);
                     }
-                    Ok(rest::bundle::response_bundle("batch-response", out))
+                    Ok((rest::bundle::response_bundle("batch-response", out), reads))
                 })
-                .await?
+                .await?;
+                if let Some(a) = &n.access {
+                    for row in reads {
+                        state.audit.record(row);
+                    }
+                    a.mark_recorded();
+                }
+                answer
             }
             other => {
                 return Err(Error::invalid_at(

@@ -172,7 +172,7 @@ impl<'a> Scoped<'a> {
         })?;
         if audited {
             if let Some(a) = &ctx.access {
-                a.mark_recorded();
+                a.mark_written();
             }
         }
         Ok(out)

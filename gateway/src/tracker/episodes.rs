@@ -561,6 +561,8 @@ pub fn transfer(
     reason: Option<&str>,
 ) -> Result<(Option<i64>, Vec<EnrollmentRecord>), Error> {
     let person = patients::read(s, env, person_uid)?;
+    // Before anything about the enrollment is looked at: whether one exists is not told either.
+    super::check_program(s, env, program_id)?;
     patients::refuse_merged(s, &person, "transfer")?;
     crate::store::patients::find_for_update(s, env.mappings.patient.entity_type_id, person_uid)?;
     let from = store::owner_for_update(s.conn()?, person.id, program_id)?;
@@ -641,6 +643,7 @@ pub fn break_glass(
             ))
         }
     }
+    super::check_program(s, env, program_id)?;
     if reason.trim().is_empty() {
         return Err(Error::invalid(
             "$break-glass needs a `reason`: why you must see this record (it is kept with the grant)",
@@ -672,6 +675,11 @@ pub fn transfer_all(
     to: i64,
 ) -> Result<(), Error> {
     for program in store::programs_of(s.conn()?, person.id)? {
+        // Programs the caller has no access to stay where they are: it may not move what it may
+        // not see.
+        if super::check_program(s, env, program).is_err() {
+            continue;
+        }
         let from = store::owner_for_update(s.conn()?, person.id, program)?;
         if from == Some(to) {
             continue;
