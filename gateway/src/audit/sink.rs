@@ -127,7 +127,7 @@ fn write(
         return Ok(());
     }
     let mut lost = 0;
-    for row in rows.drain(..).collect::<Vec<_>>() {
+    for row in std::mem::take(rows) {
         if let Err(e) = audit::insert(conn, std::slice::from_ref(&row)) {
             if matches!(
                 e,

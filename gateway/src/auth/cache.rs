@@ -135,8 +135,8 @@ fn listen(cache: &std::sync::Weak<TokenCache>, database_url: &str) {
                 // A connection cut without a reset (a failover) looks idle forever: a query every
                 // second or so finds out.
                 polls = polls.wrapping_add(1);
-                let mut failed =
-                    polls % 50 == 0 && diesel::sql_query("SELECT 1").execute(&mut conn).is_err();
+                let mut failed = polls.is_multiple_of(50)
+                    && diesel::sql_query("SELECT 1").execute(&mut conn).is_err();
                 if !failed {
                     for n in conn.notifications_iter() {
                         match n {
