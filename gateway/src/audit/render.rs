@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::fhir::bundle::{self, SearchEntry};
-use crate::fhir::search::{paging, query_with_offset, Param};
+use crate::fhir::search::{paging, paging_links, query_with_offset, Param};
 use crate::rest::search::{date_range, prefix, Prefix};
 use crate::store::audit::{AuditRow, Filter};
 
@@ -181,21 +181,7 @@ pub fn page(
         "self",
         format!("{url}?{}", query_with_offset(params, offset)),
     )];
-    if count > 0 && offset + count < total {
-        links.push((
-            "next",
-            format!("{url}?{}", query_with_offset(params, offset + count)),
-        ));
-    }
-    if offset > 0 {
-        links.push((
-            "previous",
-            format!(
-                "{url}?{}",
-                query_with_offset(params, (offset - count).max(0))
-            ),
-        ));
-    }
+    links.extend(paging_links(&url, params, offset, count, total));
     let entries = rows
         .iter()
         .map(|r| SearchEntry {

@@ -62,6 +62,34 @@ pub fn paging(params: &[Param]) -> Result<(i64, i64), Error> {
     Ok((count, offset))
 }
 
+/// The `next` and `previous` links of a page of `count` from `offset` out of `total`, on `url`
+/// (the search's URL without its query).
+pub fn paging_links(
+    url: &str,
+    params: &[Param],
+    offset: i64,
+    count: i64,
+    total: i64,
+) -> Vec<(&'static str, String)> {
+    let mut links = Vec::new();
+    if count > 0 && offset + count < total {
+        links.push((
+            "next",
+            format!("{url}?{}", query_with_offset(params, offset + count)),
+        ));
+    }
+    if offset > 0 {
+        links.push((
+            "previous",
+            format!(
+                "{url}?{}",
+                query_with_offset(params, (offset - count).max(0))
+            ),
+        ));
+    }
+    links
+}
+
 /// Rebuilds a query string from parameters (for paging links), replacing `_offset`.
 pub fn query_with_offset(params: &[Param], offset: i64) -> String {
     let mut parts: Vec<String> = params

@@ -102,21 +102,9 @@ pub async fn search(
         "self",
         format!("{base}?{}", query_with_offset(&params, offset)),
     )];
-    if count > 0 && offset + count < total {
-        links.push((
-            "next",
-            format!("{base}?{}", query_with_offset(&params, offset + count)),
-        ));
-    }
-    if offset > 0 {
-        links.push((
-            "previous",
-            format!(
-                "{base}?{}",
-                query_with_offset(&params, (offset - count).max(0))
-            ),
-        ));
-    }
+    links.extend(crate::fhir::search::paging_links(
+        &base, &params, offset, count, total,
+    ));
     let entries = rows
         .iter()
         .zip(&parents)

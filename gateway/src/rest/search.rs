@@ -1206,21 +1206,13 @@ pub fn search(
     }
 
     let mut links = vec![("self", self_link)];
-    if count > 0 && offset + count < total {
-        links.push((
-            "next",
-            format!("{base}/{t}?{}", query_with_offset(params, offset + count)),
-        ));
-    }
-    if offset > 0 {
-        links.push((
-            "previous",
-            format!(
-                "{base}/{t}?{}",
-                query_with_offset(params, (offset - count).max(0))
-            ),
-        ));
-    }
+    links.extend(crate::fhir::search::paging_links(
+        &format!("{base}/{t}"),
+        params,
+        offset,
+        count,
+        total,
+    ));
     Ok(bundle::searchset(base, entries, Some(total), links))
 }
 
