@@ -291,6 +291,33 @@ fn a_batch_records_each_entry_that_wrote_and_development_mode_records_anonymous_
         Some(&serde_json::to_vec(&reads).unwrap()),
     )
     .expect(200);
+    // A transaction's one row names what it wrote and what its read entries returned.
+    let tx = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "resource": person(&org, "Njeri"), "request": { "method": "POST", "url": "Patient" } },
+        { "request": { "method": "GET", "url": format!("Patient/{pid}") } }
+    ]});
+    let done = app
+        .send(
+            "POST",
+            "",
+            &[("Content-Type", "application/fhir+json")],
+            Some(&serde_json::to_vec(&tx).unwrap()),
+        )
+        .expect(200);
+    let new_id = done["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.db.scalar(&format!(
+            "SELECT count(*) FROM audit_event WHERE subtype = 'transaction' \
+             AND entity @> ARRAY['Patient/{pid}', 'Patient/{new_id}']"
+        )),
+        1
+    );
     // A query with a NUL byte (which Postgres text cannot hold) does not stop the writer.
     app.get("Patient?%00a=1").outcome(400);
     app.state.audit.flush();

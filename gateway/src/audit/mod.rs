@@ -247,6 +247,14 @@ impl Access {
     }
 }
 
+/// The records of patient data in an answer and the people they belong to (a read entry of a
+/// transaction Bundle, recorded with what the Bundle wrote).
+pub fn returned(answer: &Value) -> Touched {
+    let mut t = Touched::default();
+    collect(answer, &mut t);
+    t
+}
+
 /// `Patient/abc` from a reference or a location (`http://h/fhir/Patient/abc/_history/2`), when it
 /// names a record of patient data.
 fn reference_of(r: &str) -> Option<String> {

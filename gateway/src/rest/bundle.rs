@@ -610,6 +610,11 @@ pub fn transaction(
             rewrite_references(s, env, resource, &map).map_err(|e| at_entry(e, i, &what))?;
         }
         let answer = run_entry(s, env, entry, req, opts).map_err(|e| at_entry(e, i, &what))?;
+        // What a read entry returns is named in the transaction's access record with what the
+        // others write.
+        if let Some(r) = answer.resource.as_ref().filter(|_| req.method == "GET") {
+            s.touched.extend(crate::audit::returned(r));
+        }
         if let (Some(full_url), Some(location)) = (str_at(&entries[i], "fullUrl"), &answer.location)
         {
             // `Patient/abc/_history/1` → `Patient/abc`
