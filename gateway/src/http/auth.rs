@@ -36,6 +36,34 @@ fn public(path: &str) -> bool {
     )
 }
 
+/// Who a bearer token stands for, from the database (and then kept in the token cache) or, for a
+/// JWT, from the identity provider and the client it names. `Ok(Err(why))`: a JWT refused, with
+/// the reason for the 401; `Ok(Ok(None))`: an unknown, expired or revoked token.
+fn lookup(
+    s: &AppState,
+    token: &str,
+    jwt: bool,
+) -> Result<Result<Option<auth::Principal>, String>, Error> {
+    if jwt {
+        let claimed = match s.idp.as_ref().map(|i| i.verify(token)) {
+            Some(Ok(c)) => c,
+            Some(Err(why)) => return Ok(Err(why)),
+            None => return Ok(Ok(None)),
+        };
+        let mut conn = s.pool.get()?;
+        return Ok(auth::authenticate_claimed(&mut conn, &s.metadata, &claimed)?.map(Some));
+    }
+    let hash = auth::token_hash(token);
+    // Read before the database: a change committed meanwhile makes the entry unusable.
+    let generation = s.tokens.as_ref().map(|c| c.generation());
+    let mut conn = s.pool.get()?;
+    let found = auth::authenticate_hash(&mut conn, &s.metadata, &hash)?;
+    if let (Some(cache), Some(g), Some((p, expires))) = (&s.tokens, generation, &found) {
+        cache.put(hash, Arc::new(p.clone()), *expires, g);
+    }
+    Ok(Ok(found.map(|(p, _)| p)))
+}
+
 /// With authentication required, every other request must carry `Authorization: Bearer` with a
 /// live token; its principal goes into the request for the request context. A missing, unknown,
 /// expired or revoked token is 401 with an OperationOutcome and `WWW-Authenticate`.
@@ -96,25 +124,7 @@ pub async fn authenticate(
             let found = if let Some(p) = cached {
                 Ok(Ok(Ok(Some(Arc::unwrap_or_clone(p)))))
             } else {
-                web::block(move || -> Result<_, Error> {
-                if jwt {
-                    let claimed = match s.idp.as_ref().map(|i| i.verify(&token)) {
-                        Some(Ok(c)) => c,
-                        Some(Err(why)) => return Ok(Err(why)),
-                        None => return Ok(Ok(None)),
-                    };
-                    let mut conn = s.pool.get()?;
-                    return Ok(auth::authenticate_claimed(&mut conn, &s.metadata, &claimed)?.map(Some));
-                }
-                let hash = auth::token_hash(&token);
-                let generation = s.tokens.as_ref().map(|c| c.generation());
-                let mut conn = s.pool.get()?;
-                let found = auth::authenticate_hash(&mut conn, &s.metadata, &hash)?;
-                if let (Some(cache), Some(g), Some((p, expires))) = (&s.tokens, generation, &found) {
-                    cache.put(hash, Arc::new(p.clone()), *expires, g);
-                }
-                Ok(Ok(found.map(|(p, _)| p)))
-                })
+                web::block(move || lookup(&s, &token, jwt))
                 .await
                 .map_err(|e| Error::Internal(format!("authentication task failed: {e}")))
             };
