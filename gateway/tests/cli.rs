@@ -595,7 +595,11 @@ fn clients_registered_on_the_command_line_get_tokens_and_lose_them_when_revoked(
         .args(["clients", "revoke", "emr-cli"])
         .output()
         .unwrap();
-    assert!(revoked.status.success());
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
     assert_eq!(status(Some(&token)), 401);
     let _ = child.kill();
     let _ = child.wait();
