@@ -87,9 +87,7 @@ fn clean(c: &Caller, what: &str, r: &Resp) {
 #[test]
 fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
     let app = secured();
-    let admin_secret =
-        register(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None).expect("secret");
-    let admin = token_with_secret(&app, "admin", &admin_secret);
+    let admin = token_for(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None);
     let (mto, pwa) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
 
     // Kasarani: a child with an OPD visit and weight, and an antenatal (protected) enrollment of
@@ -174,57 +172,38 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
 
     // Kasarani's EMR: writes in Kasarani, every program. Kusini's EMR: writes in Kusini, OPD
     // only. A district reader: finds people in the district, antenatal care only, no writes.
-    let kas = register(&app, "kas-emr", "system/*.cruds", &["KD_KAS"], &[], None).expect("secret");
-    let kus = {
-        let mut conn = app.db.conn();
-        kiunga::auth::admin::add(
-            &mut conn,
-            &app.state.metadata,
-            &kiunga::auth::admin::Registration {
-                client_id: "kus-opd",
-                name: "Kusini OPD",
-                scopes: "system/*.cruds",
-                capture: &["KD_KUS".to_string()],
-                search: &[],
-                programs: Some(&["OPD".to_string()]),
-                jwks: None,
-            },
-        )
-        .expect("register")
-        .expect("secret")
-    };
-    let reader = {
-        let mut conn = app.db.conn();
-        kiunga::auth::admin::add(
-            &mut conn,
-            &app.state.metadata,
-            &kiunga::auth::admin::Registration {
-                client_id: "kd-reader",
-                name: "District antenatal reader",
-                scopes: "system/*.rs",
-                capture: &[],
-                search: &["KD".to_string()],
-                programs: Some(&["w6Pog4K7zK2".to_string()]),
-                jwks: None,
-            },
-        )
-        .expect("register")
-        .expect("secret")
-    };
+    let kas = token_for(&app, "kas-emr", "system/*.cruds", &["KD_KAS"], &[], None);
+    let kus = token_for(
+        &app,
+        "kus-opd",
+        "system/*.cruds",
+        &["KD_KUS"],
+        &[],
+        Some(&["OPD"]),
+    );
+    // Antenatal care by UID, as a registration may name it.
+    let reader = token_for(
+        &app,
+        "kd-reader",
+        "system/*.rs",
+        &[],
+        &["KD"],
+        Some(&["w6Pog4K7zK2"]),
+    );
     let callers = [
         Caller {
             name: "kas-emr",
-            token: token_with_secret(&app, "kas-emr", &kas),
+            token: kas,
             hidden: hide(&["mother", "e2", "o2", "rp"]),
         },
         Caller {
             name: "kus-opd",
-            token: token_with_secret(&app, "kus-opd", &kus),
+            token: kus,
             hidden: hide(&["child", "e1", "o1", "anc", "rp"]),
         },
         Caller {
             name: "kd-reader",
-            token: token_with_secret(&app, "kd-reader", &reader),
+            token: reader,
             // Antenatal data is protected (owned in Kasarani, no grant), and OPD is not its program.
             hidden: hide(&["anc", "e1", "o1", "e2", "o2"]),
         },

@@ -59,20 +59,16 @@ fn events(app: &TestApp, token: &str, query: &str) -> Vec<(String, String, Strin
 #[test]
 fn every_access_to_patient_data_leaves_exactly_one_audit_event() {
     let app = secured();
-    let admin_secret = register(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None).unwrap();
-    let admin = token_with_secret(&app, "admin", &admin_secret);
-    let reader_secret = register(
+    let admin = token_for(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None);
+    let reader = token_for(
         &app,
         "kas-reader",
         "system/Patient.rs",
         &[],
         &["KD_KAS"],
         None,
-    )
-    .unwrap();
-    let reader = token_with_secret(&app, "kas-reader", &reader_secret);
-    let auditor_secret = register(&app, "auditor", "system/AuditEvent.rs", &[], &[], None).unwrap();
-    let auditor = token_with_secret(&app, "auditor", &auditor_secret);
+    );
+    let auditor = token_for(&app, "auditor", "system/AuditEvent.rs", &[], &[], None);
     let kas = app.org("KD_KAS_MTO");
     let kus = app.org("KD_KUS_PWA");
 

@@ -77,9 +77,7 @@ fn an_identity_providers_tokens_are_checked_and_carry_the_registered_clients_rig
         None,
     )
     .expect("secret");
-    let admin_secret =
-        register(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None).expect("secret");
-    let admin = token_with_secret(&app, "admin", &admin_secret);
+    let admin = token_for(&app, "admin", "system/*.cruds", &["KD"], &["KD"], None);
     let kas = app.org("KD_KAS_MTO");
     let p = call(
         &app,

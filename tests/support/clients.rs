@@ -24,8 +24,22 @@ pub fn register(
     search: &[&str],
     jwks: Option<Value>,
 ) -> Option<String> {
+    register_for_programs(app, id, scopes, capture, search, None, jwks)
+}
+
+/// [`register`] with program access (UIDs or codes; None: every program).
+pub fn register_for_programs(
+    app: &TestApp,
+    id: &str,
+    scopes: &str,
+    capture: &[&str],
+    search: &[&str],
+    programs: Option<&[&str]>,
+    jwks: Option<Value>,
+) -> Option<String> {
     let mut conn = app.db.conn();
     let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let programs = programs.map(own);
     admin::add(
         &mut conn,
         &app.state.metadata,
@@ -35,11 +49,25 @@ pub fn register(
             scopes,
             capture: &own(capture),
             search: &own(search),
-            programs: None,
+            programs: programs.as_deref(),
             jwks,
         },
     )
-    .unwrap()
+    .expect("the test client registers")
+}
+
+/// Registers a client with a secret and returns an access token for it.
+pub fn token_for(
+    app: &TestApp,
+    id: &str,
+    scopes: &str,
+    capture: &[&str],
+    search: &[&str],
+    programs: Option<&[&str]>,
+) -> String {
+    let secret = register_for_programs(app, id, scopes, capture, search, programs, None)
+        .expect("a client without keys has a secret");
+    token_with_secret(app, id, &secret)
 }
 
 pub fn form(pairs: &[(&str, &str)]) -> String {
