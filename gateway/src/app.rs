@@ -19,7 +19,7 @@ pub struct AppState {
     pub config: Config,
     pub pool: PgPool,
     pub metadata: Arc<Metadata>,
-    mappings: RwLock<Arc<MappingSet>>,
+    mappings: Arc<RwLock<Arc<MappingSet>>>,
     /// The org unit that owns Patients sent without managingOrganization, when configured.
     pub default_org_unit: Option<i64>,
     /// Public base URL of the FHIR endpoint.
@@ -34,6 +34,10 @@ pub struct AppState {
     pub idp: Option<crate::auth::idp::Idp>,
     /// Principals of recently seen access tokens (authentication required only).
     pub tokens: Option<Arc<crate::auth::cache::TokenCache>>,
+    /// Outbound delivery counters (`/metrics`).
+    pub outbox_metrics: Arc<crate::outbox::metrics::Metrics>,
+    /// The delivery workers of this process, when it runs them.
+    pub outbox: Option<crate::outbox::worker::Workers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +140,26 @@ impl AppState {
         };
         let audit = crate::audit::Sink::start(pool.clone())
             .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
+        crate::outbox::sync(&mut conn, &mappings).map_err(|e| db_err(e.to_string()))?;
+        let metadata = Arc::new(metadata);
+        let mappings = Arc::new(RwLock::new(Arc::new(mappings)));
+        let outbox_metrics = Arc::new(crate::outbox::metrics::Metrics::default());
+        let outbox = if config.outbox_workers {
+            let workers = crate::outbox::worker::Workers::start(crate::outbox::worker::Shared {
+                pool: pool.clone(),
+                metadata: metadata.clone(),
+                mappings: mappings.clone(),
+                default_org_unit,
+                metrics: outbox_metrics.clone(),
+            })
+            .map_err(|e| StartError::Config(format!("cannot start the outbox workers: {e}")))?;
+            (!workers.is_empty()).then_some(workers)
+        } else {
+            None
+        };
         Ok(AppState {
+            outbox_metrics,
+            outbox,
             tokens,
             idp,
             audit,
@@ -144,8 +167,8 @@ impl AppState {
             token_limiter,
             config,
             pool,
-            metadata: Arc::new(metadata),
-            mappings: RwLock::new(Arc::new(mappings)),
+            metadata,
+            mappings,
             default_org_unit,
             base,
         })
@@ -172,6 +195,14 @@ impl AppState {
                     Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
                 }
                 tracing::info!(%old, new = %version, "mappings reloaded");
+                let synced = self
+                    .pool
+                    .get()
+                    .map_err(Error::from)
+                    .and_then(|mut c| crate::outbox::sync(&mut c, &self.mappings()));
+                if let Err(e) = synced {
+                    tracing::error!(error = %e, "the outbound targets of the new mappings could not be written; the previous triggers stay in force");
+                }
                 Ok(version)
             }
             Err(problems) => {

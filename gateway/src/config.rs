@@ -76,6 +76,9 @@ pub struct Config {
     pub idp_jwks: Option<String>,
     pub idp_audience: Option<String>,
     pub idp_client_claim: String,
+    /// Deliver the outbox from this process (`KIUNGA_OUTBOX_WORKERS`, default true); false when
+    /// `kiunga worker` runs the delivery apart.
+    pub outbox_workers: bool,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             token_rate_per_second: 2,
             token_rate_burst: 20,
             clients_file: None,
+            outbox_workers: true,
         }
     }
 }
@@ -166,6 +170,9 @@ impl Config {
                 name,
                 message: e.to_string(),
             })
+        }
+        if let Some(v) = get("KIUNGA_OUTBOX_WORKERS") {
+            self.outbox_workers = parse("KIUNGA_OUTBOX_WORKERS", v)?;
         }
         if let Some(v) = get("KIUNGA_LISTEN") {
             self.listen = v;

@@ -15,6 +15,7 @@ pub mod http;
 pub mod import;
 pub mod mapping;
 pub mod matching;
+pub mod outbox;
 pub mod rest;
 pub mod store;
 pub mod telemetry;

@@ -77,6 +77,15 @@ enum Command {
         #[command(subcommand)]
         action: ClientsAction,
     },
+    /// Deliver the outbox (pushes to the targets in mappings/targets/) without serving HTTP: for
+    /// deployments that run delivery apart (then serve with KIUNGA_OUTBOX_WORKERS=false). Several
+    /// may run at once.
+    Worker,
+    /// Inspect and operate the outbox (docs/outbound.md).
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Work with mapping files.
     Mappings {
         #[command(subcommand)]
@@ -120,6 +129,42 @@ enum ClientsAction {
 }
 
 #[derive(Subcommand)]
+enum OutboxAction {
+    /// Items per target and status, and the age of each target's oldest pending item.
+    Status,
+    /// Items, newest first.
+    List {
+        #[arg(long)]
+        target: Option<String>,
+        /// pending, delivered, dead, unknown or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One item: its record, attempts, the target's last answer and the target's id.
+    Show { id: i64 },
+    /// Put a dead, unknown or skipped item back in the queue (after fixing the cause).
+    Retry { id: i64 },
+    /// Settle an item without sending it, so that the person's later items may go.
+    Skip {
+        id: i64,
+        /// Why (kept with the item).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Queue again every record changed since an instant (its current state; what a target
+    /// already has is updated, never duplicated).
+    Replay {
+        /// An instant, e.g. 2026-11-20T00:00:00Z.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum MappingsAction {
     /// Check every mapping file; exit status 1 when any has a problem.
     Check {
@@ -143,8 +188,16 @@ fn main() -> ExitCode {
         }
     };
     kiunga::telemetry::init(config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let mut config = config;
+    // Only the server and the worker deliver; a one-off command must not start delivering.
+    if !matches!(command, Command::Serve | Command::Worker) {
+        config.outbox_workers = false;
+    }
+    match command {
         Command::Serve => serve(config),
+        Command::Worker => worker(config),
+        Command::Outbox { action } => outbox(config, action),
         Command::Mappings {
             action: MappingsAction::Check { dir },
         } => check_mappings(config, dir),
@@ -449,6 +502,79 @@ fn in_batches(
         done += n;
     }
     Ok(done)
+}
+
+fn worker(mut config: Config) -> ExitCode {
+    config.outbox_workers = true;
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(workers) = state.outbox else {
+        eprintln!("kiunga worker: no outbound target is enabled (mappings/targets/*.toml; a demo target is enabled by setting its URL variable, docs/outbound.md)");
+        return ExitCode::FAILURE;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    }) {
+        eprintln!("kiunga worker: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("kiunga worker: delivering the outbox");
+    let _ = rx.recv();
+    tracing::info!("kiunga worker: stopping after the items in hand");
+    workers.stop();
+    ExitCode::SUCCESS
+}
+
+fn outbox(config: Config, action: OutboxAction) -> ExitCode {
+    use kiunga::outbox::admin;
+    let state = match AppState::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiunga: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = || -> Result<serde_json::Value, kiunga::Error> {
+        let mut conn = state.pool.get()?;
+        match action {
+            OutboxAction::Status => admin::status(&mut conn),
+            OutboxAction::List {
+                target,
+                status,
+                limit,
+            } => admin::list(&mut conn, target.as_deref(), status.as_deref(), limit),
+            OutboxAction::Show { id } => admin::show(&mut conn, id),
+            OutboxAction::Retry { id } => admin::retry(&mut conn, id),
+            OutboxAction::Skip { id, reason } => admin::skip(&mut conn, id, &reason),
+            OutboxAction::Replay { since, target } => {
+                let since = chrono::DateTime::parse_from_rfc3339(&since)
+                    .map_err(|e| {
+                        kiunga::Error::invalid(format!("--since `{since}` is not an instant: {e}"))
+                    })?
+                    .with_timezone(&chrono::Utc);
+                admin::replay(&mut conn, since, target.as_deref())
+            }
+        }
+    };
+    match run() {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiunga outbox: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn clients(config: Config, action: ClientsAction) -> ExitCode {

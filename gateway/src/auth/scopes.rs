@@ -37,6 +37,9 @@ impl Op {
     }
 }
 
+/// What a wildcard scope does not reach: the audit trail and the outbox are granted by name.
+const BY_NAME_ONLY: &[&str] = &["AuditEvent", "Outbox"];
+
 const ALL_OPS: [Op; 5] = [Op::Create, Op::Read, Op::Update, Op::Delete, Op::Search];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,7 @@ impl Scope {
         self.ops[op.index()]
             && match self.resource.as_deref() {
                 Some(r) => r == resource,
-                None => resource != "AuditEvent",
+                None => !BY_NAME_ONLY.contains(&resource),
             }
     }
 }
@@ -176,7 +179,7 @@ impl Scopes {
                         // AuditEvent does (`covers`).
                         mine.ops[o.index()]
                             && match (&mine.resource, &r.resource) {
-                                (None, Some(t)) => t != "AuditEvent",
+                                (None, Some(t)) => !BY_NAME_ONLY.contains(&t.as_str()),
                                 (None, None) => true,
                                 (Some(m), want) => Some(m) == want.as_ref(),
                             }

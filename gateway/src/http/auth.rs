@@ -29,6 +29,7 @@ fn public(path: &str) -> bool {
         path,
         "/healthz"
             | "/readyz"
+            | "/metrics"
             | "/fhir/metadata"
             | "/auth/token"
             | "/.well-known/smart-configuration"

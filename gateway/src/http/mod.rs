@@ -4,6 +4,7 @@
 pub mod auth;
 mod identity;
 mod org;
+mod outbox;
 mod terminology;
 mod valueset;
 
@@ -525,6 +526,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/auth/token", web::post().to(auth::token))
+        .route("/metrics", web::get().to(outbox::metrics))
+        .route("/admin/outbox", web::get().to(outbox::status))
+        .route("/admin/outbox/items", web::get().to(outbox::list))
+        .route("/admin/outbox/items/{id}", web::get().to(outbox::show))
+        .route("/admin/outbox/items/{id}/$retry", web::post().to(outbox::retry))
+        .route("/admin/outbox/items/{id}/$skip", web::post().to(outbox::skip))
+        .route("/admin/outbox/$replay", web::post().to(outbox::replay))
         .route(
             "/.well-known/smart-configuration",
             web::get().to(auth::smart_configuration),

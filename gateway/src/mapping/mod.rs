@@ -9,6 +9,7 @@ pub mod matching;
 pub mod observation;
 pub mod organizations;
 pub mod patient;
+pub mod targets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub struct MappingSet {
     pub matching: Option<matching::MatchingRules>,
     /// `care.toml`: RelatedPerson roles, EpisodeOfCare types, transfer on PUT (defaults when absent).
     pub care: care::CareMapping,
+    /// `targets/*.toml`: where changes are pushed (enabled or not).
+    pub targets: Vec<targets::Target>,
 }
 
 const KNOWN_FILES: &[&str] = &[
@@ -267,6 +270,15 @@ impl MappingSet {
             problems.is_empty(),
         ) {
             (Some(patient), Some(encounter), Some(observation), Some(terminology), true) => {
+                let systems: Vec<&str> =
+                    patient.identifiers.iter().map(|i| i.system.as_str()).collect();
+                let codes: Vec<(&str, &str)> = observation
+                    .codes
+                    .iter()
+                    .map(|c| (c.coding.system.as_str(), c.coding.code.as_str()))
+                    .collect();
+                let targets = targets::load_dir(&dir.join("targets"), md, &systems, &codes)
+                    .map_err(Problems)?;
                 let version = hex::encode(&hasher.finalize()[..6]);
                 Ok(MappingSet {
                     version,
@@ -277,6 +289,7 @@ impl MappingSet {
                     organizations: orgs,
                     matching,
                     care,
+                    targets,
                 })
             }
             _ => Err(Problems(problems)),

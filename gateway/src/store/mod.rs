@@ -12,6 +12,7 @@ pub mod match_keys;
 pub mod merge;
 pub mod metadata_import;
 pub mod orgs;
+pub mod outbox;
 pub mod patients;
 pub mod pending;
 pub mod relationships;

@@ -463,3 +463,52 @@ diesel::table! {
 
 diesel::joinable!(api_token -> api_client (client_id));
 diesel::allow_tables_to_appear_in_same_query!(api_token, api_client);
+
+diesel::table! {
+    outbox_rule (target, kind) {
+        target -> Text,
+        kind -> Text,
+        org_path -> Nullable<Text>,
+        stage_ids -> Nullable<Array<Int8>>,
+        skip_actors -> Nullable<Array<Text>>,
+        relationship_type_ids -> Nullable<Array<Int8>>,
+        data_element_ids -> Nullable<Array<Int8>>,
+        attribute_ids -> Nullable<Array<Int8>>,
+    }
+}
+
+diesel::table! {
+    outbox_item (id) {
+        id -> Int8,
+        target -> Text,
+        kind -> Text,
+        resource_uid -> Varchar,
+        person_uid -> Varchar,
+        operation -> Text,
+        version -> Int4,
+        created_at -> Timestamptz,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        lease_until -> Nullable<Timestamptz>,
+        leased_by -> Nullable<Text>,
+        uncertain -> Bool,
+        last_attempt_at -> Nullable<Timestamptz>,
+        delivered_at -> Nullable<Timestamptz>,
+        error_kind -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        last_status -> Nullable<Int4>,
+        remote_id -> Nullable<Text>,
+        transaction_id -> Text,
+    }
+}
+
+diesel::table! {
+    outbox_remote (target, resource_type, resource_uid) {
+        target -> Text,
+        resource_type -> Text,
+        resource_uid -> Varchar,
+        remote_id -> Text,
+        created_at -> Timestamptz,
+    }
+}

@@ -33,6 +33,8 @@ pub struct Scoped<'a> {
     program_scope: Option<Option<ProgramScope>>,
     /// What this unit of work wrote, for its access record (`crate::audit`).
     pub touched: crate::audit::Touched,
+    /// What this unit of work changed, for the outbox (only while a target is enabled).
+    pub changed: Vec<super::outbox::Changed>,
 }
 
 /// The caller's scope as the database function `kiunga_enrollment_visible` takes it: org-unit ids
@@ -202,6 +204,7 @@ impl<'a> Scoped<'a> {
             entry,
             program_scope: ctx.program_scope.clone(),
             touched: crate::audit::Touched::default(),
+            changed: Vec::new(),
         }
     }
 
@@ -215,6 +218,7 @@ impl<'a> Scoped<'a> {
             let mut s = Scoped::new(c, ctx, entry);
             let out = f(&mut s)?;
             s.flush()?;
+            s.enqueue_outbox()?;
             Ok(out)
         })
     }
@@ -229,6 +233,7 @@ impl<'a> Scoped<'a> {
         let mut s = Scoped::new(conn, ctx, None);
         let out = f(&mut s)?;
         s.flush()?;
+        s.enqueue_outbox()?;
         Ok(out)
     }
 
@@ -265,6 +270,18 @@ impl<'a> Scoped<'a> {
     pub fn conn(&mut self) -> Result<&mut PgConnection, Error> {
         self.flush()?;
         Ok(self.conn)
+    }
+
+    /// Adds the outbox items of what this unit changed, in its own transaction: a unit that rolls
+    /// back emits nothing. Runs after the flush, so that the rules see every row it wrote.
+    fn enqueue_outbox(&mut self) -> Result<(), Error> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let actor = self.ctx.actor.to_string();
+        super::outbox::enqueue(self.conn, &changed, &actor, None)?;
+        Ok(())
     }
 
     pub fn flush(&mut self) -> Result<(), Error> {

@@ -1,0 +1,3 @@
+DROP TABLE outbox_remote;
+DROP TABLE outbox_item;
+DROP TABLE outbox_rule;

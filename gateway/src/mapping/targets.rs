@@ -1,0 +1,590 @@
+//! `mappings/targets/*.toml`: the systems changes are pushed to (docs/outbound.md).
+//!
+//! One file per target, checked like every mapping file (`file:line` problems, all at once). A
+//! file names its kind, where the target is and which environment variables hold its secrets
+//! (never a secret itself), what triggers a push, and the target's own codes for our org units,
+//! identifier systems, stages and concepts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{known_list, Problem, Source};
+use crate::tracker::metadata::Metadata;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    kind: Spanned<String>,
+    /// `opencrvs` only: legacy-notification | events-v1.9 | events-v2.0, or the variable that
+    /// holds it.
+    mode: Option<Spanned<String>>,
+    mode_env: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    url_env: Option<Spanned<String>>,
+    auth_url_env: Option<Spanned<String>>,
+    user_env: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    client_id_env: Option<Spanned<String>>,
+    client_secret_env: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_timeout")]
+    timeout_seconds: Spanned<f64>,
+    #[serde(default = "default_concurrency")]
+    concurrency: Spanned<i64>,
+    #[serde(default)]
+    ignore_changes_from: Vec<Spanned<String>>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    trigger: RawTrigger,
+    default_location: Option<Spanned<String>>,
+    #[serde(default)]
+    location: Vec<RawLocation>,
+    #[serde(default)]
+    identifier: Vec<RawIdentifier>,
+    #[serde(default)]
+    encounter_type: Vec<RawEncounterType>,
+    #[serde(default)]
+    concept: Vec<RawConcept>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout() -> Spanned<f64> {
+    Spanned::new(0..0, 10.0)
+}
+
+fn default_concurrency() -> Spanned<i64> {
+    Spanned::new(0..0, 4)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default = "default_initial_ms")]
+    initial_ms: u64,
+    #[serde(default = "default_max_seconds")]
+    max_seconds: u64,
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_breaker_seconds")]
+    breaker_seconds: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry {
+            initial_ms: default_initial_ms(),
+            max_seconds: default_max_seconds(),
+            breaker_failures: default_breaker_failures(),
+            breaker_seconds: default_breaker_seconds(),
+        }
+    }
+}
+
+fn default_initial_ms() -> u64 {
+    1_000
+}
+fn default_max_seconds() -> u64 {
+    600
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_seconds() -> u64 {
+    30
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    #[serde(default)]
+    resources: Vec<Spanned<String>>,
+    #[serde(default)]
+    programs: Vec<Spanned<String>>,
+    #[serde(default)]
+    stages: Vec<Spanned<String>>,
+    org_unit: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocation {
+    org_unit: Spanned<String>,
+    uuid: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentifier {
+    system: Spanned<String>,
+    /// OpenMRS ≥ 2.0 matches the identifier-system URL registered for the type.
+    target_system: Option<String>,
+    /// Without a system, OpenMRS matches `type.text` against the identifier type's name.
+    type_name: Option<String>,
+    #[serde(default)]
+    official: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncounterType {
+    stage: Spanned<String>,
+    uuid: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcept {
+    system: Spanned<String>,
+    code: Spanned<String>,
+    target_system: Option<String>,
+    target_code: Spanned<String>,
+    /// The unit of the target's concept (UCUM); values are converted to it.
+    unit: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    OpenMrsFhir2,
+    OpenCrvs,
+    FhirR4,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OpenMrsFhir2 => "openmrs-fhir2",
+            Kind::OpenCrvs => "opencrvs",
+            Kind::FhirR4 => "fhir-r4",
+        }
+    }
+}
+
+/// Where a value comes from: written in the file (URLs, never secrets) or an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Literal(String),
+    Env(String),
+}
+
+impl Setting {
+    /// The value now, or the name of the variable that is not set.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Setting::Literal(v) => Ok(v.clone()),
+            Setting::Env(name) => std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| name.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub initial_ms: u64,
+    pub max_seconds: u64,
+    pub breaker_failures: u32,
+    pub breaker_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    /// Patient, Encounter, Observation.
+    pub resources: Vec<String>,
+    /// Stages whose events (and their values) are pushed; empty: every stage.
+    pub stage_ids: Vec<i64>,
+    /// The org-unit subtree (materialised path) records must lie in; None: everywhere.
+    pub org_path: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentifierOut {
+    pub system: String,
+    pub target_system: Option<String>,
+    pub type_name: Option<String>,
+    pub official: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConceptOut {
+    pub system: String,
+    pub code: String,
+    pub target_system: Option<String>,
+    pub target_code: String,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The file's stem: `openmrs` for `targets/openmrs.toml`.
+    pub name: String,
+    pub file: String,
+    pub kind: Kind,
+    pub url: Setting,
+    pub user: Option<Setting>,
+    pub password: Option<Setting>,
+    pub timeout: std::time::Duration,
+    pub concurrency: usize,
+    /// Change-log actors (`client:<id>`) whose changes came from this target: not sent back.
+    pub skip_actors: Vec<String>,
+    pub retry: Retry,
+    pub trigger: Trigger,
+    /// Org unit id → the target's location id (the nearest mapped ancestor applies).
+    pub locations: BTreeMap<i64, String>,
+    pub default_location: Option<String>,
+    pub identifiers: Vec<IdentifierOut>,
+    /// Stage id → the target's encounter type.
+    pub encounter_types: BTreeMap<i64, String>,
+    pub concepts: Vec<ConceptOut>,
+    /// Off when the file says so, or when its URL comes from a variable that is not set (the
+    /// demo targets are switched on by setting it).
+    pub enabled: bool,
+}
+
+impl Target {
+    /// The target's location for an org unit: its own, else its nearest mapped ancestor's,
+    /// else the default.
+    pub fn location_for(&self, md: &Metadata, org_unit_id: i64) -> Option<&str> {
+        let mut at = md.org_unit_by_id(org_unit_id);
+        while let Some(ou) = at {
+            if let Some(l) = self.locations.get(&ou.id) {
+                return Some(l);
+            }
+            at = ou.parent_id.and_then(|p| md.org_unit_by_id(p));
+        }
+        self.default_location.as_deref()
+    }
+
+    pub fn concept(&self, system: &str, code: &str) -> Option<&ConceptOut> {
+        self.concepts
+            .iter()
+            .find(|c| c.system == system && c.code == code)
+    }
+
+    pub fn identifier(&self, system: &str) -> Option<&IdentifierOut> {
+        self.identifiers.iter().find(|i| i.system == system)
+    }
+}
+
+const RESOURCES: &[&str] = &["Patient", "Encounter", "Observation"];
+
+/// Reads every `*.toml` in `dir` (absent: no targets). `identifier_systems` and `codes` are what
+/// the other mapping files declare, so that a target cannot name what the registry never holds.
+pub fn load_dir(
+    dir: &Path,
+    md: &Metadata,
+    identifier_systems: &[&str],
+    codes: &[(&str, &str)],
+) -> Result<Vec<Target>, Vec<Problem>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    let mut targets = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    file: name,
+                    line: 0,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let src = Source { name, text };
+        match load(&src, &stem, md, identifier_systems, codes) {
+            Ok(t) => targets.push(t),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(targets)
+    } else {
+        Err(problems)
+    }
+}
+
+fn env_name(src: &Source, v: &Spanned<String>, problems: &mut Vec<Problem>) -> String {
+    let name = v.get_ref();
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !ok {
+        problems.push(src.problem(
+            v.span(),
+            format!("`{name}` is not an environment variable name (A-Z, 0-9 and _): secrets are given by the variable that holds them, never written here"),
+        ));
+    }
+    name.clone()
+}
+
+pub fn load(
+    src: &Source,
+    stem: &str,
+    md: &Metadata,
+    identifier_systems: &[&str],
+    codes: &[(&str, &str)],
+) -> Result<Target, Vec<Problem>> {
+    let raw: Raw = src.parse().map_err(|p| vec![p])?;
+    let mut problems = Vec::new();
+    let kind = match raw.kind.get_ref().as_str() {
+        "openmrs-fhir2" => Kind::OpenMrsFhir2,
+        "opencrvs" => Kind::OpenCrvs,
+        "fhir-r4" => Kind::FhirR4,
+        other => {
+            problems.push(src.problem(
+                raw.kind.span(),
+                format!("unknown kind `{other}` (known: openmrs-fhir2, opencrvs, fhir-r4)"),
+            ));
+            Kind::FhirR4
+        }
+    };
+    if kind == Kind::OpenCrvs {
+        // Refused rather than accepted and never delivered: the OpenCRVS push is not built yet.
+        problems.push(src.problem(
+            raw.kind.span(),
+            "kind `opencrvs`: this gateway cannot push to OpenCRVS yet (docs/outbound.md, \"What is missing\")",
+        ));
+    }
+    for (field, v) in [("mode", &raw.mode), ("mode_env", &raw.mode_env)] {
+        if let (Some(v), false) = (v, kind == Kind::OpenCrvs) {
+            problems.push(src.problem(v.span(), format!("{field}: only an opencrvs target has a mode")));
+        }
+    }
+    let url = match (&raw.url, &raw.url_env) {
+        (Some(u), None) => {
+            if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
+                problems.push(src.problem(u.span(), format!("url `{}` is not an http(s) URL", u.get_ref())));
+            }
+            Setting::Literal(u.get_ref().trim_end_matches('/').to_string())
+        }
+        (None, Some(e)) => Setting::Env(env_name(src, e, &mut problems)),
+        (Some(u), Some(_)) => {
+            problems.push(src.problem(u.span(), "give `url` or `url_env`, not both"));
+            Setting::Literal(String::new())
+        }
+        (None, None) => {
+            problems.push(src.problem(0..0, "missing `url` (or `url_env`, the variable that holds it)"));
+            Setting::Literal(String::new())
+        }
+    };
+    let mut secret = |v: &Option<Spanned<String>>| {
+        v.as_ref()
+            .map(|v| Setting::Env(env_name(src, v, &mut problems)))
+    };
+    let user = secret(&raw.user_env);
+    let password = secret(&raw.password_env);
+    if let Some(v) = raw.auth_url_env.as_ref().or(raw.client_id_env.as_ref()).or(raw.client_secret_env.as_ref()) {
+        if kind != Kind::OpenCrvs {
+            problems.push(src.problem(v.span(), "auth_url_env, client_id_env and client_secret_env belong to an opencrvs target"));
+        }
+    }
+    if kind == Kind::OpenMrsFhir2 && (user.is_none() || password.is_none()) {
+        problems.push(src.problem(
+            raw.kind.span(),
+            "an openmrs-fhir2 target needs `user_env` and `password_env` (OpenMRS FHIR2 takes HTTP Basic only)",
+        ));
+    }
+    let timeout = *raw.timeout_seconds.get_ref();
+    if !(0.05..=600.0).contains(&timeout) {
+        problems.push(src.problem(raw.timeout_seconds.span(), "timeout_seconds must be between 0.05 and 600"));
+    }
+    let concurrency = *raw.concurrency.get_ref();
+    if !(1..=64).contains(&concurrency) {
+        problems.push(src.problem(raw.concurrency.span(), "concurrency must be between 1 and 64"));
+    }
+    let mut trigger = Trigger::default();
+    for r in &raw.trigger.resources {
+        if RESOURCES.contains(&r.get_ref().as_str()) {
+            trigger.resources.push(r.get_ref().clone());
+        } else {
+            problems.push(src.problem(
+                r.span(),
+                format!("trigger.resources: `{}` is not pushed (known: {})", r.get_ref(), RESOURCES.join(", ")),
+            ));
+        }
+    }
+    if trigger.resources.is_empty() {
+        problems.push(src.problem(0..0, "trigger.resources is empty: name what is pushed (Patient, Encounter, Observation)"));
+    }
+    for p in &raw.trigger.programs {
+        match md.program(p.get_ref()) {
+            Some(prog) => trigger.stage_ids.extend(
+                md.stages.iter().filter(|s| s.program_id == prog.id).map(|s| s.id),
+            ),
+            None => problems.push(src.problem(
+                p.span(),
+                format!(
+                    "unknown program `{}` (known: {})",
+                    p.get_ref(),
+                    known_list(md.programs.iter().map(|x| x.code.as_deref().unwrap_or(&x.uid)))
+                ),
+            )),
+        }
+    }
+    let stage = |s: &Spanned<String>, problems: &mut Vec<Problem>| match md.stage(s.get_ref()) {
+        Some(st) => Some(st.id),
+        None => {
+            problems.push(src.problem(
+                s.span(),
+                format!(
+                    "unknown program stage `{}` (known: {})",
+                    s.get_ref(),
+                    known_list(md.stages.iter().map(|x| x.code.as_deref().unwrap_or(&x.uid)))
+                ),
+            ));
+            None
+        }
+    };
+    for s in &raw.trigger.stages {
+        if let Some(id) = stage(s, &mut problems) {
+            trigger.stage_ids.push(id);
+        }
+    }
+    trigger.stage_ids.sort_unstable();
+    trigger.stage_ids.dedup();
+    let org_unit = |o: &Spanned<String>, problems: &mut Vec<Problem>| match md.org_unit(o.get_ref()) {
+        Some(ou) => Some(ou),
+        None => {
+            problems.push(src.problem(
+                o.span(),
+                format!("unknown org unit `{}` (give its UID or code)", o.get_ref()),
+            ));
+            None
+        }
+    };
+    if let Some(o) = &raw.trigger.org_unit {
+        trigger.org_path = org_unit(o, &mut problems).map(|ou| ou.path.clone());
+    }
+    let mut locations = BTreeMap::new();
+    for l in &raw.location {
+        if let Some(ou) = org_unit(&l.org_unit, &mut problems) {
+            if locations.insert(ou.id, l.uuid.get_ref().clone()).is_some() {
+                problems.push(src.problem(l.org_unit.span(), format!("org unit `{}` is mapped twice", l.org_unit.get_ref())));
+            }
+        }
+    }
+    let mut identifiers: Vec<IdentifierOut> = Vec::new();
+    for i in &raw.identifier {
+        if !identifier_systems.contains(&i.system.get_ref().as_str()) {
+            problems.push(src.problem(
+                i.system.span(),
+                format!(
+                    "identifier system `{}` is not declared in patient.toml (declared: {})",
+                    i.system.get_ref(),
+                    identifier_systems.join(", ")
+                ),
+            ));
+        }
+        if i.target_system.is_none() && i.type_name.is_none() && kind == Kind::OpenMrsFhir2 {
+            problems.push(src.problem(
+                i.system.span(),
+                "give `target_system` (the URL registered for the OpenMRS identifier type) or `type_name` (its name)",
+            ));
+        }
+        identifiers.push(IdentifierOut {
+            system: i.system.get_ref().clone(),
+            target_system: i.target_system.clone(),
+            type_name: i.type_name.clone(),
+            official: i.official,
+        });
+    }
+    if kind == Kind::OpenMrsFhir2 && trigger.resources.iter().any(|r| r == "Patient") {
+        let official = identifiers.iter().filter(|i| i.official).count();
+        if official != 1 {
+            problems.push(src.problem(
+                0..0,
+                format!("exactly one [[identifier]] must be `official = true` (OpenMRS needs one preferred identifier); {official} are"),
+            ));
+        }
+    }
+    let mut encounter_types = BTreeMap::new();
+    for e in &raw.encounter_type {
+        if let Some(id) = stage(&e.stage, &mut problems) {
+            encounter_types.insert(id, e.uuid.get_ref().clone());
+        }
+    }
+    let mut concepts = Vec::new();
+    for c in &raw.concept {
+        if !codes.contains(&(c.system.get_ref().as_str(), c.code.get_ref().as_str())) {
+            problems.push(src.problem(
+                c.code.span(),
+                format!(
+                    "`{}|{}` is not an Observation code of observation.toml: nothing the registry holds has it",
+                    c.system.get_ref(),
+                    c.code.get_ref()
+                ),
+            ));
+        }
+        if let Some(u) = &c.unit {
+            if !crate::translate::units::is_known(u.get_ref()) {
+                problems.push(src.problem(u.span(), format!("`{}` is not a UCUM unit this gateway converts", u.get_ref())));
+            }
+        }
+        concepts.push(ConceptOut {
+            system: c.system.get_ref().clone(),
+            code: c.code.get_ref().clone(),
+            target_system: c.target_system.clone(),
+            target_code: c.target_code.get_ref().clone(),
+            unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
+        });
+    }
+    if raw.retry.initial_ms == 0 || raw.retry.max_seconds == 0 || raw.retry.breaker_failures == 0 {
+        problems.push(src.problem(0..0, "retry: initial_ms, max_seconds and breaker_failures must be above 0"));
+    }
+    let enabled = raw.enabled && url.resolve().is_ok();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Target {
+        name: stem.to_string(),
+        file: src.name.clone(),
+        kind,
+        url,
+        user,
+        password,
+        timeout: std::time::Duration::from_secs_f64(timeout),
+        concurrency: concurrency as usize,
+        skip_actors: raw
+            .ignore_changes_from
+            .iter()
+            .map(|c| format!("client:{}", c.get_ref()))
+            .collect(),
+        retry: Retry {
+            initial_ms: raw.retry.initial_ms,
+            max_seconds: raw.retry.max_seconds,
+            breaker_failures: raw.retry.breaker_failures,
+            breaker_seconds: raw.retry.breaker_seconds,
+        },
+        trigger,
+        locations,
+        default_location: raw.default_location.map(|d| d.into_inner()),
+        identifiers,
+        encounter_types,
+        concepts,
+        enabled,
+    })
+}

@@ -1,0 +1,167 @@
+//! Talking to a target over HTTP: one blocking client per target, and the one place an answer
+//! (or its absence) is classified into delivered / retry / rejected.
+
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+
+use super::{brief, Outcome};
+
+/// Consecutive 500s on one item before it is given up on: OpenMRS answers some malformed input
+/// with a 500 (a bug's stack trace, not a busy server), which no number of retries fixes.
+pub const MAX_500: i32 = 6;
+
+pub fn client(timeout: Duration) -> Result<Client, String> {
+    Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// An answer with a status the caller handles itself.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+/// Sends; a transport failure becomes the Outcome to settle with. `writes` says whether the
+/// request changes the target: then a timeout or reset leaves its outcome unknown.
+pub fn send(req: RequestBuilder, writes: bool) -> Result<Answer, Outcome> {
+    match req.send() {
+        Ok(resp) => Ok(read(resp)),
+        Err(e) if e.is_connect() => Err(Outcome::retry(
+            "unreachable",
+            format!("cannot connect to the target: {}", root_cause(&e)),
+        )),
+        Err(e) if e.is_timeout() => Err(Outcome::Retry {
+            kind: "timeout",
+            message: "the target did not answer in time".into(),
+            status: None,
+            after: None,
+            uncertain: writes,
+        }),
+        Err(e) => Err(Outcome::Retry {
+            kind: "transport",
+            message: format!("the connection failed: {}", root_cause(&e)),
+            status: None,
+            after: None,
+            uncertain: writes,
+        }),
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn read(resp: Response) -> Answer {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// What the target said, for a person: an OperationOutcome's diagnostics, a JSON `message`,
+/// else the start of the body with markup removed.
+pub fn message(a: &Answer) -> String {
+    if let Some(issues) = a.body.get("issue").and_then(Value::as_array) {
+        let said: Vec<&str> = issues
+            .iter()
+            .filter_map(|i| {
+                i.get("diagnostics")
+                    .or_else(|| i.pointer("/details/text"))
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        if !said.is_empty() {
+            return brief(&said.join("; "));
+        }
+    }
+    if let Some(m) = a.body.get("message").and_then(Value::as_str) {
+        return brief(m);
+    }
+    let mut plain = String::new();
+    let mut in_tag = false;
+    for c in a.text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                plain.push(' ');
+            }
+            c if !in_tag => plain.push(c),
+            _ => {}
+        }
+    }
+    brief(&plain)
+}
+
+/// The Outcome of an answer that is not a success the caller handles: what to retry, what is
+/// final. `attempts` counts this one.
+pub fn failure(a: &Answer, attempts: i32) -> Outcome {
+    let said = message(a);
+    let status = Some(a.status);
+    match a.status {
+        401 | 403 => Outcome::Retry {
+            kind: "unauthorized",
+            message: format!(
+                "the target refused our credentials (HTTP {}): check the user and password variables of the target file; {said}",
+                a.status
+            ),
+            status,
+            after: None,
+            uncertain: false,
+        },
+        429 => Outcome::Retry {
+            kind: "busy",
+            message: format!("the target asked us to slow down (429): {said}"),
+            status,
+            after: retry_after(&a.headers),
+            uncertain: false,
+        },
+        502..=504 => Outcome::Retry {
+            kind: "unavailable",
+            message: format!("the target is unavailable (HTTP {}): {said}", a.status),
+            status,
+            after: retry_after(&a.headers),
+            uncertain: false,
+        },
+        500 if attempts >= MAX_500 => Outcome::rejected(
+            "target-error",
+            format!("the target failed on this record {attempts} times in a row (HTTP 500): {said}"),
+            status,
+        ),
+        500..=599 => Outcome::Retry {
+            kind: "target-error",
+            message: format!("the target failed (HTTP {}): {said}", a.status),
+            status,
+            after: None,
+            uncertain: false,
+        },
+        _ => Outcome::rejected("rejected", said, status),
+    }
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
