@@ -530,8 +530,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/outbox", web::get().to(outbox::status))
         .route("/admin/outbox/items", web::get().to(outbox::list))
         .route("/admin/outbox/items/{id}", web::get().to(outbox::show))
-        .route("/admin/outbox/items/{id}/$retry", web::post().to(outbox::retry))
-        .route("/admin/outbox/items/{id}/$skip", web::post().to(outbox::skip))
+        .route(
+            "/admin/outbox/items/{id}/$retry",
+            web::post().to(outbox::retry),
+        )
+        .route(
+            "/admin/outbox/items/{id}/$skip",
+            web::post().to(outbox::skip),
+        )
         .route("/admin/outbox/$replay", web::post().to(outbox::replay))
         .route(
             "/.well-known/smart-configuration",

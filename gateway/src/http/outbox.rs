@@ -50,7 +50,12 @@ pub async fn list(
     respond(&req, |n| async move {
         allowed(&n, "Outbox", &[Op::Search])?;
         let v = blocking(&state, move |c| {
-            admin::list(c, q.target.as_deref(), q.status.as_deref(), q.count.unwrap_or(100))
+            admin::list(
+                c,
+                q.target.as_deref(),
+                q.status.as_deref(),
+                q.count.unwrap_or(100),
+            )
         })
         .await?;
         Ok(FhirResponse::ok(v))
@@ -72,7 +77,9 @@ pub async fn show(
     respond(&req, |n| async move {
         allowed(&n, "Outbox", &[Op::Read])?;
         let id = item_id(&raw)?;
-        Ok(FhirResponse::ok(blocking(&state, move |c| admin::show(c, id)).await?))
+        Ok(FhirResponse::ok(
+            blocking(&state, move |c| admin::show(c, id)).await?,
+        ))
     })
     .await
 }
@@ -86,7 +93,9 @@ pub async fn retry(
     respond(&req, |n| async move {
         allowed(&n, "Outbox", &[Op::Update])?;
         let id = item_id(&raw)?;
-        Ok(FhirResponse::ok(blocking(&state, move |c| admin::retry(c, id)).await?))
+        Ok(FhirResponse::ok(
+            blocking(&state, move |c| admin::retry(c, id)).await?,
+        ))
     })
     .await
 }
@@ -110,7 +119,9 @@ pub async fn skip(
         let why = reason.ok_or_else(|| {
             Error::invalid("say why the item is skipped: ?reason=… (it is kept with the item)")
         })?;
-        Ok(FhirResponse::ok(blocking(&state, move |c| admin::skip(c, id, &why)).await?))
+        Ok(FhirResponse::ok(
+            blocking(&state, move |c| admin::skip(c, id, &why)).await?,
+        ))
     })
     .await
 }
@@ -138,7 +149,10 @@ pub async fn replay(
                     .map(|d| d.with_timezone(&chrono::Utc))
                     .map_err(|e| Error::invalid(format!("since `{s}` is not an instant: {e}")))
             })?;
-        let v = blocking(&state, move |c| admin::replay(c, since, q.target.as_deref())).await?;
+        let v = blocking(&state, move |c| {
+            admin::replay(c, since, q.target.as_deref())
+        })
+        .await?;
         Ok(FhirResponse::ok(v))
     })
     .await

@@ -270,8 +270,11 @@ impl MappingSet {
             problems.is_empty(),
         ) {
             (Some(patient), Some(encounter), Some(observation), Some(terminology), true) => {
-                let systems: Vec<&str> =
-                    patient.identifiers.iter().map(|i| i.system.as_str()).collect();
+                let systems: Vec<&str> = patient
+                    .identifiers
+                    .iter()
+                    .map(|i| i.system.as_str())
+                    .collect();
                 let codes: Vec<(&str, &str)> = observation
                     .codes
                     .iter()

@@ -371,13 +371,19 @@ pub fn load(
     }
     for (field, v) in [("mode", &raw.mode), ("mode_env", &raw.mode_env)] {
         if let (Some(v), false) = (v, kind == Kind::OpenCrvs) {
-            problems.push(src.problem(v.span(), format!("{field}: only an opencrvs target has a mode")));
+            problems.push(src.problem(
+                v.span(),
+                format!("{field}: only an opencrvs target has a mode"),
+            ));
         }
     }
     let url = match (&raw.url, &raw.url_env) {
         (Some(u), None) => {
             if !(u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://")) {
-                problems.push(src.problem(u.span(), format!("url `{}` is not an http(s) URL", u.get_ref())));
+                problems.push(src.problem(
+                    u.span(),
+                    format!("url `{}` is not an http(s) URL", u.get_ref()),
+                ));
             }
             Setting::Literal(u.get_ref().trim_end_matches('/').to_string())
         }
@@ -387,7 +393,10 @@ pub fn load(
             Setting::Literal(String::new())
         }
         (None, None) => {
-            problems.push(src.problem(0..0, "missing `url` (or `url_env`, the variable that holds it)"));
+            problems.push(src.problem(
+                0..0,
+                "missing `url` (or `url_env`, the variable that holds it)",
+            ));
             Setting::Literal(String::new())
         }
     };
@@ -397,9 +406,17 @@ pub fn load(
     };
     let user = secret(&raw.user_env);
     let password = secret(&raw.password_env);
-    if let Some(v) = raw.auth_url_env.as_ref().or(raw.client_id_env.as_ref()).or(raw.client_secret_env.as_ref()) {
+    if let Some(v) = raw
+        .auth_url_env
+        .as_ref()
+        .or(raw.client_id_env.as_ref())
+        .or(raw.client_secret_env.as_ref())
+    {
         if kind != Kind::OpenCrvs {
-            problems.push(src.problem(v.span(), "auth_url_env, client_id_env and client_secret_env belong to an opencrvs target"));
+            problems.push(src.problem(
+                v.span(),
+                "auth_url_env, client_id_env and client_secret_env belong to an opencrvs target",
+            ));
         }
     }
     if kind == Kind::OpenMrsFhir2 && (user.is_none() || password.is_none()) {
@@ -410,11 +427,17 @@ pub fn load(
     }
     let timeout = *raw.timeout_seconds.get_ref();
     if !(0.05..=600.0).contains(&timeout) {
-        problems.push(src.problem(raw.timeout_seconds.span(), "timeout_seconds must be between 0.05 and 600"));
+        problems.push(src.problem(
+            raw.timeout_seconds.span(),
+            "timeout_seconds must be between 0.05 and 600",
+        ));
     }
     let concurrency = *raw.concurrency.get_ref();
     if !(1..=64).contains(&concurrency) {
-        problems.push(src.problem(raw.concurrency.span(), "concurrency must be between 1 and 64"));
+        problems.push(src.problem(
+            raw.concurrency.span(),
+            "concurrency must be between 1 and 64",
+        ));
     }
     let mut trigger = Trigger::default();
     for r in &raw.trigger.resources {
@@ -423,17 +446,27 @@ pub fn load(
         } else {
             problems.push(src.problem(
                 r.span(),
-                format!("trigger.resources: `{}` is not pushed (known: {})", r.get_ref(), RESOURCES.join(", ")),
+                format!(
+                    "trigger.resources: `{}` is not pushed (known: {})",
+                    r.get_ref(),
+                    RESOURCES.join(", ")
+                ),
             ));
         }
     }
     if trigger.resources.is_empty() {
-        problems.push(src.problem(0..0, "trigger.resources is empty: name what is pushed (Patient, Encounter, Observation)"));
+        problems.push(src.problem(
+            0..0,
+            "trigger.resources is empty: name what is pushed (Patient, Encounter, Observation)",
+        ));
     }
     for p in &raw.trigger.programs {
         match md.program(p.get_ref()) {
             Some(prog) => trigger.stage_ids.extend(
-                md.stages.iter().filter(|s| s.program_id == prog.id).map(|s| s.id),
+                md.stages
+                    .iter()
+                    .filter(|s| s.program_id == prog.id)
+                    .map(|s| s.id),
             ),
             None => problems.push(src.problem(
                 p.span(),
@@ -466,7 +499,8 @@ pub fn load(
     }
     trigger.stage_ids.sort_unstable();
     trigger.stage_ids.dedup();
-    let org_unit = |o: &Spanned<String>, problems: &mut Vec<Problem>| match md.org_unit(o.get_ref()) {
+    let org_unit = |o: &Spanned<String>, problems: &mut Vec<Problem>| match md.org_unit(o.get_ref())
+    {
         Some(ou) => Some(ou),
         None => {
             problems.push(src.problem(
@@ -483,7 +517,10 @@ pub fn load(
     for l in &raw.location {
         if let Some(ou) = org_unit(&l.org_unit, &mut problems) {
             if locations.insert(ou.id, l.uuid.get_ref().clone()).is_some() {
-                problems.push(src.problem(l.org_unit.span(), format!("org unit `{}` is mapped twice", l.org_unit.get_ref())));
+                problems.push(src.problem(
+                    l.org_unit.span(),
+                    format!("org unit `{}` is mapped twice", l.org_unit.get_ref()),
+                ));
             }
         }
     }
@@ -541,7 +578,10 @@ pub fn load(
         }
         if let Some(u) = &c.unit {
             if !crate::translate::units::is_known(u.get_ref()) {
-                problems.push(src.problem(u.span(), format!("`{}` is not a UCUM unit this gateway converts", u.get_ref())));
+                problems.push(src.problem(
+                    u.span(),
+                    format!("`{}` is not a UCUM unit this gateway converts", u.get_ref()),
+                ));
             }
         }
         concepts.push(ConceptOut {
@@ -553,7 +593,10 @@ pub fn load(
         });
     }
     if raw.retry.initial_ms == 0 || raw.retry.max_seconds == 0 || raw.retry.breaker_failures == 0 {
-        problems.push(src.problem(0..0, "retry: initial_ms, max_seconds and breaker_failures must be above 0"));
+        problems.push(src.problem(
+            0..0,
+            "retry: initial_ms, max_seconds and breaker_failures must be above 0",
+        ));
     }
     let enabled = raw.enabled && url.resolve().is_ok();
     if !problems.is_empty() {

@@ -14,9 +14,7 @@ pub fn status(conn: &mut PgConnection) -> Result<Value, Error> {
     let rows = store::status(conn)?;
     let mut targets = serde_json::Map::new();
     for r in rows {
-        let t = targets
-            .entry(r.target.clone())
-            .or_insert_with(|| json!({}));
+        let t = targets.entry(r.target.clone()).or_insert_with(|| json!({}));
         t[&r.status] = json!(r.items);
         if r.status == "pending" {
             t["oldest_pending_seconds"] = json!(r.oldest_seconds.unwrap_or(0.0).round());
@@ -79,7 +77,10 @@ pub fn item_json(r: &ItemRow) -> Value {
 pub fn retry(conn: &mut PgConnection, id: i64) -> Result<Value, Error> {
     let before = show(conn, id)?;
     if store::retry(conn, id)? {
-        tracing::info!(item = id, "outbox: item put back in the queue by an operator");
+        tracing::info!(
+            item = id,
+            "outbox: item put back in the queue by an operator"
+        );
         show(conn, id)
     } else {
         Err(Error::Conflict {

@@ -139,7 +139,8 @@ mod tests {
         assert!(text.contains(
             "kiunga_outbox_attempts_total{target=\"openmrs\",result=\"retry\",kind=\"timeout\"} 1"
         ));
-        assert!(text.contains("kiunga_outbox_attempt_seconds_bucket{target=\"openmrs\",le=\"0.025\"} 1"));
+        assert!(text
+            .contains("kiunga_outbox_attempt_seconds_bucket{target=\"openmrs\",le=\"0.025\"} 1"));
         assert!(text.contains("kiunga_outbox_attempt_seconds_count{target=\"openmrs\"} 2"));
     }
 }

@@ -107,7 +107,11 @@ impl Outcome {
         }
     }
 
-    pub fn rejected(kind: &'static str, message: impl Into<String>, status: Option<u16>) -> Outcome {
+    pub fn rejected(
+        kind: &'static str,
+        message: impl Into<String>,
+        status: Option<u16>,
+    ) -> Outcome {
         Outcome::Rejected {
             kind,
             message: message.into(),

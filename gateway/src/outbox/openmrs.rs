@@ -125,7 +125,9 @@ fn create(job: &mut Job, kind: &str, uid: &str, body: &Value) -> Result<Outcome,
         ));
     };
     job.set_remote(kind, uid, &id)?;
-    Ok(Outcome::Delivered { remote_id: Some(id) })
+    Ok(Outcome::Delivered {
+        remote_id: Some(id),
+    })
 }
 
 fn created_id(a: &Answer) -> Option<String> {
@@ -146,15 +148,23 @@ fn ensure(job: &mut Job, kind: &str, uid: &str) -> Result<Result<String, Outcome
     // A dependency never sent by us may still have been sent by an attempt whose answer was
     // lost: look it up (a Patient always is).
     match push(job, kind, uid, true)? {
-        Outcome::Delivered { remote_id: Some(id) } => Ok(Ok(id)),
+        Outcome::Delivered {
+            remote_id: Some(id),
+        } => Ok(Ok(id)),
         Outcome::Delivered { remote_id: None } | Outcome::Skipped { .. } => {
             Ok(Err(Outcome::rejected(
                 "dependency",
-                format!("{kind} {uid}, which this record refers to, could not be sent (it was deleted)"),
+                format!(
+                    "{kind} {uid}, which this record refers to, could not be sent (it was deleted)"
+                ),
                 None,
             )))
         }
-        Outcome::Rejected { kind: k, message, status } => Ok(Err(Outcome::Rejected {
+        Outcome::Rejected {
+            kind: k,
+            message,
+            status,
+        } => Ok(Err(Outcome::Rejected {
             kind: k,
             message: format!("{kind} {uid}, which this record refers to, was refused: {message}"),
             status,
@@ -220,10 +230,19 @@ fn patient(target: &Target, job: &Job, r: &Value) -> Result<Value, Outcome> {
             None,
         ));
     }
-    let loc = location(job, r.pointer("/managingOrganization/reference").and_then(Value::as_str))?;
+    let loc = location(
+        job,
+        r.pointer("/managingOrganization/reference")
+            .and_then(Value::as_str),
+    )?;
     let mut identifiers = Vec::new();
     let mut official = false;
-    for i in r.get("identifier").and_then(Value::as_array).into_iter().flatten() {
+    for i in r
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let (Some(system), Some(value)) = (
             i.get("system").and_then(Value::as_str),
             i.get("value").and_then(Value::as_str),
@@ -234,7 +253,10 @@ fn patient(target: &Target, job: &Job, r: &Value) -> Result<Value, Outcome> {
             continue;
         };
         let mut id = Map::new();
-        id.insert("use".into(), json!(if out.official { "official" } else { "usual" }));
+        id.insert(
+            "use".into(),
+            json!(if out.official { "official" } else { "usual" }),
+        );
         official |= out.official;
         if let Some(s) = &out.target_system {
             id.insert("system".into(), json!(s));
@@ -265,7 +287,14 @@ fn patient(target: &Target, job: &Job, r: &Value) -> Result<Value, Outcome> {
     let mut out = Map::new();
     out.insert("resourceType".into(), json!("Patient"));
     out.insert("identifier".into(), Value::Array(identifiers));
-    for key in ["active", "name", "gender", "birthDate", "address", "telecom"] {
+    for key in [
+        "active",
+        "name",
+        "gender",
+        "birthDate",
+        "address",
+        "telecom",
+    ] {
         if let Some(v) = r.get(key) {
             out.insert(key.into(), strip_extensions(v));
         }
@@ -292,16 +321,17 @@ fn reference_id<'a>(r: &'a Value, pointer: &str, prefix: &str) -> Option<&'a str
 }
 
 fn encounter(job: &mut Job, r: &Value) -> Result<Result<Value, Outcome>, Error> {
-    let stage = r
-        .pointer("/type/0/coding/0")
-        .and_then(|c| {
-            job.env.mappings.encounter.stage_for_type(
-                c.get("system")?.as_str()?,
-                c.get("code")?.as_str()?,
-            )
-        });
+    let stage = r.pointer("/type/0/coding/0").and_then(|c| {
+        job.env
+            .mappings
+            .encounter
+            .stage_for_type(c.get("system")?.as_str()?, c.get("code")?.as_str()?)
+    });
     let Some(stage_id) = stage else {
-        return Ok(Err(mapping_problem(job.target, "the Encounter's type maps to no program stage".into())));
+        return Ok(Err(mapping_problem(
+            job.target,
+            "the Encounter's type maps to no program stage".into(),
+        )));
     };
     let Some(encounter_type) = job.target.encounter_types.get(&stage_id).cloned() else {
         let name = job
@@ -312,14 +342,25 @@ fn encounter(job: &mut Job, r: &Value) -> Result<Result<Value, Outcome>, Error> 
             .find(|s| s.id == stage_id)
             .map(|s| s.code.clone().unwrap_or_else(|| s.uid.clone()))
             .unwrap_or_default();
-        return Ok(Err(mapping_problem(job.target, format!("stage {name} has no [[encounter_type]]"))));
+        return Ok(Err(mapping_problem(
+            job.target,
+            format!("stage {name} has no [[encounter_type]]"),
+        )));
     };
-    let loc = match location(job, r.pointer("/serviceProvider/reference").and_then(Value::as_str)) {
+    let loc = match location(
+        job,
+        r.pointer("/serviceProvider/reference")
+            .and_then(Value::as_str),
+    ) {
         Ok(l) => l,
         Err(o) => return Ok(Err(o)),
     };
     let Some(person) = reference_id(r, "/subject/reference", "Patient/") else {
-        return Ok(Err(Outcome::rejected("incomplete", "the Encounter has no subject", None)));
+        return Ok(Err(Outcome::rejected(
+            "incomplete",
+            "the Encounter has no subject",
+            None,
+        )));
     };
     let person = person.to_string();
     let patient = match ensure(job, "Patient", &person)? {
@@ -341,12 +382,22 @@ fn encounter(job: &mut Job, r: &Value) -> Result<Result<Value, Outcome>, Error> 
 
 fn observation(job: &mut Job, r: &Value) -> Result<Result<Value, Outcome>, Error> {
     let Some((system, code)) = r.pointer("/code/coding/0").and_then(|c| {
-        Some((c.get("system")?.as_str()?.to_string(), c.get("code")?.as_str()?.to_string()))
+        Some((
+            c.get("system")?.as_str()?.to_string(),
+            c.get("code")?.as_str()?.to_string(),
+        ))
     }) else {
-        return Ok(Err(Outcome::rejected("incomplete", "the Observation has no coded code", None)));
+        return Ok(Err(Outcome::rejected(
+            "incomplete",
+            "the Observation has no coded code",
+            None,
+        )));
     };
     let Some(concept) = job.target.concept(&system, &code).cloned() else {
-        return Ok(Err(mapping_problem(job.target, format!("{system}|{code} has no [[concept]]"))));
+        return Ok(Err(mapping_problem(
+            job.target,
+            format!("{system}|{code} has no [[concept]]"),
+        )));
     };
     let value = match value(job.target, r, concept.unit.as_deref()) {
         Ok(v) => v,
@@ -356,7 +407,11 @@ fn observation(job: &mut Job, r: &Value) -> Result<Result<Value, Outcome>, Error
         reference_id(r, "/subject/reference", "Patient/").map(str::to_string),
         reference_id(r, "/encounter/reference", "Encounter/").map(str::to_string),
     ) else {
-        return Ok(Err(Outcome::rejected("incomplete", "the Observation has no subject or encounter", None)));
+        return Ok(Err(Outcome::rejected(
+            "incomplete",
+            "the Observation has no subject or encounter",
+            None,
+        )));
     };
     let patient = match ensure(job, "Patient", &person)? {
         Ok(p) => p,
@@ -406,7 +461,12 @@ fn value(target: &Target, r: &Value, unit: Option<&str>) -> Result<(&'static str
         let (n, u) = match (unit, from) {
             (Some(to), Some(from)) => match crate::translate::units::convert(n, from, to) {
                 Ok(v) => (v, to.to_string()),
-                Err(e) => return Err(mapping_problem(target, format!("the value cannot be given in the concept's unit: {e}"))),
+                Err(e) => {
+                    return Err(mapping_problem(
+                        target,
+                        format!("the value cannot be given in the concept's unit: {e}"),
+                    ))
+                }
             },
             (Some(to), None) => (n, to.to_string()),
             (None, Some(from)) => (n, from.to_string()),
@@ -420,7 +480,12 @@ fn value(target: &Target, r: &Value, unit: Option<&str>) -> Result<(&'static str
         return Ok(("valueQuantity", out));
     }
     if let Some(cc) = r.get("valueCodeableConcept") {
-        for c in cc.get("coding").and_then(Value::as_array).into_iter().flatten() {
+        for c in cc
+            .get("coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let (Some(s), Some(k)) = (
                 c.get("system").and_then(Value::as_str),
                 c.get("code").and_then(Value::as_str),
@@ -437,11 +502,25 @@ fn value(target: &Target, r: &Value, unit: Option<&str>) -> Result<(&'static str
         }
         let first = cc
             .pointer("/coding/0")
-            .map(|c| format!("{}|{}", c["system"].as_str().unwrap_or(""), c["code"].as_str().unwrap_or("")))
+            .map(|c| {
+                format!(
+                    "{}|{}",
+                    c["system"].as_str().unwrap_or(""),
+                    c["code"].as_str().unwrap_or("")
+                )
+            })
             .unwrap_or_default();
-        return Err(mapping_problem(target, format!("the coded answer {first} has no [[concept]]")));
+        return Err(mapping_problem(
+            target,
+            format!("the coded answer {first} has no [[concept]]"),
+        ));
     }
-    for key in ["valueString", "valueBoolean", "valueDateTime", "valueInteger"] {
+    for key in [
+        "valueString",
+        "valueBoolean",
+        "valueDateTime",
+        "valueInteger",
+    ] {
         if let Some(v) = r.get(key) {
             let key: &'static str = match key {
                 "valueString" => "valueString",
@@ -452,12 +531,20 @@ fn value(target: &Target, r: &Value, unit: Option<&str>) -> Result<(&'static str
             return Ok((key, v.clone()));
         }
     }
-    Err(Outcome::rejected("incomplete", "the Observation has no value", None))
+    Err(Outcome::rejected(
+        "incomplete",
+        "the Observation has no value",
+        None,
+    ))
 }
 
 /// The target's record that an earlier attempt may have created. `Err`: the look-up itself
 /// failed (the item is retried, still uncertain).
-fn look_up(job: &mut Job, kind: &str, body: &Value) -> Result<Result<Option<String>, Outcome>, Error> {
+fn look_up(
+    job: &mut Job,
+    kind: &str,
+    body: &Value,
+) -> Result<Result<Option<String>, Outcome>, Error> {
     let query = match kind {
         "Patient" => {
             let Some(v) = body
@@ -472,7 +559,10 @@ fn look_up(job: &mut Job, kind: &str, body: &Value) -> Result<Result<Option<Stri
             format!("identifier={}", enc(v))
         }
         "Encounter" => {
-            let subject = body.pointer("/subject/reference").and_then(Value::as_str).unwrap_or("");
+            let subject = body
+                .pointer("/subject/reference")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let day = body
                 .pointer("/period/start")
                 .and_then(Value::as_str)
@@ -481,13 +571,26 @@ fn look_up(job: &mut Job, kind: &str, body: &Value) -> Result<Result<Option<Stri
             format!("subject={}&date={}", enc(subject), enc(day))
         }
         _ => {
-            let subject = body.pointer("/subject/reference").and_then(Value::as_str).unwrap_or("");
-            let code = body.pointer("/code/coding/0").map(|c| match c.get("system").and_then(Value::as_str) {
-                Some(s) => format!("{s}|{}", c["code"].as_str().unwrap_or("")),
-                None => c["code"].as_str().unwrap_or("").to_string(),
+            let subject = body
+                .pointer("/subject/reference")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let code = body.pointer("/code/coding/0").map(|c| {
+                match c.get("system").and_then(Value::as_str) {
+                    Some(s) => format!("{s}|{}", c["code"].as_str().unwrap_or("")),
+                    None => c["code"].as_str().unwrap_or("").to_string(),
+                }
             });
-            let mut q = format!("subject={}&code={}", enc(subject), enc(&code.unwrap_or_default()));
-            if let Some(day) = body.get("effectiveDateTime").and_then(Value::as_str).and_then(|s| s.get(..10)) {
+            let mut q = format!(
+                "subject={}&code={}",
+                enc(subject),
+                enc(&code.unwrap_or_default())
+            );
+            if let Some(day) = body
+                .get("effectiveDateTime")
+                .and_then(Value::as_str)
+                .and_then(|s| s.get(..10))
+            {
                 q.push_str(&format!("&date={}", enc(day)));
             }
             q
@@ -499,25 +602,61 @@ fn look_up(job: &mut Job, kind: &str, body: &Value) -> Result<Result<Option<Stri
         Ok(a) => {
             return Ok(Err(match http::failure(&a, 0) {
                 // A look-up refused is not the record refused: try again later, still uncertain.
-                Outcome::Rejected { message, status, .. } => Outcome::Retry {
+                Outcome::Rejected {
+                    message, status, ..
+                } => Outcome::Retry {
                     kind: "lookup-failed",
                     message: format!("cannot look the record up on the target: {message}"),
                     status,
                     after: None,
                     uncertain: true,
                 },
-                Outcome::Retry { kind, message, status, after, .. } => Outcome::Retry { kind, message, status, after, uncertain: true },
+                Outcome::Retry {
+                    kind,
+                    message,
+                    status,
+                    after,
+                    ..
+                } => Outcome::Retry {
+                    kind,
+                    message,
+                    status,
+                    after,
+                    uncertain: true,
+                },
                 other => other,
-            }))
+            }));
         }
-        Err(Outcome::Retry { kind, message, status, after, .. }) => {
-            return Ok(Err(Outcome::Retry { kind, message, status, after, uncertain: true }))
+        Err(Outcome::Retry {
+            kind,
+            message,
+            status,
+            after,
+            ..
+        }) => {
+            return Ok(Err(Outcome::Retry {
+                kind,
+                message,
+                status,
+                after,
+                uncertain: true,
+            }))
         }
         Err(o) => return Ok(Err(o)),
     };
-    for e in answer.body.get("entry").and_then(Value::as_array).into_iter().flatten() {
-        let Some(res) = e.get("resource") else { continue };
-        let Some(id) = res.get("id").and_then(Value::as_str) else { continue };
+    for e in answer
+        .body
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(res) = e.get("resource") else {
+            continue;
+        };
+        let Some(id) = res.get("id").and_then(Value::as_str) else {
+            continue;
+        };
         if !same_record(kind, body, res) || job.remote_taken(kind, id)? {
             continue;
         }
@@ -559,7 +698,9 @@ fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

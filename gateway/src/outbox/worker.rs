@@ -196,7 +196,10 @@ impl Worker {
             .next()
         else {
             // Nothing was attempted: a half-open breaker admits the next attempt instead.
-            self.breaker.lock().unwrap_or_else(|p| p.into_inner()).probing = false;
+            self.breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .probing = false;
             return Ok(false);
         };
         let started = Instant::now();
