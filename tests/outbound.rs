@@ -292,9 +292,16 @@ fn outages_500_bursts_slow_answers_and_lost_answers_leave_every_record_there_exa
     target.faults.fail_next(4, 500);
     app.post("", &visit(&app, &people[2])).expect(200);
     std::thread::sleep(Duration::from_millis(800));
-    target.faults.commit_then_hang(3, Duration::from_secs(3));
+    // The fourth person is known to OpenMRS first; then her visit's first two writes (the
+    // Encounter, then its update after the look-up found it) are committed and never answered.
+    let mto = app.org("KD_KAS_MTO");
+    app.post("Patient", &support::patient(&mto, &people[3])).expect(201);
+    settle(&app, Duration::from_secs(60));
+    target.faults.commit_then_hang(2, Duration::from_secs(3));
     target.faults.set_latency(Duration::from_millis(150));
-    app.post("", &visit(&app, &people[3])).expect(200);
+    let mut fourth = visit(&app, &people[3]);
+    fourth["entry"][0]["request"]["ifNoneExist"] = json!(format!("identifier={NID}|{}", people[3]));
+    app.post("", &fourth).expect(200);
 
     let settled = settle(&app, Duration::from_secs(90));
     assert_eq!(
