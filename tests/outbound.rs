@@ -295,7 +295,8 @@ fn outages_500_bursts_slow_answers_and_lost_answers_leave_every_record_there_exa
     // The fourth person is known to OpenMRS first; then her visit's first two writes (the
     // Encounter, then its update after the look-up found it) are committed and never answered.
     let mto = app.org("KD_KAS_MTO");
-    app.post("Patient", &support::patient(&mto, &people[3])).expect(201);
+    app.post("Patient", &support::patient(&mto, &people[3]))
+        .expect(201);
     settle(&app, Duration::from_secs(60));
     target.faults.commit_then_hang(2, Duration::from_secs(3));
     target.faults.set_latency(Duration::from_millis(150));

@@ -604,3 +604,171 @@ fn clients_registered_on_the_command_line_get_tokens_and_lose_them_when_revoked(
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A visit as a transaction Bundle: a Patient at `org`, an OPD Encounter, a weight and a height.
+fn visit(org: &str, nid: &str) -> serde_json::Value {
+    let patient = format!("urn:uuid:5b1c0d9e-0000-4000-8000-{:012}", nid.len());
+    let encounter = "urn:uuid:5b1c0d9e-0000-4000-8000-00000000e000";
+    let obs = |code: &str, value: f64, unit: &str| {
+        serde_json::json!({
+            "resource": {
+                "resourceType": "Observation", "status": "final",
+                "code": { "coding": [{ "system": "http://loinc.org", "code": code }] },
+                "subject": { "reference": patient }, "encounter": { "reference": encounter },
+                "effectiveDateTime": "2026-11-03T10:00:00Z",
+                "valueQuantity": { "value": value, "system": "http://unitsofmeasure.org", "code": unit }
+            },
+            "request": { "method": "POST", "url": "Observation" }
+        })
+    };
+    serde_json::json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            { "fullUrl": patient, "resource": {
+                "resourceType": "Patient",
+                "identifier": [{ "system": "http://example.org/national-id", "value": nid }],
+                "name": [{ "family": "Kamau", "given": ["Wairimu"] }], "gender": "female",
+                "birthDate": "1988-01-02",
+                "managingOrganization": { "reference": format!("Organization/{org}") } },
+              "request": { "method": "POST", "url": "Patient" } },
+            { "fullUrl": encounter, "resource": {
+                "resourceType": "Encounter", "status": "finished",
+                "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+                "type": [{ "coding": [{ "system": "http://snomed.info/sct", "code": "11429006" }] }],
+                "subject": { "reference": patient },
+                "period": { "start": "2026-11-03T09:30:00Z" },
+                "serviceProvider": { "reference": format!("Organization/{org}") } },
+              "request": { "method": "POST", "url": "Encounter" } },
+            obs("29463-7", 61.0, "kg"),
+            obs("8302-2", 158.0, "cm"),
+        ]
+    })
+}
+
+#[test]
+fn a_worker_killed_mid_delivery_and_a_new_one_leave_each_record_on_the_target_once() {
+    use kiunga_doubles::openmrs::{Config, OpenMrs};
+    let target = OpenMrs::start(Config::demo()).unwrap();
+    let maps = mappings_copy("outbound");
+    std::fs::create_dir_all(maps.join("targets")).unwrap();
+    let file = std::fs::read_to_string(repo().join("mappings/targets/openmrs.toml"))
+        .unwrap()
+        .replace(
+            "url_env = \"KIUNGA_OPENMRS_URL\"",
+            &format!("url = \"{}\"", target.base()),
+        )
+        .replace("timeout_seconds = 10", "timeout_seconds = 1")
+        + "\n[retry]\ninitial_ms = 50\nmax_seconds = 1\n";
+    std::fs::write(maps.join("targets/openmrs.toml"), file).unwrap();
+    let db = Db::new();
+    let maps_env = maps.clone().into_os_string();
+    let creds = [
+        ("KIUNGA_MAPPINGS_DIR", maps_env.as_os_str()),
+        ("KIUNGA_OPENMRS_USER", std::ffi::OsStr::new("admin")),
+        ("KIUNGA_OPENMRS_PASSWORD", std::ffi::OsStr::new("Admin123")),
+    ];
+    // The server takes the writes; delivery runs apart, in `kiunga worker`.
+    let mut serve_envs = creds.to_vec();
+    serve_envs.push(("KIUNGA_OUTBOX_WORKERS", std::ffi::OsStr::new("false")));
+    let (mut server, base) = serve(&db, &serve_envs);
+    let http = reqwest::blocking::Client::new();
+    let org: serde_json::Value = http
+        .get(format!("{base}/fhir/Organization?identifier=KD_KAS_MTO"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let org = org["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let people: Vec<String> = (0..5).map(|i| format!("77001{i}{}", i * 3)).collect();
+    for nid in &people {
+        let r = http
+            .post(format!("{base}/fhir"))
+            .header("Content-Type", "application/fhir+json")
+            .body(visit(&org, nid).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let mut conn = PgConnection::establish(&db.url).unwrap();
+    let count = |conn: &mut PgConnection, status: &str| -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM outbox_item WHERE status = '{status}'"
+        ))
+        .get_result::<N>(conn)
+        .unwrap()
+        .n
+    };
+    assert_eq!(count(&mut conn, "pending"), 20, "written with the visits");
+
+    // Writes are committed by the target and then never answered; the worker is killed while
+    // it waits for those answers.
+    target.faults.commit_then_hang(3, Duration::from_secs(30));
+    let worker = |conn_envs: &[(&str, &std::ffi::OsStr)]| {
+        let mut cmd = kiunga(&db);
+        cmd.arg("worker")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in conn_envs {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut first = worker(&creds);
+    let started = Instant::now();
+    while target
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker never sent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    target.faults.clear();
+
+    let mut second = worker(&creds);
+    let started = Instant::now();
+    while count(&mut conn, "delivered") < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "not all delivered: {} of 20",
+            count(&mut conn, "delivered")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut ids: Vec<String> = target
+        .patients()
+        .iter()
+        .filter_map(|p| p["identifier"][0]["value"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    let mut want = people.clone();
+    want.sort();
+    assert_eq!(ids, want, "each Patient exactly once");
+    assert_eq!(target.encounters().len(), 5, "each Encounter exactly once");
+    assert_eq!(
+        target.observations().len(),
+        10,
+        "each Observation exactly once"
+    );
+    second.kill().unwrap();
+    let _ = second.wait();
+    server.kill().unwrap();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&maps);
+}
