@@ -140,7 +140,8 @@ impl AppState {
         };
         let audit = crate::audit::Sink::start(pool.clone())
             .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
-        crate::outbox::sync(&mut conn, &mappings).map_err(|e| db_err(e.to_string()))?;
+        crate::outbox::sync(&mut conn, &mappings, config.write_outbox_rules)
+            .map_err(|e| db_err(e.to_string()))?;
         let metadata = Arc::new(metadata);
         let mappings = Arc::new(RwLock::new(Arc::new(mappings)));
         let outbox_metrics = Arc::new(crate::outbox::metrics::Metrics::default());
@@ -195,11 +196,9 @@ impl AppState {
                     Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
                 }
                 tracing::info!(%old, new = %version, "mappings reloaded");
-                let synced = self
-                    .pool
-                    .get()
-                    .map_err(Error::from)
-                    .and_then(|mut c| crate::outbox::sync(&mut c, &self.mappings()));
+                let synced = self.pool.get().map_err(Error::from).and_then(|mut c| {
+                    crate::outbox::sync(&mut c, &self.mappings(), self.config.write_outbox_rules)
+                });
                 if let Err(e) = synced {
                     tracing::error!(error = %e, "the outbound targets of the new mappings could not be written; the previous triggers stay in force");
                 }

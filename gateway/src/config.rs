@@ -79,6 +79,10 @@ pub struct Config {
     /// Deliver the outbox from this process (`KIUNGA_OUTBOX_WORKERS`, default true); false when
     /// `kiunga worker` runs the delivery apart.
     pub outbox_workers: bool,
+    /// Write the outbound rules of the target files at start-up (the server and the worker);
+    /// false for one-off commands. Not a setting: `kiunga` decides it per command.
+    #[serde(skip)]
+    pub write_outbox_rules: bool,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             token_rate_burst: 20,
             clients_file: None,
             outbox_workers: true,
+            write_outbox_rules: true,
         }
     }
 }

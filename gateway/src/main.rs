@@ -193,6 +193,7 @@ fn main() -> ExitCode {
     // Only the server and the worker deliver; a one-off command must not start delivering.
     if !matches!(command, Command::Serve | Command::Worker) {
         config.outbox_workers = false;
+        config.write_outbox_rules = false;
     }
     match command {
         Command::Serve => serve(config),

@@ -52,21 +52,22 @@ pub fn rules(targets: &[Target]) -> Vec<RuleRow> {
     rows
 }
 
-/// Writes the rules of the mapping set in force, so that every process writing to this database
-/// enqueues for the same targets.
-pub fn sync(conn: &mut PgConnection, mappings: &MappingSet) -> Result<(), Error> {
-    let rows = rules(&mappings.targets);
-    store::replace_rules(conn, &rows)?;
-    if !rows.is_empty() {
-        ACTIVE.store(true, Ordering::Relaxed);
-    }
-    for t in &mappings.targets {
-        if t.enabled {
-            tracing::info!(target_name = %t.name, kind = t.kind.as_str(), "outbound target enabled");
-        } else {
-            tracing::info!(target_name = %t.name, file = %t.file, "outbound target disabled (its URL variable is not set, or enabled = false)");
+/// Writes the rules of the mapping set in force (`write`: the server and the worker), so that
+/// every process writing to this database enqueues for the same targets; then switches this
+/// process's collection on when any rule exists. One-off commands (`import`, `outbox status`…)
+/// do not write: an operator's shell without the URL variables must not switch a target off.
+pub fn sync(conn: &mut PgConnection, mappings: &MappingSet, write: bool) -> Result<(), Error> {
+    if write {
+        store::replace_rules(conn, &rules(&mappings.targets))?;
+        for t in &mappings.targets {
+            if t.enabled {
+                tracing::info!(target_name = %t.name, kind = t.kind.as_str(), "outbound target enabled");
+            } else {
+                tracing::info!(target_name = %t.name, file = %t.file, "outbound target disabled (its URL variable is not set, or enabled = false)");
+            }
         }
     }
+    ACTIVE.store(store::any_rule(conn)?, Ordering::Relaxed);
     Ok(())
 }
 

@@ -32,6 +32,10 @@ pub fn replace_rules(conn: &mut PgConnection, rows: &[RuleRow]) -> Result<(), Er
     })
 }
 
+pub fn any_rule(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(diesel::select(diesel::dsl::exists(rule::table.select(rule::target))).get_result(conn)?)
+}
+
 /// One change as the change log holds it: what `enqueue` selects from.
 #[derive(Debug, Clone)]
 pub struct Changed {
