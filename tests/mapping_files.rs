@@ -493,7 +493,7 @@ fn care_mapping_problems_name_their_line() {
             "program = \"ANC\"",
             "program = \"TB\"",
             "program = \"TB\"",
-            "unknown program `TB` (known: ANC, OPD)",
+            "unknown program `TB` (known: ANC, OPD, VITAL)",
         ),
         (
             "one_from_per_to = true",

@@ -19,7 +19,7 @@ fn demo_metadata_lands_in_the_tracker_tables() {
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM tracked_entity_attribute"),
-        14
+        15
     );
     assert_eq!(
         db.text("SELECT code FROM tracked_entity_attribute WHERE is_unique ORDER BY code"),
@@ -32,15 +32,21 @@ fn demo_metadata_lands_in_the_tracker_tables() {
     );
     assert_eq!(
         db.text("SELECT code || ':' || access_level FROM program ORDER BY code"),
-        vec!["ANC:PROTECTED", "OPD:OPEN"]
+        vec!["ANC:PROTECTED", "OPD:OPEN", "VITAL:OPEN"]
     );
     assert_eq!(
         db.text("SELECT code || ':' || repeatable FROM program_stage ORDER BY code"),
-        vec!["ANC_FIRST:false", "ANC_FOLLOWUP:true", "OPD_VISIT:true"]
+        vec![
+            "ANC_FIRST:false",
+            "ANC_FOLLOWUP:true",
+            "DEATH:false",
+            "DELIVERY:true",
+            "OPD_VISIT:true"
+        ]
     );
     assert_eq!(
         db.scalar("SELECT count(*) FROM program_stage_data_element"),
-        22
+        24
     );
     assert_eq!(
         db.text("SELECT code FROM relationship_type ORDER BY code"),

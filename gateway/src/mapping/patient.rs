@@ -20,6 +20,8 @@ struct Raw {
     name: Option<RawName>,
     gender: Option<RawGender>,
     birth_date: Option<RawAttr>,
+    /// Patient.deceased[x]: the date and time of death, or `true` when only the fact is known.
+    deceased: Option<RawAttr>,
     #[serde(default)]
     telecom: Vec<RawTelecom>,
     address: Option<RawAddress>,
@@ -136,6 +138,8 @@ pub struct PatientMapping {
     pub given: Option<i64>,
     pub gender: Option<GenderMap>,
     pub birth_date: Option<i64>,
+    /// A TEXT attribute holding deceasedDateTime, or `true` for deceasedBoolean.
+    pub deceased: Option<i64>,
     pub telecom: Vec<TelecomMap>,
     pub address: Vec<AddressField>,
 }
@@ -160,6 +164,7 @@ impl PatientMapping {
         v.extend(self.given);
         v.extend(self.gender.as_ref().map(|g| g.attribute_id));
         v.extend(self.birth_date);
+        v.extend(self.deceased);
         v.extend(self.telecom.iter().map(|t| t.attribute_id));
         v.extend(self.address.iter().map(|a| a.attribute_id));
         v
@@ -384,6 +389,14 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
         }
     }
 
+    let mut deceased = None;
+    if let Some(d) = &raw.deceased {
+        if let Some(a) = c.attribute(&d.attribute, "deceased") {
+            c.value_type(&d.attribute, a, "deceased", &[ValueType::Text]);
+            deceased = Some(a.id);
+        }
+    }
+
     let mut telecom: Vec<TelecomMap> = Vec::new();
     for t in &raw.telecom {
         let system = t.system.get_ref().clone();
@@ -468,6 +481,7 @@ pub fn load(src: &Source, md: &Metadata) -> Result<PatientMapping, Vec<Problem>>
         given,
         gender,
         birth_date,
+        deceased,
         telecom,
         address,
     })

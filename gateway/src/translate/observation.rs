@@ -228,24 +228,37 @@ pub fn to_tracker(
             }
         }
     } else if entry.free_codes {
-        // Any code of the system is taken as sent (the data element accepts free codes).
+        // Any code of the system is taken as sent (the data element accepts free codes); a code
+        // of another system is carried to it through a crosswalk when one knows it.
         let system = entry.value_system.as_deref().unwrap_or_default();
         let codings = resource
             .pointer("/valueCodeableConcept/coding")
             .and_then(Value::as_array);
-        let hit = codings
+        let direct = codings
             .into_iter()
             .flatten()
             .enumerate()
-            .find(|(_, c)| str_at(c, "system") == Some(system) && str_at(c, "code").is_some());
-        match hit {
-            Some((j, c)) => {
+            .find(|(_, c)| str_at(c, "system") == Some(system) && str_at(c, "code").is_some())
+            .map(|(j, c)| (j, str_at(c, "code").map(str::to_string)));
+        let crossed = || {
+            codings
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .find_map(|(j, c)| {
+                    let (sys, code) = (str_at(c, "system")?, str_at(c, "code")?);
+                    let t = m.terminology.translate(sys, code, system)?;
+                    Some((j, Some(t.code.clone())))
+                })
+        };
+        match direct.or_else(crossed) {
+            Some((j, code)) => {
                 r.consume(format!("valueCodeableConcept.coding[{j}]"));
-                value = str_at(c, "code").map(str::to_string);
+                value = code;
             }
             None => problems.push(Issue::error(
                 "code-invalid",
-                format!("{} takes a {system} code in valueCodeableConcept", de.name),
+                format!("{} takes a {system} code in valueCodeableConcept (or one a crosswalk of terminology.toml carries to it)", de.name),
                 Some(expr_value("valueCodeableConcept")),
             )),
         }
@@ -426,7 +439,18 @@ pub fn to_fhir(d: &DataValueRecord, m: &MappingSet, md: &Metadata) -> Value {
             if let Some(disp) = m.terminology.display(system, &d.value) {
                 coding["display"] = json!(disp);
             }
-            out.insert("valueCodeableConcept".into(), json!({ "coding": [coding] }));
+            let mut codings = vec![coding];
+            // Then every equivalent coding the crosswalks know (ICD-11 beside ICD-10).
+            if let Some(concept) = m.terminology.concept(system, &d.value) {
+                for c in concept.codes.iter().filter(|c| c.system != system) {
+                    let mut x = json!({ "system": c.system, "code": c.code });
+                    if let Some(disp) = &c.display {
+                        x["display"] = json!(disp);
+                    }
+                    codings.push(x);
+                }
+            }
+            out.insert("valueCodeableConcept".into(), json!({ "coding": codings }));
         } else if de.value_type.is_numeric() {
             let n: f64 = d.value.parse().unwrap_or_default();
             let mut q = json!({ "value": n });

@@ -172,6 +172,34 @@ pub fn to_tracker(
         put(&r, attr, birth, "birthDate", &mut values, &mut problems);
     }
 
+    if let Some(attr) = map.deceased {
+        if let Some(when) = str_at(resource, "deceasedDateTime") {
+            // Its format was checked when the resource was parsed (the codec's primitives).
+            r.consume("deceasedDateTime");
+            put(
+                &r,
+                attr,
+                when,
+                "deceasedDateTime",
+                &mut values,
+                &mut problems,
+            );
+        } else if let Some(dead) = resource.get("deceasedBoolean").and_then(Value::as_bool) {
+            r.consume("deceasedBoolean");
+            // false is the absence of a death: nothing is stored (a PUT clears an earlier one).
+            if dead {
+                put(
+                    &r,
+                    attr,
+                    "true",
+                    "deceasedBoolean",
+                    &mut values,
+                    &mut problems,
+                );
+            }
+        }
+    }
+
     let telecoms = resource
         .get("telecom")
         .and_then(Value::as_array)
@@ -348,6 +376,13 @@ pub fn to_fhir(p: &PersonRecord, map: &PatientMapping, md: &Metadata) -> Value {
     }
     if let Some(b) = map.birth_date.and_then(|a| v.get(&a)) {
         out.insert("birthDate".into(), json!(b));
+    }
+    if let Some(d) = map.deceased.and_then(|a| v.get(&a)) {
+        if *d == "true" {
+            out.insert("deceasedBoolean".into(), json!(true));
+        } else {
+            out.insert("deceasedDateTime".into(), json!(d));
+        }
     }
 
     let mut address = Map::new();
