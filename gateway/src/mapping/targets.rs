@@ -24,6 +24,7 @@ struct Raw {
     mode_env: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
     url_env: Option<Spanned<String>>,
+    auth_url: Option<Spanned<String>>,
     auth_url_env: Option<Spanned<String>>,
     user_env: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
@@ -50,6 +51,42 @@ struct Raw {
     encounter_type: Vec<RawEncounterType>,
     #[serde(default)]
     concept: Vec<RawConcept>,
+    /// opencrvs: the ISO 3166 alpha-3 code of the country (domestic addresses).
+    country: Option<Spanned<String>>,
+    #[serde(default)]
+    facility: Vec<RawFacility>,
+    birth: Option<RawBirth>,
+    death: Option<RawDeath>,
+    #[serde(default)]
+    fields: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFacility {
+    org_unit: Spanned<String>,
+    /// OpenCRVS ids: the health facility, the CRVS office that registers its events, and the
+    /// admin areas the facility lies in.
+    facility: String,
+    office: String,
+    district: String,
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBirth {
+    relationship_type: Spanned<String>,
+    stages: Vec<Spanned<String>>,
+    weight: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeath {
+    attribute: Spanned<String>,
+    stages: Vec<Spanned<String>>,
+    cause: Vec<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -106,6 +143,9 @@ fn default_breaker_seconds() -> u64 {
 struct RawTrigger {
     #[serde(default)]
     resources: Vec<Spanned<String>>,
+    /// opencrvs: birth and/or death notifications.
+    #[serde(default)]
+    events: Vec<Spanned<String>>,
     #[serde(default)]
     programs: Vec<Spanned<String>>,
     #[serde(default)]
@@ -195,9 +235,95 @@ pub struct Retry {
     pub breaker_seconds: u64,
 }
 
+/// OpenCRVS's three ways in (`../shared/contracts/opencrvs.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrvsMode {
+    Legacy,
+    EventsV19,
+    EventsV20,
+}
+
+impl CrvsMode {
+    pub fn parse(s: &str) -> Option<CrvsMode> {
+        match s {
+            "legacy-notification" => Some(CrvsMode::Legacy),
+            "events-v1.9" => Some(CrvsMode::EventsV19),
+            "events-v2.0" => Some(CrvsMode::EventsV20),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Facility {
+    pub facility: String,
+    pub office: String,
+    pub district: String,
+    pub state: String,
+}
+
+/// What an opencrvs target needs beyond the common settings.
+#[derive(Debug, Clone)]
+pub struct Crvs {
+    /// The mode, or the variable that holds it (resolved at delivery).
+    pub mode: Setting,
+    pub auth_url: Setting,
+    pub client_id: Setting,
+    pub client_secret: Setting,
+    pub country: String,
+    /// Org unit id → its facility (the nearest mapped ancestor applies).
+    pub facilities: BTreeMap<i64, Facility>,
+    /// Birth: the mother relationship, the delivery stages, the birth-weight data elements.
+    pub birth: Option<(i64, Vec<i64>, Vec<i64>)>,
+    /// Death: the attribute that marks it, the death stages, the cause-of-death data elements.
+    pub death: Option<(i64, Vec<i64>, Vec<i64>)>,
+    /// Our item (`child_name`…) → the country's declaration field id (events API).
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Crvs {
+    pub fn facility_for(&self, md: &Metadata, org_unit_id: i64) -> Option<&Facility> {
+        let mut at = md.org_unit_by_id(org_unit_id);
+        while let Some(ou) = at {
+            if let Some(f) = self.facilities.get(&ou.id) {
+                return Some(f);
+            }
+            at = ou.parent_id.and_then(|p| md.org_unit_by_id(p));
+        }
+        None
+    }
+
+    pub fn field(&self, ours: &str) -> Option<&str> {
+        self.fields.get(ours).map(String::as_str)
+    }
+}
+
+/// The declaration items a notification can fill, with Farajaland's field ids as defaults.
+pub const FIELDS: &[(&str, &str)] = &[
+    ("child_name", "child.name"),
+    ("child_dob", "child.dob"),
+    ("child_gender", "child.gender"),
+    ("place_of_birth", "child.placeOfBirth"),
+    ("birth_location", "child.birthLocation"),
+    ("birth_weight", "child.weightAtBirth"),
+    ("mother_name", "mother.name"),
+    ("mother_dob", "mother.dob"),
+    ("mother_nid", "mother.nid"),
+    ("informant", "informant.relation"),
+    ("deceased_name", "deceased.name"),
+    ("deceased_dob", "deceased.dob"),
+    ("deceased_gender", "deceased.gender"),
+    ("deceased_nid", "deceased.nid"),
+    ("death_date", "eventDetails.date"),
+    ("place_of_death", "eventDetails.placeOfDeath"),
+    ("death_location", "eventDetails.deathLocation"),
+    ("cause_established", "eventDetails.causeOfDeathEstablished"),
+    ("cause_of_death", "eventDetails.causeOfDeath"),
+];
+
 #[derive(Debug, Clone, Default)]
 pub struct Trigger {
-    /// Patient, Encounter, Observation.
+    /// Patient, Encounter, Observation (openmrs-fhir2), or birth, death (opencrvs).
     pub resources: Vec<String>,
     /// Stages whose events (and their values) are pushed; empty: every stage.
     pub stage_ids: Vec<i64>,
@@ -244,6 +370,8 @@ pub struct Target {
     /// Stage id → the target's encounter type.
     pub encounter_types: BTreeMap<i64, String>,
     pub concepts: Vec<ConceptOut>,
+    /// opencrvs only.
+    pub crvs: Option<Crvs>,
     /// Off when the file says so, or when its URL comes from a variable that is not set (the
     /// demo targets are switched on by setting it).
     pub enabled: bool,
@@ -362,11 +490,11 @@ pub fn load(
             Kind::FhirR4
         }
     };
-    if kind == Kind::OpenCrvs {
-        // Refused rather than accepted and never delivered: the OpenCRVS push is not built yet.
+    if kind == Kind::FhirR4 {
+        // Refused rather than accepted and never delivered: the generic push is not built yet.
         problems.push(src.problem(
             raw.kind.span(),
-            "kind `opencrvs`: this gateway cannot push to OpenCRVS yet (docs/outbound.md, \"What is missing\")",
+            "kind `fhir-r4`: this gateway cannot push to a generic FHIR server yet (docs/outbound.md, \"What is missing\")",
         ));
     }
     for (field, v) in [("mode", &raw.mode), ("mode_env", &raw.mode_env)] {
@@ -419,6 +547,11 @@ pub fn load(
             ));
         }
     }
+    let crvs = if kind == Kind::OpenCrvs {
+        crvs(src, &raw, md, &mut problems)
+    } else {
+        None
+    };
     if kind == Kind::OpenMrsFhir2 && (user.is_none() || password.is_none()) {
         problems.push(src.problem(
             raw.kind.span(),
@@ -440,7 +573,36 @@ pub fn load(
         ));
     }
     let mut trigger = Trigger::default();
-    for r in &raw.trigger.resources {
+    for e in &raw.trigger.events {
+        match (kind, e.get_ref().as_str()) {
+            (Kind::OpenCrvs, "birth" | "death") => trigger.resources.push(e.get_ref().clone()),
+            (Kind::OpenCrvs, other) => problems.push(src.problem(
+                e.span(),
+                format!("trigger.events: `{other}` is not a notification (birth, death)"),
+            )),
+            _ => problems.push(src.problem(
+                e.span(),
+                "trigger.events belongs to an opencrvs target; this kind pushes trigger.resources",
+            )),
+        }
+    }
+    for r in raw
+        .trigger
+        .resources
+        .iter()
+        .filter(|_| kind == Kind::OpenCrvs)
+    {
+        problems.push(src.problem(
+            r.span(),
+            "an opencrvs target is triggered by trigger.events (birth, death), not resources",
+        ));
+    }
+    for r in raw
+        .trigger
+        .resources
+        .iter()
+        .filter(|_| kind != Kind::OpenCrvs)
+    {
         if RESOURCES.contains(&r.get_ref().as_str()) {
             trigger.resources.push(r.get_ref().clone());
         } else {
@@ -455,10 +617,14 @@ pub fn load(
         }
     }
     if trigger.resources.is_empty() {
-        problems.push(src.problem(
-            0..0,
-            "trigger.resources is empty: name what is pushed (Patient, Encounter, Observation)",
-        ));
+        problems.push(src.problem(0..0, "the trigger is empty: name what is pushed (trigger.resources: Patient, Encounter, Observation; or, for opencrvs, trigger.events: birth, death)"));
+    }
+    if let Some(c) = &crvs {
+        for (event, declared) in [("birth", c.birth.is_some()), ("death", c.death.is_some())] {
+            if trigger.resources.iter().any(|r| r == event) && !declared {
+                problems.push(src.problem(0..0, format!("trigger.events has `{event}` but there is no [{event}] table saying what a {event} is")));
+            }
+        }
     }
     for p in &raw.trigger.programs {
         match md.program(p.get_ref()) {
@@ -628,6 +794,184 @@ pub fn load(
         identifiers,
         encounter_types,
         concepts,
+        crvs,
         enabled,
+    })
+}
+
+fn crvs(src: &Source, raw: &Raw, md: &Metadata, problems: &mut Vec<Problem>) -> Option<Crvs> {
+    let mut need = |v: &Option<Spanned<String>>, what: &str| match v {
+        Some(v) => Some(Setting::Env(env_name(src, v, problems))),
+        None => {
+            problems.push(src.problem(0..0, format!("an opencrvs target needs `{what}`")));
+            None
+        }
+    };
+    let auth_url = match &raw.auth_url {
+        Some(u) => Some(Setting::Literal(
+            u.get_ref().trim_end_matches('/').to_string(),
+        )),
+        None => need(&raw.auth_url_env, "auth_url_env (or auth_url)"),
+    };
+    let client_id = need(&raw.client_id_env, "client_id_env");
+    let client_secret = need(&raw.client_secret_env, "client_secret_env");
+    let mode = match (&raw.mode, &raw.mode_env) {
+        (Some(m), None) => match CrvsMode::parse(m.get_ref()) {
+            Some(_) => Some(Setting::Literal(m.get_ref().clone())),
+            None => {
+                problems.push(src.problem(
+                    m.span(),
+                    format!(
+                        "mode `{}` is not one of legacy-notification, events-v1.9, events-v2.0",
+                        m.get_ref()
+                    ),
+                ));
+                None
+            }
+        },
+        (None, Some(e)) => Some(Setting::Env(env_name(src, e, problems))),
+        _ => {
+            problems.push(src.problem(0..0, "an opencrvs target needs `mode` or `mode_env` (legacy-notification, events-v1.9 or events-v2.0)"));
+            None
+        }
+    };
+    let country = match &raw.country {
+        Some(c)
+            if c.get_ref().len() == 3 && c.get_ref().bytes().all(|b| b.is_ascii_uppercase()) =>
+        {
+            c.get_ref().clone()
+        }
+        Some(c) => {
+            problems.push(src.problem(
+                c.span(),
+                format!(
+                    "country `{}` is not an ISO 3166 alpha-3 code (e.g. FAR, KEN)",
+                    c.get_ref()
+                ),
+            ));
+            String::new()
+        }
+        None => {
+            problems.push(src.problem(0..0, "an opencrvs target needs `country` (ISO 3166 alpha-3): OpenCRVS refuses an address without one"));
+            String::new()
+        }
+    };
+    let mut facilities = BTreeMap::new();
+    for f in &raw.facility {
+        match md.org_unit(f.org_unit.get_ref()) {
+            Some(ou) => {
+                facilities.insert(
+                    ou.id,
+                    Facility {
+                        facility: f.facility.clone(),
+                        office: f.office.clone(),
+                        district: f.district.clone(),
+                        state: f.state.clone(),
+                    },
+                );
+            }
+            None => problems.push(src.problem(
+                f.org_unit.span(),
+                format!(
+                    "unknown org unit `{}` (give its UID or code)",
+                    f.org_unit.get_ref()
+                ),
+            )),
+        }
+    }
+    let stages = |list: &[Spanned<String>], problems: &mut Vec<Problem>| -> Vec<i64> {
+        list.iter()
+            .filter_map(|s| match md.stage(s.get_ref()) {
+                Some(st) => Some(st.id),
+                None => {
+                    problems.push(
+                        src.problem(s.span(), format!("unknown program stage `{}`", s.get_ref())),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let elements = |list: &[Spanned<String>], problems: &mut Vec<Problem>| -> Vec<i64> {
+        list.iter()
+            .filter_map(|s| match md.data_element(s.get_ref()) {
+                Some(de) => Some(de.id),
+                None => {
+                    problems.push(
+                        src.problem(s.span(), format!("unknown data element `{}`", s.get_ref())),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let birth = raw.birth.as_ref().and_then(|b| {
+        let rel = match md.relationship_type(b.relationship_type.get_ref()) {
+            Some(t) => Some(t.id),
+            None => {
+                problems.push(src.problem(
+                    b.relationship_type.span(),
+                    format!(
+                        "unknown relationship type `{}`",
+                        b.relationship_type.get_ref()
+                    ),
+                ));
+                None
+            }
+        };
+        let st = stages(&b.stages, problems);
+        let w = elements(&b.weight, problems);
+        Some((rel?, st, w))
+    });
+    let death = raw.death.as_ref().and_then(|d| {
+        let attr = match md.attribute(d.attribute.get_ref()) {
+            Some(a) => Some(a.id),
+            None => {
+                problems.push(src.problem(
+                    d.attribute.span(),
+                    format!("unknown attribute `{}`", d.attribute.get_ref()),
+                ));
+                None
+            }
+        };
+        let st = stages(&d.stages, problems);
+        let c = elements(&d.cause, problems);
+        Some((attr?, st, c))
+    });
+    let mut fields: BTreeMap<String, String> = FIELDS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &raw.fields {
+        if !fields.contains_key(k) {
+            problems.push(
+                src.problem(
+                    v.span(),
+                    format!(
+                        "fields: `{k}` is not an item a notification fills (known: {})",
+                        FIELDS
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            );
+        } else if v.get_ref().is_empty() {
+            fields.remove(k);
+        } else {
+            fields.insert(k.clone(), v.get_ref().clone());
+        }
+    }
+    Some(Crvs {
+        mode: mode?,
+        auth_url: auth_url?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        country,
+        facilities,
+        birth,
+        death,
+        fields,
     })
 }

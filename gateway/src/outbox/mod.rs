@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod http;
 pub mod metrics;
+pub mod opencrvs;
 pub mod openmrs;
 pub mod worker;
 
@@ -32,11 +33,38 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
+/// Whether a birth or death rule exists: only then does a write look for completed vital events.
+static EVENTS: AtomicBool = AtomicBool::new(false);
+
+pub fn events_active() -> bool {
+    EVENTS.load(Ordering::Relaxed)
+}
+
 /// The rules of every enabled target.
 pub fn rules(targets: &[Target]) -> Vec<RuleRow> {
     let mut rows = Vec::new();
     for t in targets.iter().filter(|t| t.enabled) {
         for kind in &t.trigger.resources {
+            let crvs = t.crvs.as_ref();
+            let event = match kind.as_str() {
+                "birth" => crvs.and_then(|c| c.birth.clone()),
+                "death" => crvs.and_then(|c| c.death.clone()),
+                _ => None,
+            };
+            if let Some((key, stages, elements)) = event {
+                let birth = kind == "birth";
+                rows.push(RuleRow {
+                    target: t.name.clone(),
+                    kind: kind.clone(),
+                    org_path: t.trigger.org_path.clone(),
+                    stage_ids: Some(stages),
+                    skip_actors: (!t.skip_actors.is_empty()).then(|| t.skip_actors.clone()),
+                    relationship_type_ids: birth.then(|| vec![key]),
+                    data_element_ids: Some(elements),
+                    attribute_ids: (!birth).then(|| vec![key]),
+                });
+                continue;
+            }
             rows.push(RuleRow {
                 target: t.name.clone(),
                 kind: kind.clone(),
@@ -67,7 +95,15 @@ pub fn sync(conn: &mut PgConnection, mappings: &MappingSet, write: bool) -> Resu
             }
         }
     }
-    ACTIVE.store(store::any_rule(conn)?, Ordering::Relaxed);
+    // Only ever switched on: several gateways may share one process (the tests), and a write
+    // that looks for rules in vain costs one statement, while one that does not look loses items.
+    let kinds = store::rule_kinds(conn)?;
+    if !kinds.is_empty() {
+        ACTIVE.store(true, Ordering::Relaxed);
+    }
+    if kinds.iter().any(|k| k == "birth" || k == "death") {
+        EVENTS.store(true, Ordering::Relaxed);
+    }
     Ok(())
 }
 

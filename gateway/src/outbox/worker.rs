@@ -64,6 +64,7 @@ impl Workers {
         let process = format!("{}-{}", hostname(), std::process::id());
         for target in shared.mappings().targets.iter().filter(|t| t.enabled) {
             let breaker = Arc::new(Mutex::new(Breaker::default()));
+            let token: Arc<super::opencrvs::TokenCache> = Arc::new(Mutex::new(None));
             let client = super::http::client(target.timeout).map_err(std::io::Error::other)?;
             for n in 0..target.concurrency {
                 let worker = Worker {
@@ -71,6 +72,7 @@ impl Workers {
                     name: target.name.clone(),
                     id: format!("{process}-{}-{n}", target.name),
                     breaker: breaker.clone(),
+                    token: token.clone(),
                     client: client.clone(),
                     stop: stop.clone(),
                 };
@@ -154,6 +156,8 @@ struct Worker {
     name: String,
     id: String,
     breaker: Arc<Mutex<Breaker>>,
+    /// The target's bearer token (OpenCRVS), shared by its workers.
+    token: Arc<super::opencrvs::TokenCache>,
     client: reqwest::blocking::Client,
     stop: Arc<AtomicBool>,
 }
@@ -223,11 +227,13 @@ impl Worker {
                 env,
                 conn: &mut conn,
                 client: &self.client,
+                token: &self.token,
                 base,
                 item: &item,
             };
             match target.kind {
                 Kind::OpenMrsFhir2 => super::openmrs::deliver(&mut job),
+                Kind::OpenCrvs => super::opencrvs::deliver(&mut job),
                 other => Ok(Outcome::rejected(
                     "unsupported",
                     format!("this gateway cannot push to {} targets", other.as_str()),
@@ -341,6 +347,7 @@ pub struct Job<'a> {
     pub env: Env<'a>,
     pub conn: &'a mut PgConnection,
     pub client: &'a reqwest::blocking::Client,
+    pub token: &'a super::opencrvs::TokenCache,
     /// The target's base URL, resolved now.
     pub base: String,
     pub item: &'a Claimed,

@@ -32,8 +32,9 @@ pub fn replace_rules(conn: &mut PgConnection, rows: &[RuleRow]) -> Result<(), Er
     })
 }
 
-pub fn any_rule(conn: &mut PgConnection) -> Result<bool, Error> {
-    Ok(diesel::select(diesel::dsl::exists(rule::table.select(rule::target))).get_result(conn)?)
+/// The kinds the rules in force push (Patient, birth…).
+pub fn rule_kinds(conn: &mut PgConnection) -> Result<Vec<String>, Error> {
+    Ok(rule::table.select(rule::kind).distinct().load(conn)?)
 }
 
 /// One change as the change log holds it: what `enqueue` selects from.
@@ -94,6 +95,54 @@ pub fn enqueue(
         .bind::<Array<Text>, _>(ops)
         .bind::<Array<Int4>, _>(versions)
         .bind::<Nullable<Text>, _>(only_target)
+        .bind::<Text, _>(actor)
+        .execute(conn)?)
+}
+
+/// Birth and death notifications of the people a unit of work touched, once their conditions
+/// hold (each part may come in its own request, in any order): a birth is a child with a mother
+/// relationship, a delivery event and a birth weight; a death is a person whose death attribute
+/// is set and who has a cause of death (when the rule names its data elements).
+const ENQUEUE_EVENTS: &str = "
+INSERT INTO outbox_item (target, kind, resource_uid, person_uid, operation, version)
+SELECT r.target, r.kind, te.uid, te.uid, 'notify', te.version
+FROM unnest($1::text[]) AS p(uid)
+JOIN tracked_entity te ON te.uid = p.uid AND NOT te.deleted AND te.merged_into_id IS NULL
+JOIN org_unit ou ON ou.id = te.org_unit_id
+JOIN outbox_rule r ON r.kind IN ('birth', 'death')
+WHERE (r.skip_actors IS NULL OR NOT ($2 = ANY (r.skip_actors)))
+  AND (r.org_path IS NULL OR ou.path = r.org_path OR ou.path LIKE r.org_path || '/%')
+  AND CASE r.kind
+    WHEN 'birth' THEN
+      EXISTS (SELECT 1 FROM relationship rel
+               WHERE rel.to_tracked_entity_id = te.id AND NOT rel.deleted
+                 AND rel.relationship_type_id = ANY (r.relationship_type_ids))
+      AND EXISTS (SELECT 1 FROM event e
+                  WHERE e.tracked_entity_id = te.id AND NOT e.deleted
+                    AND e.program_stage_id = ANY (r.stage_ids))
+      AND EXISTS (SELECT 1 FROM event_data_value d
+                  WHERE d.tracked_entity_id = te.id AND NOT d.deleted
+                    AND d.data_element_id = ANY (r.data_element_ids))
+    ELSE
+      EXISTS (SELECT 1 FROM tracked_entity_attribute_value v
+              WHERE v.tracked_entity_id = te.id AND v.attribute_id = ANY (r.attribute_ids))
+      AND (cardinality(r.data_element_ids) = 0 OR EXISTS (
+            SELECT 1 FROM event_data_value d
+             WHERE d.tracked_entity_id = te.id AND NOT d.deleted
+               AND d.data_element_id = ANY (r.data_element_ids)))
+  END
+ON CONFLICT (target, kind, person_uid) WHERE kind IN ('birth', 'death') DO NOTHING";
+
+pub fn enqueue_events(
+    conn: &mut PgConnection,
+    people: &[&str],
+    actor: &str,
+) -> Result<usize, Error> {
+    if people.is_empty() {
+        return Ok(0);
+    }
+    Ok(diesel::sql_query(ENQUEUE_EVENTS)
+        .bind::<Array<Text>, _>(people)
         .bind::<Text, _>(actor)
         .execute(conn)?)
 }
@@ -463,4 +512,57 @@ pub fn backlog(conn: &mut PgConnection) -> Result<Vec<StatusRow>, Error> {
         .into_iter()
         .filter(|r| r.status == "pending")
         .collect())
+}
+
+/// What a birth or death notification is built from: the mother (births), the newest event of
+/// the given stages, and the newest value of the given data elements, by uid.
+#[derive(Debug, Default)]
+pub struct NotificationParts {
+    pub mother: Option<String>,
+    pub event: Option<String>,
+    pub value: Option<String>,
+}
+
+pub fn notification_parts(
+    conn: &mut PgConnection,
+    person: &str,
+    relationship_type: Option<i64>,
+    stages: &[i64],
+    elements: &[i64],
+) -> Result<NotificationParts, Error> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Nullable<Text>)]
+        mother: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        event: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        value: Option<String>,
+    }
+    let row: Option<Row> = diesel::sql_query(
+        "SELECT
+           (SELECT m.uid::text FROM relationship r JOIN tracked_entity m ON m.id = r.from_tracked_entity_id
+             WHERE r.to_tracked_entity_id = te.id AND r.relationship_type_id = $2 AND NOT r.deleted
+             ORDER BY r.id DESC LIMIT 1) AS mother,
+           (SELECT e.uid::text FROM event e
+             WHERE e.tracked_entity_id = te.id AND NOT e.deleted AND e.program_stage_id = ANY ($3)
+             ORDER BY e.occurred_at DESC NULLS LAST, e.id DESC LIMIT 1) AS event,
+           (SELECT d.uid::text FROM event_data_value d
+             WHERE d.tracked_entity_id = te.id AND NOT d.deleted AND d.data_element_id = ANY ($4)
+             ORDER BY d.id DESC LIMIT 1) AS value
+         FROM tracked_entity te WHERE te.uid = $1",
+    )
+    .bind::<Text, _>(person)
+    .bind::<Nullable<BigInt>, _>(relationship_type)
+    .bind::<Array<BigInt>, _>(stages)
+    .bind::<Array<BigInt>, _>(elements)
+    .get_result(conn)
+    .optional()?;
+    Ok(row
+        .map(|r| NotificationParts {
+            mother: r.mother,
+            event: r.event,
+            value: r.value,
+        })
+        .unwrap_or_default())
 }

@@ -281,6 +281,16 @@ impl<'a> Scoped<'a> {
         let changed = std::mem::take(&mut self.changed);
         let actor = self.ctx.actor.to_string();
         super::outbox::enqueue(self.conn, &changed, &actor, None)?;
+        if !crate::outbox::events_active() {
+            return Ok(());
+        }
+        let people: Vec<&str> = self
+            .touched
+            .patient
+            .iter()
+            .filter_map(|p| p.strip_prefix("Patient/"))
+            .collect();
+        super::outbox::enqueue_events(self.conn, &people, &actor)?;
         Ok(())
     }
 

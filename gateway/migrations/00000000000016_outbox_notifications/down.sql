@@ -1,0 +1,1 @@
+DROP INDEX outbox_item_one_notification;
