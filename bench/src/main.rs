@@ -8,6 +8,7 @@
 mod gateway;
 mod gen;
 mod load;
+mod outbound;
 mod population;
 mod raw;
 mod report;
@@ -69,10 +70,45 @@ struct Args {
     /// Where the gateway's own log goes.
     #[arg(long, default_value = "target/bench/gateway.log")]
     gateway_log: PathBuf,
+    /// Run the outbound-push benchmark instead (`make bench-outbound`): the outbox's cost to
+    /// Patient create, and a backlog drained by `kiunga worker` to the OpenMRS double.
+    #[arg(long)]
+    outbound: bool,
+    /// Outbound: items in the backlog to drain.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: u64,
+    /// Outbound: the target's answer latency, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// Outbound: the target's delivery concurrency (worker threads).
+    #[arg(long, default_value_t = 8)]
+    target_concurrency: usize,
+    /// Outbound: A/B rounds of Patient create, targets on and off.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.outbound {
+        let settings = outbound::Settings {
+            backlog: args.backlog,
+            latency_ms: args.latency_ms,
+            concurrency: args.target_concurrency,
+            rounds: args.rounds,
+        };
+        let out = PathBuf::from("target/bench/outbound.json");
+        let result = outbound::run(&args, &settings).and_then(|v| {
+            std::fs::create_dir_all("target/bench").map_err(|e| e.to_string())?;
+            std::fs::write(&out, serde_json::to_string_pretty(&v).unwrap_or_default())
+                .map_err(|e| format!("{}: {e}", out.display()))
+        });
+        if let Err(e) = result {
+            eprintln!("kiunga-bench --outbound: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run(args) {
         eprintln!("kiunga-bench: {e}");
         std::process::exit(1);

@@ -56,7 +56,7 @@ pub struct Run {
     pub targets: Vec<Target>,
 }
 
-fn machine() -> Value {
+pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -944,10 +944,9 @@ fn crvs(src: &Source, raw: &Raw, md: &Metadata, problems: &mut Vec<Problem>) -> 
         .collect();
     for (k, v) in &raw.fields {
         if !fields.contains_key(k) {
-            problems.push(
-                src.problem(
-                    v.span(),
-                    format!(
+            problems.push(src.problem(
+                v.span(),
+                format!(
                         "fields: `{k}` is not an item a notification fills (known: {})",
                         FIELDS
                             .iter()
@@ -955,8 +954,7 @@ fn crvs(src: &Source, raw: &Raw, md: &Metadata, problems: &mut Vec<Problem>) -> 
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                ),
-            );
+            ));
         } else if v.get_ref().is_empty() {
             fields.remove(k);
         } else {
