@@ -1,0 +1,2 @@
+DROP FUNCTION kiunga_outbox_enqueue_events(text[], text);
+DROP FUNCTION kiunga_outbox_enqueue(text[], text[], text[], int4[], text, text);
