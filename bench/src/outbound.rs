@@ -1,10 +1,11 @@
 //! `make bench-outbound`: what outbound push costs and how fast it drains, against the OpenMRS
 //! double (`kiunga-doubles`) answering after a fixed latency, in this process.
 //!
-//! 1. **Cost to inbound writes**: Patient create, 8 clients, on two gateways over one database,
-//!    one with the OpenMRS target enabled (every create also queues an outbox item), one without;
-//!    rounds alternate A B A B so that both sides see the same machine noise. Delivery is off in
-//!    both (`KIUNGA_OUTBOX_WORKERS=false`): this is the price of the outbox in the write path.
+//! 1. **Cost to inbound writes**: Patient create, 8 clients, by gateways over one database, with
+//!    the OpenMRS target enabled (every create also queues an outbox item) or without targets;
+//!    a fresh gateway process per round, the order alternating, matching on write off on both
+//!    sides. Delivery is off (`KIUNGA_OUTBOX_WORKERS=false`): this is the price of the outbox in
+//!    the write path.
 //! 2. **Drain**: a backlog of transaction Bundles (each 100 people × 1 Encounter × 5 Observations:
 //!    700 items) is queued with delivery off, then one `kiunga worker` delivers it. Throughput in
 //!    records per second at the target's latency and concurrency; the worker's memory sampled as
@@ -43,6 +44,22 @@ fn count(conn: &mut PgConnection, status: &str) -> Result<i64, String> {
     .map_err(|e| format!("counting the outbox: {e}"))
 }
 
+/// Matching on write off: its candidate look-ups grow with every person the rounds add and made
+/// an A/A control (both sides without targets) differ by 1.18×, hiding the outbox's cost. What
+/// matching costs is `make bench`'s "create Patient, matching off" row.
+fn without_matching(dir: &Path) -> Result<(), String> {
+    let file = dir.join("matching.toml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if !text.contains("on_write = true") {
+        return Err(format!(
+            "{}: no `on_write = true` to switch off",
+            file.display()
+        ));
+    }
+    std::fs::write(&file, text.replace("on_write = true", "on_write = false"))
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 fn mappings_with_target(
     base: &Path,
     double: &OpenMrs,
@@ -50,6 +67,7 @@ fn mappings_with_target(
 ) -> Result<PathBuf, String> {
     let dir = base.join("outbound-on");
     crate::copy_mappings(&dir)?;
+    without_matching(&dir)?;
     let file = dir.join("targets/openmrs.toml");
     let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let text = text
@@ -66,6 +84,7 @@ fn mappings_with_target(
 fn mappings_without_targets(base: &Path) -> Result<PathBuf, String> {
     let dir = base.join("outbound-off");
     crate::copy_mappings(&dir)?;
+    without_matching(&dir)?;
     std::fs::remove_dir_all(dir.join("targets")).map_err(|e| format!("removing targets: {e}"))?;
     Ok(dir)
 }
@@ -108,54 +127,75 @@ pub fn run(args: &Args, s: &Settings) -> Result<Value, String> {
     let work = PathBuf::from("target/bench");
     let on_maps = mappings_with_target(&work, &double, s.concurrency)?;
     let off_maps = mappings_without_targets(&work)?;
-    let (host, port) = args
-        .listen
-        .rsplit_once(':')
-        .ok_or("--listen needs host:port")?;
-    let port: u16 = port.parse().map_err(|_| "--listen port")?;
-    let off_listen = format!("{host}:{}", port + 2);
-    // The gateway without targets starts first: a gateway writes the rules of its target files
-    // at start-up, and the later one's (the target's) must be those in force.
-    say("outbound: starting a gateway without targets, then one with the OpenMRS target");
-    let off = Gateway::start_with(
-        &args.gateway,
-        &args.database_url,
-        &off_listen,
-        args.pool_size,
-        &off_maps,
-        &work.join("gateway-outbound-off.log"),
-        false,
-        creds,
-    )?;
-    let on = Gateway::start_with(
-        &args.gateway,
-        &args.database_url,
-        &args.listen,
-        args.pool_size,
-        &on_maps,
-        &work.join("gateway-outbound-on.log"),
-        false,
-        creds,
-    )?;
-    let ids = Ids::load(&mut admin)?;
-
+    // KIUNGA_BENCH_CONTROL=1: both sides without targets (an A/A run, to see the noise).
+    let control = std::env::var("KIUNGA_BENCH_CONTROL").is_ok_and(|v| v == "1");
+    // Each round gets a freshly started gateway: one process's create latency drifted from 22 to
+    // 66 ms over 35 s while its twin's stayed at 15 (an A/A control, both without targets;
+    // matching on write dominated), so sides run in processes of the same age. The order
+    // alternates: on, off; off, on; …
+    let start = |with_target: bool, log: &str| {
+        Gateway::start_with(
+            &args.gateway,
+            &args.database_url,
+            &args.listen,
+            args.pool_size,
+            if with_target && !control {
+                &on_maps
+            } else {
+                &off_maps
+            },
+            &work.join(log),
+            false,
+            creds,
+        )
+    };
+    say("outbound: one unmeasured round first (the first writes into a fresh database are slower)");
+    let ids = {
+        let g = start(false, "gateway-outbound-warmup.log")?;
+        // The gateway has migrated the database and loaded the demo metadata by now.
+        let ids = Ids::load(&mut admin)?;
+        create_round(&g.base, &ids, args, "WA")?;
+        ids
+    };
     let mut on_rounds = Vec::new();
     let mut off_rounds = Vec::new();
     for r in 0..s.rounds {
-        say(format!(
-            "outbound: Patient create with the target on, round {}",
-            r + 1
-        ));
-        on_rounds.push(create_round(&on.base, &ids, args, &format!("ON{r}"))?);
-        say(format!(
-            "outbound: Patient create without targets, round {}",
-            r + 1
-        ));
-        off_rounds.push(create_round(&off.base, &ids, args, &format!("OF{r}"))?);
+        for on_side in if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let g = start(
+                on_side,
+                if on_side {
+                    "gateway-outbound-on.log"
+                } else {
+                    "gateway-outbound-off.log"
+                },
+            )?;
+            if on_side {
+                say(format!(
+                    "outbound: Patient create with the target on, round {}",
+                    r + 1
+                ));
+                on_rounds.push(create_round(&g.base, &ids, args, &format!("ON{r}"))?);
+            } else {
+                say(format!(
+                    "outbound: Patient create without targets, round {}",
+                    r + 1
+                ));
+                off_rounds.push(create_round(&g.base, &ids, args, &format!("OF{r}"))?);
+            }
+        }
     }
+    // The gateway that queues the backlog must be the one with the target (it writes the rules).
+    let on = start(true, "gateway-outbound-backlog.log")?;
     let (on_s, off_s) = (Stats::merge(&on_rounds), Stats::merge(&off_rounds));
     // Every create on the gateway with the target queued one item (warm-up creates included).
     let queued_by_creates = count(&mut admin, "pending")?;
+    if control {
+        return Ok(json!({ "control": { "a": on_s, "b": off_s } }));
+    }
     if (queued_by_creates as u64) < on_s.ops {
         return Err(format!(
             "the gateway with the target queued {queued_by_creates} items for {} creates",
@@ -193,7 +233,6 @@ pub fn run(args: &Args, s: &Settings) -> Result<Value, String> {
         started.elapsed().as_secs_f64()
     ));
     drop(on);
-    drop(off);
 
     say(format!(
         "outbound: draining with `kiunga worker` (concurrency {}, target latency {} ms)",

@@ -1,8 +1,9 @@
 //! Outbound push (docs/outbound.md): committed changes that a target's triggers select reach that
 //! target once, in order per person, whatever the target does.
 //!
-//! - **Enqueue**: a unit of work that changes a record adds the outbox items its rules select in
-//!   its own transaction (`store::Scoped`), so a rolled-back request or Bundle emits nothing.
+//! - **Enqueue**: in the writing transaction, so a rolled-back request or Bundle emits nothing. A
+//!   record's change is queued by a trigger on the change log (migration 18) for every rule that
+//!   selects it; a completed birth or death by `store::Scoped` at the end of the unit of work.
 //! - **Deliver**: workers ([`worker`]) claim due items with `FOR UPDATE SKIP LOCKED`, render the
 //!   record as the FHIR API would, translate it into the target's codes ([`openmrs`]), send it,
 //!   and settle the item: delivered, retried later, dead letter, or "outcome unknown".
@@ -25,15 +26,8 @@ use crate::mapping::targets::Target;
 use crate::mapping::MappingSet;
 use crate::store::outbox::{self as store, RuleRow};
 
-/// Whether any enabled target exists in this process: only then does a write collect what it
-/// changed for the outbox (a write costs nothing extra without targets).
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-pub fn active() -> bool {
-    ACTIVE.load(Ordering::Relaxed)
-}
-
-/// Whether a birth or death rule exists: only then does a write look for completed vital events.
+/// Whether a birth or death rule exists: only then does a write look for completed vital events
+/// (one statement per unit of work that changed something).
 static EVENTS: AtomicBool = AtomicBool::new(false);
 
 pub fn events_active() -> bool {
@@ -82,7 +76,7 @@ pub fn rules(targets: &[Target]) -> Vec<RuleRow> {
 
 /// Writes the rules of the mapping set in force (`write`: the server and the worker), so that
 /// every process writing to this database enqueues for the same targets; then switches this
-/// process's collection on when any rule exists. One-off commands (`import`, `outbox status`…)
+/// process's look for births and deaths on when such a rule exists. One-off commands (`import`, `outbox status`…)
 /// do not write: an operator's shell without the URL variables must not switch a target off.
 pub fn sync(conn: &mut PgConnection, mappings: &MappingSet, write: bool) -> Result<(), Error> {
     if write {
@@ -96,11 +90,8 @@ pub fn sync(conn: &mut PgConnection, mappings: &MappingSet, write: bool) -> Resu
         }
     }
     // Only ever switched on: several gateways may share one process (the tests), and a write
-    // that looks for rules in vain costs one statement, while one that does not look loses items.
+    // that looks for births in vain costs one statement, while one that does not look loses them.
     let kinds = store::rule_kinds(conn)?;
-    if !kinds.is_empty() {
-        ACTIVE.store(true, Ordering::Relaxed);
-    }
     if kinds.iter().any(|k| k == "birth" || k == "death") {
         EVENTS.store(true, Ordering::Relaxed);
     }

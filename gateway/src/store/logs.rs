@@ -25,14 +25,7 @@ pub struct Change<'a> {
 /// Queues one version for the change log (written with the rest of the unit of work).
 pub fn record_change(s: &mut Scoped, c: Change) {
     s.touched.written(c.resource_type, c.uid, c.state.as_ref());
-    if crate::outbox::active() {
-        s.changed.push(super::outbox::Changed {
-            resource_type: c.resource_type.to_string(),
-            uid: c.uid.to_string(),
-            operation: c.operation.to_string(),
-            version: c.version,
-        });
-    }
+    s.changed = true;
     let row = ChangeRow {
         resource_type: c.resource_type.to_string(),
         resource_uid: c.uid.to_string(),

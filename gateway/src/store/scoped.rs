@@ -33,8 +33,8 @@ pub struct Scoped<'a> {
     program_scope: Option<Option<ProgramScope>>,
     /// What this unit of work wrote, for its access record (`crate::audit`).
     pub touched: crate::audit::Touched,
-    /// What this unit of work changed, for the outbox (only while a target is enabled).
-    pub changed: Vec<super::outbox::Changed>,
+    /// Whether this unit of work changed a record (births and deaths are looked for then).
+    pub changed: bool,
 }
 
 /// The caller's scope as the database function `kiunga_enrollment_visible` takes it: org-unit ids
@@ -204,7 +204,7 @@ impl<'a> Scoped<'a> {
             entry,
             program_scope: ctx.program_scope.clone(),
             touched: crate::audit::Touched::default(),
-            changed: Vec::new(),
+            changed: false,
         }
     }
 
@@ -272,18 +272,15 @@ impl<'a> Scoped<'a> {
         Ok(self.conn)
     }
 
-    /// Adds the outbox items of what this unit changed, in its own transaction: a unit that rolls
-    /// back emits nothing. Runs after the flush, so that the rules see every row it wrote.
+    /// Queues the birth and death notifications this unit completed, in its own transaction (a
+    /// unit that rolls back emits nothing). Runs after the flush, so that the rules see every row
+    /// it wrote. Records themselves are queued by the change log's trigger (migration 18).
     fn enqueue_outbox(&mut self) -> Result<(), Error> {
-        if self.changed.is_empty() {
+        if !self.changed || !crate::outbox::events_active() {
             return Ok(());
         }
-        let changed = std::mem::take(&mut self.changed);
+        self.changed = false;
         let actor = self.ctx.actor.to_string();
-        super::outbox::enqueue(self.conn, &changed, &actor, None)?;
-        if !crate::outbox::events_active() {
-            return Ok(());
-        }
         let people: Vec<&str> = self
             .touched
             .patient
