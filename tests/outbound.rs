@@ -578,3 +578,57 @@ fn a_broken_target_file_is_refused_with_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_deceased_patient_is_not_retried_and_a_429_retry_after_is_honoured() {
+    let target = openmrs();
+    let app = start(&target, 5.0, |t| t);
+    let mto = app.org("KD_KAS_MTO");
+    // OpenMRS asks for a pause: the next attempt waits for its Retry-After (2 s), not the 50 ms
+    // backoff of this target file.
+    target.faults.fail_next_retry_after(1, 429, 2);
+    app.post("Patient", &support::patient(&mto, "8880001"))
+        .expect(201);
+    let until = Instant::now() + Duration::from_secs(10);
+    while app
+        .db
+        .scalar("SELECT count(*) FROM outbox_item WHERE error_kind = 'busy'")
+        == 0
+    {
+        assert!(Instant::now() < until, "the 429 was never met");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        app.db.scalar("SELECT count(*) FROM outbox_item WHERE next_attempt_at - last_attempt_at >= interval '1900 milliseconds'"),
+        1,
+        "the retry waits for Retry-After"
+    );
+    assert_eq!(
+        settle(&app, Duration::from_secs(30)),
+        json!({ "delivered": 1 })
+    );
+
+    // A death: OpenMRS cannot take it through FHIR2; the item says so and is not retried.
+    let mut dead = support::patient(&mto, "8880002");
+    dead["deceasedDateTime"] = json!("2026-11-24T08:00:00Z");
+    app.post("Patient", &dead).expect(201);
+    let settled = settle(&app, Duration::from_secs(30));
+    assert_eq!(settled, json!({ "delivered": 1, "dead": 1 }), "{settled}");
+    let said = app
+        .db
+        .text("SELECT last_error FROM outbox_item WHERE status = 'dead'")[0]
+        .clone();
+    assert!(
+        said.contains("OpenMRS cannot record a death through FHIR2"),
+        "{said}"
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT attempts FROM outbox_item WHERE status = 'dead'"),
+        1
+    );
+    assert_eq!(
+        identifier_values(&target.patients()),
+        vec!["8880001".to_string()]
+    );
+}

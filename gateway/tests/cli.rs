@@ -766,6 +766,19 @@ fn a_worker_killed_mid_delivery_and_a_new_one_leave_each_record_on_the_target_on
         10,
         "each Observation exactly once"
     );
+    // `kiunga outbox status` says the same.
+    let out = kiunga(&db)
+        .args(["outbox", "status"])
+        .env("KIUNGA_MAPPINGS_DIR", &maps)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["targets"]["openmrs"]["delivered"], 20, "{status}");
     second.kill().unwrap();
     let _ = second.wait();
     server.kill().unwrap();
