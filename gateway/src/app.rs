@@ -73,7 +73,7 @@ impl AppState {
             url: redact_url(&config.database_url),
             message,
         };
-        let mut conn = diesel::PgConnection::establish(&config.database_url)
+        let mut conn = diesel::PgConnection::establish(&store::libpq_url(&config.database_url))
             .map_err(|e| db_err(e.to_string()))?;
         let applied = store::run_migrations(&mut conn).map_err(|e| db_err(e.to_string()))?;
         if applied > 0 {

@@ -117,7 +117,7 @@ impl TokenCache {
 /// Empties the cache on every notification, while the cache lives (the thread ends with it).
 fn listen(cache: &std::sync::Weak<TokenCache>, database_url: &str) {
     while cache.strong_count() > 0 {
-        let conn = PgConnection::establish(database_url)
+        let conn = PgConnection::establish(&crate::store::libpq_url(database_url))
             .ok()
             .and_then(|mut conn| {
                 diesel::sql_query("LISTEN kiunga_clients")

@@ -115,6 +115,16 @@ pub fn message(a: &Answer) -> String {
 /// The Outcome of an answer that is not a success the caller handles: what to retry, what is
 /// final. `attempts` counts this one.
 pub fn failure(a: &Answer, attempts: i32) -> Outcome {
+    failure_of(a, attempts, false)
+}
+
+/// [`failure`] of a request that writes: a 502 or 504 comes from a proxy that may have passed
+/// the request on before giving up, so the record may exist (as after a timeout).
+pub fn write_failure(a: &Answer, attempts: i32) -> Outcome {
+    failure_of(a, attempts, true)
+}
+
+fn failure_of(a: &Answer, attempts: i32, writes: bool) -> Outcome {
     let said = message(a);
     let status = Some(a.status);
     match a.status {
@@ -140,7 +150,7 @@ pub fn failure(a: &Answer, attempts: i32) -> Outcome {
             message: format!("the target is unavailable (HTTP {}): {said}", a.status),
             status,
             after: retry_after(&a.headers),
-            uncertain: false,
+            uncertain: writes && a.status != 503,
         },
         500 if attempts >= MAX_500 => Outcome::rejected(
             "target-error",

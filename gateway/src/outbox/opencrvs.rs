@@ -126,7 +126,7 @@ pub fn deliver(job: &mut Job) -> Result<Outcome, Error> {
                     ));
                 };
                 let body = json!({
-                    "eventId": id, "transactionId": tx, "type": "NOTIFY",
+                    "eventId": id, "transactionId": notify_transaction(&tx), "type": "NOTIFY",
                     "createdAtLocation": office, "declaration": declaration, "annotation": {}
                 });
                 send_authorized(
@@ -143,6 +143,22 @@ pub fn deliver(job: &mut Job) -> Result<Outcome, Error> {
             }
         }
     }
+}
+
+/// The NOTIFY action's own transactionId (v1.9 creates the event and notifies in two calls, each
+/// idempotent on its transactionId): derived from the item's, so that a resend repeats it.
+fn notify_transaction(tx: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{tx}:notify").as_bytes());
+    let x = hex::encode(&h[..16]);
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[13..16],
+        &x[17..20],
+        &x[20..32]
+    )
 }
 
 fn unknown() -> Outcome {

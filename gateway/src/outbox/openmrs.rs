@@ -49,7 +49,7 @@ fn delete(job: &mut Job, kind: &str, uid: &str) -> Result<Outcome, Error> {
                 remote_id: Some(remote),
             })
         }
-        _ => Ok(http::failure(&answer, job.item.attempts)),
+        _ => Ok(http::write_failure(&answer, job.item.attempts)),
     }
 }
 
@@ -98,7 +98,7 @@ fn push(job: &mut Job, kind: &str, uid: &str, uncertain: bool) -> Result<Outcome
                 format!("the target voided {kind} {id}; un-void it there or skip this item"),
                 Some(410),
             )),
-            _ => Ok(http::failure(&answer, job.item.attempts)),
+            _ => Ok(http::write_failure(&answer, job.item.attempts)),
         };
     }
     create(job, kind, uid, &body)
@@ -115,7 +115,7 @@ fn create(job: &mut Job, kind: &str, uid: &str, body: &Value) -> Result<Outcome,
         Err(o) => return Ok(o),
     };
     if !(200..=299).contains(&answer.status) {
-        return Ok(http::failure(&answer, job.item.attempts));
+        return Ok(http::write_failure(&answer, job.item.attempts));
     }
     let Some(id) = created_id(&answer) else {
         return Ok(Outcome::rejected(
@@ -689,6 +689,22 @@ fn same_record(kind: &str, sent: &Value, found: &Value) -> bool {
                     (Some(a), Some(b)) => (a - b).abs() < 1e-6,
                     _ => true,
                 }
+        }
+        // OpenMRS matches `identifier=<value>` across every identifier type: the found Patient
+        // is ours only if the value is held under our official identifier's type.
+        "Patient" => {
+            let official = sent["identifier"]
+                .as_array()
+                .and_then(|ids| ids.iter().find(|i| i["use"] == "official"));
+            let Some(o) = official else { return false };
+            found["identifier"].as_array().is_some_and(|ids| {
+                ids.iter().any(|i| {
+                    i["value"] == o["value"]
+                        && ((o.get("system").is_some() && i.get("system") == o.get("system"))
+                            || (o.pointer("/type/text").is_some()
+                                && i.pointer("/type/text") == o.pointer("/type/text")))
+                })
+            })
         }
         _ => true,
     }

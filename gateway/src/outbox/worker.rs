@@ -47,6 +47,9 @@ impl Shared {
     }
 }
 
+/// Requests one delivery may make at most, for the length of its lease.
+const MAX_REQUESTS: f64 = 8.0;
+
 /// How long an idle worker waits before looking for due items again.
 const IDLE: Duration = Duration::from_millis(100);
 
@@ -151,6 +154,16 @@ impl Breaker {
     }
 }
 
+/// Ends a half-open breaker's probe when an attempt returns early (a database error, a missing
+/// variable), so that the breaker cannot stay half-open with no probe running.
+struct ProbeDone<'a>(&'a Mutex<Breaker>);
+
+impl Drop for ProbeDone<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).probing = false;
+    }
+}
+
 struct Worker {
     shared: Shared,
     name: String,
@@ -193,8 +206,12 @@ impl Worker {
         if !admitted {
             return Ok(false);
         }
+        // Whatever happens below, a half-open breaker's probe is over when this returns.
+        let _probe = ProbeDone(&self.breaker);
         let mut conn = self.shared.pool.get()?;
-        let lease = target.timeout.as_secs_f64() * 2.0 + 5.0;
+        // One delivery may make several requests (a dependency's look-up and create, the
+        // record's look-up, a re-authentication), each allowed the full timeout.
+        let lease = target.timeout.as_secs_f64() * MAX_REQUESTS + 5.0;
         let Some(item) = store::claim(&mut conn, &self.name, 1, &self.id, lease)?
             .into_iter()
             .next()
@@ -231,7 +248,7 @@ impl Worker {
                 base,
                 item: &item,
             };
-            match target.kind {
+            let delivered = match target.kind {
                 Kind::OpenMrsFhir2 => super::openmrs::deliver(&mut job),
                 Kind::OpenCrvs => super::opencrvs::deliver(&mut job),
                 other => Ok(Outcome::rejected(
@@ -239,18 +256,22 @@ impl Worker {
                     format!("this gateway cannot push to {} targets", other.as_str()),
                     None,
                 )),
-            }
+            };
+            delivered.map(|o| scrub(&mut job, o))
         };
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(target_name = %self.name, item = item.id, error = %e, "outbox delivery failed on our side");
+                // It may have failed after the target took the record (recording its id).
                 Outcome::Retry {
                     kind: "internal",
-                    message: "the gateway failed while preparing the record (see its log)".into(),
+                    message:
+                        "the gateway failed while preparing or recording the delivery (see its log)"
+                            .into(),
                     status: None,
                     after: None,
-                    uncertain: item.uncertain,
+                    uncertain: true,
                 }
             }
         };
@@ -290,12 +311,14 @@ impl Worker {
                 let at = Utc::now()
                     + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60));
                 tracing::info!(target_name = %self.name, item = item.id, kind, status = ?status, attempt = item.attempts, retry_in_ms = wait.as_millis() as u64, "outbox: delivery will be retried");
+                // Once an attempt may have reached the target, every later one looks first,
+                // until the item is delivered.
                 Settle::Retry {
                     at,
                     kind,
                     message,
                     status: status.map(i32::from),
-                    uncertain: *uncertain,
+                    uncertain: *uncertain || item.uncertain,
                 }
             }
             Outcome::Rejected {
@@ -327,7 +350,68 @@ impl Worker {
                 status: None,
             },
         };
-        store::settle(conn, item.id, how)
+        if !store::settle(conn, item.id, &self.id, how)? {
+            // Our lease ran out and another worker took the item: its result stands.
+            tracing::warn!(target_name = %self.name, item = item.id, "outbox: the item's lease expired during delivery; this attempt's result was dropped");
+        }
+        Ok(())
+    }
+}
+
+/// The target's message without the person's own data: some targets echo what they refused
+/// ("identifier 123 already in use"), and the outbox and its admin views hold no patient data.
+fn scrub(job: &mut Job, outcome: Outcome) -> Outcome {
+    let person = job.item.person_uid.clone();
+    let mut words: Vec<String> = Vec::new();
+    if let Ok(Some(p)) = job.render("Patient", &person) {
+        let mut collect = |v: Option<&Value>| {
+            if let Some(s) = v.and_then(Value::as_str) {
+                words.push(s.to_string());
+            }
+        };
+        for i in p["identifier"].as_array().into_iter().flatten() {
+            collect(i.get("value"));
+        }
+        for n in p["name"].as_array().into_iter().flatten() {
+            collect(n.get("family"));
+            for g in n["given"].as_array().into_iter().flatten() {
+                collect(Some(g));
+            }
+        }
+        for t in p["telecom"].as_array().into_iter().flatten() {
+            collect(t.get("value"));
+        }
+        collect(p.get("birthDate"));
+        collect(p.get("deceasedDateTime"));
+    }
+    words.retain(|w| w.chars().count() >= 3);
+    // Longest first, so that a name inside another is not left half-hidden.
+    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    let clean = |m: String| words.iter().fold(m, |m, w| m.replace(w.as_str(), "***"));
+    match outcome {
+        Outcome::Retry {
+            kind,
+            message,
+            status,
+            after,
+            uncertain,
+        } => Outcome::Retry {
+            kind,
+            message: clean(message),
+            status,
+            after,
+            uncertain,
+        },
+        Outcome::Rejected {
+            kind,
+            message,
+            status,
+        } => Outcome::Rejected {
+            kind,
+            message: clean(message),
+            status,
+        },
+        other => other,
     }
 }
 

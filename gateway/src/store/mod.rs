@@ -34,9 +34,22 @@ pub type PgPooled = PooledConnection<ConnectionManager<PgConnection>>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// The URL libpq is given: `gssencmode=disable` unless the URL sets it. libpq otherwise asks
+/// Kerberos (krb5) whether GSSAPI encryption is possible on every new connection, and a process
+/// that exits while the pool's background thread is connecting dies in krb5's teardown
+/// (`k5_mutex_lock: Assertion failed`, or SIGSEGV): seen in `kiunga outbox status` and in test
+/// binaries at exit. Kerberos authentication itself (`gss` in pg_hba.conf) is not affected.
+pub fn libpq_url(database_url: &str) -> String {
+    if database_url.contains("gssencmode=") {
+        return database_url.to_string();
+    }
+    let sep = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{sep}gssencmode=disable")
+}
+
 /// A bounded pool: a request waits at most `timeout` for a connection and then gets a 503.
 pub fn pool(database_url: &str, size: u32, timeout: Duration) -> Result<PgPool, Error> {
-    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    let manager = ConnectionManager::<PgConnection>::new(libpq_url(database_url));
     Pool::builder()
         .max_size(size)
         .min_idle(Some(1.min(size)))
@@ -57,4 +70,25 @@ pub fn migrations_current(conn: &mut PgConnection) -> Result<bool, Error> {
     conn.has_pending_migration(MIGRATIONS)
         .map(|pending| !pending)
         .map_err(|e| Error::Internal(format!("cannot read migration state: {e}")))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::libpq_url;
+
+    #[test]
+    fn gss_encryption_is_off_unless_the_url_says_otherwise() {
+        assert_eq!(
+            libpq_url("postgres://u@h/db"),
+            "postgres://u@h/db?gssencmode=disable"
+        );
+        assert_eq!(
+            libpq_url("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&gssencmode=disable"
+        );
+        assert_eq!(
+            libpq_url("postgres://u@h/db?gssencmode=require"),
+            "postgres://u@h/db?gssencmode=require"
+        );
+    }
 }

@@ -239,10 +239,17 @@ pub enum Settle<'a> {
     },
 }
 
-pub fn settle(conn: &mut PgConnection, id: i64, how: Settle) -> Result<(), Error> {
+/// Settles an item this worker holds. A worker whose lease ran out (another may hold the item
+/// now) changes nothing: false.
+pub fn settle(conn: &mut PgConnection, id: i64, worker: &str, how: Settle) -> Result<bool, Error> {
     let now = Utc::now();
-    let q = diesel::update(oi::table.find(id));
-    match how {
+    let q = diesel::update(
+        oi::table
+            .find(id)
+            .filter(oi::leased_by.eq(worker))
+            .filter(oi::status.eq("pending")),
+    );
+    let n = match how {
         Settle::Delivered { remote_id } => q
             .set((
                 oi::status.eq("delivered"),
@@ -283,19 +290,7 @@ pub fn settle(conn: &mut PgConnection, id: i64, how: Settle) -> Result<(), Error
             ))
             .execute(conn)?,
     };
-    Ok(())
-}
-
-/// Gives a held item back untouched (the worker is stopping, or the target's breaker is open).
-pub fn release(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<(), Error> {
-    diesel::update(oi::table.find(id))
-        .set((
-            oi::lease_until.eq(None::<DateTime<Utc>>),
-            oi::next_attempt_at.eq(at),
-            oi::attempts.eq(oi::attempts - 1),
-        ))
-        .execute(conn)?;
-    Ok(())
+    Ok(n == 1)
 }
 
 pub fn remote_id(
@@ -442,7 +437,11 @@ pub fn retry(conn: &mut PgConnection, id: i64) -> Result<bool, Error> {
         oi::status.eq("pending"),
         oi::next_attempt_at.eq(Utc::now()),
         oi::lease_until.eq(None::<DateTime<Utc>>),
-        oi::uncertain.eq(false),
+        // A dead item that once timed out is still looked up first; only an `unknown` one
+        // retried by a person is sent without (they decided it did not arrive).
+        oi::uncertain.eq(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "CASE WHEN status = 'unknown' THEN false ELSE uncertain END",
+        )),
     ))
     .execute(conn)?;
     Ok(n == 1)
@@ -451,10 +450,12 @@ pub fn retry(conn: &mut PgConnection, id: i64) -> Result<bool, Error> {
 /// Settles an unsettled item without sending it (a person decided), so the person's later
 /// items may go.
 pub fn skip(conn: &mut PgConnection, id: i64, why: &str) -> Result<bool, Error> {
+    // Not while a worker is sending it: its result would still settle it.
     let n = diesel::update(
         oi::table
             .find(id)
-            .filter(oi::status.eq_any(["pending", "dead", "unknown"])),
+            .filter(oi::status.eq_any(["pending", "dead", "unknown"]))
+            .filter(oi::lease_until.is_null().or(oi::lease_until.lt(Utc::now()))),
     )
     .set((
         oi::status.eq("skipped"),
