@@ -68,20 +68,29 @@ fn item_id(raw: &str) -> Result<i64, Error> {
         .map_err(|_| Error::invalid(format!("`{raw}` is not an outbox item id (a number)")))
 }
 
+/// One item, by the id in the path, under `op`'s scope letter.
+async fn on_item(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    op: Op,
+    f: fn(&mut diesel::PgConnection, i64) -> Result<serde_json::Value, Error>,
+) -> HttpResponse {
+    let raw = path.into_inner();
+    respond(&req, |n| async move {
+        allowed(&n, "Outbox", &[op])?;
+        let id = item_id(&raw)?;
+        Ok(FhirResponse::ok(blocking(&state, move |c| f(c, id)).await?))
+    })
+    .await
+}
+
 pub async fn show(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let raw = path.into_inner();
-    respond(&req, |n| async move {
-        allowed(&n, "Outbox", &[Op::Read])?;
-        let id = item_id(&raw)?;
-        Ok(FhirResponse::ok(
-            blocking(&state, move |c| admin::show(c, id)).await?,
-        ))
-    })
-    .await
+    on_item(req, path, state, Op::Read, admin::show).await
 }
 
 pub async fn retry(
@@ -89,15 +98,7 @@ pub async fn retry(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let raw = path.into_inner();
-    respond(&req, |n| async move {
-        allowed(&n, "Outbox", &[Op::Update])?;
-        let id = item_id(&raw)?;
-        Ok(FhirResponse::ok(
-            blocking(&state, move |c| admin::retry(c, id)).await?,
-        ))
-    })
-    .await
+    on_item(req, path, state, Op::Update, admin::retry).await
 }
 
 #[derive(Deserialize)]

@@ -149,7 +149,7 @@ impl Outcome {
 
     /// Whether the target itself is in trouble (what the circuit breaker counts).
     pub fn target_failing(&self) -> bool {
-        matches!(self, Outcome::Retry { kind, .. } if *kind != "waiting")
+        matches!(self, Outcome::Retry { .. })
     }
 }
 

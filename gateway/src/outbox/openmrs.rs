@@ -178,10 +178,7 @@ fn ensure(job: &mut Job, kind: &str, uid: &str) -> Result<Result<String, Outcome
 fn translate(job: &mut Job, kind: &str, r: &Value) -> Result<Result<Value, Outcome>, Error> {
     Ok(match kind {
         "Patient" => patient(job.target, job, r),
-        "Encounter" => match encounter(job, r)? {
-            Ok(b) => Ok(b),
-            Err(o) => Err(o),
-        },
+        "Encounter" => encounter(job, r)?,
         "Observation" => observation(job, r)?,
         other => Err(Outcome::rejected(
             "unsupported",
