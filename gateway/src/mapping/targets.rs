@@ -28,6 +28,14 @@ struct Raw {
     auth_url_env: Option<Spanned<String>>,
     user_env: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
+    /// fhir-r4: a bearer token, by the variable that holds it.
+    token_env: Option<Spanned<String>>,
+    /// fhir-r4: the identifier system our record ids are sent under (conditional create and
+    /// look-up key on the target).
+    record_system: Option<Spanned<String>>,
+    /// fhir-r4: org unit → the target's Organization reference.
+    #[serde(default)]
+    organization: Vec<RawOrganization>,
     client_id_env: Option<Spanned<String>>,
     client_secret_env: Option<Spanned<String>>,
     #[serde(default = "yes")]
@@ -158,6 +166,14 @@ struct RawTrigger {
 struct RawLocation {
     org_unit: Spanned<String>,
     uuid: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrganization {
+    org_unit: Spanned<String>,
+    /// A literal reference on the target, `Organization/<id>`.
+    reference: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,6 +373,12 @@ pub struct Target {
     pub url: Setting,
     pub user: Option<Setting>,
     pub password: Option<Setting>,
+    /// A bearer token (fhir-r4).
+    pub token: Option<Setting>,
+    /// fhir-r4: the identifier system of our record ids on the target.
+    pub record_system: Option<String>,
+    /// fhir-r4: org unit id → the target's `Organization/<id>`.
+    pub organizations: BTreeMap<i64, String>,
     pub timeout: std::time::Duration,
     pub concurrency: usize,
     /// Change-log actors (`client:<id>`) whose changes came from this target: not sent back.
@@ -490,13 +512,7 @@ pub fn load(
             Kind::FhirR4
         }
     };
-    if kind == Kind::FhirR4 {
-        // Refused rather than accepted and never delivered: the generic push is not built yet.
-        problems.push(src.problem(
-            raw.kind.span(),
-            "kind `fhir-r4`: this gateway cannot push to a generic FHIR server yet (docs/outbound.md, \"What is missing\")",
-        ));
-    }
+    let record_system = fhir_r4_keys(src, &raw, kind, &mut problems);
     for (field, v) in [("mode", &raw.mode), ("mode_env", &raw.mode_env)] {
         if let (Some(v), false) = (v, kind == Kind::OpenCrvs) {
             problems.push(src.problem(
@@ -534,6 +550,19 @@ pub fn load(
     };
     let user = secret(&raw.user_env);
     let password = secret(&raw.password_env);
+    let token = secret(&raw.token_env);
+    if user.is_some() != password.is_some() {
+        problems.push(src.problem(
+            0..0,
+            "give both `user_env` and `password_env` (HTTP Basic), or neither",
+        ));
+    }
+    if let (Some(t), true) = (&raw.token_env, user.is_some()) {
+        problems.push(src.problem(
+            t.span(),
+            "give `token_env` (a bearer token) or `user_env`/`password_env` (HTTP Basic), not both",
+        ));
+    }
     if let Some(v) = raw
         .auth_url_env
         .as_ref()
@@ -715,6 +744,35 @@ pub fn load(
             official: i.official,
         });
     }
+    if kind == Kind::FhirR4 && identifiers.iter().filter(|i| i.official).count() > 1 {
+        problems.push(src.problem(
+            0..0,
+            "at most one [[identifier]] may be `official = true` (the one a Patient is matched on before it is created)",
+        ));
+    }
+    let mut organizations = BTreeMap::new();
+    for o in &raw.organization {
+        if !o.reference.get_ref().starts_with("Organization/") {
+            problems.push(src.problem(
+                o.reference.span(),
+                format!(
+                    "reference `{}` is not `Organization/<id>`",
+                    o.reference.get_ref()
+                ),
+            ));
+        }
+        if let Some(ou) = org_unit(&o.org_unit, &mut problems) {
+            if organizations
+                .insert(ou.id, o.reference.get_ref().clone())
+                .is_some()
+            {
+                problems.push(src.problem(
+                    o.org_unit.span(),
+                    format!("org unit `{}` is mapped twice", o.org_unit.get_ref()),
+                ));
+            }
+        }
+    }
     if kind == Kind::OpenMrsFhir2 && trigger.resources.iter().any(|r| r == "Patient") {
         let official = identifiers.iter().filter(|i| i.official).count();
         if official != 1 {
@@ -775,6 +833,9 @@ pub fn load(
         url,
         user,
         password,
+        token,
+        record_system,
+        organizations,
         timeout: std::time::Duration::from_secs_f64(timeout),
         concurrency: concurrency as usize,
         skip_actors: raw
@@ -797,6 +858,80 @@ pub fn load(
         crvs,
         enabled,
     })
+}
+
+/// The keys only a `fhir-r4` target has, and the OpenMRS-only keys it must not have. Returns the
+/// record system.
+fn fhir_r4_keys(
+    src: &Source,
+    raw: &Raw,
+    kind: Kind,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    if kind != Kind::FhirR4 {
+        for (key, v) in [
+            ("token_env", raw.token_env.as_ref()),
+            ("record_system", raw.record_system.as_ref()),
+            (
+                "[[organization]]",
+                raw.organization.first().map(|o| &o.org_unit),
+            ),
+        ] {
+            if let Some(v) = v {
+                problems.push(src.problem(v.span(), format!("{key} belongs to a fhir-r4 target")));
+            }
+        }
+        return None;
+    }
+    for (key, v) in [
+        ("default_location", raw.default_location.as_ref()),
+        ("[[location]]", raw.location.first().map(|l| &l.org_unit)),
+        (
+            "[[encounter_type]]",
+            raw.encounter_type.first().map(|e| &e.stage),
+        ),
+    ] {
+        if let Some(v) = v {
+            problems.push(src.problem(
+                v.span(),
+                format!("{key} belongs to an openmrs-fhir2 target (a fhir-r4 target keeps our codes; map org units with [[organization]])"),
+            ));
+        }
+    }
+    for i in &raw.identifier {
+        if let Some(t) = &i.type_name {
+            problems.push(src.problem(
+                i.system.span(),
+                format!("type_name `{t}`: a fhir-r4 target takes identifier systems (target_system), not OpenMRS type names"),
+            ));
+        }
+    }
+    match &raw.record_system {
+        Some(s) if is_uri(s.get_ref()) => Some(s.get_ref().clone()),
+        Some(s) => {
+            problems.push(src.problem(
+                s.span(),
+                format!(
+                    "record_system `{}` is not an absolute URI (http(s):// or urn:)",
+                    s.get_ref()
+                ),
+            ));
+            None
+        }
+        None => {
+            problems.push(src.problem(
+                raw.kind.span(),
+                "a fhir-r4 target needs `record_system`: the identifier system our record ids are sent under, so that a resend finds the record instead of duplicating it",
+            ));
+            None
+        }
+    }
+}
+
+fn is_uri(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("urn:"))
+        && !s.contains(char::is_whitespace)
+        && !s.contains('|')
 }
 
 fn crvs(src: &Source, raw: &Raw, md: &Metadata, problems: &mut Vec<Problem>) -> Option<Crvs> {

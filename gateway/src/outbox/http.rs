@@ -7,7 +7,9 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
+use super::worker::Job;
 use super::{brief, Outcome};
+use crate::error::Error;
 
 /// Consecutive 500s on one item before it is given up on: OpenMRS answers some malformed input
 /// with a 500 (a bug's stack trace, not a busy server), which no number of retries fixes.
@@ -131,7 +133,7 @@ fn failure_of(a: &Answer, attempts: i32, writes: bool) -> Outcome {
         401 | 403 => Outcome::Retry {
             kind: "unauthorized",
             message: format!(
-                "the target refused our credentials (HTTP {}): check the user and password variables of the target file; {said}",
+                "the target refused our credentials (HTTP {}): check the credential variables of the target file; {said}",
                 a.status
             ),
             status,
@@ -174,4 +176,92 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(|s| Duration::from_secs(s.min(3600)))
+}
+
+/// Deletes the target's copy of `kind/uid` (a FHIR DELETE of its id); nothing when it was never
+/// sent.
+pub fn delete(job: &mut Job, kind: &str, uid: &str) -> Result<Outcome, Error> {
+    let Some(remote) = job.remote_id(kind, uid)? else {
+        return Ok(Outcome::Skipped {
+            message: "deleted before it was ever sent: nothing to delete on the target".into(),
+        });
+    };
+    let url = format!("{}/{kind}/{remote}", job.base);
+    let answer = match send(job.request(reqwest::Method::DELETE, &url), true) {
+        Ok(a) => a,
+        Err(o) => return Ok(o),
+    };
+    match answer.status {
+        200..=299 | 404 | 410 => {
+            job.forget_remote(kind, uid)?;
+            Ok(Outcome::Delivered {
+                remote_id: Some(remote),
+            })
+        }
+        _ => Ok(write_failure(&answer, job.item.attempts)),
+    }
+}
+
+/// The id a FHIR create answered with: the body's `id`, else the `Location` header's.
+pub fn created_id(a: &Answer) -> Option<String> {
+    if let Some(id) = a.body.get("id").and_then(Value::as_str) {
+        return Some(id.to_string());
+    }
+    let loc = a
+        .headers
+        .get(reqwest::header::LOCATION)
+        .or_else(|| a.headers.get(reqwest::header::CONTENT_LOCATION))?
+        .to_str()
+        .ok()?;
+    let path = loc.split("/_history").next()?;
+    path.rsplit('/').next().map(str::to_string)
+}
+
+/// A search made to find what an earlier attempt may have created. Any failure is a retry that
+/// stays uncertain: a look-up refused is not the record refused.
+pub fn look(job: &Job, url: &str) -> Result<Answer, Outcome> {
+    let uncertain = |o: Outcome| match o {
+        Outcome::Rejected {
+            message, status, ..
+        } => Outcome::Retry {
+            kind: "lookup-failed",
+            message: format!("cannot look the record up on the target: {message}"),
+            status,
+            after: None,
+            uncertain: true,
+        },
+        Outcome::Retry {
+            kind,
+            message,
+            status,
+            after,
+            ..
+        } => Outcome::Retry {
+            kind,
+            message,
+            status,
+            after,
+            uncertain: true,
+        },
+        other => other,
+    };
+    match send(job.request(reqwest::Method::GET, url), false) {
+        Ok(a) if a.status == 200 => Ok(a),
+        Ok(a) => Err(uncertain(failure(&a, 0))),
+        Err(o) => Err(uncertain(o)),
+    }
+}
+
+/// Percent-encodes a search parameter value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

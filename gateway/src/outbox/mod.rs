@@ -10,6 +10,7 @@
 //! - **Operate**: `kiunga outbox …` and `/admin/outbox` ([`admin`]); `/metrics` ([`metrics`]).
 
 pub mod admin;
+pub mod fhir;
 pub mod http;
 pub mod metrics;
 pub mod opencrvs;

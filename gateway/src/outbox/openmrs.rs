@@ -11,7 +11,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::http::{self, Answer};
+use super::http::{self, enc};
 use super::worker::Job;
 use super::Outcome;
 use crate::error::Error;
@@ -25,32 +25,10 @@ pub fn deliver(job: &mut Job) -> Result<Outcome, Error> {
     let kind = job.item.kind.clone();
     let uid = job.item.resource_uid.clone();
     if job.item.operation == "delete" {
-        return delete(job, &kind, &uid);
+        return http::delete(job, &kind, &uid);
     }
     let uncertain = job.item.uncertain;
     push(job, &kind, &uid, uncertain)
-}
-
-fn delete(job: &mut Job, kind: &str, uid: &str) -> Result<Outcome, Error> {
-    let Some(remote) = job.remote_id(kind, uid)? else {
-        return Ok(Outcome::Skipped {
-            message: "deleted before it was ever sent: nothing to delete on the target".into(),
-        });
-    };
-    let url = format!("{}/{kind}/{remote}", job.base);
-    let answer = match http::send(job.request(reqwest::Method::DELETE, &url), true) {
-        Ok(a) => a,
-        Err(o) => return Ok(o),
-    };
-    match answer.status {
-        200..=299 | 404 | 410 => {
-            job.forget_remote(kind, uid)?;
-            Ok(Outcome::Delivered {
-                remote_id: Some(remote),
-            })
-        }
-        _ => Ok(http::write_failure(&answer, job.item.attempts)),
-    }
 }
 
 /// Creates or updates `kind/uid` on the target, sending what it depends on first.
@@ -117,7 +95,7 @@ fn create(job: &mut Job, kind: &str, uid: &str, body: &Value) -> Result<Outcome,
     if !(200..=299).contains(&answer.status) {
         return Ok(http::write_failure(&answer, job.item.attempts));
     }
-    let Some(id) = created_id(&answer) else {
+    let Some(id) = http::created_id(&answer) else {
         return Ok(Outcome::rejected(
             "target-error",
             "the target answered 201 without an id (neither in the body nor in Location)",
@@ -128,15 +106,6 @@ fn create(job: &mut Job, kind: &str, uid: &str, body: &Value) -> Result<Outcome,
     Ok(Outcome::Delivered {
         remote_id: Some(id),
     })
-}
-
-fn created_id(a: &Answer) -> Option<String> {
-    if let Some(id) = a.body.get("id").and_then(Value::as_str) {
-        return Some(id.to_string());
-    }
-    let loc = a.headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
-    let path = loc.split("/_history").next()?;
-    path.rsplit('/').next().map(str::to_string)
 }
 
 /// The target's id of a record our item depends on, sending it first when the target has never
@@ -594,51 +563,8 @@ fn look_up(
         }
     };
     let url = format!("{}/{kind}?{query}", job.base);
-    let answer = match http::send(job.request(reqwest::Method::GET, &url), false) {
-        Ok(a) if a.status == 200 => a,
-        Ok(a) => {
-            return Ok(Err(match http::failure(&a, 0) {
-                // A look-up refused is not the record refused: try again later, still uncertain.
-                Outcome::Rejected {
-                    message, status, ..
-                } => Outcome::Retry {
-                    kind: "lookup-failed",
-                    message: format!("cannot look the record up on the target: {message}"),
-                    status,
-                    after: None,
-                    uncertain: true,
-                },
-                Outcome::Retry {
-                    kind,
-                    message,
-                    status,
-                    after,
-                    ..
-                } => Outcome::Retry {
-                    kind,
-                    message,
-                    status,
-                    after,
-                    uncertain: true,
-                },
-                other => other,
-            }));
-        }
-        Err(Outcome::Retry {
-            kind,
-            message,
-            status,
-            after,
-            ..
-        }) => {
-            return Ok(Err(Outcome::Retry {
-                kind,
-                message,
-                status,
-                after,
-                uncertain: true,
-            }))
-        }
+    let answer = match http::look(job, &url) {
+        Ok(a) => a,
         Err(o) => return Ok(Err(o)),
     };
     for e in answer
@@ -705,17 +631,4 @@ fn same_record(kind: &str, sent: &Value, found: &Value) -> bool {
         }
         _ => true,
     }
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

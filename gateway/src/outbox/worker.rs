@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 use super::Outcome;
 use crate::context::RequestContext;
 use crate::error::Error;
-use crate::mapping::targets::{Kind, Target};
+use crate::mapping::targets::{Kind, Setting, Target};
 use crate::mapping::MappingSet;
 use crate::store::outbox::{self as store, Claimed, Settle};
 use crate::store::{PgPool, Scoped};
@@ -251,11 +251,7 @@ impl Worker {
             let delivered = match target.kind {
                 Kind::OpenMrsFhir2 => super::openmrs::deliver(&mut job),
                 Kind::OpenCrvs => super::opencrvs::deliver(&mut job),
-                other => Ok(Outcome::rejected(
-                    "unsupported",
-                    format!("this gateway cannot push to {} targets", other.as_str()),
-                    None,
-                )),
+                Kind::FhirR4 => super::fhir::deliver(&mut job),
             };
             delivered.map(|o| scrub(&mut job, o))
         };
@@ -478,6 +474,9 @@ impl Job<'_> {
             if let (Ok(u), Ok(p)) = (user.resolve(), password.resolve()) {
                 req = req.basic_auth(u, Some(p));
             }
+        }
+        if let Some(Ok(token)) = self.target.token.as_ref().map(Setting::resolve) {
+            req = req.bearer_auth(token);
         }
         req
     }
