@@ -5,64 +5,20 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::BoxedSqlQuery;
-use diesel::sql_types::{Array, BigInt, Bool, Date, Double, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Text};
 use serde_json::{json, Value};
 
 use crate::error::Error;
 use crate::fhir::bundle::{self, SearchEntry};
 use crate::fhir::search::{paging, query_with_offset, Param};
+use crate::store::dynamic::{Bind, Sql};
 use crate::store::events;
 use crate::store::patients as person_store;
 use crate::store::ProgramScope;
 use crate::store::Scoped;
 use crate::tracker::Env;
 use crate::translate::{self, reference_id};
-
-/// A bound value of a dynamically built query.
-#[derive(Debug, Clone)]
-enum Bind {
-    Text(String),
-    Int(i64),
-    Ints(Vec<i64>),
-    Texts(Vec<String>),
-    Date(NaiveDate),
-    Time(DateTime<Utc>),
-    Num(f64),
-    Flag(bool),
-}
-
-/// SQL text with `$n` placeholders and their values, built clause by clause.
-#[derive(Default, Clone)]
-struct Sql {
-    binds: Vec<Bind>,
-}
-
-impl Sql {
-    fn bind(&mut self, b: Bind) -> String {
-        self.binds.push(b);
-        format!("${}", self.binds.len())
-    }
-
-    fn query(&self, text: String) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
-        let mut q = diesel::sql_query(text).into_boxed::<Pg>();
-        for b in &self.binds {
-            q = match b.clone() {
-                Bind::Text(v) => q.bind::<Text, _>(v),
-                Bind::Int(v) => q.bind::<BigInt, _>(v),
-                Bind::Ints(v) => q.bind::<Array<BigInt>, _>(v),
-                Bind::Texts(v) => q.bind::<Array<Text>, _>(v),
-                Bind::Date(v) => q.bind::<Date, _>(v),
-                Bind::Time(v) => q.bind::<Timestamptz, _>(v),
-                Bind::Num(v) => q.bind::<Double, _>(v),
-                Bind::Flag(v) => q.bind::<Bool, _>(v),
-            };
-        }
-        q
-    }
-}
 
 #[derive(QueryableByName)]
 struct IdRow {

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cache;
 pub mod clients;
+pub mod dynamic;
 pub mod enrollments;
 pub mod events;
 pub mod links;
