@@ -11,8 +11,9 @@ use super::worker::Job;
 use super::{brief, Outcome};
 use crate::error::Error;
 
-/// Consecutive 500s on one item before it is given up on: OpenMRS answers some malformed input
-/// with a 500 (a bug's stack trace, not a busy server), which no number of retries fixes.
+/// The attempt of an item at which a 500 is given up on (the item's earlier attempts count,
+/// whatever ended them): OpenMRS answers some malformed input with a 500 (a bug's stack trace,
+/// not a busy server), which no number of retries fixes.
 pub const MAX_500: i32 = 6;
 
 pub fn client(timeout: Duration) -> Result<Client, String> {
@@ -156,7 +157,7 @@ fn failure_of(a: &Answer, attempts: i32, writes: bool) -> Outcome {
         },
         500 if attempts >= MAX_500 => Outcome::rejected(
             "target-error",
-            format!("the target failed on this record {attempts} times in a row (HTTP 500): {said}"),
+            format!("the target failed on this record (HTTP 500) at its attempt {attempts}, the last one a 500 gets: {said}"),
             status,
         ),
         500..=599 => Outcome::Retry {
