@@ -118,6 +118,7 @@ impl AppState {
             &config.database_url,
             config.pool_size,
             Duration::from_millis(config.pool_timeout_ms),
+            config.generic_plans,
         )
         .map_err(|e| db_err(e.to_string()))?;
         let base = config.fhir_base();

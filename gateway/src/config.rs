@@ -33,6 +33,9 @@ pub struct Config {
     /// Upper bound on database connections; requests wait at most `pool_timeout_ms` for one (then 503).
     pub pool_size: u32,
     pub pool_timeout_ms: u64,
+    /// Pooled connections plan each prepared statement once (`plan_cache_mode =
+    /// force_generic_plan`); false leaves Postgres's default (`auto`).
+    pub generic_plans: bool,
     pub mappings_dir: PathBuf,
     pub metadata_dir: PathBuf,
     pub log_format: LogFormat,
@@ -93,6 +96,7 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/kiunga".into(),
             pool_size: 10,
             pool_timeout_ms: 5_000,
+            generic_plans: true,
             mappings_dir: "mappings".into(),
             metadata_dir: "fixtures/metadata".into(),
             log_format: LogFormat::Text,
@@ -190,6 +194,9 @@ impl Config {
         }
         if let Some(v) = get("KIUNGA_POOL_SIZE") {
             self.pool_size = parse("KIUNGA_POOL_SIZE", v)?;
+        }
+        if let Some(v) = get("KIUNGA_GENERIC_PLANS") {
+            self.generic_plans = parse("KIUNGA_GENERIC_PLANS", v)?;
         }
         if let Some(v) = get("KIUNGA_POOL_TIMEOUT_MS") {
             self.pool_timeout_ms = parse("KIUNGA_POOL_TIMEOUT_MS", v)?;

@@ -66,10 +66,20 @@ impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Ge
 }
 
 /// A bounded pool: a request waits at most `timeout` for a connection and then gets a 503.
-pub fn pool(database_url: &str, size: u32, timeout: Duration) -> Result<PgPool, Error> {
+pub fn pool(
+    database_url: &str,
+    size: u32,
+    timeout: Duration,
+    generic_plans: bool,
+) -> Result<PgPool, Error> {
     let manager = ConnectionManager::<PgConnection>::new(libpq_url(database_url));
-    Pool::builder()
-        .connection_customizer(Box::new(GenericPlans))
+    let builder = Pool::builder();
+    let builder = if generic_plans {
+        builder.connection_customizer(Box::new(GenericPlans))
+    } else {
+        builder
+    };
+    builder
         .max_size(size)
         .min_idle(Some(1.min(size)))
         .connection_timeout(timeout)
