@@ -315,9 +315,7 @@ fn program_condition(ps: Option<&ProgramScope>, sql: &mut Sql, enrollment: &str)
     let d = sql.bind(Bind::Ints(p.protected.clone()));
     let e = sql.bind(Bind::Text(p.actor.clone()));
     let f = sql.bind(Bind::Ints(p.programs.clone()));
-    Some(format!(
-        "kiunga_enrollment_visible({enrollment}, {a}, {b}, {c}, {d}, {e}, {f})"
-    ))
+    Some(ProgramScope::sql(enrollment, [a, b, c, d, e, f]))
 }
 
 fn patient_plan(

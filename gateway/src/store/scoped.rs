@@ -37,7 +37,7 @@ pub struct Scoped<'a> {
     pub changed: bool,
 }
 
-/// The caller's scope as the database function `kiunga_enrollment_visible` takes it: org-unit ids
+/// The caller's scope as the ownership rule ([`VISIBLE`]) takes it: org-unit ids
 /// of the search and capture scopes, the OPEN/AUDITED and the PROTECTED programs, and who is
 /// asking (for break-the-glass grants). The one place where DHIS2's ownership rule meets a query.
 #[derive(Debug, Clone)]
@@ -102,19 +102,69 @@ impl ProgramScope {
         })
     }
 
-    /// `kiunga_enrollment_visible(<enrollment>, $a, $b, ...)` with the binds numbered from `first`;
-    /// the values to bind, in order, are [`ProgramScope::binds`].
+    /// The rule as SQL text for the enrollment given as SQL, with the binds numbered from
+    /// `first`; the values to bind, in order, are search, capture, open, protected, actor,
+    /// programs.
     pub fn call(enrollment: &str, first: usize) -> String {
-        format!(
-            "kiunga_enrollment_visible({enrollment}, ${}, ${}, ${}, ${}, ${}, ${})",
-            first,
-            first + 1,
-            first + 2,
-            first + 3,
-            first + 4,
-            first + 5
-        )
+        let n = |i: usize| format!("${}", first + i);
+        Self::sql(enrollment, [n(0), n(1), n(2), n(3), n(4), n(5)])
     }
+
+    /// [`VISIBLE`] with `enrollment` and the placeholders of search, capture, open, protected,
+    /// actor and programs put in.
+    pub fn sql(enrollment: &str, binds: [String; 6]) -> String {
+        let mut out = String::with_capacity(VISIBLE.len() + 64);
+        for piece in visible_pieces() {
+            match piece {
+                Piece::Sql(t) => out.push_str(t),
+                Piece::Enrollment => out.push_str(enrollment),
+                Piece::Bind(i) => out.push_str(&binds[i]),
+            }
+        }
+        out
+    }
+}
+
+/// DHIS2's ownership rule for one enrollment, inline in the statement (a function call per row
+/// cost a PL/pgSQL call and its SPI query each; inline, the rule is part of the statement's plan,
+/// which the pool keeps). `{en}` is the enrollment id; `{0}`…`{5}` are the caller's search org
+/// units, capture org units, OPEN/AUDITED programs, PROTECTED programs, actor (break-the-glass
+/// grants) and granted programs. A program has one access level, so the three branches are the
+/// function `kiunga_enrollment_visible`'s (migration 14) in SQL: the owner (a transfer's, else the
+/// enrolling org unit) in the capture scope; an open program owned in the search scope; a
+/// protected program with a live grant.
+pub const VISIBLE: &str =
+    "EXISTS (SELECT 1 FROM enrollment vis_en LEFT JOIN program_ownership vis_po \
+ON vis_po.tracked_entity_id = vis_en.tracked_entity_id AND vis_po.program_id = vis_en.program_id \
+WHERE vis_en.id = {en} AND vis_en.program_id = ANY({5}) \
+AND (COALESCE(vis_po.org_unit_id, vis_en.org_unit_id) = ANY({1}) \
+OR (vis_en.program_id = ANY({2}) AND COALESCE(vis_po.org_unit_id, vis_en.org_unit_id) = ANY({0})) \
+OR (vis_en.program_id = ANY({3}) AND EXISTS (SELECT 1 FROM ownership_override vis_o \
+WHERE vis_o.actor = {4} AND vis_o.tracked_entity_id = vis_en.tracked_entity_id \
+AND vis_o.program_id = vis_en.program_id AND vis_o.expires_at > now()))))";
+
+pub(crate) enum Piece {
+    Sql(&'static str),
+    Enrollment,
+    Bind(usize),
+}
+
+/// [`VISIBLE`] cut at its slots.
+pub(crate) fn visible_pieces() -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = VISIBLE;
+    while let Some(i) = rest.find('{') {
+        out.push(Piece::Sql(&rest[..i]));
+        let end = i + rest[i..].find('}').expect("VISIBLE's slots are closed");
+        let slot = &rest[i + 1..end];
+        out.push(match slot {
+            "en" => Piece::Enrollment,
+            n => Piece::Bind(n.parse().expect("VISIBLE's slots are en or 0-5")),
+        });
+        rest = &rest[end + 1..];
+    }
+    out.push(Piece::Sql(rest));
+    out
 }
 
 /// A Bundle entry, as errors name it.
@@ -567,21 +617,23 @@ mod filters {
     impl QueryFragment<Pg> for EnrollmentVisible {
         fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
             let s = &self.scope;
-            out.push_sql("kiunga_enrollment_visible(");
-            out.push_sql(self.enrollment);
-            out.push_sql(", ");
-            out.push_bind_param::<Array<BigInt>, _>(&s.search)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Array<BigInt>, _>(&s.capture)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Array<BigInt>, _>(&s.open)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Array<BigInt>, _>(&s.protected)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&s.actor)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Array<BigInt>, _>(&s.programs)?;
-            out.push_sql(")");
+            for piece in super::visible_pieces() {
+                match piece {
+                    super::Piece::Sql(t) => out.push_sql(t),
+                    super::Piece::Enrollment => out.push_sql(self.enrollment),
+                    super::Piece::Bind(4) => out.push_bind_param::<Text, _>(&s.actor)?,
+                    super::Piece::Bind(i) => {
+                        let ids = match i {
+                            0 => &s.search,
+                            1 => &s.capture,
+                            2 => &s.open,
+                            3 => &s.protected,
+                            _ => &s.programs,
+                        };
+                        out.push_bind_param::<Array<BigInt>, _>(ids)?
+                    }
+                }
+            }
             Ok(())
         }
     }
