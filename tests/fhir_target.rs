@@ -9,7 +9,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiunga_doubles::fhir::{Config as FhirConfig, FhirServer};
 use serde_json::{json, Value};
@@ -93,24 +93,7 @@ fn visit(app: &TestApp, nid: &str) -> Value {
 }
 
 fn settle(app: &TestApp, within: Duration) -> Value {
-    let until = Instant::now() + within;
-    loop {
-        let pending = app
-            .db
-            .scalar("SELECT count(*) FROM outbox_item WHERE status = 'pending'");
-        if pending == 0 || Instant::now() > until {
-            let mut out = json!({});
-            for row in app
-                .db
-                .text("SELECT status || '=' || count(*) FROM outbox_item GROUP BY status")
-            {
-                let (k, v) = row.split_once('=').expect("status=count");
-                out[k] = json!(v.parse::<i64>().expect("count"));
-            }
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::outbox_settled(app, within)
 }
 
 fn with_system<'a>(r: &'a Value, system: &str) -> Option<&'a str> {

@@ -109,26 +109,8 @@ fn observation(loinc: &str, quantity: Value, n: u32) -> Value {
     })
 }
 
-/// Waits until no item is pending (or the deadline passes), and returns the count per status.
 fn settle(app: &TestApp, within: Duration) -> Value {
-    let until = Instant::now() + within;
-    loop {
-        let pending = app
-            .db
-            .scalar("SELECT count(*) FROM outbox_item WHERE status = 'pending'");
-        if pending == 0 || Instant::now() > until {
-            let mut out = json!({});
-            for row in app
-                .db
-                .text("SELECT status || '=' || count(*) FROM outbox_item GROUP BY status")
-            {
-                let (k, v) = row.split_once('=').expect("status=count");
-                out[k] = json!(v.parse::<i64>().expect("count"));
-            }
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::outbox_settled(app, within)
 }
 
 fn identifier_values(patients: &[Value]) -> Vec<String> {

@@ -484,3 +484,26 @@ pub fn unit_as<T>(
     let mut conn = app.db.conn();
     kiunga::store::Scoped::transaction(&mut conn, ctx, |s| f(s, &env))
 }
+
+/// Waits until no outbox item is pending (or `within` passes), and returns the count of items
+/// per status (`{"delivered": 5, "dead": 1}`).
+pub fn outbox_settled(app: &TestApp, within: std::time::Duration) -> Value {
+    let until = std::time::Instant::now() + within;
+    while app
+        .db
+        .scalar("SELECT count(*) FROM outbox_item WHERE status = 'pending'")
+        > 0
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut out = serde_json::json!({});
+    for row in app
+        .db
+        .text("SELECT status || '=' || count(*) FROM outbox_item GROUP BY status")
+    {
+        let (k, v) = row.split_once('=').expect("status=count");
+        out[k] = serde_json::json!(v.parse::<i64>().expect("count"));
+    }
+    out
+}

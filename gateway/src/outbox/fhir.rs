@@ -23,13 +23,7 @@ use crate::error::Error;
 const SENT: &[&str] = &["Patient", "Encounter", "Observation"];
 
 pub fn deliver(job: &mut Job) -> Result<Outcome, Error> {
-    let kind = job.item.kind.clone();
-    let uid = job.item.resource_uid.clone();
-    if job.item.operation == "delete" {
-        return http::delete(job, &kind, &uid);
-    }
-    let uncertain = job.item.uncertain;
-    push(job, &kind, &uid, uncertain)
+    http::deliver_record(job, push)
 }
 
 fn record_system(job: &Job) -> String {
@@ -217,35 +211,8 @@ fn look_up(job: &mut Job, kind: &str, uid: &str) -> Result<Result<Option<String>
     })
 }
 
-/// The target's id of a record ours refers to, sending it first when the target lacks it.
 fn ensure(job: &mut Job, kind: &str, uid: &str) -> Result<Result<String, Outcome>, Error> {
-    if let Some(id) = job.remote_id(kind, uid)? {
-        return Ok(Ok(id));
-    }
-    match push(job, kind, uid, true)? {
-        Outcome::Delivered {
-            remote_id: Some(id),
-        } => Ok(Ok(id)),
-        Outcome::Rejected {
-            kind: k,
-            message,
-            status,
-        } => Ok(Err(Outcome::Rejected {
-            kind: k,
-            message: format!("{kind} {uid}, which this record refers to, was refused: {message}"),
-            status,
-        })),
-        Outcome::Delivered { remote_id: None } | Outcome::Skipped { .. } => {
-            Ok(Err(Outcome::rejected(
-                "dependency",
-                format!(
-                    "{kind} {uid}, which this record refers to, could not be sent (it was deleted)"
-                ),
-                None,
-            )))
-        }
-        other => Ok(Err(other)),
-    }
+    http::ensure(job, kind, uid, push)
 }
 
 /// Our rendering → what the target gets.

@@ -266,3 +266,57 @@ pub fn enc(s: &str) -> String {
     }
     out
 }
+
+/// How a FHIR kind creates or updates `kind/uid` on its target (`uncertain`: look first).
+pub type Push = fn(&mut Job, &str, &str, bool) -> Result<Outcome, Error>;
+
+/// Delivers a record item of a FHIR kind: a delete is a FHIR DELETE, anything else `push`.
+/// `Err` is our own failure (the database), retried like a transient one.
+pub fn deliver_record(job: &mut Job, push: Push) -> Result<Outcome, Error> {
+    let kind = job.item.kind.clone();
+    let uid = job.item.resource_uid.clone();
+    if job.item.operation == "delete" {
+        return delete(job, &kind, &uid);
+    }
+    let uncertain = job.item.uncertain;
+    push(job, &kind, &uid, uncertain)
+}
+
+/// The target's id of a record our item depends on, sent first (by `push`) when the target has
+/// never had it. `Err(outcome)`: the dependency could not be sent; the item settles with that.
+pub fn ensure(
+    job: &mut Job,
+    kind: &str,
+    uid: &str,
+    push: Push,
+) -> Result<Result<String, Outcome>, Error> {
+    if let Some(id) = job.remote_id(kind, uid)? {
+        return Ok(Ok(id));
+    }
+    // A dependency never sent by us may still have been sent by an attempt whose answer was
+    // lost: it is pushed as uncertain (looked up first).
+    match push(job, kind, uid, true)? {
+        Outcome::Delivered {
+            remote_id: Some(id),
+        } => Ok(Ok(id)),
+        Outcome::Delivered { remote_id: None } | Outcome::Skipped { .. } => {
+            Ok(Err(Outcome::rejected(
+                "dependency",
+                format!(
+                    "{kind} {uid}, which this record refers to, could not be sent (it was deleted)"
+                ),
+                None,
+            )))
+        }
+        Outcome::Rejected {
+            kind: k,
+            message,
+            status,
+        } => Ok(Err(Outcome::Rejected {
+            kind: k,
+            message: format!("{kind} {uid}, which this record refers to, was refused: {message}"),
+            status,
+        })),
+        other => Ok(Err(other)),
+    }
+}

@@ -22,13 +22,7 @@ const ENCOUNTER_TYPE: &str = "http://fhir.openmrs.org/code-system/encounter-type
 
 /// Delivers one item. `Err` is our own failure (the database), retried like a transient one.
 pub fn deliver(job: &mut Job) -> Result<Outcome, Error> {
-    let kind = job.item.kind.clone();
-    let uid = job.item.resource_uid.clone();
-    if job.item.operation == "delete" {
-        return http::delete(job, &kind, &uid);
-    }
-    let uncertain = job.item.uncertain;
-    push(job, &kind, &uid, uncertain)
+    http::deliver_record(job, push)
 }
 
 /// Creates or updates `kind/uid` on the target, sending what it depends on first.
@@ -108,38 +102,8 @@ fn create(job: &mut Job, kind: &str, uid: &str, body: &Value) -> Result<Outcome,
     })
 }
 
-/// The target's id of a record our item depends on, sending it first when the target has never
-/// had it. `Err(outcome)`: the dependency could not be sent; the item settles with that.
 fn ensure(job: &mut Job, kind: &str, uid: &str) -> Result<Result<String, Outcome>, Error> {
-    if let Some(id) = job.remote_id(kind, uid)? {
-        return Ok(Ok(id));
-    }
-    // A dependency never sent by us may still have been sent by an attempt whose answer was
-    // lost: look it up (a Patient always is).
-    match push(job, kind, uid, true)? {
-        Outcome::Delivered {
-            remote_id: Some(id),
-        } => Ok(Ok(id)),
-        Outcome::Delivered { remote_id: None } | Outcome::Skipped { .. } => {
-            Ok(Err(Outcome::rejected(
-                "dependency",
-                format!(
-                    "{kind} {uid}, which this record refers to, could not be sent (it was deleted)"
-                ),
-                None,
-            )))
-        }
-        Outcome::Rejected {
-            kind: k,
-            message,
-            status,
-        } => Ok(Err(Outcome::Rejected {
-            kind: k,
-            message: format!("{kind} {uid}, which this record refers to, was refused: {message}"),
-            status,
-        })),
-        other => Ok(Err(other)),
-    }
+    http::ensure(job, kind, uid, push)
 }
 
 /// Our rendering → the body OpenMRS takes. `Ok(Err(outcome))`: it cannot be translated (a
