@@ -121,9 +121,12 @@ pub fn lock(s: &mut Scoped, keys: &[i64]) -> Result<(), Error> {
     }
     wanted.sort_unstable();
     wanted.dedup();
-    diesel::sql_query("SELECT count(pg_advisory_xact_lock(k)) AS n FROM unnest($1::int8[]) AS k")
-        .bind::<Array<BigInt>, _>(&wanted)
-        .execute(s.conn()?)?;
+    let mut sql = super::dynamic::Sql::default();
+    let keys = sql.bind(super::dynamic::Bind::Ints(wanted.clone()));
+    sql.query(format!(
+        "SELECT count(pg_advisory_xact_lock(k)) AS n FROM unnest({keys}::int8[]) AS k"
+    ))
+    .execute(s.conn()?)?;
     s.links.locked.extend(wanted);
     Ok(())
 }
