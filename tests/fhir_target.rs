@@ -347,30 +347,14 @@ fn a_patient_the_target_holds_is_adopted_and_an_ambiguous_one_waits_for_a_person
 
 #[test]
 fn a_fhir_r4_target_file_is_checked_with_file_and_line() {
-    let dir = mappings_copy();
-    std::fs::create_dir_all(dir.join("targets")).expect("targets dir");
-    std::fs::write(
-        dir.join("targets/shr2.toml"),
+    support::assert_target_file_refused(
+        "shr2.toml",
         "kind = \"fhir-r4\"\nurl = \"http://127.0.0.1:9/fhir\"\ntoken_env = \"KIUNGA_X\"\nuser_env = \"KIUNGA_U\"\npassword_env = \"KIUNGA_P\"\ndefault_location = \"x\"\n\n[trigger]\nresources = [\"Patient\"]\n\n[[organization]]\norg_unit = \"KD_KAS_MTO\"\nreference = \"Location/1\"\n",
-    )
-    .expect("write");
-    let db = support::TestDb::new();
-    let mut conn = db.conn();
-    let md = kiunga::tracker::metadata::Metadata::load(&mut conn).expect("metadata");
-    let problems = kiunga::mapping::MappingSet::load(&dir, &md)
-        .expect_err("refused")
-        .to_string();
-    let file = dir.join("targets/shr2.toml").display().to_string();
-    for (line, what) in [
-        (1, "needs `record_system`"),
-        (3, "not both"),
-        (6, "belongs to an openmrs-fhir2 target"),
-        (13, "is not `Organization/<id>`"),
-    ] {
-        assert!(
-            problems.contains(&format!("{file}:{line}: ")) && problems.contains(what),
-            "{what} at line {line}:\n{problems}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+        &[
+            (1, "needs `record_system`"),
+            (3, "not both"),
+            (6, "belongs to an openmrs-fhir2 target"),
+            (13, "is not `Organization/<id>`"),
+        ],
+    );
 }

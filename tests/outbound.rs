@@ -532,33 +532,17 @@ fn changes_from_the_target_itself_are_not_sent_back_and_the_outbox_has_an_admin_
 
 #[test]
 fn a_broken_target_file_is_refused_with_file_and_line() {
-    let dir = mappings_copy();
-    std::fs::create_dir_all(dir.join("targets")).expect("dir");
-    std::fs::write(
-        dir.join("targets/emr.toml"),
+    support::assert_target_file_refused(
+        "emr.toml",
         "kind = \"openmrs-fhir2\"\nurl = \"http://127.0.0.1:9/openmrs/ws/fhir2/R4\"\nuser_env = \"KIUNGA_X_USER\"\npassword_env = \"hunter2\"\n\n[trigger]\nresources = [\"Patient\", \"Condition\"]\nprograms = [\"NOPE\"]\n\n[[identifier]]\nsystem = \"http://example.org/unknown\"\ntarget_system = \"x\"\nofficial = true\n\n[[concept]]\nsystem = \"http://loinc.org\"\ncode = \"29463-7\"\ntarget_code = \"5089\"\nunit = \"stone\"\n",
-    )
-    .expect("write");
-    let db = support::TestDb::new();
-    let mut conn = db.conn();
-    let md = kiunga::tracker::metadata::Metadata::load(&mut conn).expect("metadata");
-    let problems = kiunga::mapping::MappingSet::load(&dir, &md)
-        .expect_err("refused")
-        .to_string();
-    let file = dir.join("targets/emr.toml").display().to_string();
-    for (line, what) in [
-        (4, "not an environment variable name"),
-        (7, "`Condition` is not pushed"),
-        (8, "unknown program `NOPE`"),
-        (11, "is not declared in patient.toml"),
-        (19, "`stone` is not a UCUM unit"),
-    ] {
-        assert!(
-            problems.contains(&format!("{file}:{line}: ")) && problems.contains(what),
-            "{what} at line {line}:\n{problems}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+        &[
+            (4, "not an environment variable name"),
+            (7, "`Condition` is not pushed"),
+            (8, "unknown program `NOPE`"),
+            (11, "is not declared in patient.toml"),
+            (19, "`stone` is not a UCUM unit"),
+        ],
+    );
 }
 
 #[test]

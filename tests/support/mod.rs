@@ -507,3 +507,26 @@ pub fn outbox_settled(app: &TestApp, within: std::time::Duration) -> Value {
     }
     out
 }
+
+/// Writes `text` as `targets/<name>` in a copy of the shipped mappings, loads the set, and asserts
+/// that it is refused with each `(line, words)` reported as `<file>:<line>: …words…`.
+pub fn assert_target_file_refused(name: &str, text: &str, expected: &[(usize, &str)]) {
+    let dir = mappings_copy();
+    std::fs::create_dir_all(dir.join("targets")).expect("targets dir");
+    let path = dir.join("targets").join(name);
+    std::fs::write(&path, text).expect("write the target file");
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let md = kiunga::tracker::metadata::Metadata::load(&mut conn).expect("metadata");
+    let problems = kiunga::mapping::MappingSet::load(&dir, &md)
+        .expect_err("refused")
+        .to_string();
+    let file = path.display().to_string();
+    for (line, what) in expected {
+        assert!(
+            problems.contains(&format!("{file}:{line}: ")) && problems.contains(what),
+            "{what} at line {line}:\n{problems}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
