@@ -118,7 +118,7 @@ impl ProgramScope {
             match piece {
                 Piece::Sql(t) => out.push_str(t),
                 Piece::Enrollment => out.push_str(enrollment),
-                Piece::Bind(i) => out.push_str(&binds[i]),
+                Piece::Bind(i) => out.push_str(&binds[*i]),
             }
         }
         out
@@ -149,8 +149,13 @@ pub(crate) enum Piece {
     Bind(usize),
 }
 
-/// [`VISIBLE`] cut at its slots.
-pub(crate) fn visible_pieces() -> Vec<Piece> {
+/// [`VISIBLE`] cut at its slots, once per process (every scoped read of program data uses it).
+pub(crate) fn visible_pieces() -> &'static [Piece] {
+    static PIECES: std::sync::OnceLock<Vec<Piece>> = std::sync::OnceLock::new();
+    PIECES.get_or_init(cut_visible)
+}
+
+fn cut_visible() -> Vec<Piece> {
     let mut out = Vec::new();
     let mut rest = VISIBLE;
     while let Some(i) = rest.find('{') {
@@ -623,7 +628,7 @@ mod filters {
                     super::Piece::Enrollment => out.push_sql(self.enrollment),
                     super::Piece::Bind(4) => out.push_bind_param::<Text, _>(&s.actor)?,
                     super::Piece::Bind(i) => {
-                        let ids = match i {
+                        let ids = match *i {
                             0 => &s.search,
                             1 => &s.capture,
                             2 => &s.open,
