@@ -69,7 +69,7 @@ fn template_name() -> String {
 }
 
 fn admin() -> PgConnection {
-    PgConnection::establish(&admin_url()).unwrap_or_else(|e| {
+    PgConnection::establish(&kiunga::store::libpq_url(&admin_url())).unwrap_or_else(|e| {
         panic!("tests need Postgres: cannot connect to {} ({e}); run `make test`, or set KIUNGA_TEST_DATABASE_URL", admin_url())
     })
 }
@@ -102,8 +102,11 @@ fn ensure_template() -> String {
             .execute(&mut conn)
             .expect("create template");
         {
-            let mut t = PgConnection::establish(&with_db(&admin_url(), &building))
-                .expect("connect template");
+            let mut t = PgConnection::establish(&kiunga::store::libpq_url(&with_db(
+                &admin_url(),
+                &building,
+            )))
+            .expect("connect template");
             kiunga::store::run_migrations(&mut t).expect("migrations");
             kiunga::store::metadata_import::import_dir(&mut t, &repo().join("fixtures/metadata"))
                 .expect("metadata");
@@ -149,7 +152,8 @@ impl TestDb {
     }
 
     pub fn conn(&self) -> PgConnection {
-        PgConnection::establish(&self.url).expect("connect test database")
+        PgConnection::establish(&kiunga::store::libpq_url(&self.url))
+            .expect("connect test database")
     }
 
     /// A single number from SQL (counts, mostly).
@@ -180,7 +184,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut conn) = PgConnection::establish(&admin_url()) {
+        if let Ok(mut conn) = PgConnection::establish(&kiunga::store::libpq_url(&admin_url())) {
             let _ = sql_query(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
