@@ -2,7 +2,6 @@
 //! mapping files against the metadata and prints `file:line: problem` for each problem.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kiunga::app::{AppState, Gateway, StartError};
@@ -178,7 +177,43 @@ enum MappingsAction {
     },
 }
 
-fn main() -> ExitCode {
+/// A command's exit status. Not `std::process::ExitCode`: the process ends through [`end`], which
+/// needs the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExitCode(u8);
+
+impl ExitCode {
+    const SUCCESS: ExitCode = ExitCode(0);
+    const FAILURE: ExitCode = ExitCode(1);
+}
+
+impl From<u8> for ExitCode {
+    fn from(code: u8) -> Self {
+        ExitCode(code)
+    }
+}
+
+/// Ends the process without running C `atexit` handlers. When a command returns, threads it does
+/// not own may still be inside libpq: r2d2 tops up its idle connection in the background and the
+/// token listener reconnects. OpenSSL's `atexit` cleanup frees the locks those threads' TLS
+/// handshakes are using, and the process died with SIGSEGV after its work was done (about one run
+/// in ten of `kiunga outbox status`, seen in CI). Everything that matters is finished before this
+/// is called: transactions are committed, the audit trail flushed, the workers stopped; only
+/// stdout and stderr still hold bytes.
+fn end(code: ExitCode) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and does not return; skipping the `atexit` handlers is
+    // its purpose. Rust runs no destructors at exit either way.
+    unsafe { libc::_exit(i32::from(code.0)) }
+}
+
+fn main() {
+    end(run())
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load() {
         Ok(c) => c,
@@ -317,7 +352,7 @@ fn import(
     if let Err(e) = ctrlc::set_handler(move || {
         // The unit in progress is rolled back; finished ones stay. A second Ctrl-C kills at once.
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            end(ExitCode(130));
         }
         eprintln!("kiunga: interrupted; finishing with the records already committed (Ctrl-C again to kill)");
     }) {
