@@ -192,9 +192,9 @@ pub fn load(conn: &mut PgConnection, ids: &Ids, from: u64, to: u64) -> Result<()
     );
     let values = format!(
         "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num,
-                                       observed_at, version, created, last_updated)
+                                       observed_at, version, created, last_updated, enrollment_id)
          SELECT 'bO' || lpad((n * 5 + v.j)::text, 9, '0'), ev.id, v.de, ev.tracked_entity_id, v.num::text,
-                v.num::float8, ev.occurred_at, 1, now(), now()
+                v.num::float8, ev.occurred_at, 1, now(), now(), ev.enrollment_id
          FROM event ev, LATERAL (SELECT substr(ev.uid, 3)::int8 AS n) AS x, LATERAL (VALUES
            (0, {w}, (40 + n % 60)::numeric + (n % 2) * 0.5),
            (1, {h}, (150 + n % 40)::numeric),

@@ -562,7 +562,7 @@ pub fn type_history(
         "Encounter" => ("JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.enrollment_id")),
         "EpisodeOfCare" => ("JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.id")),
         "RelatedPerson" => ("JOIN relationship x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = CASE WHEN x.related_is_from THEN x.to_tracked_entity_id ELSE x.from_tracked_entity_id END", None),
-        _ => ("JOIN event_data_value x ON x.uid = cl.resource_uid JOIN event xe ON xe.id = x.event_id JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("xe.enrollment_id")),
+        _ => ("JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.enrollment_id")),
     };
     let (roots, patterns) = s
         .ctx

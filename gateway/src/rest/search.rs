@@ -605,11 +605,8 @@ fn observation_plan(
 ) -> Result<Plan, Error> {
     let map = &env.mappings.observation;
     let mut c = vec!["NOT d.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(program_condition(
-        ps,
-        sql,
-        "(SELECT ev.enrollment_id FROM event ev WHERE ev.id = d.event_id)",
-    ));
+    // The value carries its event's enrollment: through the event the rule cost a look-up per row.
+    c.extend(program_condition(ps, sql, "d.enrollment_id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {

@@ -362,7 +362,7 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
             .order((dv::observed_at.asc().nulls_last(), dv::id)),
     };
     if let Some(scope) = s.program_scope()? {
-        q = q.filter(scope.visible("event.enrollment_id"));
+        q = q.filter(scope.visible("event_data_value.enrollment_id"));
     }
     Ok(q.load::<ValueRow>(s.conn()?)?
         .into_iter()
@@ -401,6 +401,8 @@ pub fn lock_value(conn: &mut PgConnection, id: i64) -> Result<DataValueRecord, E
 pub struct NewValue<'a> {
     pub uid: &'a str,
     pub event_id: i64,
+    /// The event's enrollment (the ownership rule reads it from the value).
+    pub enrollment_id: i64,
     pub data_element_id: i64,
     pub tracked_entity_id: i64,
     pub value: &'a str,
@@ -418,6 +420,7 @@ pub fn update_value(
     diesel::update(dv::table.find(id))
         .set((
             dv::event_id.eq(v.event_id),
+            dv::enrollment_id.eq(v.enrollment_id),
             dv::data_element_id.eq(v.data_element_id),
             dv::value.eq(v.value),
             dv::value_num.eq(v.value_num),

@@ -230,6 +230,8 @@ pub struct ValueRow {
     pub version: i32,
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
+    /// The event's enrollment (the ownership rule reads it from the value).
+    pub enrollment_id: i64,
 }
 
 #[derive(Default)]

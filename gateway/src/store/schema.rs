@@ -224,6 +224,7 @@ diesel::table! {
         version -> Int4,
         created -> Timestamptz,
         last_updated -> Timestamptz,
+        enrollment_id -> Int8,
     }
 }
 

@@ -125,6 +125,7 @@ pub fn create(
         version: 1,
         created: now,
         last_updated: now,
+        enrollment_id: event.enrollment_id,
     });
     let d = DataValueRecord {
         id,
@@ -183,6 +184,7 @@ pub fn update(
     let nv = NewValue {
         uid,
         event_id: event.id,
+        enrollment_id: event.enrollment_id,
         data_element_id: w.data_element_id,
         tracked_entity_id: person.id,
         value: &w.value,
