@@ -78,7 +78,8 @@ fn links(p: &Value) -> Vec<(String, String)> {
 }
 
 /// Data values whose enrollment is not their event's (migration 19 keeps them equal).
-const STRAY_VALUES: &str = "SELECT count(*) FROM event_data_value d JOIN event e ON e.id = d.event_id \
+const STRAY_VALUES: &str =
+    "SELECT count(*) FROM event_data_value d JOIN event e ON e.id = d.event_id \
      WHERE d.enrollment_id <> e.enrollment_id";
 
 fn internal_id(app: &TestApp, uid: &str) -> i64 {
@@ -267,7 +268,11 @@ fn merge_moves_every_row_in_one_transaction_and_unmerge_puts_them_back() {
     );
     // Values carry their event's enrollment (the ownership rule reads it there): the visit's
     // weights moved with it.
-    assert_eq!(db.scalar(STRAY_VALUES), 0, "values left in the old enrollment");
+    assert_eq!(
+        db.scalar(STRAY_VALUES),
+        0,
+        "values left in the old enrollment"
+    );
     assert_eq!(
         db.text(&format!("SELECT p.code FROM enrollment en JOIN program p ON p.id = en.program_id WHERE en.tracked_entity_id = {s_id}")),
         vec!["OPD"]
@@ -377,7 +382,11 @@ fn merge_moves_every_row_in_one_transaction_and_unmerge_puts_them_back() {
         .expect(200);
     assert_eq!(part(&undo, "result")["id"], p.source);
     assert_eq!(rows(&app, &[s_id, t_id]), before);
-    assert_eq!(app.db.scalar(STRAY_VALUES), 0, "values left in the target's enrollment");
+    assert_eq!(
+        app.db.scalar(STRAY_VALUES),
+        0,
+        "values left in the target's enrollment"
+    );
     let source = app.get(&format!("Patient/{}", p.source)).expect(200);
     assert_eq!(source["active"], true);
     assert!(links(&source).is_empty(), "{source}");

@@ -14,8 +14,8 @@ use crate::fhir::bundle::{self, SearchEntry};
 use crate::fhir::search::{paging, query_with_offset, Param};
 use crate::store::dynamic::{Bind, Sql};
 use crate::store::events;
+use crate::store::page::Vouched;
 use crate::store::patients as person_store;
-use crate::store::ProgramScope;
 use crate::store::Scoped;
 use crate::tracker::Env;
 use crate::translate::{self, reference_id};
@@ -26,15 +26,7 @@ struct IdRow {
     id: i64,
 }
 
-/// One id of a result page, with the size of the whole result (`count(*) OVER ()`).
-#[derive(QueryableByName)]
-struct PageRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
+/// The size of a whole result, counted apart (a page past its end, `_summary=count`).
 #[derive(QueryableByName)]
 struct CountRow {
     #[diesel(sql_type = BigInt)]
@@ -287,6 +279,9 @@ struct Plan {
     id_column: &'static str,
     conditions: Vec<String>,
     order: Vec<String>,
+    /// For program data, the SQL of the enrollment each row belongs to: the store adds the
+    /// caller's ownership rule over it ([`Scoped::search_where`]).
+    enrollment: Option<&'static str>,
 }
 
 fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
@@ -303,19 +298,6 @@ fn person_condition(s: &Scoped, sql: &mut Sql, te: &str) -> Option<String> {
     let r = sql.bind(Bind::Texts(roots));
     let p = sql.bind(Bind::Texts(patterns));
     Some(crate::store::person_in_scope_sql(te, &r, &p))
-}
-
-/// Program data (enrollments, events, data values) follows DHIS2's ownership rule, applied by the
-/// database function the store's [`ProgramScope`] feeds.
-fn program_condition(ps: Option<&ProgramScope>, sql: &mut Sql, enrollment: &str) -> Option<String> {
-    let p = ps?;
-    let a = sql.bind(Bind::Ints(p.search.clone()));
-    let b = sql.bind(Bind::Ints(p.capture.clone()));
-    let c = sql.bind(Bind::Ints(p.open.clone()));
-    let d = sql.bind(Bind::Ints(p.protected.clone()));
-    let e = sql.bind(Bind::Text(p.actor.clone()));
-    let f = sql.bind(Bind::Ints(p.programs.clone()));
-    Some(ProgramScope::sql(enrollment, [a, b, c, d, e, f]))
 }
 
 fn patient_plan(
@@ -472,6 +454,7 @@ fn patient_plan(
     let order = order_by(params, lenient, "Patient", &keys, "te.id")?;
     Ok(Plan {
         from: "tracked_entity te",
+        enrollment: None,
         id_column: "te.id",
         conditions: c,
         order,
@@ -532,7 +515,6 @@ fn sort_keys(params: &[Param]) -> Vec<(bool, String)> {
 }
 
 fn encounter_plan(
-    ps: Option<&ProgramScope>,
     env: &Env,
     params: &[Param],
     lenient: bool,
@@ -540,7 +522,6 @@ fn encounter_plan(
 ) -> Result<Plan, Error> {
     let map = &env.mappings.encounter;
     let mut c = vec!["NOT e.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(program_condition(ps, sql, "e.enrollment_id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -590,6 +571,7 @@ fn encounter_plan(
     let order = order_by(params, lenient, "Encounter", &keys, "e.id")?;
     Ok(Plan {
         from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id",
+        enrollment: Some("e.enrollment_id"),
         id_column: "e.id",
         conditions: c,
         order,
@@ -597,7 +579,6 @@ fn encounter_plan(
 }
 
 fn observation_plan(
-    ps: Option<&ProgramScope>,
     env: &Env,
     params: &[Param],
     lenient: bool,
@@ -605,8 +586,6 @@ fn observation_plan(
 ) -> Result<Plan, Error> {
     let map = &env.mappings.observation;
     let mut c = vec!["NOT d.deleted".to_string(), "NOT te.deleted".to_string()];
-    // The value carries its event's enrollment: through the event the rule cost a look-up per row.
-    c.extend(program_condition(ps, sql, "d.enrollment_id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -681,6 +660,7 @@ fn observation_plan(
     let order = order_by(params, lenient, "Observation", &keys, "d.id")?;
     Ok(Plan {
         from: "event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id",
+        enrollment: Some("d.enrollment_id"),
         id_column: "d.id",
         conditions: c,
         order,
@@ -795,21 +775,15 @@ fn related_person_plan(
     let order = order_by(params, lenient, "RelatedPerson", &keys, "r.id")?;
     Ok(Plan {
         from: "relationship r JOIN tracked_entity te ON te.id = (CASE WHEN r.related_is_from THEN r.to_tracked_entity_id ELSE r.from_tracked_entity_id END)",
+        enrollment: None,
         id_column: "r.id",
         conditions: c,
         order,
     })
 }
 
-fn episode_plan(
-    ps: Option<&ProgramScope>,
-    env: &Env,
-    params: &[Param],
-    lenient: bool,
-    sql: &mut Sql,
-) -> Result<Plan, Error> {
+fn episode_plan(env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Result<Plan, Error> {
     let mut c = vec!["NOT en.deleted".to_string(), "NOT te.deleted".to_string()];
-    c.extend(program_condition(ps, sql, "en.id"));
     for p in params {
         let values = split(&p.value);
         if p.modifier.is_some() && !COMMON.contains(&p.name.as_str()) {
@@ -902,6 +876,7 @@ fn episode_plan(
     let order = order_by(params, lenient, "EpisodeOfCare", &keys, "en.id")?;
     Ok(Plan {
         from: "enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id",
+        enrollment: Some("en.id"),
         id_column: "en.id",
         conditions: c,
         order,
@@ -923,12 +898,23 @@ fn prefix_text(p: Prefix) -> &'static str {
 }
 
 /// Loads and renders records of one type by id, in the order given (scope applied again).
+/// Which records to render: ids the store checks against the caller's scope as it reads them, or
+/// a page the store found under that scope.
+pub enum Ids<'a> {
+    Check(&'a [i64]),
+    Vouched(&'a Vouched),
+}
+
 pub fn render_by_ids(
     s: &mut Scoped,
     env: &Env,
     resource_type: &str,
-    ids: &[i64],
+    which: Ids,
 ) -> Result<Vec<(i64, Value)>, Error> {
+    let ids = match which {
+        Ids::Check(ids) => ids,
+        Ids::Vouched(v) => v.ids(),
+    };
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -938,23 +924,32 @@ pub fn render_by_ids(
             .into_iter()
             .map(|r| (r.id, translate::patient::to_fhir(&r, &m.patient, md)))
             .collect(),
-        "Encounter" => events::events_by_ids(s, ids)?
-            .into_iter()
-            .map(|r| (r.id, translate::encounter::to_fhir(&r, m, md)))
-            .collect(),
+        "Encounter" => match which {
+            Ids::Vouched(v) => events::events_vouched(s, v)?,
+            Ids::Check(_) => events::events_by_ids(s, ids)?,
+        }
+        .into_iter()
+        .map(|r| (r.id, translate::encounter::to_fhir(&r, m, md)))
+        .collect(),
         "RelatedPerson" => {
             let records = crate::store::relationships::by_ids(s, ids)?;
             let rendered = super::care::render_related(s, env, &records)?;
             records.iter().map(|r| r.id).zip(rendered).collect()
         }
-        "EpisodeOfCare" => crate::store::enrollments::by_ids(s, ids)?
-            .into_iter()
-            .map(|e| (e.id, super::care::render_episode(env, &e)))
-            .collect(),
-        _ => events::values_by_ids(s, ids)?
-            .into_iter()
-            .map(|r| (r.id, translate::observation::to_fhir(&r, m, md)))
-            .collect(),
+        "EpisodeOfCare" => match which {
+            Ids::Vouched(v) => crate::store::enrollments::vouched(s, v)?,
+            Ids::Check(_) => crate::store::enrollments::by_ids(s, ids)?,
+        }
+        .into_iter()
+        .map(|e| (e.id, super::care::render_episode(env, &e)))
+        .collect(),
+        _ => match which {
+            Ids::Vouched(v) => events::values_vouched(s, v)?,
+            Ids::Check(_) => events::values_by_ids(s, ids)?,
+        }
+        .into_iter()
+        .map(|r| (r.id, translate::observation::to_fhir(&r, m, md)))
+        .collect(),
     };
     out.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
     super::decorate(s, out.iter_mut().map(|(_, r)| r))?;
@@ -1053,14 +1048,13 @@ pub fn search(
     base: &str,
 ) -> Result<Value, Error> {
     let (count, offset) = paging(params)?;
-    let ps = s.program_scope()?;
     let mut sql = Sql::default();
     let plan = match t {
         "Patient" => patient_plan(s, env, params, lenient, &mut sql)?,
-        "Encounter" => encounter_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
-        "Observation" => observation_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
+        "Encounter" => encounter_plan(env, params, lenient, &mut sql)?,
+        "Observation" => observation_plan(env, params, lenient, &mut sql)?,
         "RelatedPerson" => related_person_plan(s, env, params, lenient, &mut sql)?,
-        "EpisodeOfCare" => episode_plan(ps.as_ref(), env, params, lenient, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(env, params, lenient, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let summary = params
@@ -1076,13 +1070,14 @@ pub fn search(
         }
         _ => {}
     }
-    let where_clause = plan.conditions.join(" AND ");
+    let wh = s.search_where(&mut sql, &plan.conditions, plan.enrollment)?;
     let count_sql = sql.clone();
     let count_all = |s: &mut Scoped| -> Result<i64, Error> {
         Ok(count_sql
             .query(format!(
-                "SELECT count(*)::bigint AS n FROM {} WHERE {where_clause}",
-                plan.from
+                "SELECT count(*)::bigint AS n FROM {} WHERE {}",
+                plan.from,
+                wh.text()
             ))
             .get_result::<CountRow>(s.conn()?)?
             .n)
@@ -1097,28 +1092,27 @@ pub fn search(
         ));
     }
     // The page and the total in one round trip; only a page past the end needs its own count.
-    let limit = sql.bind(Bind::Int(count));
-    let skip = sql.bind(Bind::Int(offset));
-    let rows: Vec<PageRow> = sql
-        .query(format!(
-            "SELECT {} AS id, count(*) OVER ()::bigint AS n FROM {} WHERE {where_clause} ORDER BY {} LIMIT {limit} OFFSET {skip}",
-            plan.id_column,
-            plan.from,
-            plan.order.join(", ")
-        ))
-        .load(s.conn()?)?;
-    let total = match rows.first() {
-        Some(r) => r.n,
+    let (page, first_total) = s.page(
+        sql,
+        plan.from,
+        &wh,
+        plan.id_column,
+        &plan.order,
+        count,
+        offset,
+    )?;
+    let total = match first_total {
+        Some(n) => n,
         None if offset == 0 && count > 0 => 0,
         None => count_all(s)?,
     };
-    let page: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let page_ids: Vec<i64> = page.ids().to_vec();
 
     let elements: Option<Vec<String>> = params
         .iter()
         .find(|p| p.name == "_elements")
         .map(|p| split(&p.value).into_iter().map(str::to_string).collect());
-    let mut entries: Vec<SearchEntry> = render_by_ids(s, env, t, &page)?
+    let mut entries: Vec<SearchEntry> = render_by_ids(s, env, t, Ids::Vouched(&page))?
         .into_iter()
         .map(|(_, r)| SearchEntry {
             resource: match &elements {
@@ -1137,12 +1131,12 @@ pub fn search(
             )
         })
         .collect();
-    for (ty, inc_ids) in included(s, t, params, lenient, &page)? {
+    for (ty, inc_ids) in included(s, t, params, lenient, &page_ids)? {
         // Types the access token may not read are not included (nor read at all).
         if !s.ctx.may_read(ty) {
             continue;
         }
-        for (_, r) in render_by_ids(s, env, ty, &inc_ids)? {
+        for (_, r) in render_by_ids(s, env, ty, Ids::Check(&inc_ids))? {
             let key = (
                 ty.to_string(),
                 r["id"].as_str().unwrap_or_default().to_string(),
@@ -1179,14 +1173,13 @@ pub fn matching_ids(
     if params.iter().all(|p| COMMON.contains(&p.name.as_str())) {
         return Err(bad(format!("the condition `{query}` has no search parameter; say which {t} you mean (e.g. identifier=system|value)")));
     }
-    let ps = s.program_scope()?;
     let mut sql = Sql::default();
     let plan = match t {
         "Patient" => patient_plan(s, env, &params, false, &mut sql)?,
-        "Encounter" => encounter_plan(ps.as_ref(), env, &params, false, &mut sql)?,
-        "Observation" => observation_plan(ps.as_ref(), env, &params, false, &mut sql)?,
+        "Encounter" => encounter_plan(env, &params, false, &mut sql)?,
+        "Observation" => observation_plan(env, &params, false, &mut sql)?,
         "RelatedPerson" => related_person_plan(s, env, &params, false, &mut sql)?,
-        "EpisodeOfCare" => episode_plan(ps.as_ref(), env, &params, false, &mut sql)?,
+        "EpisodeOfCare" => episode_plan(env, &params, false, &mut sql)?,
         _ => return Err(Error::MethodNotAllowed(format!("{t} cannot be searched"))),
     };
     let uid_column = match t {
@@ -1196,6 +1189,7 @@ pub fn matching_ids(
         "EpisodeOfCare" => "en.uid",
         _ => "d.uid",
     };
+    let wh = s.search_where(&mut sql, &plan.conditions, plan.enrollment)?;
     let l = sql.bind(Bind::Int(limit));
     #[derive(QueryableByName)]
     struct Uid {
@@ -1206,7 +1200,7 @@ pub fn matching_ids(
         .query(format!(
             "SELECT {uid_column} AS uid FROM {} WHERE {} ORDER BY {} LIMIT {l}",
             plan.from,
-            plan.conditions.join(" AND "),
+            wh.text(),
             plan.id_column
         ))
         .load(s.conn()?)?;

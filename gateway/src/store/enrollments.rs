@@ -117,6 +117,19 @@ pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Erro
     scoped(s, Key::Ids(ids))
 }
 
+/// The enrollments of a search's page, found under the caller's scope
+/// ([`super::page::Vouched`]): the ownership rule is not run again.
+pub fn vouched(
+    s: &mut Scoped,
+    page: &super::page::Vouched,
+) -> Result<Vec<EnrollmentRecord>, Error> {
+    if page.ruled() {
+        load(s, Key::Ids(page.ids()), None)
+    } else {
+        by_ids(s, page.ids())
+    }
+}
+
 /// Enrollments by id whatever the caller may see: for rules about the registry (one enrollment
 /// per program) and for new versions a transfer writes, never to show.
 pub fn by_ids_unscoped(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EnrollmentRecord>, Error> {

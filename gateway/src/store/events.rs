@@ -6,6 +6,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Date};
 
+use super::page::Vouched;
 use super::schema::{enrollment as en, event as ev, event_data_value as dv, tracked_entity as te};
 use super::Scoped;
 use crate::error::Error;
@@ -87,6 +88,8 @@ macro_rules! event_select {
 /// Which records a scoped look-up wants.
 enum Key<'k> {
     Ids(&'k [i64]),
+    /// A page found under the caller's scope ([`Vouched`]): the ownership rule is not run again.
+    Vouched(&'k [i64]),
     Uid(&'k str),
     /// Every live record of one person, oldest first.
     Person(i64),
@@ -99,8 +102,9 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
         .inner_join(en::table)
         .select(event_select!())
         .into_boxed();
+    let vouched = matches!(key, Key::Vouched(_));
     q = match key {
-        Key::Ids(ids) => q.filter(ev::id.eq_any(ids)),
+        Key::Ids(ids) | Key::Vouched(ids) => q.filter(ev::id.eq_any(ids)),
         Key::Uid(uid) => q.filter(ev::uid.eq(uid)),
         Key::Person(id) => q
             .filter(ev::tracked_entity_id.eq(id))
@@ -108,8 +112,10 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
             .order((ev::occurred_at.asc().nulls_last(), ev::id)),
     };
     // An event follows its enrollment's owner (DHIS2's ownership rule, store::scoped::ProgramScope).
-    if let Some(scope) = s.program_scope()? {
-        q = q.filter(scope.visible("event.enrollment_id"));
+    if !vouched {
+        if let Some(scope) = s.program_scope()? {
+            q = q.filter(scope.visible("event.enrollment_id"));
+        }
     }
     Ok(q.load::<EventRow>(s.conn()?)?
         .into_iter()
@@ -119,6 +125,19 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
 
 pub fn events_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<EventRecord>, Error> {
     scoped_events(s, Key::Ids(ids))
+}
+
+/// The events of a search's page, found under the caller's scope.
+pub fn events_vouched(s: &mut Scoped, page: &Vouched) -> Result<Vec<EventRecord>, Error> {
+    scoped_events(s, vouched_key(page))
+}
+
+fn vouched_key(page: &Vouched) -> Key<'_> {
+    if page.ruled() {
+        Key::Vouched(page.ids())
+    } else {
+        Key::Ids(page.ids())
+    }
 }
 
 /// A person's live events, oldest first (for `$everything`).
@@ -353,16 +372,19 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
         .inner_join(te::table)
         .select(value_select!())
         .into_boxed();
+    let vouched = matches!(key, Key::Vouched(_));
     q = match key {
-        Key::Ids(ids) => q.filter(dv::id.eq_any(ids)),
+        Key::Ids(ids) | Key::Vouched(ids) => q.filter(dv::id.eq_any(ids)),
         Key::Uid(uid) => q.filter(dv::uid.eq(uid)),
         Key::Person(id) => q
             .filter(dv::tracked_entity_id.eq(id))
             .filter(dv::deleted.eq(false))
             .order((dv::observed_at.asc().nulls_last(), dv::id)),
     };
-    if let Some(scope) = s.program_scope()? {
-        q = q.filter(scope.visible("event_data_value.enrollment_id"));
+    if !vouched {
+        if let Some(scope) = s.program_scope()? {
+            q = q.filter(scope.visible("event_data_value.enrollment_id"));
+        }
     }
     Ok(q.load::<ValueRow>(s.conn()?)?
         .into_iter()
@@ -372,6 +394,11 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
 
 pub fn values_by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<DataValueRecord>, Error> {
     scoped_values(s, Key::Ids(ids))
+}
+
+/// The data values of a search's page, found under the caller's scope.
+pub fn values_vouched(s: &mut Scoped, page: &Vouched) -> Result<Vec<DataValueRecord>, Error> {
+    scoped_values(s, vouched_key(page))
 }
 
 /// A person's live data values, oldest first (for `$everything`).

@@ -14,6 +14,7 @@ pub mod merge;
 pub mod metadata_import;
 pub mod orgs;
 pub mod outbox;
+pub mod page;
 pub mod patients;
 pub mod pending;
 pub mod relationships;
