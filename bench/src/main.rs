@@ -52,6 +52,10 @@ struct Args {
     /// Unmeasured seconds before each measurement.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Rounds per side of the authentication A/B (development mode, then a token, alternating);
+    /// more rounds average out this machine's drift.
+    #[arg(long, default_value_t = 2)]
+    auth_rounds: u32,
     /// Population sizes at which the read scenarios run (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     scales: Vec<u64>,
@@ -211,6 +215,7 @@ fn args_summary(a: &Args) -> Value {
         "duration_s": a.duration,
         "warmup_s": a.warmup,
         "pool_size": a.pool_size,
+        "auth_rounds": a.auth_rounds,
     })
 }
 
@@ -623,27 +628,43 @@ fn auth_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
         }
         let mut open = Vec::new();
         let mut closed = Vec::new();
-        for round in 1..=2 {
-            say(format!(
-                "{name} at {scale} people: development mode, round {round}"
-            ));
-            open.push(load::run(
-                ctx.args.clients,
-                ctx.warmup(),
-                ctx.duration(),
-                http_client,
-                |c, _, _| get(c, &read.url(&ctx.base, pick()), JSON).map(|_| 1),
-            )?);
-            say(format!(
-                "{name} at {scale} people: with a token, round {round}"
-            ));
-            closed.push(load::run(
-                ctx.args.clients,
-                ctx.warmup(),
-                ctx.duration(),
-                &authed,
-                |c, _, _| get(c, &read.url(&secured.base, pick()), JSON).map(|_| 1),
-            )?);
+        // A B B A …: the order within a pair alternates, so that a machine drifting one way over
+        // the run favours neither side.
+        for round in 1..=ctx.args.auth_rounds.max(1) {
+            for token_side in [round % 2 == 0, round % 2 == 1] {
+                if token_side {
+                    say(format!(
+                        "{name} at {scale} people: with a token, round {round}"
+                    ));
+                    closed.push(load::run(
+                        ctx.args.clients,
+                        ctx.warmup(),
+                        ctx.duration(),
+                        &authed,
+                        |c, _, _| get(c, &read.url(&secured.base, pick()), JSON).map(|_| 1),
+                    )?);
+                } else {
+                    say(format!(
+                        "{name} at {scale} people: development mode, round {round}"
+                    ));
+                    open.push(load::run(
+                        ctx.args.clients,
+                        ctx.warmup(),
+                        ctx.duration(),
+                        http_client,
+                        |c, _, _| get(c, &read.url(&ctx.base, pick()), JSON).map(|_| 1),
+                    )?);
+                }
+            }
+            // Each pair's ratio too: the drift of a shared machine shows as their spread.
+            if let (Some(a), Some(b)) = (open.last(), closed.last()) {
+                say(format!(
+                    "{name}, round {round}: development mode {:.0}/s, token {:.0}/s ({:.2}×)",
+                    a.units_per_s,
+                    b.units_per_s,
+                    a.units_per_s / b.units_per_s.max(f64::MIN_POSITIVE)
+                ));
+            }
         }
         rows.push(Row::new(
             name,
