@@ -109,6 +109,19 @@ fn kiunga(db: &Db) -> Command {
     c
 }
 
+/// `kiunga outbox status` run with `cmd`'s settings: its JSON, once it has exited 0 (else the exit
+/// status, a signal included, and its stderr, labelled `what`).
+fn outbox_status(mut cmd: Command, what: &str) -> serde_json::Value {
+    let out = cmd.args(["outbox", "status"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A one-off command returns while the pool tops up its idle connection and the token listener
 /// connects, both in the background. Ending the process ran OpenSSL's `atexit` teardown under
 /// those TLS handshakes: about one run in ten died with SIGSEGV after printing its answer (CI).
@@ -118,18 +131,9 @@ fn one_off_commands_exit_cleanly_while_background_threads_connect() {
     let db = Db::new();
     for run in 0..30 {
         // With authentication on, as deployed: the token listener is one of those threads.
-        let out = kiunga(&db)
-            .env_remove("KIUNGA_AUTH")
-            .args(["outbox", "status"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "run {run}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut cmd = kiunga(&db);
+        cmd.env_remove("KIUNGA_AUTH");
+        let status = outbox_status(cmd, &format!("run {run}"));
         assert!(status["targets"].is_object(), "{status}");
     }
 }
@@ -792,18 +796,9 @@ fn a_worker_killed_mid_delivery_and_a_new_one_leave_each_record_on_the_target_on
         "each Observation exactly once"
     );
     // `kiunga outbox status` says the same.
-    let out = kiunga(&db)
-        .args(["outbox", "status"])
-        .env("KIUNGA_MAPPINGS_DIR", &maps)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut cmd = kiunga(&db);
+    cmd.env("KIUNGA_MAPPINGS_DIR", &maps);
+    let status = outbox_status(cmd, "after the second worker");
     assert_eq!(status["targets"]["openmrs"]["delivered"], 20, "{status}");
     second.kill().unwrap();
     let _ = second.wait();
