@@ -7,7 +7,7 @@ use diesel::sql_types::BigInt;
 use diesel::{QueryableByName, RunQueryDsl};
 
 use super::dynamic::{Bind, Sql};
-use super::scoped::{ProgramScope, Scoped};
+use super::scoped::Scoped;
 use crate::error::Error;
 
 /// A search's conditions joined, with the ownership rule among them when the search is over
@@ -60,22 +60,11 @@ impl Scoped<'_> {
         enrollment: Option<&str>,
     ) -> Result<Where, Error> {
         let mut c = conditions.to_vec();
-        let mut ruled = false;
-        if let Some(en) = enrollment {
-            match self.program_scope()? {
-                None => ruled = true,
-                Some(p) => {
-                    let a = sql.bind(Bind::Ints(p.search.clone()));
-                    let b = sql.bind(Bind::Ints(p.capture.clone()));
-                    let c2 = sql.bind(Bind::Ints(p.open.clone()));
-                    let d = sql.bind(Bind::Ints(p.protected.clone()));
-                    let e = sql.bind(Bind::Text(p.actor.clone()));
-                    let f = sql.bind(Bind::Ints(p.programs.clone()));
-                    c.push(ProgramScope::sql(en, [a, b, c2, d, e, f]));
-                    ruled = true;
-                }
-            }
+        if let (Some(en), Some(p)) = (enrollment, self.program_scope()?) {
+            c.push(p.bound(sql, en));
         }
+        // With no scope to apply (the caller sees all program data) there is nothing to re-check.
+        let ruled = enrollment.is_some();
         Ok(Where {
             text: c.join(" AND "),
             ruled,

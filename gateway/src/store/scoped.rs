@@ -110,6 +110,20 @@ impl ProgramScope {
         Self::sql(enrollment, [n(0), n(1), n(2), n(3), n(4), n(5)])
     }
 
+    /// The rule for `enrollment` with this scope's values bound in `sql` (a run-time statement).
+    pub fn bound(self, sql: &mut super::dynamic::Sql, enrollment: &str) -> String {
+        use super::dynamic::Bind;
+        let binds = [
+            sql.bind(Bind::Ints(self.search)),
+            sql.bind(Bind::Ints(self.capture)),
+            sql.bind(Bind::Ints(self.open)),
+            sql.bind(Bind::Ints(self.protected)),
+            sql.bind(Bind::Text(self.actor)),
+            sql.bind(Bind::Ints(self.programs)),
+        ];
+        Self::sql(enrollment, binds)
+    }
+
     /// [`VISIBLE`] with `enrollment` and the placeholders of search, capture, open, protected,
     /// actor and programs put in.
     pub fn sql(enrollment: &str, binds: [String; 6]) -> String {
