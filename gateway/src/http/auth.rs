@@ -122,10 +122,11 @@ pub async fn authenticate(
             let cached = (!jwt)
                 .then(|| s.tokens.as_ref().and_then(|c| c.get(&auth::token_hash(&token))))
                 .flatten();
+            // The cached principal is shared as it is: no copy of its scopes per request.
             let found = if let Some(p) = cached {
-                Ok(Ok(Ok(Some(Arc::unwrap_or_clone(p)))))
+                Ok(Ok(Ok(Some(p))))
             } else {
-                web::block(move || lookup(&s, &token, jwt))
+                web::block(move || lookup(&s, &token, jwt).map(|r| r.map(|p| p.map(Arc::new))))
                 .await
                 .map_err(|e| Error::Internal(format!("authentication task failed: {e}")))
             };
@@ -164,7 +165,7 @@ pub async fn authenticate(
                         );
                         return Ok(req.into_response(res).map_into_right_body());
                     }
-                    req.extensions_mut().insert(Arc::new(p));
+                    req.extensions_mut().insert(p);
                     None
                 }
                 Ok(Ok(None)) => Some((
