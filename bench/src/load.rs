@@ -24,6 +24,8 @@ pub struct Stats {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Server CPU seconds (gateway and Postgres) over the measured time, when metered.
+    pub server_cpu_s: Option<f64>,
 }
 
 impl Stats {
@@ -52,7 +54,15 @@ impl Stats {
             p95_ms: rounds.iter().map(|r| r.p95_ms).sum::<f64>() / n,
             p99_ms: rounds.iter().map(|r| r.p99_ms).sum::<f64>() / n,
             max_ms: rounds.iter().map(|r| r.max_ms).fold(0.0, f64::max),
+            server_cpu_s: rounds.iter().map(|r| r.server_cpu_s).sum(),
         }
+    }
+
+    /// Server CPU milliseconds per operation, when metered.
+    pub fn server_cpu_ms_per_op(&self) -> Option<f64> {
+        self.server_cpu_s
+            .filter(|_| self.ops > 0)
+            .map(|s| s * 1000.0 / self.ops as f64)
     }
 }
 
@@ -85,6 +95,23 @@ where
     M: Fn(usize) -> Result<C, String> + Sync,
     O: Fn(&mut C, usize, u64) -> OpResult + Sync,
 {
+    run_metered(clients, warmup, duration, make_client, op, None)
+}
+
+/// [`run`], reading `meter` (seconds of CPU so far) when the measured time starts and ends.
+pub fn run_metered<C, M, O>(
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    make_client: M,
+    op: O,
+    meter: Option<&dyn Fn() -> f64>,
+) -> Result<Stats, String>
+where
+    M: Fn(usize) -> Result<C, String> + Sync,
+    O: Fn(&mut C, usize, u64) -> OpResult + Sync,
+{
+    let mut cpu = None;
     let stop = AtomicBool::new(false);
     let measuring = AtomicBool::new(false);
     let failure: Mutex<Option<String>> = Mutex::new(None);
@@ -131,6 +158,7 @@ where
         }
         barrier.wait();
         std::thread::sleep(warmup);
+        let cpu_start = meter.map(|m| m());
         measuring.store(true, Ordering::SeqCst);
         let start = Instant::now();
         while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
@@ -138,6 +166,7 @@ where
         }
         stop.store(true, Ordering::SeqCst);
         measured = start.elapsed();
+        cpu = meter.zip(cpu_start).map(|(m, s)| m() - s);
     });
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);
@@ -169,6 +198,7 @@ where
         p95_ms: percentile(&all, 95.0),
         p99_ms: percentile(&all, 99.0),
         max_ms: percentile(&all, 100.0),
+        server_cpu_s: cpu,
     })
 }
 

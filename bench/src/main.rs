@@ -5,6 +5,7 @@
 //! the ratio gateway ÷ raw is measured under the same machine noise. Read scenarios run at two
 //! population sizes to show how latency grows. Prints one table and writes a JSON file.
 
+mod cpu;
 mod gateway;
 mod gen;
 mod load;
@@ -636,30 +637,42 @@ fn auth_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
                     say(format!(
                         "{name} at {scale} people: with a token, round {round}"
                     ));
-                    closed.push(load::run(
+                    closed.push(load::run_metered(
                         ctx.args.clients,
                         ctx.warmup(),
                         ctx.duration(),
                         &authed,
                         |c, _, _| get(c, &read.url(&secured.base, pick()), JSON).map(|_| 1),
+                        Some(&|| cpu::server_seconds(secured.pid())),
                     )?);
                 } else {
                     say(format!(
                         "{name} at {scale} people: development mode, round {round}"
                     ));
-                    open.push(load::run(
+                    let open_pid = ctx.gateway.as_ref().map_or(0, |g| g.pid());
+                    open.push(load::run_metered(
                         ctx.args.clients,
                         ctx.warmup(),
                         ctx.duration(),
                         http_client,
                         |c, _, _| get(c, &read.url(&ctx.base, pick()), JSON).map(|_| 1),
+                        Some(&|| cpu::server_seconds(open_pid)),
                     )?);
                 }
             }
             // Each pair's ratio too: the drift of a shared machine shows as their spread.
             if let (Some(a), Some(b)) = (open.last(), closed.last()) {
+                let cpu = match (a.server_cpu_ms_per_op(), b.server_cpu_ms_per_op()) {
+                    (Some(x), Some(y)) if x > 0.0 => {
+                        format!(
+                            "; server CPU {x:.3} and {y:.3} ms per request ({:.2}×)",
+                            y / x
+                        )
+                    }
+                    _ => String::new(),
+                };
                 say(format!(
-                    "{name}, round {round}: development mode {:.0}/s, token {:.0}/s ({:.2}×)",
+                    "{name}, round {round}: development mode {:.0}/s, token {:.0}/s ({:.2}×){cpu}",
                     a.units_per_s,
                     b.units_per_s,
                     a.units_per_s / b.units_per_s.max(f64::MIN_POSITIVE)
