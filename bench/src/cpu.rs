@@ -1,7 +1,7 @@
 //! CPU time spent by the server side of a scenario: the gateway process and every Postgres
-//! process on this machine, from /proc. Throughput on a shared 2-core machine drifts by tens of
-//! per cent between identical runs (other tenants take the cores); the CPU a request costs does
-//! not depend on who else is running, so the authentication A/B reports both.
+//! process on this machine, from /proc. The authentication A/B reports it per request beside
+//! throughput, in the hope of a figure that the machine's other tenants do not move; on the
+//! shared 2-core machine it moves with throughput, pair by pair (docs/performance.md).
 
 /// Clock ticks per second of /proc's utime and stime (USER_HZ: 100 on every Linux build the
 /// bench runs on; /proc reports in it whatever the kernel's own tick rate).
@@ -41,18 +41,22 @@ pub fn server_seconds(gateway: u32) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    /// This process's own reading grows when it burns CPU.
+    /// This process's own reading grows when it burns CPU (by the CPU clock, not the wall
+    /// clock: on a loaded machine a busy loop may get little of a core).
     #[test]
     fn a_process_that_works_shows_cpu_time() {
         let me = std::process::id();
-        let before = super::process_cpu(me).expect("own /proc stat").1;
+        let read = || super::process_cpu(me).expect("own /proc stat").1;
+        let before = read();
         let start = std::time::Instant::now();
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(300) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        while read() - before < 0.05 && start.elapsed() < std::time::Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            std::hint::black_box(x);
         }
-        std::hint::black_box(x);
-        let after = super::process_cpu(me).expect("own /proc stat").1;
-        assert!(after - before >= 0.1, "{before} -> {after}");
+        let after = read();
+        assert!(after - before >= 0.05, "{before} -> {after}");
     }
 }
