@@ -193,8 +193,8 @@ impl Run {
                     value: format!("{cost:.2}×"),
                     met: cost <= 1.1,
                 });
-                // The same cost as server CPU per request (gateway and Postgres), which the
-                // machine's other tenants do not move.
+                // The same cost as server CPU per request (gateway and Postgres). On a shared
+                // machine it moves with throughput (docs/performance.md); both are shown.
                 if let (Some(dev), Some(token)) = (
                     open.server_cpu_ms_per_op(),
                     r.gateway.server_cpu_ms_per_op(),
