@@ -22,10 +22,10 @@ fn process_cpu(pid: u32) -> Option<(String, f64)> {
 }
 
 /// Seconds of CPU used so far by `gateway` and by every process named `postgres` (backends,
-/// writers, autovacuum: all of it is the cost of serving). Differences of two readings are
-/// what count; a backend that ends between them takes its share with it, which the bench's
+/// writers, autovacuum: all of it is the cost of serving), apart. Differences of two readings
+/// are what count; a backend that ends between them takes its share with it, which the bench's
 /// pooled connections do not do.
-pub fn server_seconds(gateway: u32) -> f64 {
+pub fn server_seconds(gateway: u32) -> [f64; 2] {
     let own = process_cpu(gateway).map_or(0.0, |(_, s)| s);
     let postgres: f64 = std::fs::read_dir("/proc")
         .into_iter()
@@ -36,7 +36,7 @@ pub fn server_seconds(gateway: u32) -> f64 {
         .filter(|(comm, _)| comm == "postgres")
         .map(|(_, s)| s)
         .sum();
-    own + postgres
+    [own, postgres]
 }
 
 #[cfg(test)]

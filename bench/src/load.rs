@@ -24,8 +24,8 @@ pub struct Stats {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Server CPU seconds (gateway and Postgres) over the measured time, when metered.
-    pub server_cpu_s: Option<f64>,
+    /// Server CPU seconds over the measured time, gateway and Postgres apart, when metered.
+    pub server_cpu_s: Option<[f64; 2]>,
 }
 
 impl Stats {
@@ -54,15 +54,17 @@ impl Stats {
             p95_ms: rounds.iter().map(|r| r.p95_ms).sum::<f64>() / n,
             p99_ms: rounds.iter().map(|r| r.p99_ms).sum::<f64>() / n,
             max_ms: rounds.iter().map(|r| r.max_ms).fold(0.0, f64::max),
-            server_cpu_s: rounds.iter().map(|r| r.server_cpu_s).sum(),
+            server_cpu_s: rounds.iter().try_fold([0.0; 2], |acc, r| {
+                r.server_cpu_s.map(|[g, p]| [acc[0] + g, acc[1] + p])
+            }),
         }
     }
 
-    /// Server CPU milliseconds per operation, when metered.
-    pub fn server_cpu_ms_per_op(&self) -> Option<f64> {
+    /// Server CPU milliseconds per operation, gateway and Postgres apart, when metered.
+    pub fn server_cpu_ms_per_op(&self) -> Option<[f64; 2]> {
         self.server_cpu_s
             .filter(|_| self.ops > 0)
-            .map(|s| s * 1000.0 / self.ops as f64)
+            .map(|s| s.map(|x| x * 1000.0 / self.ops as f64))
     }
 }
 
@@ -98,14 +100,15 @@ where
     run_metered(clients, warmup, duration, make_client, op, None)
 }
 
-/// [`run`], reading `meter` (seconds of CPU so far) when the measured time starts and ends.
+/// [`run`], reading `meter` (seconds of CPU so far, two counters) when the measured time starts
+/// and ends.
 pub fn run_metered<C, M, O>(
     clients: usize,
     warmup: Duration,
     duration: Duration,
     make_client: M,
     op: O,
-    meter: Option<&dyn Fn() -> f64>,
+    meter: Option<&dyn Fn() -> [f64; 2]>,
 ) -> Result<Stats, String>
 where
     M: Fn(usize) -> Result<C, String> + Sync,
@@ -166,7 +169,10 @@ where
         }
         stop.store(true, Ordering::SeqCst);
         measured = start.elapsed();
-        cpu = meter.zip(cpu_start).map(|(m, s)| m() - s);
+        cpu = meter.zip(cpu_start).map(|(m, s)| {
+            let e = m();
+            [e[0] - s[0], e[1] - s[1]]
+        });
     });
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);

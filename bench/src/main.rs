@@ -663,12 +663,12 @@ fn auth_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
             // Each pair's ratio too: the drift of a shared machine shows as their spread.
             if let (Some(a), Some(b)) = (open.last(), closed.last()) {
                 let cpu = match (a.server_cpu_ms_per_op(), b.server_cpu_ms_per_op()) {
-                    (Some(x), Some(y)) if x > 0.0 => {
-                        format!(
-                            "; server CPU {x:.3} and {y:.3} ms per request ({:.2}×)",
-                            y / x
-                        )
-                    }
+                    (Some([dg, dp]), Some([tg, tp])) if dg + dp > 0.0 => format!(
+                        "; server CPU {:.3} and {:.3} ms per request ({:.2}×; gateway {dg:.3} and {tg:.3}, Postgres {dp:.3} and {tp:.3})",
+                        dg + dp,
+                        tg + tp,
+                        (tg + tp) / (dg + dp)
+                    ),
                     _ => String::new(),
                 };
                 say(format!(
