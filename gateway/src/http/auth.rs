@@ -39,12 +39,13 @@ fn public(path: &str) -> bool {
 
 /// Who a bearer token stands for, from the database (and then kept in the token cache) or, for a
 /// JWT, from the identity provider and the client it names. `Ok(Err(why))`: a JWT refused, with
-/// the reason for the 401; `Ok(Ok(None))`: an unknown, expired or revoked token.
+/// the reason for the 401; `Ok(Ok(None))`: an unknown, expired or revoked token. The principal
+/// comes shared: the cache keeps the same one.
 fn lookup(
     s: &AppState,
     token: &str,
     jwt: bool,
-) -> Result<Result<Option<auth::Principal>, String>, Error> {
+) -> Result<Result<Option<Arc<auth::Principal>>, String>, Error> {
     if jwt {
         let claimed = match s.idp.as_ref().map(|i| i.verify(token)) {
             Some(Ok(c)) => c,
@@ -52,15 +53,19 @@ fn lookup(
             None => return Ok(Ok(None)),
         };
         let mut conn = s.pool.get()?;
-        return Ok(auth::authenticate_claimed(&mut conn, &s.metadata, &claimed)?.map(Some));
+        return Ok(
+            auth::authenticate_claimed(&mut conn, &s.metadata, &claimed)?
+                .map(|p| Some(Arc::new(p))),
+        );
     }
     let hash = auth::token_hash(token);
     // Read before the database: a change committed meanwhile makes the entry unusable.
     let generation = s.tokens.as_ref().map(|c| c.generation());
     let mut conn = s.pool.get()?;
-    let found = auth::authenticate_hash(&mut conn, &s.metadata, &hash)?;
+    let found = auth::authenticate_hash(&mut conn, &s.metadata, &hash)?
+        .map(|(p, expires)| (Arc::new(p), expires));
     if let (Some(cache), Some(g), Some((p, expires))) = (&s.tokens, generation, &found) {
-        cache.put(hash, Arc::new(p.clone()), *expires, g);
+        cache.put(hash, p.clone(), *expires, g);
     }
     Ok(Ok(found.map(|(p, _)| p)))
 }
@@ -126,7 +131,7 @@ pub async fn authenticate(
             let found = if let Some(p) = cached {
                 Ok(Ok(Ok(Some(p))))
             } else {
-                web::block(move || lookup(&s, &token, jwt).map(|r| r.map(|p| p.map(Arc::new))))
+                web::block(move || lookup(&s, &token, jwt))
                 .await
                 .map_err(|e| Error::Internal(format!("authentication task failed: {e}")))
             };
