@@ -66,6 +66,22 @@ impl Stats {
             .filter(|_| self.ops > 0)
             .map(|s| s.map(|x| x * 1000.0 / self.ops as f64))
     }
+
+    /// Server CPU per operation here ÷ in `base`, with the figures behind it, when both were
+    /// metered.
+    pub fn server_cpu_ratio(&self, base: &Stats) -> Option<(f64, String)> {
+        let ([bg, bp], [g, p]) = (base.server_cpu_ms_per_op()?, self.server_cpu_ms_per_op()?);
+        (bg + bp > 0.0).then(|| {
+            (
+                (g + p) / (bg + bp),
+                format!(
+                    "{:.3} / {:.3} ms; gateway {g:.3} / {bg:.3}, Postgres {p:.3} / {bp:.3}",
+                    g + p,
+                    bg + bp
+                ),
+            )
+        })
+    }
 }
 
 fn note_failure(slot: &Mutex<Option<String>>, e: String) {
@@ -219,6 +235,37 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[7000], 95.0), 7.0);
+    }
+
+    /// Rounds merged add their CPU and operations; the ratio is per operation, and there is none
+    /// when a side was not metered.
+    #[test]
+    fn server_cpu_is_compared_per_operation() {
+        let side = |ops: u64, cpu: Option<[f64; 2]>| Stats {
+            clients: 1,
+            seconds: 1.0,
+            ops,
+            units: ops,
+            ops_per_s: ops as f64,
+            units_per_s: ops as f64,
+            p50_ms: 1.0,
+            p95_ms: 1.0,
+            p99_ms: 1.0,
+            max_ms: 1.0,
+            server_cpu_s: cpu,
+        };
+        let base = Stats::merge(&[side(500, Some([0.2, 0.1])), side(500, Some([0.2, 0.1]))]);
+        let other = side(1000, Some([0.36, 0.3]));
+        let (ratio, detail) = other.server_cpu_ratio(&base).expect("both metered");
+        assert!((ratio - 1.1).abs() < 1e-9, "{ratio}");
+        assert_eq!(
+            detail,
+            "0.660 / 0.600 ms; gateway 0.360 / 0.400, Postgres 0.300 / 0.200"
+        );
+        assert!(side(10, None).server_cpu_ratio(&base).is_none());
+        assert!(Stats::merge(&[side(1, None), side(1, Some([1.0, 1.0]))])
+            .server_cpu_s
+            .is_none());
     }
 
     #[test]

@@ -662,15 +662,9 @@ fn auth_scenarios(ctx: &Ctx, scale: u64) -> Result<Vec<Row>, String> {
             }
             // Each pair's ratio too: the drift of a shared machine shows as their spread.
             if let (Some(a), Some(b)) = (open.last(), closed.last()) {
-                let cpu = match (a.server_cpu_ms_per_op(), b.server_cpu_ms_per_op()) {
-                    (Some([dg, dp]), Some([tg, tp])) if dg + dp > 0.0 => format!(
-                        "; server CPU {:.3} and {:.3} ms per request ({:.2}×; gateway {dg:.3} and {tg:.3}, Postgres {dp:.3} and {tp:.3})",
-                        dg + dp,
-                        tg + tp,
-                        (tg + tp) / (dg + dp)
-                    ),
-                    _ => String::new(),
-                };
+                let cpu = b.server_cpu_ratio(a).map_or(String::new(), |(ratio, detail)| {
+                    format!("; server CPU per request, token ÷ development mode {ratio:.2}× ({detail})")
+                });
                 say(format!(
                     "{name}, round {round}: development mode {:.0}/s, token {:.0}/s ({:.2}×){cpu}",
                     a.units_per_s,

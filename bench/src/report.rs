@@ -195,15 +195,10 @@ impl Run {
                 });
                 // The same cost as server CPU per request (gateway and Postgres). On a shared
                 // machine it moves with throughput (docs/performance.md); both are shown.
-                if let (Some([dg, dp]), Some([tg, tp])) = (
-                    open.server_cpu_ms_per_op(),
-                    r.gateway.server_cpu_ms_per_op(),
-                ) {
-                    let (dev, token) = (dg + dp, tg + tp);
-                    let cost = token / dev.max(f64::MIN_POSITIVE);
+                if let Some((cost, detail)) = r.gateway.server_cpu_ratio(open) {
                     t.push(Target {
                         name: format!(
-                            "{} (token ÷ dev mode server CPU per request: {token:.3} / {dev:.3} ms; gateway {tg:.3} / {dg:.3}, Postgres {tp:.3} / {dp:.3})",
+                            "{} (token ÷ dev mode server CPU per request: {detail})",
                             r.scenario
                         ),
                         goal: "≤ 1.1×".into(),
