@@ -590,6 +590,32 @@ fn seen_by(app: &TestApp, ctx: &kiunga::context::RequestContext, person: &str) -
     (total("Encounter"), total("EpisodeOfCare"), visible)
 }
 
+/// How many of the person's Observations a caller's search finds.
+fn observations_seen_by(
+    app: &TestApp,
+    ctx: &kiunga::context::RequestContext,
+    person: &str,
+) -> i64 {
+    let q = kiunga::fhir::search::parse_query(&format!("patient={person}"));
+    unit_as(app, ctx, |s, env| {
+        rest::search::search(s, env, "Observation", &q, false, "http://x/fhir")
+    })
+    .unwrap()["total"]
+        .as_i64()
+        .unwrap()
+}
+
+fn weight(patient: &str, encounter: &str, kg: f64) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+        "encounter": { "reference": format!("Encounter/{encounter}") },
+        "effectiveDateTime": "2026-01-20T09:10:00Z",
+        "valueQuantity": { "value": kg, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg" },
+    })
+}
+
 fn transfer_params(program: &str, org: &str, reason: &str) -> Value {
     json!({ "resourceType": "Parameters", "parameter": [
         { "name": "program", "valueCode": program },
@@ -610,15 +636,20 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
         )
         .expect(201);
     let eid = id(&e);
-    app.post(
-        "Encounter",
-        &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
-    )
-    .expect(201);
+    let visit = id(&app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201));
+    app.post("Observation", &weight(&mother, &visit, 64.5))
+        .expect(201);
     let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
     let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
     assert_eq!(seen_by(&app, &at_mto, &mother), (1, 1, true));
     assert_eq!(seen_by(&app, &at_pwani, &mother), (0, 0, false));
+    assert_eq!(observations_seen_by(&app, &at_mto, &mother), 1);
+    assert_eq!(observations_seen_by(&app, &at_pwani, &mother), 0);
 
     // Pwani may not move a record it does not own; Mto may.
     let denied = unit_as(&app, &at_pwani, |s, env| {
@@ -713,6 +744,10 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
     // longer her ANC record (a protected program, owned elsewhere) and may not add to it.
     assert_eq!(seen_by(&app, &at_pwani, &mother), (1, 1, true));
     assert_eq!(seen_by(&app, &at_mto, &mother), (0, 0, true));
+    // Her values carry their owner (migration 20): the transfer moved it.
+    assert_eq!(observations_seen_by(&app, &at_pwani, &mother), 1);
+    assert_eq!(observations_seen_by(&app, &at_mto, &mother), 0);
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
     let visit = anc_visit(&mother, &mto, None, "2026-02-20T09:00:00Z");
     let refused = unit_as(&app, &at_mto, |s, env| {
         let raw = visit.to_string();
@@ -747,6 +782,99 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
         &transfer_params("ANC", "Nowhere0000", "x"),
     )
     .outcome(422);
+}
+
+/// The program and owner each data value carries (migration 20) follow every change of owner,
+/// including those made outside the gateway's write path: an owner row removed or added, an
+/// enrollment moved, a value inserted or moved by SQL.
+#[test]
+fn the_owner_a_value_carries_follows_every_change_of_owner() {
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, _) = new_mother_and_child(&app, &mto);
+    let first = id(&app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201));
+    let second = id(&app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &mto, None, "2026-01-27T09:00:00Z"),
+        )
+        .expect(201));
+    let obs = id(&app
+        .post("Observation", &weight(&mother, &first, 64.5))
+        .expect(201));
+    let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
+    let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
+    let owner = |app: &TestApp| {
+        app.db.text(&format!(
+            "SELECT ou.uid FROM event_data_value d JOIN org_unit ou ON ou.id = d.owner_org_unit_id \
+             WHERE d.uid = '{obs}'"
+        ))
+    };
+    let sql = |q: &str| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(q)
+            .execute(&mut app.db.conn())
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+    };
+    let person = format!("(SELECT id FROM tracked_entity WHERE uid = '{mother}')");
+    let anc = "(SELECT id FROM program WHERE code = 'ANC')";
+    assert_eq!(owner(&app), vec![mto.clone()]);
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
+
+    // An enrollment from before owner rows: the enrolling org unit owns it.
+    sql(&format!(
+        "DELETE FROM program_ownership WHERE tracked_entity_id = {person} AND program_id = {anc}"
+    ));
+    assert_eq!(owner(&app), vec![mto.clone()]);
+    // Enrolled elsewhere (an edit by SQL): the value follows the enrolling org unit.
+    sql(&format!(
+        "UPDATE enrollment SET org_unit_id = (SELECT id FROM org_unit WHERE uid = '{pwani}') \
+         WHERE tracked_entity_id = {person} AND program_id = {anc}"
+    ));
+    assert_eq!(owner(&app), vec![pwani.clone()]);
+    assert_eq!(observations_seen_by(&app, &at_pwani, &mother), 1);
+    assert_eq!(observations_seen_by(&app, &at_mto, &mother), 0);
+    // An owner row made by a transfer back (an insert, as there is none now).
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("ANC", &mto, "back home"),
+    )
+    .expect(200);
+    assert_eq!(owner(&app), vec![mto.clone()]);
+    assert_eq!(observations_seen_by(&app, &at_mto, &mother), 1);
+    assert_eq!(observations_seen_by(&app, &at_pwani, &mother), 0);
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
+
+    // A value written by SQL without its copies gets them from its enrollment.
+    sql(&format!(
+        "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num, enrollment_id) \
+         SELECT 'Vsql0000001', e.id, d.data_element_id, d.tracked_entity_id, '65', 65, e.enrollment_id \
+         FROM event e, event_data_value d WHERE e.uid = '{second}' AND d.uid = '{obs}'"
+    ));
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
+    assert_eq!(observations_seen_by(&app, &at_mto, &mother), 2);
+    // Moved to another enrollment (its event's enrollment changed): the copies follow.
+    sql(&format!(
+        "INSERT INTO enrollment (uid, tracked_entity_id, program_id, org_unit_id, status, enrolled_at) \
+         SELECT 'Nsql0000001', {person}, id, (SELECT id FROM org_unit WHERE uid = '{pwani}'), 'COMPLETED', now() \
+         FROM program WHERE code = 'OPD'"
+    ));
+    sql(&format!(
+        "UPDATE event SET enrollment_id = (SELECT id FROM enrollment WHERE uid = 'Nsql0000001') WHERE uid = '{second}'"
+    ));
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
+    assert_eq!(
+        app.db.text(
+            "SELECT p.code FROM event_data_value d JOIN program p ON p.id = d.program_id \
+             WHERE d.uid = 'Vsql0000001'"
+        ),
+        vec!["OPD"]
+    );
 }
 
 #[test]

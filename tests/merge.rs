@@ -77,10 +77,6 @@ fn links(p: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Data values whose enrollment is not their event's (migration 19 keeps them equal).
-const STRAY_VALUES: &str =
-    "SELECT count(*) FROM event_data_value d JOIN event e ON e.id = d.event_id \
-     WHERE d.enrollment_id <> e.enrollment_id";
 
 fn internal_id(app: &TestApp, uid: &str) -> i64 {
     app.db.scalar(&format!(
@@ -269,7 +265,7 @@ fn merge_moves_every_row_in_one_transaction_and_unmerge_puts_them_back() {
     // Values carry their event's enrollment (the ownership rule reads it there): the visit's
     // weights moved with it.
     assert_eq!(
-        db.scalar(STRAY_VALUES),
+        db.scalar(support::STRAY_VALUES),
         0,
         "values left in the old enrollment"
     );
@@ -383,7 +379,7 @@ fn merge_moves_every_row_in_one_transaction_and_unmerge_puts_them_back() {
     assert_eq!(part(&undo, "result")["id"], p.source);
     assert_eq!(rows(&app, &[s_id, t_id]), before);
     assert_eq!(
-        app.db.scalar(STRAY_VALUES),
+        app.db.scalar(support::STRAY_VALUES),
         0,
         "values left in the target's enrollment"
     );

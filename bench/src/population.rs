@@ -192,9 +192,11 @@ pub fn load(conn: &mut PgConnection, ids: &Ids, from: u64, to: u64) -> Result<()
     );
     let values = format!(
         "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num,
-                                       observed_at, version, created, last_updated, enrollment_id)
+                                       observed_at, version, created, last_updated, enrollment_id,
+                                       program_id, owner_org_unit_id)
          SELECT 'bO' || lpad((n * 5 + v.j)::text, 9, '0'), ev.id, v.de, ev.tracked_entity_id, v.num::text,
-                v.num::float8, ev.occurred_at, 1, now(), now(), ev.enrollment_id
+                v.num::float8, ev.occurred_at, 1, now(), now(), ev.enrollment_id,
+                {opd}, ev.org_unit_id
          FROM event ev, LATERAL (SELECT substr(ev.uid, 3)::int8 AS n) AS x, LATERAL (VALUES
            (0, {w}, (40 + n % 60)::numeric + (n % 2) * 0.5),
            (1, {h}, (150 + n % 40)::numeric),
@@ -207,7 +209,9 @@ pub fn load(conn: &mut PgConnection, ids: &Ids, from: u64, to: u64) -> Result<()
         h = ids.height,
         t = ids.temperature,
         sy = ids.systolic,
-        di = ids.diastolic
+        di = ids.diastolic,
+        // Every event here is in its person's one OPD enrollment, owned where it was made.
+        opd = ids.opd
     );
     let mut a = from;
     while a <= to {

@@ -312,12 +312,14 @@ pub fn write(
             let des = [ids.weight, ids.height, ids.temperature, ids.systolic, ids.diastolic];
             let (mut dv_uid, mut dv_ev, mut dv_te, mut dv_de, mut dv_val, mut dv_num) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
-            let mut dv_en = vec![];
+            let (mut dv_en, mut dv_owner) = (vec![], vec![]);
             for (k, (ev_id, ev_uid)) in ev_ids.iter().zip(&ev_uids).enumerate() {
                 for (i, (_, _, value, _)) in VITALS.iter().enumerate() {
                     dv_uid.push(format!("o{}{i}", &ev_uid[1..10]));
                     dv_ev.push(*ev_id);
                     dv_en.push(en_ids[k]);
+                    // The enrollment is new and owned where it was made (its owner row above).
+                    dv_owner.push(te_orgs[k]);
                     dv_te.push(te_ids[k]);
                     dv_de.push(des[i]);
                     dv_val.push(value.to_string());
@@ -325,9 +327,9 @@ pub fn write(
                 }
             }
             diesel::sql_query(
-                "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num, observed_at, version, created, last_updated, enrollment_id)
-                 SELECT u, e, d, t, v, n, $7::timestamptz, 1, now(), now(), en
-                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::float8[], $8::int8[]) AS x(u, e, t, d, v, n, en)",
+                "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num, observed_at, version, created, last_updated, enrollment_id, program_id, owner_org_unit_id)
+                 SELECT u, e, d, t, v, n, $7::timestamptz, 1, now(), now(), en, $9, ow
+                 FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::float8[], $8::int8[], $10::int8[]) AS x(u, e, t, d, v, n, en, ow)",
             )
             .bind::<Array<Text>, _>(&dv_uid)
             .bind::<Array<BigInt>, _>(&dv_ev)
@@ -337,6 +339,8 @@ pub fn write(
             .bind::<Array<Double>, _>(&dv_num)
             .bind::<Text, _>(&at)
             .bind::<Array<BigInt>, _>(&dv_en)
+            .bind::<BigInt, _>(ids.opd)
+            .bind::<Array<BigInt>, _>(&dv_owner)
             .execute(c)?;
             log_types.extend(std::iter::repeat_n("EpisodeOfCare".to_string(), en_uids.len()));
             log_uids.extend(en_uids);

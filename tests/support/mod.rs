@@ -121,6 +121,15 @@ fn ensure_template() -> String {
     name
 }
 
+/// Data values whose enrollment, program or owner is not their event's (migrations 19 and 20 keep
+/// the copies on the value equal to what the event, its enrollment and program_ownership say).
+pub const STRAY_VALUES: &str =
+    "SELECT count(*) FROM event_data_value d JOIN event e ON e.id = d.event_id \
+     JOIN enrollment en ON en.id = e.enrollment_id LEFT JOIN program_ownership po \
+     ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id \
+     WHERE d.enrollment_id <> e.enrollment_id OR d.program_id <> en.program_id \
+     OR d.owner_org_unit_id <> COALESCE(po.org_unit_id, en.org_unit_id)";
+
 /// A database of its own for one test, dropped at the end.
 pub struct TestDb {
     pub name: String,

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::fhir::bundle::HistoryEntry;
 use crate::fhir::outcome::Issue;
 use crate::store::logs::Inbound;
-use crate::store::Scoped;
+use crate::store::{RuleOn, Scoped};
 use crate::tracker::{encounters, episodes, observations, patients, relationships, Env};
 use crate::translate;
 
@@ -559,10 +559,10 @@ pub fn type_history(
     // The person a version belongs to (te), and for program data its enrollment (en_id).
     let (join, enrollment) = match t {
         "Patient" => ("JOIN tracked_entity te ON te.uid = cl.resource_uid", None),
-        "Encounter" => ("JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.enrollment_id")),
-        "EpisodeOfCare" => ("JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.id")),
+        "Encounter" => ("JOIN event x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some(RuleOn::Enrollment("x.enrollment_id"))),
+        "EpisodeOfCare" => ("JOIN enrollment x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some(RuleOn::Enrollment("x.id"))),
         "RelatedPerson" => ("JOIN relationship x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = CASE WHEN x.related_is_from THEN x.to_tracked_entity_id ELSE x.from_tracked_entity_id END", None),
-        _ => ("JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some("x.enrollment_id")),
+        _ => ("JOIN event_data_value x ON x.uid = cl.resource_uid JOIN tracked_entity te ON te.id = x.tracked_entity_id", Some(RuleOn::Value("x"))),
     };
     let (roots, patterns) = s
         .ctx
@@ -573,7 +573,7 @@ pub fn type_history(
     let program = s.program_scope()?;
     // Program data follows the ownership rule; people (and their relations) the search scope.
     let mut visible = match (enrollment, &program) {
-        (Some(en), Some(_)) => crate::store::ProgramScope::call(en, 8),
+        (Some(on), Some(_)) => crate::store::ProgramScope::call(on, 8),
         _ => format!(
             "(NOT $2 OR {})",
             crate::store::person_in_scope_sql("te", "$3", "$4")

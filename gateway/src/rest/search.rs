@@ -16,7 +16,7 @@ use crate::store::dynamic::{Bind, Sql};
 use crate::store::events;
 use crate::store::page::Vouched;
 use crate::store::patients as person_store;
-use crate::store::Scoped;
+use crate::store::{RuleOn, Scoped};
 use crate::tracker::Env;
 use crate::translate::{self, reference_id};
 
@@ -279,9 +279,9 @@ struct Plan {
     id_column: &'static str,
     conditions: Vec<String>,
     order: Vec<String>,
-    /// For program data, the SQL of the enrollment each row belongs to: the store adds the
-    /// caller's ownership rule over it ([`Scoped::search_where`]).
-    enrollment: Option<&'static str>,
+    /// For program data, what the caller's ownership rule is evaluated over (the row's
+    /// enrollment, or a data value's own columns): the store adds it ([`Scoped::search_where`]).
+    enrollment: Option<RuleOn<'static>>,
 }
 
 fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
@@ -571,7 +571,7 @@ fn encounter_plan(
     let order = order_by(params, lenient, "Encounter", &keys, "e.id")?;
     Ok(Plan {
         from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id",
-        enrollment: Some("e.enrollment_id"),
+        enrollment: Some(RuleOn::Enrollment("e.enrollment_id")),
         id_column: "e.id",
         conditions: c,
         order,
@@ -660,7 +660,7 @@ fn observation_plan(
     let order = order_by(params, lenient, "Observation", &keys, "d.id")?;
     Ok(Plan {
         from: "event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id",
-        enrollment: Some("d.enrollment_id"),
+        enrollment: Some(RuleOn::Value("d")),
         id_column: "d.id",
         conditions: c,
         order,
@@ -876,7 +876,7 @@ fn episode_plan(env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Re
     let order = order_by(params, lenient, "EpisodeOfCare", &keys, "en.id")?;
     Ok(Plan {
         from: "enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id",
-        enrollment: Some("en.id"),
+        enrollment: Some(RuleOn::Enrollment("en.id")),
         id_column: "en.id",
         conditions: c,
         order,

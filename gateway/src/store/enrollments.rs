@@ -79,7 +79,7 @@ fn load(
             .filter(en::deleted.eq(false)),
     };
     if let Some(scope) = scope {
-        q = q.filter(scope.visible("enrollment.id"));
+        q = q.filter(scope.visible(super::RuleOn::Enrollment("enrollment.id")));
     }
     Ok(q.load::<Tuple>(s.conn()?)?
         .into_iter()

@@ -114,7 +114,7 @@ fn scoped_events(s: &mut Scoped, key: Key) -> Result<Vec<EventRecord>, Error> {
     // An event follows its enrollment's owner (DHIS2's ownership rule, store::scoped::ProgramScope).
     if !vouched {
         if let Some(scope) = s.program_scope()? {
-            q = q.filter(scope.visible("event.enrollment_id"));
+            q = q.filter(scope.visible(super::RuleOn::Enrollment("event.enrollment_id")));
         }
     }
     Ok(q.load::<EventRow>(s.conn()?)?
@@ -383,7 +383,7 @@ fn scoped_values(s: &mut Scoped, key: Key) -> Result<Vec<DataValueRecord>, Error
     };
     if !vouched {
         if let Some(scope) = s.program_scope()? {
-            q = q.filter(scope.visible("event_data_value.enrollment_id"));
+            q = q.filter(scope.visible(super::RuleOn::Value("event_data_value")));
         }
     }
     Ok(q.load::<ValueRow>(s.conn()?)?

@@ -27,7 +27,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-pub use scoped::{person_in_ids_sql, person_in_scope_sql, EntryAt, ProgramScope, Scoped};
+pub use scoped::{person_in_ids_sql, person_in_scope_sql, EntryAt, ProgramScope, RuleOn, Scoped};
 
 use crate::error::Error;
 

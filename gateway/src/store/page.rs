@@ -51,17 +51,17 @@ struct PageRow {
 }
 
 impl Scoped<'_> {
-    /// `conditions` joined; with `enrollment` (the SQL of the enrollment each row belongs to, for
-    /// program data) the caller's ownership rule is added, its values bound in `sql`.
+    /// `conditions` joined; with `enrollment` (what the rule is evaluated over, for program data)
+    /// the caller's ownership rule is added, its values bound in `sql`.
     pub fn search_where(
         &mut self,
         sql: &mut Sql,
         conditions: &[String],
-        enrollment: Option<&str>,
+        enrollment: Option<super::RuleOn>,
     ) -> Result<Where, Error> {
         let mut c = conditions.to_vec();
-        if let (Some(en), Some(p)) = (enrollment, self.program_scope()?) {
-            c.push(p.bound(sql, en));
+        if let (Some(on), Some(p)) = (enrollment, self.program_scope()?) {
+            c.push(p.bound(sql, on));
         }
         // With no scope to apply (the caller sees all program data) there is nothing to re-check.
         let ruled = enrollment.is_some();

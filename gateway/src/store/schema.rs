@@ -225,6 +225,8 @@ diesel::table! {
         created -> Timestamptz,
         last_updated -> Timestamptz,
         enrollment_id -> Int8,
+        program_id -> Int8,
+        owner_org_unit_id -> Int8,
     }
 }
 

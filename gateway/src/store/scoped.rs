@@ -91,27 +91,27 @@ impl ProgramScope {
         })
     }
 
-    /// The rule as a diesel filter, for the enrollment given as SQL (e.g. `event.enrollment_id`).
+    /// The rule as a diesel filter, over the rows `on` names.
     pub fn visible<QS: 'static>(
         &self,
-        enrollment: &'static str,
+        on: RuleOn<'static>,
     ) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
         Box::new(filters::EnrollmentVisible {
-            enrollment,
+            on,
             scope: self.clone(),
         })
     }
 
-    /// The rule as SQL text for the enrollment given as SQL, with the binds numbered from
-    /// `first`; the values to bind, in order, are search, capture, open, protected, actor,
-    /// programs.
-    pub fn call(enrollment: &str, first: usize) -> String {
+    /// The rule as SQL text over the rows `on` names, with the binds numbered from `first`; the
+    /// values to bind, in order, are search, capture, open, protected, actor, programs.
+    pub fn call(on: RuleOn, first: usize) -> String {
         let n = |i: usize| format!("${}", first + i);
-        Self::sql(enrollment, [n(0), n(1), n(2), n(3), n(4), n(5)])
+        Self::sql(on, [n(0), n(1), n(2), n(3), n(4), n(5)])
     }
 
-    /// The rule for `enrollment` with this scope's values bound in `sql` (a run-time statement).
-    pub fn bound(self, sql: &mut super::dynamic::Sql, enrollment: &str) -> String {
+    /// The rule over the rows `on` names, with this scope's values bound in `sql` (a run-time
+    /// statement).
+    pub fn bound(self, sql: &mut super::dynamic::Sql, on: RuleOn) -> String {
         use super::dynamic::Bind;
         let binds = [
             sql.bind(Bind::Ints(self.search)),
@@ -121,21 +121,49 @@ impl ProgramScope {
             sql.bind(Bind::Text(self.actor)),
             sql.bind(Bind::Ints(self.programs)),
         ];
-        Self::sql(enrollment, binds)
+        Self::sql(on, binds)
     }
 
-    /// [`VISIBLE`] with `enrollment` and the placeholders of search, capture, open, protected,
-    /// actor and programs put in.
-    pub fn sql(enrollment: &str, binds: [String; 6]) -> String {
+    /// The rule's text for `on`, with the placeholders of search, capture, open, protected, actor
+    /// and programs put in.
+    pub fn sql(on: RuleOn, binds: [String; 6]) -> String {
         let mut out = String::with_capacity(VISIBLE.len() + 64);
-        for piece in visible_pieces() {
+        for piece in on.pieces() {
             match piece {
                 Piece::Sql(t) => out.push_str(t),
-                Piece::Enrollment => out.push_str(enrollment),
+                Piece::Slot => out.push_str(on.sql()),
                 Piece::Bind(i) => out.push_str(&binds[*i]),
             }
         }
         out
+    }
+}
+
+/// What the ownership rule is evaluated over.
+#[derive(Debug, Clone, Copy)]
+pub enum RuleOn<'a> {
+    /// A row that names its enrollment (the SQL of its id, e.g. `e.enrollment_id`): the rule
+    /// finds the owner through the enrollment ([`VISIBLE`]).
+    Enrollment(&'a str),
+    /// A data value (its table or alias, e.g. `d`), which carries its program and owner
+    /// (migration 20): the rule tests the row itself ([`VALUE_VISIBLE`]).
+    Value(&'a str),
+}
+
+impl RuleOn<'_> {
+    fn sql(&self) -> &str {
+        match self {
+            RuleOn::Enrollment(s) | RuleOn::Value(s) => s,
+        }
+    }
+
+    fn pieces(&self) -> &'static [Piece] {
+        static ENROLLMENT: std::sync::OnceLock<Vec<Piece>> = std::sync::OnceLock::new();
+        static VALUE: std::sync::OnceLock<Vec<Piece>> = std::sync::OnceLock::new();
+        match self {
+            RuleOn::Enrollment(_) => ENROLLMENT.get_or_init(|| cut(VISIBLE, "en")),
+            RuleOn::Value(_) => VALUE.get_or_init(|| cut(VALUE_VISIBLE, "row")),
+        }
     }
 }
 
@@ -157,28 +185,36 @@ OR (vis_en.program_id = ANY({3}) AND EXISTS (SELECT 1 FROM ownership_override vi
 WHERE vis_o.actor = {4} AND vis_o.tracked_entity_id = vis_en.tracked_entity_id \
 AND vis_o.program_id = vis_en.program_id AND vis_o.expires_at > now()))))";
 
+/// [`VISIBLE`] for a data value `{row}`, from the program and owner the value carries: no
+/// look-up but a break-the-glass grant's (protected programs only). The carried owner is
+/// `COALESCE(program_ownership, enrolling org unit)`, kept so by migration 20's triggers.
+pub const VALUE_VISIBLE: &str = "({row}.program_id = ANY({5}) \
+AND ({row}.owner_org_unit_id = ANY({1}) \
+OR ({row}.program_id = ANY({2}) AND {row}.owner_org_unit_id = ANY({0})) \
+OR ({row}.program_id = ANY({3}) AND EXISTS (SELECT 1 FROM enrollment vis_en \
+JOIN ownership_override vis_o ON vis_o.tracked_entity_id = vis_en.tracked_entity_id \
+AND vis_o.program_id = vis_en.program_id \
+WHERE vis_en.id = {row}.enrollment_id AND vis_o.actor = {4} AND vis_o.expires_at > now()))))";
+
 pub(crate) enum Piece {
     Sql(&'static str),
-    Enrollment,
+    /// Where [`RuleOn`]'s SQL goes.
+    Slot,
     Bind(usize),
 }
 
-/// [`VISIBLE`] cut at its slots, once per process (every scoped read of program data uses it).
-pub(crate) fn visible_pieces() -> &'static [Piece] {
-    static PIECES: std::sync::OnceLock<Vec<Piece>> = std::sync::OnceLock::new();
-    PIECES.get_or_init(cut_visible)
-}
-
-fn cut_visible() -> Vec<Piece> {
+/// A rule's text cut at its slots (once per process: every scoped read of program data uses it).
+fn cut(template: &'static str, slot: &str) -> Vec<Piece> {
     let mut out = Vec::new();
-    let mut rest = VISIBLE;
+    let mut rest = template;
     while let Some(i) = rest.find('{') {
         out.push(Piece::Sql(&rest[..i]));
-        let end = i + rest[i..].find('}').expect("VISIBLE's slots are closed");
-        let slot = &rest[i + 1..end];
-        out.push(match slot {
-            "en" => Piece::Enrollment,
-            n => Piece::Bind(n.parse().expect("VISIBLE's slots are en or 0-5")),
+        let end = i + rest[i..].find('}').expect("the rule's slots are closed");
+        let name = &rest[i + 1..end];
+        out.push(if name == slot {
+            Piece::Slot
+        } else {
+            Piece::Bind(name.parse().expect("the rule's slots are its row or 0-5"))
         });
         rest = &rest[end + 1..];
     }
@@ -596,10 +632,10 @@ mod filters {
         pub ids: Vec<i64>,
     }
 
-    /// [`ProgramScope`]'s rule for the enrollment given as SQL.
+    /// [`ProgramScope`]'s rule over the rows `on` names.
     #[derive(Debug, Clone)]
     pub struct EnrollmentVisible {
-        pub enrollment: &'static str,
+        pub on: super::RuleOn<'static>,
         pub scope: ProgramScope,
     }
 
@@ -636,10 +672,10 @@ mod filters {
     impl QueryFragment<Pg> for EnrollmentVisible {
         fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
             let s = &self.scope;
-            for piece in super::visible_pieces() {
+            for piece in self.on.pieces() {
                 match piece {
                     super::Piece::Sql(t) => out.push_sql(t),
-                    super::Piece::Enrollment => out.push_sql(self.enrollment),
+                    super::Piece::Slot => out.push_sql(self.on.sql()),
                     super::Piece::Bind(4) => out.push_bind_param::<Text, _>(&s.actor)?,
                     super::Piece::Bind(i) => {
                         let ids = match *i {

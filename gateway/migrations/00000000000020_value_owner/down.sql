@@ -1,0 +1,11 @@
+DROP TRIGGER enrollment_reown ON enrollment;
+DROP FUNCTION kiunga_enrollment_reown();
+DROP TRIGGER program_ownership_added ON program_ownership;
+DROP FUNCTION kiunga_ownership_added();
+DROP TRIGGER program_ownership_reown ON program_ownership;
+DROP FUNCTION kiunga_ownership_reown();
+DROP FUNCTION kiunga_values_reown(bigint, bigint);
+DROP TRIGGER event_data_value_owner_on_move ON event_data_value;
+DROP TRIGGER event_data_value_owner_on_insert ON event_data_value;
+DROP FUNCTION kiunga_value_owner();
+ALTER TABLE event_data_value DROP COLUMN owner_org_unit_id, DROP COLUMN program_id;
