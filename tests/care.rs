@@ -591,11 +591,7 @@ fn seen_by(app: &TestApp, ctx: &kiunga::context::RequestContext, person: &str) -
 }
 
 /// How many of the person's Observations a caller's search finds.
-fn observations_seen_by(
-    app: &TestApp,
-    ctx: &kiunga::context::RequestContext,
-    person: &str,
-) -> i64 {
+fn observations_seen_by(app: &TestApp, ctx: &kiunga::context::RequestContext, person: &str) -> i64 {
     let q = kiunga::fhir::search::parse_query(&format!("patient={person}"));
     unit_as(app, ctx, |s, env| {
         rest::search::search(s, env, "Observation", &q, false, "http://x/fhir")

@@ -77,7 +77,6 @@ fn links(p: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-
 fn internal_id(app: &TestApp, uid: &str) -> i64 {
     app.db.scalar(&format!(
         "SELECT id FROM tracked_entity WHERE uid = '{uid}'"
