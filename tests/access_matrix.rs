@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use support::clients::*;
-use support::Resp;
+use support::{weight, Resp};
 
 const SCT: &str = "http://snomed.info/sct";
+/// When the matrix's weights are taken.
+const AT: &str = "2026-03-02T09:40:00Z";
 const ROLE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
 const RECORD: &str = "urn:kiunga:fhir:StructureDefinition:related-person-record";
 
@@ -23,17 +25,6 @@ fn encounter(patient: &str, org: &str, code: &str) -> Value {
         "subject": { "reference": format!("Patient/{patient}") },
         "serviceProvider": { "reference": format!("Organization/{org}") },
         "period": { "start": "2026-03-02T09:30:00Z" },
-    })
-}
-
-fn weight(patient: &str, encounter: &str) -> Value {
-    json!({
-        "resourceType": "Observation", "status": "final",
-        "code": { "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] },
-        "subject": { "reference": format!("Patient/{patient}") },
-        "encounter": { "reference": format!("Encounter/{encounter}") },
-        "effectiveDateTime": "2026-03-02T09:40:00Z",
-        "valueQuantity": { "value": 61.5, "system": "http://unitsofmeasure.org", "code": "kg" },
     })
 }
 
@@ -122,7 +113,7 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
         "POST",
         "Observation",
         &admin,
-        Some(&weight(&child, &e1)),
+        Some(&weight(&child, &e1, 61.5, AT)),
     )
     .expect(201));
     let anc = id(&call(
@@ -146,7 +137,7 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
         "POST",
         "Observation",
         &admin,
-        Some(&weight(&mother, &e2)),
+        Some(&weight(&mother, &e2, 61.5, AT)),
     )
     .expect(201));
     let rel = json!({
@@ -440,7 +431,7 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
         "POST",
         "Observation",
         &reader_c.token,
-        Some(&weight(&child, &e1)),
+        Some(&weight(&child, &e1, 61.5, AT)),
     )
     .outcome(403);
     call(
@@ -455,7 +446,7 @@ fn no_answer_reveals_a_record_outside_the_callers_org_units_or_programs() {
     let before = app.db.scalar("SELECT count(*) FROM event");
     let tx = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
         { "resource": encounter(&mother, &pwa, "11429006"), "request": { "method": "POST", "url": "Encounter" } },
-        { "resource": weight(&child, &e1), "request": { "method": "POST", "url": "Observation" } }
+        { "resource": weight(&child, &e1, 61.5, AT), "request": { "method": "POST", "url": "Observation" } }
     ]});
     let r = call(&app, "POST", "", &kus_c.token, Some(&tx));
     assert!((400..500).contains(&r.status), "{}", r.text);

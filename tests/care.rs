@@ -6,7 +6,7 @@ mod support;
 
 use kiunga::rest;
 use serde_json::{json, Value};
-use support::{scoped_context, unique, unit_as, TestApp, NID};
+use support::{scoped_context, unique, unit_as, weight, TestApp, NID};
 
 const ROLE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
 const RECORD: &str = "urn:kiunga:fhir:StructureDefinition:related-person-record";
@@ -601,17 +601,6 @@ fn observations_seen_by(app: &TestApp, ctx: &kiunga::context::RequestContext, pe
         .unwrap()
 }
 
-fn weight(patient: &str, encounter: &str, kg: f64) -> Value {
-    json!({
-        "resourceType": "Observation", "status": "final",
-        "code": { "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] },
-        "subject": { "reference": format!("Patient/{patient}") },
-        "encounter": { "reference": format!("Encounter/{encounter}") },
-        "effectiveDateTime": "2026-01-20T09:10:00Z",
-        "valueQuantity": { "value": kg, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg" },
-    })
-}
-
 fn transfer_params(program: &str, org: &str, reason: &str) -> Value {
     json!({ "resourceType": "Parameters", "parameter": [
         { "name": "program", "valueCode": program },
@@ -638,8 +627,11 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
             &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
         )
         .expect(201));
-    app.post("Observation", &weight(&mother, &visit, 64.5))
-        .expect(201);
+    app.post(
+        "Observation",
+        &weight(&mother, &visit, 64.5, "2026-01-20T09:10:00Z"),
+    )
+    .expect(201);
     let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
     let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);
     assert_eq!(seen_by(&app, &at_mto, &mother), (1, 1, true));
@@ -801,7 +793,10 @@ fn the_owner_a_value_carries_follows_every_change_of_owner() {
         )
         .expect(201));
     let obs = id(&app
-        .post("Observation", &weight(&mother, &first, 64.5))
+        .post(
+            "Observation",
+            &weight(&mother, &first, 64.5, "2026-01-20T09:10:00Z"),
+        )
         .expect(201));
     let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
     let at_pwani = scoped_context(&app, "nurse-pwani", &["KD_KUS_PWA"], &["KD_KUS_PWA"]);

@@ -6,10 +6,9 @@ mod support;
 
 use diesel::prelude::*;
 use serde_json::{json, Value};
-use support::{patient, unique, TestApp, NID};
+use support::{patient, unique, weight, TestApp, NID};
 
 const SCT: &str = "http://snomed.info/sct";
-const LOINC: &str = "http://loinc.org";
 const MRN: &str = "http://hospital.smarthealthit.org";
 
 fn encounter(pid: &str, org: &str, code: &str, start: &str) -> Value {
@@ -21,18 +20,6 @@ fn encounter(pid: &str, org: &str, code: &str, start: &str) -> Value {
         "subject": { "reference": format!("Patient/{pid}") },
         "period": { "start": start },
         "serviceProvider": { "reference": format!("Organization/{org}") },
-    })
-}
-
-fn weight(pid: &str, eid: &str, kg: f64, when: &str) -> Value {
-    json!({
-        "resourceType": "Observation",
-        "status": "final",
-        "code": { "coding": [{ "system": LOINC, "code": "29463-7" }] },
-        "subject": { "reference": format!("Patient/{pid}") },
-        "encounter": { "reference": format!("Encounter/{eid}") },
-        "effectiveDateTime": when,
-        "valueQuantity": { "value": kg, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg" },
     })
 }
 

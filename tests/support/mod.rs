@@ -438,6 +438,18 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", kiunga::tracker::new_uid())
 }
 
+/// A body weight Observation of `kg` for a patient's encounter (UIDs), taken `when`.
+pub fn weight(patient: &str, encounter: &str, kg: f64, when: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "Observation", "status": "final",
+        "code": { "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+        "encounter": { "reference": format!("Encounter/{encounter}") },
+        "effectiveDateTime": when,
+        "valueQuantity": { "value": kg, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg" },
+    })
+}
+
 /// A demo Patient owned by the facility with `org` UID.
 pub fn patient(org: &str, nid: &str) -> Value {
     serde_json::json!({
