@@ -96,7 +96,7 @@ impl ProgramScope {
         &self,
         on: RuleOn<'static>,
     ) -> Box<dyn diesel::BoxableExpression<QS, Pg, SqlType = Bool>> {
-        Box::new(filters::EnrollmentVisible {
+        Box::new(filters::OwnershipRule {
             on,
             scope: self.clone(),
         })
@@ -634,7 +634,7 @@ mod filters {
 
     /// [`ProgramScope`]'s rule over the rows `on` names.
     #[derive(Debug, Clone)]
-    pub struct EnrollmentVisible {
+    pub struct OwnershipRule {
         pub on: super::RuleOn<'static>,
         pub scope: ProgramScope,
     }
@@ -656,7 +656,7 @@ mod filters {
         };
     }
     boolean_fragment!(PeopleInScope);
-    boolean_fragment!(EnrollmentVisible);
+    boolean_fragment!(OwnershipRule);
 
     impl QueryFragment<Pg> for PeopleInScope {
         fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
@@ -669,7 +669,7 @@ mod filters {
         }
     }
 
-    impl QueryFragment<Pg> for EnrollmentVisible {
+    impl QueryFragment<Pg> for OwnershipRule {
         fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
             let s = &self.scope;
             for piece in self.on.pieces() {
