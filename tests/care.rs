@@ -868,6 +868,77 @@ fn the_owner_a_value_carries_follows_every_change_of_owner() {
     );
 }
 
+/// Migration 20 on a registry that already holds values: its backfill gives each value the owner
+/// a transfer left, and its down.sql takes the columns and triggers away again.
+#[test]
+fn migration_20_backfills_the_owner_of_stored_values_and_reverts() {
+    use diesel::RunQueryDsl;
+    use diesel_migrations::MigrationHarness;
+    let app = TestApp::start();
+    let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
+    let (mother, _) = new_mother_and_child(&app, &mto);
+    let visit = id(&app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201));
+    let obs = id(&app
+        .post(
+            "Observation",
+            &weight(&mother, &visit, 64.5, "2026-01-20T09:10:00Z"),
+        )
+        .expect(201));
+    app.post(
+        &format!("Patient/{mother}/$transfer"),
+        &transfer_params("ANC", &pwani, "moved"),
+    )
+    .expect(200);
+    let columns =
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'event_data_value' \
+                   AND column_name IN ('program_id', 'owner_org_unit_id')";
+    assert_eq!(app.db.scalar(columns), 2);
+
+    // Back to before migration 20 (and whatever came after it).
+    let mut conn = app.db.conn();
+    loop {
+        let reverted = conn
+            .revert_last_migration(kiunga::store::MIGRATIONS)
+            .expect("revert a migration")
+            .to_string();
+        if reverted.starts_with("00000000000020") {
+            break;
+        }
+    }
+    assert_eq!(app.db.scalar(columns), 0);
+    assert_eq!(
+        app.db.scalar(
+            "SELECT count(*) FROM pg_trigger WHERE tgname IN ('event_data_value_owner_on_insert', \
+             'event_data_value_owner_on_move', 'program_ownership_reown', 'program_ownership_added', 'enrollment_reown')"
+        ),
+        0
+    );
+    // A value stored meanwhile by the older schema.
+    diesel::sql_query(format!(
+        "INSERT INTO event_data_value (uid, event_id, data_element_id, tracked_entity_id, value, value_num, enrollment_id) \
+         SELECT 'Vold0000001', event_id, data_element_id, tracked_entity_id, '65', 65, enrollment_id \
+         FROM event_data_value WHERE uid = '{obs}'"
+    ))
+    .execute(&mut conn)
+    .expect("a value in the older schema");
+
+    conn.run_pending_migrations(kiunga::store::MIGRATIONS)
+        .expect("migrate again");
+    assert_eq!(app.db.scalar(support::STRAY_VALUES), 0);
+    assert_eq!(
+        app.db.text(&format!(
+            "SELECT ou.uid FROM event_data_value d JOIN org_unit ou ON ou.id = d.owner_org_unit_id \
+             WHERE d.uid IN ('{obs}', 'Vold0000001')"
+        )),
+        vec![pwani.clone(), pwani]
+    );
+}
+
 #[test]
 fn a_new_managing_organization_through_put_transfers_as_the_mapping_says() {
     let app = TestApp::start();
