@@ -330,6 +330,10 @@ pub fn show_links<'a>(
         .iter()
         .filter_map(|r| r["id"].as_str().map(str::to_owned))
         .collect();
+    // A read of someone nobody is linked to (most people) needs no look-up.
+    if s.known_unlinked(&uids) {
+        return Ok(());
+    }
     let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
     // The database says whom the caller may see (registered or owned in the search scope).
     let mut by_uid: HashMap<String, Vec<(links::Shown, String)>> = HashMap::new();

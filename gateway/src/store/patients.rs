@@ -78,20 +78,27 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
     if let Some(p) = s.cache.person(uid, &s.ctx.search) {
         return Ok(Some(p.clone()));
     }
-    // The entity and its values in one round trip.
+    // The entity, its values and whether anyone is linked to it, in one round trip.
     let mut q = te::table
         .left_join(teav::table)
         .filter(te::uid.eq(uid))
         .filter(te::tracked_entity_type_id.eq(entity_type_id))
         .select((
-            entity_columns(),
-            (teav::attribute_id, teav::value).nullable(),
+            (
+                entity_columns(),
+                (teav::attribute_id, teav::value).nullable(),
+            ),
+            te::linked,
         ))
         .into_boxed();
     if let Some(visible) = s.visible_people() {
         q = q.filter(visible);
     }
-    Ok(group(q.load(s.conn()?)?).pop())
+    let rows: Vec<((EntityRow, Option<(i64, String)>), bool)> = q.load(s.conn()?)?;
+    if rows.first().is_some_and(|(_, linked)| !linked) {
+        s.note_unlinked(uid);
+    }
+    Ok(group(rows.into_iter().map(|(row, _)| row).collect()).pop())
 }
 
 /// Folds (entity, value) rows of a join ordered by entity into one record per person.

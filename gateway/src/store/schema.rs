@@ -158,6 +158,7 @@ diesel::table! {
         created -> Timestamptz,
         last_updated -> Timestamptz,
         merged_into_id -> Nullable<Int8>,
+        linked -> Bool,
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Scoped<'a> {
     pub touched: crate::audit::Touched,
     /// Whether this unit of work changed a record (births and deaths are looked for then).
     pub changed: bool,
+    /// People read here whose record says nobody is linked to them (`tracked_entity.linked`,
+    /// migration 21): rendering them needs no look-up of `Patient.link` while this unit of work
+    /// has changed nothing ([`Scoped::known_unlinked`]).
+    unlinked: std::collections::HashSet<String>,
 }
 
 /// The caller's scope as the ownership rule ([`VISIBLE`]) takes it: org-unit ids
@@ -310,7 +314,19 @@ impl<'a> Scoped<'a> {
             program_scope: ctx.program_scope.clone(),
             touched: crate::audit::Touched::default(),
             changed: false,
+            unlinked: std::collections::HashSet::new(),
         }
+    }
+
+    /// Notes that the person `uid`, as read from the database, has no link or relationship.
+    pub fn note_unlinked(&mut self, uid: &str) {
+        self.unlinked.insert(uid.to_owned());
+    }
+
+    /// Whether every one of `uids` was read here with no link, and this unit of work has written
+    /// nothing since (a write may have linked them: the flag is only trusted in a read).
+    pub fn known_unlinked(&self, uids: &[String]) -> bool {
+        !self.changed && uids.iter().all(|u| self.unlinked.contains(u))
     }
 
     fn transaction_at<T>(
