@@ -94,15 +94,18 @@ pub fn find(s: &mut Scoped, entity_type_id: i64, uid: &str) -> Result<Option<Per
     if let Some(visible) = s.visible_people() {
         q = q.filter(visible);
     }
-    let rows: Vec<((EntityRow, Option<(i64, String)>), bool)> = q.load(s.conn()?)?;
+    let rows: Vec<(JoinedRow, bool)> = q.load(s.conn()?)?;
     if rows.first().is_some_and(|(_, linked)| !linked) {
         s.note_unlinked(uid);
     }
     Ok(group(rows.into_iter().map(|(row, _)| row).collect()).pop())
 }
 
+/// A row of the person ⟕ attribute value join: the person and one of her values.
+type JoinedRow = (EntityRow, Option<(i64, String)>);
+
 /// Folds (entity, value) rows of a join ordered by entity into one record per person.
-fn group(rows: Vec<(EntityRow, Option<(i64, String)>)>) -> Vec<PersonRecord> {
+fn group(rows: Vec<JoinedRow>) -> Vec<PersonRecord> {
     let mut out: Vec<PersonRecord> = Vec::new();
     for ((id, uid, version, last_updated, org_unit_id, inactive, deleted, merged_into), value) in
         rows
