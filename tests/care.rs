@@ -772,6 +772,25 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
     .outcome(422);
 }
 
+/// A mother registered at `org` with an ANC visit there and a weight taken at it: (mother,
+/// visit, weight).
+fn mother_with_a_weight(app: &TestApp, org: &str) -> (String, String, String) {
+    let (mother, _) = new_mother_and_child(app, org);
+    let visit = id(&app
+        .post(
+            "Encounter",
+            &anc_visit(&mother, org, None, "2026-01-20T09:00:00Z"),
+        )
+        .expect(201));
+    let obs = id(&app
+        .post(
+            "Observation",
+            &weight(&mother, &visit, 64.5, "2026-01-20T09:10:00Z"),
+        )
+        .expect(201));
+    (mother, visit, obs)
+}
+
 /// The program and owner each data value carries (migration 20) follow every change of owner,
 /// including those made outside the gateway's write path: an owner row removed or added, an
 /// enrollment moved, a value inserted or moved by SQL.
@@ -779,23 +798,11 @@ fn a_transfer_moves_the_owner_keeps_history_and_changes_what_each_facility_sees(
 fn the_owner_a_value_carries_follows_every_change_of_owner() {
     let app = TestApp::start();
     let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
-    let (mother, _) = new_mother_and_child(&app, &mto);
-    let first = id(&app
-        .post(
-            "Encounter",
-            &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
-        )
-        .expect(201));
+    let (mother, _, obs) = mother_with_a_weight(&app, &mto);
     let second = id(&app
         .post(
             "Encounter",
             &anc_visit(&mother, &mto, None, "2026-01-27T09:00:00Z"),
-        )
-        .expect(201));
-    let obs = id(&app
-        .post(
-            "Observation",
-            &weight(&mother, &first, 64.5, "2026-01-20T09:10:00Z"),
         )
         .expect(201));
     let at_mto = scoped_context(&app, "nurse-mto", &["KD_KAS_MTO"], &["KD_KAS_MTO"]);
@@ -876,19 +883,7 @@ fn migration_20_backfills_the_owner_of_stored_values_and_reverts() {
     use diesel_migrations::MigrationHarness;
     let app = TestApp::start();
     let (mto, pwani) = (app.org("KD_KAS_MTO"), app.org("KD_KUS_PWA"));
-    let (mother, _) = new_mother_and_child(&app, &mto);
-    let visit = id(&app
-        .post(
-            "Encounter",
-            &anc_visit(&mother, &mto, None, "2026-01-20T09:00:00Z"),
-        )
-        .expect(201));
-    let obs = id(&app
-        .post(
-            "Observation",
-            &weight(&mother, &visit, 64.5, "2026-01-20T09:10:00Z"),
-        )
-        .expect(201));
+    let (mother, _, obs) = mother_with_a_weight(&app, &mto);
     app.post(
         &format!("Patient/{mother}/$transfer"),
         &transfer_params("ANC", &pwani, "moved"),
