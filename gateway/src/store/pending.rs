@@ -16,7 +16,7 @@
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt};
+use diesel::sql_types::BigInt;
 use serde_json::Value;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -346,16 +346,6 @@ impl Pending {
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct Owned {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = BigInt)]
-    program_id: i64,
-    #[diesel(sql_type = BigInt)]
-    owner: i64,
-}
-
 /// The queued values with their program and owner, from their enrollments, in one statement
 /// for the batch (after the enrollments and their owner rows are written). A value inserted
 /// without them would cost a trigger call of its own (migration 20), about 17 µs a row.
@@ -369,17 +359,25 @@ fn owners_of_values(
     let mut wanted: Vec<i64> = values.iter().map(|v| v.enrollment_id).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let found: Vec<Owned> = diesel::sql_query(
-        "SELECT en.id, en.program_id, COALESCE(po.org_unit_id, en.org_unit_id) AS owner \
-         FROM enrollment en LEFT JOIN program_ownership po \
-         ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id \
-         WHERE en.id = ANY($1)",
-    )
-    .bind::<Array<BigInt>, _>(&wanted)
-    .load(conn)?;
+    // Built with the query builder, so that the statement stays prepared on the connection (a
+    // `sql_query` is parsed again on every write of values).
+    let found: Vec<(i64, i64, i64, Option<i64>)> = en::table
+        .left_join(
+            po::table.on(po::tracked_entity_id
+                .eq(en::tracked_entity_id)
+                .and(po::program_id.eq(en::program_id))),
+        )
+        .filter(en::id.eq_any(&wanted))
+        .select((
+            en::id,
+            en::program_id,
+            en::org_unit_id,
+            po::org_unit_id.nullable(),
+        ))
+        .load(conn)?;
     let by_id: std::collections::HashMap<i64, (i64, i64)> = found
         .into_iter()
-        .map(|o| (o.id, (o.program_id, o.owner)))
+        .map(|(id, program, enrolled_at, owner)| (id, (program, owner.unwrap_or(enrolled_at))))
         .collect();
     values
         .into_iter()
