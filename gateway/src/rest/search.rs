@@ -281,7 +281,7 @@ struct Plan {
     order: Vec<String>,
     /// For program data, what the caller's ownership rule is evaluated over (the row's
     /// enrollment, or a data value's own columns): the store adds it ([`Scoped::search_where`]).
-    enrollment: Option<RuleOn<'static>>,
+    rule: Option<RuleOn<'static>>,
 }
 
 fn scope_condition(s: &Scoped, sql: &mut Sql) -> Option<String> {
@@ -454,7 +454,7 @@ fn patient_plan(
     let order = order_by(params, lenient, "Patient", &keys, "te.id")?;
     Ok(Plan {
         from: "tracked_entity te",
-        enrollment: None,
+        rule: None,
         id_column: "te.id",
         conditions: c,
         order,
@@ -571,7 +571,7 @@ fn encounter_plan(
     let order = order_by(params, lenient, "Encounter", &keys, "e.id")?;
     Ok(Plan {
         from: "event e JOIN tracked_entity te ON te.id = e.tracked_entity_id",
-        enrollment: Some(RuleOn::Enrollment("e.enrollment_id")),
+        rule: Some(RuleOn::Enrollment("e.enrollment_id")),
         id_column: "e.id",
         conditions: c,
         order,
@@ -660,7 +660,7 @@ fn observation_plan(
     let order = order_by(params, lenient, "Observation", &keys, "d.id")?;
     Ok(Plan {
         from: "event_data_value d JOIN tracked_entity te ON te.id = d.tracked_entity_id",
-        enrollment: Some(RuleOn::Value("d")),
+        rule: Some(RuleOn::Value("d")),
         id_column: "d.id",
         conditions: c,
         order,
@@ -775,7 +775,7 @@ fn related_person_plan(
     let order = order_by(params, lenient, "RelatedPerson", &keys, "r.id")?;
     Ok(Plan {
         from: "relationship r JOIN tracked_entity te ON te.id = (CASE WHEN r.related_is_from THEN r.to_tracked_entity_id ELSE r.from_tracked_entity_id END)",
-        enrollment: None,
+        rule: None,
         id_column: "r.id",
         conditions: c,
         order,
@@ -876,7 +876,7 @@ fn episode_plan(env: &Env, params: &[Param], lenient: bool, sql: &mut Sql) -> Re
     let order = order_by(params, lenient, "EpisodeOfCare", &keys, "en.id")?;
     Ok(Plan {
         from: "enrollment en JOIN tracked_entity te ON te.id = en.tracked_entity_id LEFT JOIN program_ownership po ON po.tracked_entity_id = en.tracked_entity_id AND po.program_id = en.program_id",
-        enrollment: Some(RuleOn::Enrollment("en.id")),
+        rule: Some(RuleOn::Enrollment("en.id")),
         id_column: "en.id",
         conditions: c,
         order,
@@ -1070,7 +1070,7 @@ pub fn search(
         }
         _ => {}
     }
-    let wh = s.search_where(&mut sql, &plan.conditions, plan.enrollment)?;
+    let wh = s.search_where(&mut sql, &plan.conditions, plan.rule)?;
     let count_sql = sql.clone();
     let count_all = |s: &mut Scoped| -> Result<i64, Error> {
         Ok(count_sql
@@ -1189,7 +1189,7 @@ pub fn matching_ids(
         "EpisodeOfCare" => "en.uid",
         _ => "d.uid",
     };
-    let wh = s.search_where(&mut sql, &plan.conditions, plan.enrollment)?;
+    let wh = s.search_where(&mut sql, &plan.conditions, plan.rule)?;
     let l = sql.bind(Bind::Int(limit));
     #[derive(QueryableByName)]
     struct Uid {

@@ -51,20 +51,20 @@ struct PageRow {
 }
 
 impl Scoped<'_> {
-    /// `conditions` joined; with `enrollment` (what the rule is evaluated over, for program data)
+    /// `conditions` joined; with `rule` (what the ownership rule is evaluated over, program data)
     /// the caller's ownership rule is added, its values bound in `sql`.
     pub fn search_where(
         &mut self,
         sql: &mut Sql,
         conditions: &[String],
-        enrollment: Option<super::RuleOn>,
+        rule: Option<super::RuleOn>,
     ) -> Result<Where, Error> {
         let mut c = conditions.to_vec();
-        if let (Some(on), Some(p)) = (enrollment, self.program_scope()?) {
+        if let (Some(on), Some(p)) = (rule, self.program_scope()?) {
             c.push(p.bound(sql, on));
         }
         // With no scope to apply (the caller sees all program data) there is nothing to re-check.
-        let ruled = enrollment.is_some();
+        let ruled = rule.is_some();
         Ok(Where {
             text: c.join(" AND "),
             ruled,
