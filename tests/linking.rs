@@ -294,6 +294,12 @@ fn one_person_twice_in_a_bundle_is_linked_atomically() {
         .collect();
     let second = app.get(&format!("Patient/{}", ids[1])).expect(200);
     assert_eq!(links_of(&second), vec![format!("Patient/{}", ids[0])]);
+    // The Bundle's answer shows the link it made, as a single create's would.
+    assert_eq!(
+        links_of(&v["entry"][1]["resource"]),
+        vec![format!("Patient/{}", ids[0])],
+        "{v}"
+    );
 
     // A failed Bundle leaves no decision behind.
     let before = app.db.scalar("SELECT count(*) FROM person_link");
@@ -330,6 +336,73 @@ fn concurrent_creates_of_one_person_link_once() {
             ids[0], ids[1]
         ));
         assert_eq!(linked, 1, "round {round}: {ids:?}");
+    }
+}
+
+/// Two transaction Bundles carrying one person, sent at once: the second to take the matching
+/// locks reads its candidates after the first committed, so the two records are LINKED once,
+/// whichever wins. Each Bundle also carries people of its own sharing blocking keys with the
+/// other's, which are written before the locks are taken and must not be compared with
+/// themselves or meet as candidates read back from the database.
+#[test]
+fn concurrent_bundles_of_one_person_link_once() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let entry =
+        |p: Value| json!({ "resource": p, "request": { "method": "POST", "url": "Patient" } });
+    for round in 0..3 {
+        // Rounds apart: other names, birth dates and phones, so that no round meets another.
+        let family = ["Atieno", "Kiprono", "Mutua"][round];
+        let given = ["Grace", "Brian", "Esther"][round];
+        let born = ["1988-04-09", "1954-07-21", "2011-01-15"][round];
+        let phone = format!("+254 700 66600{round}");
+        let answers: Vec<Value> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|side| {
+                    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+                        entry(person(&org, family, given, born, &phone)),
+                        entry(person(&org, family, ["Faith", "Joy"][side], &format!("19{}-10-30", 60 + round * 5 + side), &format!("+254 722 00{round}00{side}"))),
+                    ]});
+                    let app = &app;
+                    scope.spawn(move || app.post("", &bundle).expect(200))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let grace: Vec<String> = answers
+            .iter()
+            .map(|v| {
+                v["entry"][0]["response"]["location"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let linked = app.db.scalar(&format!(
+            "SELECT count(*) FROM person_link l
+             JOIN tracked_entity a ON a.id = l.source_id JOIN tracked_entity b ON b.id = l.target_id
+             WHERE l.status = 'LINKED' AND a.uid IN ('{0}', '{1}') AND b.uid IN ('{0}', '{1}')",
+            grace[0], grace[1]
+        ));
+        assert_eq!(linked, 1, "round {round}: {grace:?}");
+        // The later Bundle's answer shows the link; the earlier one's cannot have known of it.
+        let shown: Vec<Vec<String>> = answers
+            .iter()
+            .map(|v| links_of(&v["entry"][0]["resource"]))
+            .collect();
+        assert_eq!(
+            shown.iter().filter(|l| !l.is_empty()).count(),
+            1,
+            "round {round}: {shown:?}"
+        );
+        // No record was compared with itself or its own Bundle's other person.
+        let stray = app
+            .db
+            .scalar("SELECT count(*) FROM person_link WHERE source_id = target_id");
+        assert_eq!(stray, 0);
     }
 }
 

@@ -21,7 +21,6 @@ use crate::fhir::Return;
 use crate::store::pending::Seq;
 use crate::store::{EntryAt, Scoped};
 use crate::tracker::{identity, Env};
-use crate::translate;
 
 /// How the caller asked the Bundle to be handled.
 #[derive(Debug, Clone)]
@@ -576,23 +575,8 @@ pub fn transaction(
     s.expect(Seq::Event, visits);
     s.expect(Seq::Enrollment, visits.min(people.max(1)));
     s.expect(Seq::DataValue, values);
-    // Matching on write: the Bundle's people lock their blocking keys and read their candidates
-    // in one round trip each, before the first entry runs (an entry that fails to translate
-    // fails in its own turn).
-    let to_match: Vec<_> = requests
-        .iter()
-        .zip(&entries)
-        .enumerate()
-        .filter(|(i, (r, _))| {
-            !skipped[*i]
-                && r.resource_type == "Patient"
-                && matches!(r.method.as_str(), "POST" | "PUT")
-        })
-        .filter_map(|(_, (_, e))| e.get("resource"))
-        .filter_map(|res| translate::patient::to_tracker(res, &env.mappings.patient, env.md).ok())
-        .map(|w| identity::demographics(env, &w))
-        .collect();
-    identity::prepare(s, env, &to_match)?;
+    // Matching on write waits until the entries that write have run (see `identity::settle`).
+    identity::defer(s, env);
     let mut order: Vec<usize> = (0..entries.len()).filter(|i| !skipped[*i]).collect();
     order.sort_by_key(|i| rank(&requests[*i]));
 
@@ -600,6 +584,10 @@ pub fn transaction(
     let mut answers: Vec<Option<Answer>> = vec![None; entries.len()];
     for i in order {
         let req = &requests[i];
+        // Reads come last; they see the people written with their links.
+        if matches!(req.method.as_str(), "GET" | "HEAD") {
+            settle_links(s, env, &mut answers)?;
+        }
         let what = format!("{} {}", req.method, req.url);
         s.entry = Some(EntryAt {
             index: i,
@@ -623,6 +611,7 @@ pub fn transaction(
         }
         answers[i] = Some(answer);
     }
+    settle_links(s, env, &mut answers)?;
     let response_entries: Vec<Value> = answers
         .into_iter()
         .enumerate()
@@ -640,6 +629,28 @@ pub fn transaction(
         })
         .collect();
     Ok(response_bundle("transaction-response", response_entries))
+}
+
+/// Matches the people the Bundle wrote so far ([`identity::settle`]) and shows their links in
+/// the entries' answers, as a single write of each would have.
+fn settle_links(s: &mut Scoped, env: &Env, answers: &mut [Option<Answer>]) -> Result<(), Error> {
+    // A refusal while the queue is written names its entry itself (`UniqueClaim`); one while a
+    // person is matched is named after that person's entry.
+    s.entry = None;
+    let settled = identity::settle(s, env).map_err(|e| match &s.entry {
+        Some(at) => at_entry(e, at.index, &at.what),
+        None => e,
+    })?;
+    for (at, linked) in settled {
+        let resource = at
+            .and_then(|at| answers.get_mut(at.index))
+            .and_then(Option::as_mut)
+            .and_then(|a| a.resource.as_mut());
+        if let (Some(resource), false) = (resource, linked.is_empty()) {
+            super::identity::set_links(s, env, resource, &linked);
+        }
+    }
+    Ok(())
 }
 
 pub fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {

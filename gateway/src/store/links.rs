@@ -30,6 +30,20 @@ pub struct LinkPool {
     pub written: HashMap<i64, (PersonRecord, Demographics, Vec<i64>)>,
     /// Who of `written` holds each lock key (the key stands for a blocking key).
     pub written_by_key: HashMap<i64, Vec<i64>>,
+    /// While a transaction Bundle's entries run: the people they wrote, to be matched once all
+    /// of them are written (`tracker::identity::settle`).
+    pub deferred: Option<Vec<Deferred>>,
+    /// People this unit of work created before its candidates were read: never a candidate
+    /// read back from the database, as `written` already holds them in the order they came.
+    pub own: HashSet<i64>,
+}
+
+/// A person written by a transaction Bundle's entry, whose matching waits for the Bundle's
+/// other writes.
+pub struct Deferred {
+    pub entry: Option<super::EntryAt>,
+    pub record: PersonRecord,
+    pub updated: bool,
 }
 
 impl LinkPool {

@@ -266,6 +266,11 @@ pub struct Pending {
     pub enrollments: Vec<EnrollmentRow>,
     pub events: Vec<EventRow>,
     pub values: Vec<ValueRow>,
+    /// Leaves the blocking keys queued when the rest is written: a transaction Bundle writes
+    /// its records before it takes its matching locks, and its people's keys after it has read
+    /// their candidates (`tracker::identity::settle`), so that no candidate read is one of its
+    /// own people and the locks are held only for the matching itself.
+    pub hold_match_keys: bool,
 }
 
 /// From this many rows on, a table's rows go by binary `COPY` (one prepared statement of any size,
@@ -300,7 +305,7 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.persons.is_empty()
             && self.person_values.is_empty()
-            && self.match_keys.is_empty()
+            && (self.hold_match_keys || self.match_keys.is_empty())
             && self.links.is_empty()
             && self.changes.is_empty()
             && self.inbound.is_empty()
@@ -315,7 +320,9 @@ impl Pending {
         let claims = std::mem::take(&mut self.unique_claims);
         write_rows!(conn, teav::table, self.person_values)
             .map_err(|e| unique_refusal(&claims, e))?;
-        write_rows!(conn, mk::table, self.match_keys)?;
+        if !self.hold_match_keys {
+            write_rows!(conn, mk::table, self.match_keys)?;
+        }
         write_rows!(conn, pl::table, self.links)?;
         // Ownership rows go with their enrollments; an earlier enrollment may already have made the
         // person's owner row in the program, which stays (transfer is explicit).

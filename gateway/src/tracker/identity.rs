@@ -12,8 +12,9 @@
 //!
 //! Two concurrent writes of one person must meet: before its candidates are read, a write takes
 //! transaction-scoped advisory locks on its blocking keys, so the second write waits for the
-//! first to commit and then finds it. A transaction Bundle locks and reads for all its people in
-//! one round trip each ([`prepare`]), before its first entry runs.
+//! first to commit and then finds it. A transaction Bundle matches its people after its entries
+//! have run and its records are written ([`defer`], [`settle`]): it locks and reads for all of
+//! them in one round trip each, and holds the locks only for the matching and the commit.
 //!
 //! Matching compares against the whole registry (a person registered at another facility is
 //! still the same person); what is shown to a caller stays within their scope.
@@ -31,9 +32,9 @@ use crate::mapping::matching::MatchingRules;
 use crate::mapping::patient::IdentifierMap;
 use crate::matching::score::{self, Decision, Frequencies, Grade};
 use crate::matching::{compare, keys, Demographics};
-use crate::store::links::{self, KeyQuery};
+use crate::store::links::{self, Deferred, KeyQuery};
 use crate::store::pending::LinkRow;
-use crate::store::{match_keys, patients, Scoped};
+use crate::store::{match_keys, patients, EntryAt, Scoped};
 use crate::translate::patient::PatientWrite;
 
 /// The rules, when writes are matched.
@@ -94,17 +95,57 @@ pub fn lock_keys(d: &Demographics, window: i32) -> Vec<i64> {
     out
 }
 
-/// Locks the blocking keys of `people` and reads their candidates, for the writes that follow in
-/// this unit of work: a transaction Bundle calls it once with every Patient it carries, so that
-/// its entries are matched without another round trip (and its queue stays one COPY).
-pub fn prepare(s: &mut Scoped, env: &Env, people: &[Demographics]) -> Result<(), Error> {
-    match on_write(env) {
-        Some(rules) => prepare_with(s, env, rules, people),
-        None => Ok(()),
+/// Defers the matching of the people a transaction Bundle writes until its entries have run
+/// ([`settle`]): the locks are then taken after the Bundle's records are written and held only
+/// while its people are matched and committed. Taken before the first entry, they were held
+/// for the whole Bundle, and two Bundles of people sharing any blocking key (most do: the pair
+/// of name codes is a coarse key) ran one after the other.
+pub fn defer(s: &mut Scoped, env: &Env) {
+    if on_write(env).is_some() {
+        s.links.deferred = Some(Vec::new());
+        s.defer().hold_match_keys = true;
     }
 }
 
-/// [`prepare`] under `rules` whether matching on write is on or not (`kiunga rematch`).
+/// Matches the people written since [`defer`], in the order they were written, as each entry
+/// would have on its own: writes everything queued but the blocking keys, locks the keys of
+/// them all, reads their candidates in one round trip, decides, and queues the keys with the
+/// decisions. Returns, for each deferred entry, the records it is now LINKED to.
+///
+/// Two Bundles writing one person still meet: the second to lock reads its candidates after
+/// the first committed, keys included. A candidate read is never one of this Bundle's own
+/// people (their keys are not written yet, and those found by an identifier are set aside):
+/// they meet each other in order, through [`LinkPool::written`](links::LinkPool).
+pub fn settle(s: &mut Scoped, env: &Env) -> Result<Vec<(Option<EntryAt>, Vec<Linked>)>, Error> {
+    let Some(later) = s.links.deferred.take() else {
+        return Ok(Vec::new());
+    };
+    let held = std::mem::replace(&mut s.defer().hold_match_keys, false);
+    let Some(rules) = on_write(env).filter(|_| !later.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    if held {
+        s.defer().hold_match_keys = true;
+        s.flush()?;
+        s.defer().hold_match_keys = false;
+    }
+    let pm = &env.mappings.patient;
+    let people: Vec<Demographics> = later
+        .iter()
+        .map(|d| Demographics::from_values(&d.record.values, pm))
+        .collect();
+    prepare_with(s, env, rules, &people)?;
+    let mut out = Vec::with_capacity(later.len());
+    for d in later {
+        s.entry.clone_from(&d.entry);
+        let linked = link_with(s, env, rules, &d.record, d.updated)?;
+        out.push((d.entry, linked));
+    }
+    Ok(out)
+}
+
+/// Locks the blocking keys of `people` and reads their candidates, for the matching that
+/// follows in this unit of work, whether matching on write is on or not (`kiunga rematch`).
 pub fn prepare_with(
     s: &mut Scoped,
     env: &Env,
@@ -162,7 +203,7 @@ pub fn prepare_with(
         rules.max_candidates,
     )?;
     let mut found: Vec<Vec<i64>> = vec![Vec::new(); wanted.len()];
-    for (q, id) in hits {
+    for (q, id) in hits.into_iter().filter(|(_, id)| !s.links.own.contains(id)) {
         if let Some(f) = found.get_mut(q) {
             f.push(id);
         }
@@ -353,10 +394,21 @@ pub fn link(
     record: &PersonRecord,
     updated: bool,
 ) -> Result<Vec<Linked>, Error> {
-    match on_write(env) {
-        Some(rules) => link_with(s, env, rules, record, updated),
-        None => Ok(Vec::new()),
+    let Some(rules) = on_write(env) else {
+        return Ok(Vec::new());
+    };
+    if let Some(later) = s.links.deferred.as_mut() {
+        later.push(Deferred {
+            entry: s.entry.clone(),
+            record: record.clone(),
+            updated,
+        });
+        if !updated {
+            s.links.own.insert(record.id);
+        }
+        return Ok(Vec::new());
     }
+    link_with(s, env, rules, record, updated)
 }
 
 /// [`link`] under `rules` whether matching on write is on or not (`kiunga rematch`).
