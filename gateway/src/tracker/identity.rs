@@ -95,6 +95,9 @@ pub fn lock_keys(d: &Demographics, window: i32) -> Vec<i64> {
     out
 }
 
+/// A deferred entry, and the records its person is now LINKED to.
+pub type Settled = (Option<EntryAt>, Vec<Linked>);
+
 /// Defers the matching of the people a transaction Bundle writes until its entries have run
 /// ([`settle`]): the locks are then taken after the Bundle's records are written and held only
 /// while its people are matched and committed. Taken before the first entry, they were held
@@ -116,7 +119,7 @@ pub fn defer(s: &mut Scoped, env: &Env) {
 /// the first committed, keys included. A candidate read is never one of this Bundle's own
 /// people (their keys are not written yet, and those found by an identifier are set aside):
 /// they meet each other in order, through [`LinkPool::written`](links::LinkPool).
-pub fn settle(s: &mut Scoped, env: &Env) -> Result<Vec<(Option<EntryAt>, Vec<Linked>)>, Error> {
+pub fn settle(s: &mut Scoped, env: &Env) -> Result<Vec<Settled>, Error> {
     let Some(later) = s.links.deferred.take() else {
         return Ok(Vec::new());
     };
