@@ -30,6 +30,7 @@ pub enum Bind {
     Time(DateTime<Utc>),
     Num(f64),
     Flag(bool),
+    Flags(Vec<bool>),
 }
 
 /// SQL text with `$n` placeholders and their values, built clause by clause.
@@ -114,6 +115,7 @@ impl QueryFragment<Pg> for Dynamic {
                 Bind::Time(v) => out.push_bind_param::<Timestamptz, _>(v)?,
                 Bind::Num(v) => out.push_bind_param::<Double, _>(v)?,
                 Bind::Flag(v) => out.push_bind_param::<Bool, _>(v)?,
+                Bind::Flags(v) => out.push_bind_param::<Array<Bool>, _>(v)?,
             }
         }
         out.push_sql(&self.tail);

@@ -182,47 +182,56 @@ pub fn candidates(
     window: i32,
     max: i64,
 ) -> Result<Vec<(usize, i64)>, Error> {
-    let exclude: Vec<i64> = people.iter().map(|p| p.id).collect();
-    let holds_primary: Vec<bool> = people.iter().map(|p| p.holds_primary).collect();
-    let (kq, kk, kc, ky) = keys.iter().fold(
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |mut a, k| {
-            a.0.push(k.query);
-            a.1.push(k.kind);
-            a.2.push(k.code);
-            // -1 for "no year": unnest cannot carry a NULL element through diesel's array binds.
-            a.3.push(k.year.map_or(-1, |y| y));
-            a
-        },
-    );
-    let (iq, ia, iv) = identifiers.iter().fold(
-        (Vec::new(), Vec::new(), Vec::new()),
-        |mut a, (q, attribute, value)| {
-            a.0.push(*q);
-            a.1.push(*attribute);
-            a.2.push(value.as_str());
-            a
-        },
-    );
+    use super::dynamic::{Bind, Sql};
+    let ints = |v: Vec<i32>| Bind::Ints(v.into_iter().map(i64::from).collect());
+    let texts = |v: Vec<&str>| Bind::Texts(v.into_iter().map(str::to_owned).collect());
+    let mut kq = Vec::new();
+    let mut kk = Vec::new();
+    let mut kc = Vec::new();
+    let mut ky = Vec::new();
+    for k in keys {
+        kq.push(k.query);
+        kk.push(k.kind);
+        kc.push(k.code);
+        // -1 for "no year": unnest cannot carry a NULL element through an array bind.
+        ky.push(k.year.unwrap_or(-1));
+    }
+    let mut iq = Vec::new();
+    let mut ia = Vec::new();
+    let mut iv = Vec::new();
+    for (q, attribute, value) in identifiers {
+        iq.push(*q);
+        ia.push(*attribute);
+        iv.push(value.as_str());
+    }
     let (sq, sv): (Vec<i32>, Vec<&str>) =
         single_valued.iter().map(|(q, v)| (*q, v.as_str())).unzip();
-    let hits: Vec<Hit> = diesel::sql_query(
-        "SELECT q, id FROM kiunga_match_candidates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind::<Array<Integer>, _>(&kq)
-    .bind::<Array<Text>, _>(&kk)
-    .bind::<Array<Text>, _>(&kc)
-    .bind::<Array<Integer>, _>(&ky)
-    .bind::<Integer, _>(window)
-    .bind::<BigInt, _>(max)
-    .bind::<Array<Integer>, _>(&iq)
-    .bind::<Array<BigInt>, _>(&ia)
-    .bind::<Array<Text>, _>(&iv)
-    .bind::<Array<BigInt>, _>(&exclude)
-    .bind::<Array<Integer>, _>(&sq)
-    .bind::<Array<Text>, _>(&sv)
-    .bind::<Array<diesel::sql_types::Bool>, _>(&holds_primary)
-    .load(s.conn()?)?;
+    // Built with `dynamic::Sql`, whose statements stay prepared: as a `sql_query` it was parsed
+    // on every create.
+    let mut sql = Sql::default();
+    let args = [
+        format!("{}::int4[]", sql.bind(ints(kq))),
+        sql.bind(texts(kk)),
+        sql.bind(texts(kc)),
+        format!("{}::int4[]", sql.bind(ints(ky))),
+        format!("{}::int4", sql.bind(Bind::Int(i64::from(window)))),
+        sql.bind(Bind::Int(max)),
+        format!("{}::int4[]", sql.bind(ints(iq))),
+        sql.bind(Bind::Ints(ia)),
+        sql.bind(texts(iv)),
+        sql.bind(Bind::Ints(people.iter().map(|p| p.id).collect())),
+        format!("{}::int4[]", sql.bind(ints(sq))),
+        sql.bind(texts(sv)),
+        sql.bind(Bind::Flags(
+            people.iter().map(|p| p.holds_primary).collect(),
+        )),
+    ];
+    let hits: Vec<Hit> = sql
+        .query(format!(
+            "SELECT q, id FROM kiunga_match_candidates({})",
+            args.join(", ")
+        ))
+        .load(s.conn()?)?;
     Ok(hits.into_iter().map(|h| (h.q as usize, h.id)).collect())
 }
 
