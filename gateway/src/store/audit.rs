@@ -53,6 +53,12 @@ pub struct AuditRow {
 const CHUNK: usize = 2_000;
 
 pub fn insert(conn: &mut PgConnection, rows: &[NewAuditRow]) -> Result<(), Error> {
+    // One row (a write's own record) as a statement diesel keeps prepared; a multi-row insert's
+    // text changes with its length and is parsed every time.
+    if let [row] = rows {
+        diesel::insert_into(a::table).values(row).execute(conn)?;
+        return Ok(());
+    }
     for chunk in rows.chunks(CHUNK) {
         diesel::insert_into(a::table).values(chunk).execute(conn)?;
     }
