@@ -230,39 +230,59 @@ pub fn replace_values(
 
 /// The join people are read through, with their values.
 /// People by id (scope applied; deleted and merged ones left out), values included, in one query.
+/// Like [`find`], notes the people nobody is linked to, so that rendering a page of them needs
+/// no look-up of `Patient.link`.
 pub fn by_ids(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
     let scope = s.people_scope();
-    live_by_ids(s.conn()?, ids, scope)
+    let (people, unlinked) = live_by_ids(s.conn()?, ids, scope)?;
+    for uid in &unlinked {
+        s.note_unlinked(uid);
+    }
+    Ok(people)
 }
 
-/// Live people with their values, in id order, within `scope` when there is one.
+/// Live people with their values, in id order, within `scope` when there is one; and the uids
+/// of those whose record says nobody is linked to them (`tracked_entity.linked`).
 fn live_by_ids(
     conn: &mut PgConnection,
     ids: &[i64],
     scope: Option<super::scoped::PeopleScope>,
-) -> Result<Vec<PersonRecord>, Error> {
+) -> Result<(Vec<PersonRecord>, Vec<String>), Error> {
     let mut q = te::table
         .left_join(teav::table)
         .filter(te::id.eq_any(ids))
         .filter(te::deleted.eq(false))
         .filter(te::merged_into_id.is_null())
         .select((
-            entity_columns(),
-            (teav::attribute_id, teav::value).nullable(),
+            (
+                entity_columns(),
+                (teav::attribute_id, teav::value).nullable(),
+            ),
+            te::linked,
         ))
         .order(te::id)
         .into_boxed();
     if let Some(scope) = scope {
         q = q.filter(scope.filter());
     }
-    Ok(group(q.load(conn)?))
+    let rows: Vec<(JoinedRow, bool)> = q.load(conn)?;
+    let mut unlinked: Vec<String> = rows
+        .iter()
+        .filter(|(_, linked)| !linked)
+        .map(|((entity, _), _)| entity.1.clone())
+        .collect();
+    unlinked.dedup();
+    Ok((
+        group(rows.into_iter().map(|(row, _)| row).collect()),
+        unlinked,
+    ))
 }
 
 /// People by id whatever the caller's scope (deleted ones left out), for matching on write:
 /// a person registered elsewhere is still the same person. Never shown as such: what a caller
 /// sees of the decisions is filtered by scope where it is read.
 pub fn by_ids_for_matching(s: &mut Scoped, ids: &[i64]) -> Result<Vec<PersonRecord>, Error> {
-    live_by_ids(s.conn_unflushed(), ids, None)
+    Ok(live_by_ids(s.conn_unflushed(), ids, None)?.0)
 }
 
 /// The ids of the people holding `value` in `attribute_id` (an identifier system's attribute),
