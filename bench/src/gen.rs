@@ -105,3 +105,72 @@ pub fn transaction(people: &[Person], facility_uids: &[String]) -> Value {
     }
     json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })
 }
+
+/// [`transaction`] as JSON text, written directly: the same document, at a fiftieth of the
+/// load generator's CPU (building the `Value` tree and serialising it took 7.1 ms a Bundle of
+/// 700 resources, against 0.13 ms, on the two cores the gateway and Postgres share, and inside
+/// each request's measured time).
+pub fn transaction_body(people: &[Person], facility_uids: &[String]) -> String {
+    use std::fmt::Write;
+    // Every value written here is ASCII without quotes or backslashes (generated above, or a
+    // DHIS2 uid); `text` checks it rather than escaping.
+    fn text(s: &str) -> &str {
+        debug_assert!(s
+            .bytes()
+            .all(|b| b.is_ascii() && b != b'"' && b != b'\\' && b >= 0x20));
+        s
+    }
+    let mut out = String::with_capacity(people.len() * 7 * 700);
+    out.push_str(r#"{"resourceType":"Bundle","type":"transaction","entry":["#);
+    for (k, p) in people.iter().enumerate() {
+        let fac = text(&facility_uids[p.facility]);
+        let pu = format!("urn:uuid:00000000-0000-4000-8000-{:012x}", k * 16);
+        let eu = format!("urn:uuid:00000000-0000-4000-8000-{:012x}", k * 16 + 1);
+        if k > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            r#"{{"fullUrl":"{pu}","resource":{{"resourceType":"Patient","identifier":[{{"system":"http://example.org/national-id","value":"{}"}}],"name":[{{"family":"{}","given":["{}"]}}],"gender":"{}","birthDate":"{}","telecom":[{{"system":"phone","value":"{}"}}],"address":[{{"city":"{}"}}],"managingOrganization":{{"reference":"Organization/{fac}"}}}},"request":{{"method":"POST","url":"Patient"}}}}"#,
+            text(&p.national_id),
+            text(p.family),
+            text(p.given),
+            if p.female { "female" } else { "male" },
+            text(&p.birth_date),
+            text(&p.phone),
+            text(&p.village),
+        );
+        let _ = write!(
+            out,
+            r#",{{"fullUrl":"{eu}","resource":{{"resourceType":"Encounter","status":"finished","class":{{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"AMB"}},"type":[{{"coding":[{{"system":"http://snomed.info/sct","code":"11429006","display":"Consultation"}}]}}],"subject":{{"reference":"{pu}"}},"period":{{"start":"{DAY}T09:00:00Z","end":"{DAY}T09:30:00Z"}},"serviceProvider":{{"reference":"Organization/{fac}"}}}},"request":{{"method":"POST","url":"Encounter"}}}}"#,
+        );
+        for (i, (code, display, value, unit)) in VITALS.iter().enumerate() {
+            let _ = write!(
+                out,
+                r#",{{"fullUrl":"urn:uuid:00000000-0000-4000-8000-{:012x}","resource":{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"{code}","display":"{display}"}}]}},"subject":{{"reference":"{pu}"}},"encounter":{{"reference":"{eu}"}},"effectiveDateTime":"{DAY}T09:10:00Z","valueQuantity":{{"value":{},"unit":"{unit}","system":"http://unitsofmeasure.org","code":"{unit}"}}}},"request":{{"method":"POST","url":"Observation"}}}}"#,
+                k * 16 + 2 + i,
+                serde_json::Value::from(*value),
+            );
+        }
+    }
+    out.push_str("]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_bundle_is_the_built_one() {
+        let uids: Vec<String> = vec!["DiszpKrYNg8".into(), "Rp268JB6Ne4".into()];
+        let people: Vec<Person> = (0..3).map(|k| person("T1", 1, k, uids.len())).collect();
+        let written: Value = serde_json::from_str(&transaction_body(&people, &uids)).unwrap();
+        assert_eq!(written, transaction(&people, &uids));
+        // Text for text, too: the gateway sees the bytes the tree would have serialised to.
+        assert_eq!(
+            transaction_body(&people, &uids),
+            transaction(&people, &uids).to_string()
+        );
+    }
+}
