@@ -10,7 +10,7 @@ use super::schema::audit_event as a;
 use crate::error::Error;
 
 #[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = a)]
+#[diesel(table_name = a, treat_none_as_default_value = false)]
 pub struct NewAuditRow {
     /// When the access happened (a row written in a later batch keeps its own time).
     pub recorded: DateTime<Utc>,
@@ -49,18 +49,21 @@ pub struct AuditRow {
     pub purpose: Option<String>,
 }
 
-/// Rows per `INSERT`: well under Postgres' bind-parameter limit for 13 columns.
-const CHUNK: usize = 2_000;
-
 pub fn insert(conn: &mut PgConnection, rows: &[NewAuditRow]) -> Result<(), Error> {
-    // One row (a write's own record) as a statement diesel keeps prepared; a multi-row insert's
-    // text changes with its length and is parsed every time.
-    if let [row] = rows {
-        diesel::insert_into(a::table).values(row).execute(conn)?;
-        return Ok(());
-    }
-    for chunk in rows.chunks(CHUNK) {
-        diesel::insert_into(a::table).values(chunk).execute(conn)?;
+    // One row (a write's own record) as a statement diesel keeps prepared; a batch of the sink's
+    // (up to 500 reads) by COPY: as a multi-row `INSERT` its text changed with its length, and
+    // Postgres parsed and planned thousands of parameters for every batch, on the cores the
+    // reads it records were waiting for.
+    match rows {
+        [] => {}
+        [row] => {
+            diesel::insert_into(a::table).values(row).execute(conn)?;
+        }
+        _ => {
+            diesel::copy_from(a::table)
+                .from_insertable(rows)
+                .execute(conn)?;
+        }
     }
     Ok(())
 }
