@@ -267,6 +267,69 @@ fn an_update_rematches_and_replaces_only_the_engines_own_decisions() {
     assert_eq!(app.db.scalar("SELECT count(*) FROM person_link"), 0);
 }
 
+/// In a transaction Bundle, people are matched after the entries that write (and before the
+/// ones that read): a search in the same Bundle shows the link its create made, and an update
+/// in a Bundle re-matches as a single PUT does.
+#[test]
+fn a_bundle_matches_before_its_reads_and_rematches_its_updates() {
+    let app = TestApp::start();
+    let org = app.org("KD_KAS_MTO");
+    let a = id(&app
+        .post(
+            "Patient",
+            &person(&org, "Chebet", "Ruth", "1983-06-14", "+254 722 414141"),
+        )
+        .expect(201));
+    let tx = |entries: Vec<Value>| json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries });
+    let v = app
+        .post(
+            "",
+            &tx(vec![
+                json!({ "request": { "method": "GET", "url": "Patient?family=Chebet" } }),
+                json!({ "resource": person(&org, "Chebet", "Ruth", "1983-06-14", "+254 722 414141"),
+                        "request": { "method": "POST", "url": "Patient" } }),
+            ]),
+        )
+        .expect(200);
+    let b = v["entry"][1]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        links_of(&v["entry"][1]["resource"]),
+        vec![format!("Patient/{a}")],
+        "{v}"
+    );
+    // The read ran after the create, as the spec orders them, and sees both ends of the link.
+    let found = &v["entry"][0]["resource"];
+    assert_eq!(found["total"], 2, "{found}");
+    for e in found["entry"].as_array().unwrap() {
+        let me = e["resource"]["id"].as_str().unwrap();
+        let other = if me == a { &b } else { &a };
+        assert_eq!(
+            links_of(&e["resource"]),
+            vec![format!("Patient/{other}")],
+            "{found}"
+        );
+    }
+
+    // Corrected to someone else in a Bundle: the automatic link goes.
+    let mut p = person(&org, "Wafula", "Peter", "2001-09-09", "+254 733 999888");
+    p["id"] = json!(b);
+    let v = app
+        .post(
+            "",
+            &tx(vec![json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient/{b}") } })]),
+        )
+        .expect(200);
+    assert!(links_of(&v["entry"][0]["resource"]).is_empty(), "{v}");
+    assert!(links_of(&app.get(&format!("Patient/{a}")).expect(200)).is_empty());
+    assert_eq!(app.db.scalar("SELECT count(*) FROM person_link"), 0);
+}
+
 #[test]
 fn one_person_twice_in_a_bundle_is_linked_atomically() {
     let app = TestApp::start();
