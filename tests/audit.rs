@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::{json, Value};
 use support::clients::*;
-use support::TestApp;
+use support::{created_id, TestApp};
 
 fn observation(patient: &str) -> Value {
     json!({
@@ -300,13 +300,7 @@ fn a_batch_records_each_entry_that_wrote_and_development_mode_records_anonymous_
             Some(&serde_json::to_vec(&tx).unwrap()),
         )
         .expect(200);
-    let new_id = done["entry"][0]["response"]["location"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let new_id = created_id(&done["entry"][0]);
     assert_eq!(
         app.db.scalar(&format!(
             "SELECT count(*) FROM audit_event WHERE subtype = 'transaction' \

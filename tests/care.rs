@@ -6,7 +6,7 @@ mod support;
 
 use kiunga::rest;
 use serde_json::{json, Value};
-use support::{scoped_context, unique, unit_as, weight, TestApp, NID};
+use support::{created_id, scoped_context, unique, unit_as, weight, TestApp, NID};
 
 const ROLE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
 const RECORD: &str = "urn:kiunga:fhir:StructureDefinition:related-person-record";
@@ -113,15 +113,7 @@ fn a_mother_and_newborn_bundle_lands_atomically_and_reads_back_from_both_sides()
         before + 2,
         "two people, no third one for the RelatedPerson"
     );
-    let loc = |i: usize| {
-        out["entry"][i]["response"]["location"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .nth(1)
-            .unwrap()
-            .to_string()
-    };
+    let loc = |i: usize| created_id(&out["entry"][i]);
     let (rp, mother, child) = (loc(0), loc(1), loc(2));
     assert_eq!(
         app.db
@@ -1418,13 +1410,7 @@ fn a_mother_known_only_by_her_relatedperson_is_registered_inside_the_bundle() {
         people + 2,
         "{out}"
     );
-    let rp = out["entry"][0]["response"]["location"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let rp = created_id(&out["entry"][0]);
     let r = app.get(&format!("RelatedPerson/{rp}")).expect(200);
     let her = r["extension"][0]["valueReference"]["reference"]
         .as_str()
@@ -1436,13 +1422,7 @@ fn a_mother_known_only_by_her_relatedperson_is_registered_inside_the_bundle() {
         format!("Organization/{org}")
     );
     // The same Bundle in a batch: each entry on its own, the RelatedPerson naming the child by id.
-    let child = out["entry"][1]["response"]["location"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let child = created_id(&out["entry"][1]);
     let mut again = mother;
     again["patient"] = json!({ "reference": format!("Patient/{child}") });
     again["relationship"][0]["coding"][0]["code"] = json!("GRMTH");

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::TestApp;
+use support::{created_id, TestApp};
 
 /// A person as an EMR sends them: demographics, no identifier the registry can compare.
 fn person(org: &str, family: &str, given: &str, born: &str, phone: &str) -> Value {
@@ -291,13 +291,7 @@ fn a_bundle_matches_before_its_reads_and_rematches_its_updates() {
             ]),
         )
         .expect(200);
-    let b = v["entry"][1]["response"]["location"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let b = created_id(&v["entry"][1]);
     assert_eq!(
         links_of(&v["entry"][1]["resource"]),
         vec![format!("Patient/{a}")],
@@ -345,15 +339,7 @@ fn one_person_twice_in_a_bundle_is_linked_atomically() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            e["response"]["location"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .nth(1)
-                .unwrap()
-                .to_string()
-        })
+        .map(created_id)
         .collect();
     let second = app.get(&format!("Patient/{}", ids[1])).expect(200);
     assert_eq!(links_of(&second), vec![format!("Patient/{}", ids[0])]);
@@ -432,18 +418,7 @@ fn concurrent_bundles_of_one_person_link_once() {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let grace: Vec<String> = answers
-            .iter()
-            .map(|v| {
-                v["entry"][0]["response"]["location"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .nth(1)
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let grace: Vec<String> = answers.iter().map(|v| created_id(&v["entry"][0])).collect();
         let linked = app.db.scalar(&format!(
             "SELECT count(*) FROM person_link l
              JOIN tracked_entity a ON a.id = l.source_id JOIN tracked_entity b ON b.id = l.target_id

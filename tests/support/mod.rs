@@ -434,6 +434,12 @@ pub fn system_unit<T>(
 
 pub const NID: &str = "http://example.org/national-id";
 
+/// The id a Bundle entry's answer gives its record: `Patient/abc/_history/1` gives `abc`.
+pub fn created_id(entry: &Value) -> String {
+    let location = entry["response"]["location"].as_str().unwrap_or_default();
+    location.split('/').nth(1).unwrap_or_default().to_string()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", kiunga::tracker::new_uid())
 }
