@@ -123,15 +123,15 @@ pub fn settle(s: &mut Scoped, env: &Env) -> Result<Vec<Settled>, Error> {
     let Some(later) = s.links.deferred.take() else {
         return Ok(Vec::new());
     };
-    let held = std::mem::replace(&mut s.defer().hold_match_keys, false);
-    let Some(rules) = on_write(env).filter(|_| !later.is_empty()) else {
+    let rules = on_write(env).filter(|_| !later.is_empty());
+    if rules.is_some() {
+        // Everything but the blocking keys, which [`defer`] holds back.
+        s.flush()?;
+    }
+    s.defer().hold_match_keys = false;
+    let Some(rules) = rules else {
         return Ok(Vec::new());
     };
-    if held {
-        s.defer().hold_match_keys = true;
-        s.flush()?;
-        s.defer().hold_match_keys = false;
-    }
     let pm = &env.mappings.patient;
     let people: Vec<Demographics> = later
         .iter()
