@@ -50,21 +50,8 @@ pub struct AuditRow {
 }
 
 pub fn insert(conn: &mut PgConnection, rows: &[NewAuditRow]) -> Result<(), Error> {
-    // One row (a write's own record) as a statement diesel keeps prepared; a batch of the sink's
-    // (up to 500 reads) by COPY: as a multi-row `INSERT` its text changed with its length, and
-    // Postgres parsed and planned thousands of parameters for every batch, on the cores the
-    // reads it records were waiting for.
-    match rows {
-        [] => {}
-        [row] => {
-            diesel::insert_into(a::table).values(row).execute(conn)?;
-        }
-        _ => {
-            diesel::copy_from(a::table)
-                .from_insertable(rows)
-                .execute(conn)?;
-        }
-    }
+    // A write's own record, or a batch of the sink's (up to 500 reads).
+    insert_rows!(conn, a::table, rows)?;
     Ok(())
 }
 

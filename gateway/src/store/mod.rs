@@ -1,6 +1,31 @@
 //! Postgres through diesel: the connection pool, embedded migrations, the DHIS2 metadata import and
 //! the scoped data access that every request goes through.
 
+/// Inserts `rows` (a slice) into `table`; evaluates to diesel's own result, so that a caller can
+/// tell a unique refusal apart.
+///
+/// One row goes as an `INSERT` of one row, whose text diesel keeps prepared on the connection;
+/// more go by binary `COPY` (no SQL to parse or plan at any size). A multi-row `INSERT`, as they
+/// went before, has a text that changes with its length: Postgres parsed and planned it on every
+/// call, and a Patient create ran five of them (measured: 0.42 to 0.48 x raw with these two paths
+/// instead); the access records of a batch of reads were one more.
+macro_rules! insert_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        let rows = $rows;
+        let result: diesel::QueryResult<()> = match rows {
+            [] => Ok(()),
+            [row] => diesel::RunQueryDsl::execute(diesel::insert_into($table).values(row), $conn)
+                .map(drop),
+            // `execute` of a COPY is its own method, not `RunQueryDsl`'s.
+            _ => diesel::copy_from($table)
+                .from_insertable(rows)
+                .execute($conn)
+                .map(drop),
+        };
+        result
+    }};
+}
+
 pub mod audit;
 pub mod cache;
 pub mod clients;

@@ -276,29 +276,11 @@ pub struct Pending {
 /// Rows per `INSERT` of ownership rows: well under Postgres' 65,535 bind parameters.
 const CHUNK: usize = 2_000;
 
-/// Writes and empties one queue; evaluates to diesel's own result, so that a caller can tell a
-/// unique refusal apart (attribute values).
-///
-/// One row goes as an `INSERT` of one row, whose text diesel keeps prepared on the connection;
-/// more go by binary `COPY` (no SQL to parse or plan at any size). A multi-row `INSERT`, as
-/// small queues went before, has a text that changes with its length: Postgres parsed and
-/// planned it on every call, and a Patient create ran five of them (measured: 0.42 to 0.48 x
-/// raw with these two paths instead).
+/// Writes and empties one queue ([`insert_rows`]).
 macro_rules! write_rows {
     ($conn:expr, $table:expr, $rows:expr) => {{
         let rows = std::mem::take(&mut $rows);
-        let result: Result<(), DieselError> = match rows.as_slice() {
-            [] => Ok(()),
-            [row] => diesel::insert_into($table)
-                .values(row)
-                .execute($conn)
-                .map(drop),
-            _ => diesel::copy_from($table)
-                .from_insertable(&rows)
-                .execute($conn)
-                .map(drop),
-        };
-        result
+        insert_rows!($conn, $table, rows.as_slice())
     }};
 }
 
