@@ -448,3 +448,35 @@ fn depth_limit_and_dtds() {
         ErrorKind::Syntax
     );
 }
+
+/// `serialize_owned` (what the gateway answers with) writes the very bytes `serialize` does,
+/// with and without narratives, nested resources included, and refuses what it refuses.
+#[test]
+fn owned_serialisation_writes_the_same_bytes() {
+    let mut patient: Value = serde_json::from_str(PATIENT_JSON).unwrap();
+    // Whitespace fhirbolt's writer trims and the narrative keeps.
+    patient["text"]["div"] =
+        json!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Hello <b>you</b> there</p></div>");
+    let mut plain = patient.clone();
+    plain.as_object_mut().unwrap().remove("text");
+    let mut nested = transaction_bundle();
+    nested["entry"][0]["resource"]["text"] = patient["text"].clone();
+    for v in [patient, plain, transaction_bundle(), nested] {
+        for pretty in [false, true] {
+            for format in [Format::Xml, Format::Json] {
+                assert_eq!(
+                    kiunga_codec::serialize_owned(v.clone(), format, pretty).unwrap(),
+                    serialize(&v, format, pretty).unwrap(),
+                    "{format:?}, pretty {pretty}: {v}"
+                );
+            }
+        }
+    }
+    for bad in [
+        json!({"resourceType": "Patient", "foo": 1}),
+        json!({"resourceType": "Nope"}),
+    ] {
+        let e = kiunga_codec::serialize_owned(bad, Format::Xml, false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Structure);
+    }
+}
