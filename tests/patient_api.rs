@@ -548,3 +548,37 @@ fn responses_carry_a_request_id() {
     let r = app.get("metadata");
     assert_eq!(r.header("x-request-id").map(|v| v.len()), Some(11));
 }
+
+/// `active_reads` reads run their database work at once; the next read waits its turn, and past
+/// `pool_timeout_ms` gets a 503 saying so, while a write does not queue. A `$everything` held up
+/// by a lock on the events holds the one turn here.
+#[test]
+fn reads_past_active_reads_wait_their_turn_then_get_503_and_writes_do_not() {
+    use diesel::connection::SimpleConnection;
+    let app = TestApp::start_with(|c| {
+        c.http_workers = 2;
+        c.active_reads = 1;
+        c.pool_timeout_ms = 400;
+    });
+    let org = app.org("KD_KAS_MTO");
+    let id = app.post("Patient", &patient(&org, &unique("NID"))).expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut locker = app.db.conn();
+    // `$everything` reads the events; creating a Patient does not touch them.
+    locker
+        .batch_execute("BEGIN; LOCK TABLE event IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    std::thread::scope(|s| {
+        let held = s.spawn(|| app.get(&format!("Patient/{id}/$everything")));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        app.post("Patient", &patient(&org, &unique("NID"))).expect(201);
+        let waited = app.get("Patient?_count=1");
+        assert_eq!(waited.status, 503, "{}", waited.text);
+        assert!(waited.text.contains("waited its turn"), "{}", waited.text);
+        locker.batch_execute("COMMIT").unwrap();
+        assert_eq!(held.join().unwrap().status, 200);
+    });
+    assert_eq!(app.get("Patient?_count=1").status, 200);
+}

@@ -49,6 +49,11 @@ pub struct Config {
     pub default_org_unit: Option<String>,
     /// HTTP worker threads (0: one per core).
     pub http_workers: usize,
+    /// Requests that only read (reads, searches, `$everything`...) whose database work runs at
+    /// once; the others wait in line, first come first served, at most `pool_timeout_ms` (then
+    /// 503). 0: one more than the cores. On a saturated machine more at once only lengthens the
+    /// tail. Writes do not queue.
+    pub active_reads: usize,
     /// How long a break-the-glass grant on a protected program lasts (`$break-glass`), in seconds.
     pub break_glass_seconds: u64,
     /// Browser origins (`https://emr.example.org`) allowed to call the API cross-origin; none by
@@ -105,6 +110,7 @@ impl Default for Config {
             max_bundle_entries: 20_000,
             default_org_unit: None,
             http_workers: 0,
+            active_reads: 0,
             // DHIS2's temporary ownership lasts three hours.
             break_glass_seconds: 3 * 60 * 60,
             cors_allowed_origins: Vec::new(),
@@ -233,6 +239,9 @@ impl Config {
         }
         if let Some(v) = get("KIUNGA_HTTP_WORKERS") {
             self.http_workers = parse("KIUNGA_HTTP_WORKERS", v)?;
+        }
+        if let Some(v) = get("KIUNGA_ACTIVE_READS") {
+            self.active_reads = parse("KIUNGA_ACTIVE_READS", v)?;
         }
         if let Some(v) = get("KIUNGA_CORS_ORIGINS") {
             self.cors_allowed_origins = v
