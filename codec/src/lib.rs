@@ -10,8 +10,8 @@
 //! - [`negotiate`], [`content_format`], [`format_from_mime`] and [`format_from_param`] choose
 //!   formats from HTTP headers and `_format`.
 //!
-//! Modules: `bolt` (every fhirbolt call), `json` / `xml` (each format's path), `bundle` (Bundles
-//! entry by entry), `walk` (checks a
+//! Modules: `bolt` (every fhirbolt call), `json` / `xml` (each format's path), `xml_out` (compact
+//! XML written without fhirbolt), `bundle` (Bundles entry by entry), `walk` (checks a
 //! FHIR JSON tree), `schema` + `types_table` (element types), `primitives` (format rules),
 //! `errors` (messages), `negotiate`.
 
@@ -27,6 +27,7 @@ mod schema;
 mod types_table;
 mod walk;
 mod xml;
+mod xml_out;
 
 pub use negotiate::{content_format, format_from_mime, format_from_param, negotiate};
 
@@ -122,8 +123,12 @@ pub fn parse_bundle(bytes: &[u8], format: Format) -> Result<ParsedBundle, CodecE
 
 /// Serialises a FHIR JSON resource to `format`; `pretty` indents the output.
 ///
-/// JSON is written straight from the Value. XML goes through fhirbolt (which re-validates the
-/// resource, Strict), so an invalid resource is an [`ErrorKind::Structure`] error there.
+/// JSON is written straight from the Value. Compact XML of the shapes the gateway renders is
+/// written straight from the Value too (`xml_out`, the same bytes as fhirbolt's writer); the
+/// rest (pretty XML, narratives, anything `xml_out` does not know) goes through fhirbolt, which
+/// re-validates it (Strict). An element R4 does not have or a value of the wrong JSON type is an
+/// [`ErrorKind::Structure`] error either way; a missing required element is not checked on the
+/// direct path, as in JSON.
 pub fn serialize(resource: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, CodecError> {
     match format {
         Format::Json => {

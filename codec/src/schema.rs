@@ -128,7 +128,7 @@ pub(crate) struct Child<'n> {
 }
 
 /// The elements of a type or backbone element (`ELEMENT_MAP` key).
-fn elements(key: &str) -> Option<&'static ElementSet> {
+pub(crate) fn elements(key: &str) -> Option<&'static ElementSet> {
     ELEMENT_MAP.get(key).copied()
 }
 

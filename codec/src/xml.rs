@@ -128,8 +128,19 @@ fn conversion_error(failure: XmlFailure) -> CodecError {
     }
 }
 
-/// Writes FHIR JSON as XML through fhirbolt, with the narratives as they were in the JSON.
+/// Writes FHIR JSON as XML, with the narratives as they were in the JSON: compact XML of the
+/// shapes `xml_out` knows is written there, the rest through fhirbolt (the same bytes).
 pub(crate) fn serialize(resource: &Value, pretty: bool) -> Result<Vec<u8>, CodecError> {
+    if !pretty && !has_narrative(resource) {
+        if let Some(xml) = crate::xml_out::write(resource) {
+            return Ok(xml);
+        }
+    }
+    through_fhirbolt(resource, pretty)
+}
+
+/// [`serialize`] by fhirbolt's writer only.
+pub(crate) fn through_fhirbolt(resource: &Value, pretty: bool) -> Result<Vec<u8>, CodecError> {
     let xml = bolt::json_to_xml(resource).map_err(|m| {
         let e = errors::from_fhirbolt(&m, Some(resource));
         CodecError {
@@ -158,7 +169,12 @@ pub(crate) fn serialize(resource: &Value, pretty: bool) -> Result<Vec<u8>, Codec
 /// the value itself instead of a copy.
 pub(crate) fn serialize_owned(resource: Value, pretty: bool) -> Result<Vec<u8>, CodecError> {
     if has_narrative(&resource) {
-        return serialize(&resource, pretty);
+        return through_fhirbolt(&resource, pretty);
+    }
+    if !pretty {
+        if let Some(xml) = crate::xml_out::write(&resource) {
+            return Ok(xml);
+        }
     }
     let xml = bolt::json_to_xml_owned(resource).map_err(|m| {
         let e = errors::from_fhirbolt(&m, None);
@@ -174,7 +190,7 @@ pub(crate) fn serialize_owned(resource: Value, pretty: bool) -> Result<Vec<u8>, 
 }
 
 /// Whether a FHIR JSON value holds a narrative (`text.div`) anywhere.
-fn has_narrative(v: &Value) -> bool {
+pub(crate) fn has_narrative(v: &Value) -> bool {
     match v {
         Value::Object(map) => map.iter().any(|(k, x)| {
             (k == "text" && x.get("div").is_some()) || has_narrative(x)
