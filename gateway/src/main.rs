@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 use kiunga::app::{AppState, Gateway, StartError};
 use kiunga::config::Config;
 
-// glibc's malloc (with its consolidation of freed chunks) was a third of the gateway's CPU when it
-// renders and serialises resources under load; mimalloc's per-thread free lists cost a fraction
-// (docs/performance.md, "The allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "kiunga",
