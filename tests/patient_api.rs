@@ -561,7 +561,9 @@ fn reads_past_active_reads_wait_their_turn_then_get_503_and_writes_do_not() {
         c.pool_timeout_ms = 400;
     });
     let org = app.org("KD_KAS_MTO");
-    let id = app.post("Patient", &patient(&org, &unique("NID"))).expect(201)["id"]
+    let id = app
+        .post("Patient", &patient(&org, &unique("NID")))
+        .expect(201)["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -573,7 +575,8 @@ fn reads_past_active_reads_wait_their_turn_then_get_503_and_writes_do_not() {
     std::thread::scope(|s| {
         let held = s.spawn(|| app.get(&format!("Patient/{id}/$everything")));
         std::thread::sleep(std::time::Duration::from_millis(300));
-        app.post("Patient", &patient(&org, &unique("NID"))).expect(201);
+        app.post("Patient", &patient(&org, &unique("NID")))
+            .expect(201);
         let waited = app.get("Patient?_count=1");
         assert_eq!(waited.status, 503, "{}", waited.text);
         assert!(waited.text.contains("waited its turn"), "{}", waited.text);

@@ -145,7 +145,11 @@ pub fn serialize(resource: &Value, format: Format, pretty: bool) -> Result<Vec<u
 
 /// [`serialize`] of a resource the caller no longer needs: the same bytes, without the copy of
 /// the resource that writing XML otherwise makes.
-pub fn serialize_owned(resource: Value, format: Format, pretty: bool) -> Result<Vec<u8>, CodecError> {
+pub fn serialize_owned(
+    resource: Value,
+    format: Format,
+    pretty: bool,
+) -> Result<Vec<u8>, CodecError> {
     match format {
         Format::Json => serialize(&resource, format, pretty),
         Format::Xml => xml::serialize_owned(resource, pretty),

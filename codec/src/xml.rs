@@ -192,9 +192,9 @@ pub(crate) fn serialize_owned(resource: Value, pretty: bool) -> Result<Vec<u8>, 
 /// Whether a FHIR JSON value holds a narrative (`text.div`) anywhere.
 pub(crate) fn has_narrative(v: &Value) -> bool {
     match v {
-        Value::Object(map) => map.iter().any(|(k, x)| {
-            (k == "text" && x.get("div").is_some()) || has_narrative(x)
-        }),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, x)| (k == "text" && x.get("div").is_some()) || has_narrative(x)),
         Value::Array(items) => items.iter().any(has_narrative),
         _ => false,
     }

@@ -56,7 +56,8 @@ impl Writer {
         self.out.push(b'<');
         self.out.extend_from_slice(t.as_bytes());
         if root {
-            self.out.extend_from_slice(br#" xmlns="http://hl7.org/fhir""#);
+            self.out
+                .extend_from_slice(br#" xmlns="http://hl7.org/fhir""#);
         }
         self.out.push(b'>');
         self.members(key, map, true)?;
@@ -66,7 +67,12 @@ impl Writer {
 
     /// Writes the members of `map` (an object of type `key`) as child elements, in the order of
     /// the type's definition.
-    fn members(&mut self, key: &'static str, map: &Map<String, Value>, resource: bool) -> Option<()> {
+    fn members(
+        &mut self,
+        key: &'static str,
+        map: &Map<String, Value>,
+        resource: bool,
+    ) -> Option<()> {
         let set = schema::elements(key)?;
         let mut members: Vec<Member> = Vec::with_capacity(map.len());
         for (k, v) in map {
@@ -163,7 +169,13 @@ impl Writer {
         }
     }
 
-    fn primitive(&mut self, name: &str, p: Prim, value: Option<&Value>, extra: Option<&Value>) -> Option<()> {
+    fn primitive(
+        &mut self,
+        name: &str,
+        p: Prim,
+        value: Option<&Value>,
+        extra: Option<&Value>,
+    ) -> Option<()> {
         let text = match value {
             Some(v) => Some(primitive_text(p, v)?),
             None => None,
@@ -271,11 +283,10 @@ fn attribute(v: Option<&Value>) -> Option<Option<&str>> {
 fn primitive_text(p: Prim, v: &Value) -> Option<Cow<'_, str>> {
     match (p, v) {
         (Prim::Boolean, Value::Bool(b)) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        (Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt, Value::Number(n))
-            if n.is_i64() || n.is_u64() =>
-        {
-            Some(Cow::Owned(n.to_string()))
-        }
+        (
+            Prim::Integer | Prim::Integer64 | Prim::PositiveInt | Prim::UnsignedInt,
+            Value::Number(n),
+        ) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
         (Prim::Decimal, Value::Number(n)) => Some(Cow::Owned(n.to_string())),
         (Prim::Xhtml, _) => None,
         (
