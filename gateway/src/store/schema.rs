@@ -1,4 +1,5 @@
-// Diesel table definitions, kept by hand in step with migrations/ (checked by the schema test).
+// Diesel table definitions, kept by hand in step with migrations/: no test compares them as such;
+// a column missing here or typed wrongly fails the tests that read or write it.
 
 diesel::table! {
     org_unit (id) {
