@@ -76,12 +76,7 @@ pub(crate) fn xml_to_json(bytes: &[u8]) -> Result<Value, XmlFailure> {
 /// Writes a FHIR JSON resource as FHIR XML (always indented: fhirbolt's writer cannot do
 /// otherwise). The error is fhirbolt's message.
 pub(crate) fn json_to_xml(value: &Value) -> Result<Vec<u8>, String> {
-    json_to_xml_owned(value.clone())
-}
-
-/// [`json_to_xml`] of a value the caller gives up (no copy of it is made).
-pub(crate) fn json_to_xml_owned(value: Value) -> Result<Vec<u8>, String> {
-    let resource: Resource = no_panic(|| fhirbolt::json::from_json_value(value, strict()))?
+    let resource: Resource = no_panic(|| fhirbolt::json::from_json_value(value.clone(), strict()))?
         .map_err(|e| e.to_string())?;
     no_panic(|| fhirbolt::xml::to_vec(&resource, None))?.map_err(|e| e.to_string())
 }

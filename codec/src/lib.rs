@@ -142,16 +142,3 @@ pub fn serialize(resource: &Value, format: Format, pretty: bool) -> Result<Vec<u
         Format::Xml => xml::serialize(resource, pretty),
     }
 }
-
-/// [`serialize`] of a resource the caller no longer needs: the same bytes, without the copy of
-/// the resource that writing XML otherwise makes.
-pub fn serialize_owned(
-    resource: Value,
-    format: Format,
-    pretty: bool,
-) -> Result<Vec<u8>, CodecError> {
-    match format {
-        Format::Json => serialize(&resource, format, pretty),
-        Format::Xml => xml::serialize_owned(resource, pretty),
-    }
-}

@@ -165,32 +165,8 @@ pub(crate) fn through_fhirbolt(resource: &Value, pretty: bool) -> Result<Vec<u8>
     Ok(text.into_bytes())
 }
 
-/// [`serialize`] of a value the caller gives up: without a narrative to put back, fhirbolt takes
-/// the value itself instead of a copy.
-pub(crate) fn serialize_owned(resource: Value, pretty: bool) -> Result<Vec<u8>, CodecError> {
-    if has_narrative(&resource) {
-        return through_fhirbolt(&resource, pretty);
-    }
-    if !pretty {
-        if let Some(xml) = crate::xml_out::write(&resource) {
-            return Ok(xml);
-        }
-    }
-    let xml = bolt::json_to_xml_owned(resource).map_err(|m| {
-        let e = errors::from_fhirbolt(&m, None);
-        CodecError {
-            message: format!("cannot write the resource as XML: {}", e.message),
-            ..e
-        }
-    })?;
-    let xml = if pretty { xml } else { compact(&xml) };
-    String::from_utf8(xml)
-        .map(String::into_bytes)
-        .map_err(|_| CodecError::structure("fhirbolt wrote XML that is not UTF-8".to_owned(), None))
-}
-
 /// Whether a FHIR JSON value holds a narrative (`text.div`) anywhere.
-pub(crate) fn has_narrative(v: &Value) -> bool {
+fn has_narrative(v: &Value) -> bool {
     match v {
         Value::Object(map) => map
             .iter()

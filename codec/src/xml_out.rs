@@ -13,8 +13,9 @@
 //! The rules are fhirbolt 0.4's (`fhirbolt-serde/src/xml/write.rs`): the declaration, the FHIR
 //! namespace on the root element only, attributes `id`, `url`, `value` in that order with `<`,
 //! `>`, `&` and `"` written as numeric references, an element without children closed as
-//! `<name .../>`. `owned_serialisation_writes_the_same_bytes` (tests/codec.rs) holds the two paths
-//! to the same bytes.
+//! `<name .../>`. `writes_what_fhirbolt_writes` (below) and
+//! `compact_xml_is_fhirbolts_without_the_indentation` (tests/codec.rs) hold the two paths to the
+//! same bytes.
 
 use std::borrow::Cow;
 

@@ -135,8 +135,8 @@ impl Negotiated {
     }
 
     /// Serialises a FHIR JSON value in the negotiated format.
-    pub fn body(&self, status: StatusCode, value: Value) -> HttpResponse {
-        match kiunga_codec::serialize_owned(value, self.format, self.pretty) {
+    pub fn body(&self, status: StatusCode, value: &Value) -> HttpResponse {
+        match kiunga_codec::serialize(value, self.format, self.pretty) {
             Ok(bytes) => HttpResponse::build(status)
                 .insert_header((header::CONTENT_TYPE, content_type(self.format)))
                 .body(bytes),
@@ -202,7 +202,7 @@ impl FhirResponse {
 
     pub fn into_http(self, n: &Negotiated) -> HttpResponse {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
-        let mut resp = match self.body {
+        let mut resp = match &self.body {
             Some(v) => n.body(status, v),
             None => HttpResponse::build(status).finish(),
         };
