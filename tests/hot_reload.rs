@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{json, Value};
-use support::{mappings_copy, patient, unique, TestApp};
+use support::{mappings_copy, TestApp};
 
 fn displays(e: &Value) -> (String, String) {
     (
@@ -29,12 +29,7 @@ fn reload_under_concurrent_requests() {
         c.http_workers = 2;
     });
     let org = app.org("KD_KAS_MTO");
-    let pid = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pid = app.new_patient(&org);
     let enc = json!({
         "resourceType": "Encounter", "status": "finished",
         "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },

@@ -130,12 +130,7 @@ fn a_patient_is_a_tracked_entity_with_attribute_values_and_no_json_copy() {
 fn reads_come_from_the_tracker_rows_not_the_request() {
     let app = TestApp::start();
     let org = app.org("KD_KAS_MTO");
-    let id = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_patient(&org);
     // Change the tracker row directly: the FHIR read must show it.
     use diesel::RunQueryDsl;
     let changed = diesel::sql_query(format!(
@@ -287,12 +282,7 @@ fn error_statuses_are_operation_outcomes() {
     let v = app.post("Patient", &bad_phone).expect(422);
     assert_eq!(v["issue"][0]["expression"][0], "Patient.telecom[0].value");
     // Update without id / with another id: 400.
-    let id = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_patient(&org);
     let created = 1;
     app.put(&format!("Patient/{id}"), &patient(&org, &unique("NID")))
         .outcome(400);
@@ -451,12 +441,7 @@ fn concurrent_if_match_updates_exactly_one_wins() {
 fn xml_read_and_create() {
     let app = TestApp::start();
     let org = app.org("KD_KAS_MTO");
-    let id = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_patient(&org);
     let r = app.send(
         "GET",
         &format!("Patient/{id}"),
@@ -561,12 +546,7 @@ fn reads_past_active_reads_wait_their_turn_then_get_503_and_writes_do_not() {
         c.pool_timeout_ms = 400;
     });
     let org = app.org("KD_KAS_MTO");
-    let id = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_patient(&org);
     let mut locker = app.db.conn();
     // `$everything` reads the events; creating a Patient does not touch them.
     locker

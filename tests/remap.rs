@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{mappings_copy, patient, system_unit, unique, TestApp};
+use support::{mappings_copy, system_unit, TestApp};
 
 fn remap(app: &TestApp, apply: bool) -> Vec<kiunga::rest::remap::Change> {
     system_unit(app, |s, env| kiunga::rest::remap::remap(s, env, apply))
@@ -15,12 +15,7 @@ fn a_crosswalk_edit_changes_stored_diagnoses_only_when_applied() {
     let dir = mappings_copy();
     let app = TestApp::start_with(|c| c.mappings_dir = dir.clone());
     let org = app.org("KD_KAS_MTO");
-    let pid = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pid = app.new_patient(&org);
     let dx = json!({
         "resourceType": "Observation", "status": "final",
         "code": { "coding": [{ "system": "http://loinc.org", "code": "29308-4" }] },

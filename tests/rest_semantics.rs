@@ -97,12 +97,7 @@ fn strip_meta(mut v: Value) -> Value {
 fn xml_round_trips_equal_their_json_twins() {
     let app = TestApp::start();
     let org = app.org("KD_KAS_MTO");
-    let pid = app
-        .post("Patient", &patient(&org, &unique("NID")))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pid = app.new_patient(&org);
     let enc = json!({
         "resourceType": "Encounter", "status": "finished",
         "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },

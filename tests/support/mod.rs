@@ -344,6 +344,15 @@ impl TestApp {
             .pop()
             .unwrap_or_else(|| panic!("no org unit {code}"))
     }
+
+    /// Creates a Patient with a fresh national ID in `org` (201 expected) and gives its id.
+    pub fn new_patient(&self, org: &str) -> String {
+        self.post("Patient", &patient(org, &unique("NID")))
+            .expect(201)["id"]
+            .as_str()
+            .expect("the created Patient's id")
+            .to_string()
+    }
 }
 
 impl Drop for TestApp {
