@@ -507,8 +507,12 @@ pub fn everything(s: &mut Scoped, env: &Env, id: &str, base: &str) -> Result<Val
             .iter()
             .map(|e| care::render_episode(env, e)),
     );
-    let related = crate::store::relationships::of_patients(s, &[person.id])?;
-    resources.extend(care::render_related(s, env, &related)?);
+    // Someone whose record says nobody is linked to her is in no relationship either (the flag
+    // of migration 21 covers both): most people, whose answer then costs one statement less.
+    if !s.known_unlinked(std::slice::from_ref(&person.uid)) {
+        let related = crate::store::relationships::of_patients(s, &[person.id])?;
+        resources.extend(care::render_related(s, env, &related)?);
+    }
     // What the access token may not read is left out (its existence is not told either).
     resources.retain(|r| {
         r["resourceType"]
