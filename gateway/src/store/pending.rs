@@ -429,11 +429,16 @@ struct Reserved {
 /// with any sequence).
 pub fn reserve(conn: &mut PgConnection, seq: Seq, n: i32) -> Result<Vec<i64>, Error> {
     // Kept prepared (one text per table): parsing it cost more than running it, on every create.
+    // The sequence is looked up once, not once per id: a Bundle takes hundreds, and per id the
+    // catalog look-up was 3 % of Postgres' time during Bundle ingest (700 ids: 1.95 ms against
+    // 0.44 ms). `OFFSET 0` keeps the planner from pulling the look-up back into every row.
     let mut sql = super::dynamic::Sql::default();
     let count = sql.bind(super::dynamic::Bind::Int(i64::from(n)));
     let rows: Vec<Reserved> = sql
         .query(format!(
-            "SELECT nextval(pg_get_serial_sequence('{}', 'id')) AS id FROM generate_series(1, {count})",
+            "SELECT nextval(q.seq) AS id \
+             FROM (SELECT pg_get_serial_sequence('{}', 'id')::regclass AS seq OFFSET 0) q, \
+             generate_series(1, {count})",
             seq.table()
         ))
         .load(conn)?;
